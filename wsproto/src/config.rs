@@ -1,0 +1,95 @@
+//! Limits and options for a connection and its handshake.
+
+/// Every limit a connection enforces. All are bounded by default.
+///
+/// | field | default | when exceeded |
+/// |---|---|---|
+/// | [`max_frame_size`](Self::max_frame_size) | 16 MiB | close 1009, [`ProtocolError::FrameTooLarge`](crate::ProtocolError::FrameTooLarge) |
+/// | [`max_message_size`](Self::max_message_size) | 64 MiB | close 1009, [`ProtocolError::MessageTooLarge`](crate::ProtocolError::MessageTooLarge) |
+/// | [`max_fragments`](Self::max_fragments) | 131 072 | close 1009, [`ProtocolError::TooManyFragments`](crate::ProtocolError::TooManyFragments) |
+/// | [`max_handshake_size`](Self::max_handshake_size) | 16 KiB | HTTP 431 / [`HandshakeError::HeadTooLarge`](crate::HandshakeError::HeadTooLarge) |
+/// | [`max_headers`](Self::max_headers) | 64 | HTTP 431 / [`HandshakeError::TooManyHeaders`](crate::HandshakeError::TooManyHeaders) |
+/// | [`max_output_buffer`](Self::max_output_buffer) | 16 MiB | [`Error::OutputFull`](crate::Error::OutputFull) on the next send |
+///
+/// Every size is checked against the length the peer *announces*, before any
+/// memory is reserved for it.
+///
+/// ```
+/// use wsproto::Config;
+/// let config = Config::default().max_message_size(1 << 20).max_frame_size(64 << 10);
+/// assert_eq!(config.max_message_size, 1 << 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Largest frame payload accepted, in bytes.
+    pub max_frame_size: usize,
+    /// Largest message accepted (all fragments together), in bytes.
+    pub max_message_size: usize,
+    /// Most frames one fragmented message may span.
+    pub max_fragments: usize,
+    /// Largest HTTP head (request or response line plus headers), in bytes.
+    pub max_handshake_size: usize,
+    /// Most header lines in the HTTP head.
+    pub max_headers: usize,
+    /// A send is refused while this many bytes (or more) wait to be written.
+    /// The buffer can exceed it by at most the one frame that crossed it.
+    pub max_output_buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_frame_size: 16 << 20,
+            max_message_size: 64 << 20,
+            max_fragments: 1 << 17,
+            max_handshake_size: 16 << 10,
+            max_headers: 64,
+            max_output_buffer: 16 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Sets [`max_frame_size`](Self::max_frame_size).
+    #[must_use]
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes;
+        self
+    }
+
+    /// Sets [`max_message_size`](Self::max_message_size).
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets [`max_fragments`](Self::max_fragments).
+    #[must_use]
+    pub fn max_fragments(mut self, frames: usize) -> Self {
+        self.max_fragments = frames;
+        self
+    }
+
+    /// Sets [`max_handshake_size`](Self::max_handshake_size).
+    #[must_use]
+    pub fn max_handshake_size(mut self, bytes: usize) -> Self {
+        self.max_handshake_size = bytes;
+        self
+    }
+
+    /// Sets [`max_headers`](Self::max_headers).
+    #[must_use]
+    pub fn max_headers(mut self, count: usize) -> Self {
+        self.max_headers = count;
+        self
+    }
+
+    /// Sets [`max_output_buffer`](Self::max_output_buffer).
+    #[must_use]
+    pub fn max_output_buffer(mut self, bytes: usize) -> Self {
+        self.max_output_buffer = bytes;
+        self
+    }
+}

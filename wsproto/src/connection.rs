@@ -1,0 +1,641 @@
+//! The sans-IO connection: bytes in, events out, bytes to send.
+//!
+//! [`Connection`] is the one owner of a WebSocket's state after the
+//! handshake. It never touches a socket: the caller hands it received bytes
+//! ([`receive`](Connection::receive)), pulls [`Event`]s
+//! ([`next_event`](Connection::next_event)), and writes whatever
+//! [`pending_output`](Connection::pending_output) holds. The same rules apply to
+//! both roles; the role only decides which direction is masked.
+//!
+//! Protocol duties are automatic: a Ping queues its Pong, a Close queues its
+//! echo, and a violation queues a Close with the right code before the error
+//! is returned, so an I/O layer only ever has to flush.
+
+use crate::close::{self, CloseCode, CloseFrame};
+use crate::config::Config;
+use crate::error::{Error, ProtocolError, UsageError};
+use crate::frame::{self, FrameHeader, Opcode, ParsedHeader, Role, MAX_CONTROL_PAYLOAD};
+use crate::mask::apply_mask;
+use crate::message::Text;
+use crate::utf8::Utf8Validator;
+use bytes::{Buf, Bytes, BytesMut};
+use std::io::{self, Read};
+
+/// Something the peer did, in order of arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A whole text message (validated UTF-8).
+    Text(Text),
+    /// A whole binary message.
+    Binary(Bytes),
+    /// A Ping; its Pong has already been queued.
+    Ping(Bytes),
+    /// A Pong.
+    Pong(Bytes),
+    /// The connection closed: the peer's Close frame (already answered), or
+    /// [`CloseCode::ABNORMAL`] when the transport ended without one. No more
+    /// events follow.
+    Close(CloseFrame),
+}
+
+/// Where the closing handshake stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Messages flow both ways.
+    Open,
+    /// We sent a Close and wait for the peer's; received messages are still
+    /// delivered, nothing more can be sent.
+    Closing,
+    /// Both Close frames were exchanged, the peer violated the protocol, or the
+    /// transport ended. Flush the output, then drop the transport.
+    Closed,
+}
+
+/// What the receive side waits for: names follow rustls' `Expect*` states.
+#[derive(Debug, Clone, Copy)]
+enum Recv {
+    /// A frame header.
+    AwaitHeader,
+    /// The payload of `header`; `done` bytes of it are already unmasked and
+    /// validated in place at the front of the input buffer.
+    AwaitPayload { header: FrameHeader, done: usize },
+}
+
+/// A fragmented message being reassembled.
+#[derive(Debug)]
+struct Partial {
+    opcode: Opcode,
+    data: BytesMut,
+    frames: usize,
+}
+
+/// A WebSocket connection after the opening handshake, for either role.
+///
+/// ```
+/// use wsproto::{Connection, Config, Event, Role};
+/// let mut client = Connection::new(Role::Client, Config::default());
+/// let mut server = Connection::new(Role::Server, Config::default());
+///
+/// client.send_text("hello").unwrap();
+/// server.receive(client.pending_output());
+/// client.consume_output(client.pending_output().len());
+///
+/// match server.next_event().unwrap() {
+///     Some(Event::Text(t)) => assert_eq!(t, "hello"),
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(server.next_event().unwrap(), None); // needs more bytes
+/// ```
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    config: Config,
+    state: State,
+    input: BytesMut,
+    recv: Recv,
+    partial: Option<Partial>,
+    utf8: Utf8Validator,
+    output: BytesMut,
+    /// Opcode of the fragmented message we are sending, if one is unfinished.
+    sending_fragmented: Option<Opcode>,
+    eof: bool,
+    masks: Option<Box<MaskSource>>,
+}
+
+impl Connection {
+    /// A connection in the open state, right after a successful handshake.
+    pub fn new(role: Role, config: Config) -> Self {
+        Self {
+            role,
+            config,
+            state: State::Open,
+            input: BytesMut::new(),
+            recv: Recv::AwaitHeader,
+            partial: None,
+            utf8: Utf8Validator::new(),
+            output: BytesMut::new(),
+            sending_fragmented: None,
+            eof: false,
+            masks: (role == Role::Client).then(|| Box::new(MaskSource::new())),
+        }
+    }
+
+    /// Our role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where the closing handshake stands.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// True once no more events will come and nothing more can be sent.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// True when the transport should be closed now: the connection is closed
+    /// and everything queued has been written. (RFC 6455 §7.1.1: the server
+    /// closes TCP first; a client should give the server a moment to do so.)
+    pub fn should_close_transport(&self) -> bool {
+        self.is_closed() && self.output.is_empty()
+    }
+
+    // ---- receiving -------------------------------------------------------
+
+    /// Appends received bytes. Call [`next_event`](Self::next_event) until it
+    /// returns `Ok(None)` to process them.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        if self.state != State::Closed && !self.eof {
+            self.input.extend_from_slice(bytes);
+        }
+    }
+
+    /// Reads once from `reader` straight into the input buffer (at most
+    /// `max` bytes), avoiding the copy of [`receive`](Self::receive).
+    /// A read of 0 bytes is recorded as end of stream.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the reader returns.
+    pub fn receive_from<R: Read + ?Sized>(
+        &mut self,
+        reader: &mut R,
+        max: usize,
+    ) -> io::Result<usize> {
+        let start = self.input.len();
+        self.input.resize(start + max, 0);
+        let result = reader.read(&mut self.input[start..]);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.input.truncate(start + n);
+        if matches!(result, Ok(0)) && max > 0 {
+            self.receive_eof();
+        }
+        result
+    }
+
+    /// Records that the transport ended. Once the buffered bytes are
+    /// processed, [`next_event`](Self::next_event) reports
+    /// `Event::Close` with [`CloseCode::ABNORMAL`] unless the closing
+    /// handshake had completed.
+    pub fn receive_eof(&mut self) {
+        self.eof = true;
+    }
+
+    /// The next event, or `Ok(None)` if more bytes are needed (or the
+    /// connection is closed).
+    ///
+    /// # Errors
+    ///
+    /// A [`ProtocolError`] when the peer violated the protocol. A Close frame
+    /// with [`ProtocolError::close_code`] is queued before it returns; the
+    /// connection is then closed.
+    pub fn next_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        loop {
+            if self.state == State::Closed {
+                return Ok(None);
+            }
+            match self.recv {
+                Recv::AwaitHeader => {
+                    let receiver = self.role;
+                    let (header, header_len) = match frame::parse_header(&self.input, receiver, 0) {
+                        Ok(ParsedHeader::Complete(h, n)) => (h, n),
+                        Ok(ParsedHeader::NeedMore) => return Ok(self.eof_event()),
+                        Err(e) => return Err(self.fail(e)),
+                    };
+                    if let Err(e) = self.check_frame(&header) {
+                        return Err(self.fail(e));
+                    }
+                    self.input.advance(header_len);
+                    self.recv = Recv::AwaitPayload { header, done: 0 };
+                }
+                Recv::AwaitPayload { header, done } => {
+                    // invariant: check_frame bounded payload_len by max_frame_size (a usize).
+                    let len = header.payload_len as usize;
+                    let avail = self.input.len().min(len);
+                    if avail > done {
+                        self.unmask_and_validate(&header, done, avail)
+                            .map_err(|e| self.fail(e))?;
+                        self.recv = Recv::AwaitPayload {
+                            header,
+                            done: avail,
+                        };
+                    }
+                    if avail < len {
+                        return Ok(self.eof_event());
+                    }
+                    self.recv = Recv::AwaitHeader;
+                    let payload = self.input.split_to(len);
+                    match self.complete_frame(header, payload) {
+                        Ok(Some(event)) => return Ok(Some(event)),
+                        Ok(None) => {}
+                        Err(e) => return Err(self.fail(e)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Frame rules that depend on the message state and the limits
+    /// (the header parser has checked everything local to the header).
+    fn check_frame(&mut self, h: &FrameHeader) -> Result<(), ProtocolError> {
+        if h.payload_len > self.config.max_frame_size as u64 {
+            return Err(ProtocolError::FrameTooLarge {
+                len: h.payload_len,
+                max: self.config.max_frame_size,
+            });
+        }
+        let max_msg = self.config.max_message_size;
+        match (h.opcode, &self.partial) {
+            // RFC 6455 §5.4: continuation frames only continue a message.
+            (Opcode::Continuation, None) => Err(ProtocolError::UnexpectedContinuation),
+            (Opcode::Continuation, Some(p)) => {
+                let len = p.data.len() as u64 + h.payload_len;
+                if len > max_msg as u64 {
+                    Err(ProtocolError::MessageTooLarge { len, max: max_msg })
+                } else if p.frames >= self.config.max_fragments {
+                    Err(ProtocolError::TooManyFragments {
+                        max: self.config.max_fragments,
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+            // RFC 6455 §5.4: no new message while one is fragmented
+            // (control frames may be interleaved).
+            (Opcode::Text | Opcode::Binary, Some(_)) => {
+                Err(ProtocolError::ExpectedContinuation(h.opcode))
+            }
+            (Opcode::Text | Opcode::Binary, None) => {
+                if h.payload_len > max_msg as u64 {
+                    return Err(ProtocolError::MessageTooLarge {
+                        len: h.payload_len,
+                        max: max_msg,
+                    });
+                }
+                if h.opcode == Opcode::Text {
+                    self.utf8 = Utf8Validator::new();
+                }
+                Ok(())
+            }
+            (Opcode::Close | Opcode::Ping | Opcode::Pong, _) => Ok(()),
+        }
+    }
+
+    /// Unmasks payload bytes `done..avail` in place and, for text, validates
+    /// them now, so invalid UTF-8 fails even inside a partial frame.
+    #[inline]
+    fn unmask_and_validate(
+        &mut self,
+        header: &FrameHeader,
+        done: usize,
+        avail: usize,
+    ) -> Result<(), ProtocolError> {
+        let fresh = &mut self.input[done..avail];
+        if let Some(key) = header.mask {
+            apply_mask(fresh, key, done);
+        }
+        let is_text = match header.opcode {
+            Opcode::Text => true,
+            Opcode::Continuation => self
+                .partial
+                .as_ref()
+                .is_some_and(|p| p.opcode == Opcode::Text),
+            _ => false,
+        };
+        if is_text {
+            self.utf8
+                .feed(fresh)
+                .map_err(|e| ProtocolError::InvalidUtf8 { offset: e.offset })?;
+        }
+        Ok(())
+    }
+
+    /// Acts on a whole frame; returns the event it completes, if any.
+    fn complete_frame(
+        &mut self,
+        header: FrameHeader,
+        payload: BytesMut,
+    ) -> Result<Option<Event>, ProtocolError> {
+        match header.opcode {
+            Opcode::Text | Opcode::Binary if header.fin => {
+                Ok(Some(self.finish_message(header.opcode, payload)?))
+            }
+            Opcode::Text | Opcode::Binary => {
+                self.partial = Some(Partial {
+                    opcode: header.opcode,
+                    data: payload,
+                    frames: 1,
+                });
+                Ok(None)
+            }
+            Opcode::Continuation => {
+                // invariant: check_frame rejected a continuation without a partial message.
+                let Some(p) = self.partial.as_mut() else {
+                    return Err(ProtocolError::UnexpectedContinuation);
+                };
+                p.data.extend_from_slice(&payload);
+                p.frames += 1;
+                if !header.fin {
+                    return Ok(None);
+                }
+                let Some(p) = self.partial.take() else {
+                    return Err(ProtocolError::UnexpectedContinuation);
+                };
+                Ok(Some(self.finish_message(p.opcode, p.data)?))
+            }
+            Opcode::Ping => {
+                let payload = payload.freeze();
+                // RFC 6455 §5.5.2: answer with a Pong carrying the same data.
+                // After our Close, nothing more may be sent (§5.5.1). A peer that
+                // floods pings without reading gets no more pongs once the
+                // output is full (§5.5.3 allows answering only the latest).
+                if self.state == State::Open && self.output.len() < self.config.max_output_buffer {
+                    self.write_frame(true, Opcode::Pong, &payload);
+                }
+                Ok(Some(Event::Ping(payload)))
+            }
+            Opcode::Pong => Ok(Some(Event::Pong(payload.freeze()))),
+            Opcode::Close => {
+                let frame = close::parse_close_payload(&payload)?;
+                if self.state == State::Open {
+                    // RFC 6455 §5.5.1: echo the status code.
+                    if frame.code.is_sendable() {
+                        let mut buf = [0; MAX_CONTROL_PAYLOAD];
+                        let n = close::encode_close_payload(&mut buf, frame.code, "");
+                        self.write_frame(true, Opcode::Close, &buf[..n]);
+                    } else {
+                        self.write_frame(true, Opcode::Close, &[]);
+                    }
+                }
+                self.state = State::Closed;
+                Ok(Some(Event::Close(frame)))
+            }
+        }
+    }
+
+    fn finish_message(&mut self, opcode: Opcode, data: BytesMut) -> Result<Event, ProtocolError> {
+        let data = data.freeze();
+        if opcode == Opcode::Text {
+            self.utf8
+                .finish()
+                .map_err(|e| ProtocolError::InvalidUtf8 { offset: e.offset })?;
+            Ok(Event::Text(Text::from_validated(data)))
+        } else {
+            Ok(Event::Binary(data))
+        }
+    }
+
+    /// Queues the Close a violation calls for and closes the connection.
+    #[cold]
+    fn fail(&mut self, err: ProtocolError) -> ProtocolError {
+        if self.state == State::Open {
+            let reason = err.to_string();
+            let mut buf = [0; MAX_CONTROL_PAYLOAD];
+            let n = close::encode_close_payload(
+                &mut buf,
+                err.close_code(),
+                close::truncate_reason(&reason),
+            );
+            self.write_frame(true, Opcode::Close, &buf[..n]);
+        }
+        self.state = State::Closed;
+        self.partial = None;
+        self.input = BytesMut::new();
+        err
+    }
+
+    /// At the end of the buffered input: the abnormal-close event if the
+    /// transport has ended.
+    fn eof_event(&mut self) -> Option<Event> {
+        if !self.eof {
+            return None;
+        }
+        self.state = State::Closed;
+        self.partial = None;
+        self.input = BytesMut::new();
+        Some(Event::Close(CloseFrame {
+            code: CloseCode::ABNORMAL,
+            reason: String::new(),
+        }))
+    }
+
+    // ---- sending ---------------------------------------------------------
+
+    /// Queues a text message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after a Close was sent or received,
+    /// [`Error::OutputFull`] when the output buffer is full,
+    /// [`UsageError::FragmentOrder`] while a fragmented send is unfinished.
+    pub fn send_text(&mut self, text: &str) -> Result<(), Error> {
+        self.send_message(Opcode::Text, text.as_bytes())
+    }
+
+    /// Queues a binary message.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_text`](Self::send_text).
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.send_message(Opcode::Binary, data)
+    }
+
+    fn send_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Error> {
+        self.check_sendable()?;
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::FragmentOrder("a fragmented message is unfinished").into());
+        }
+        self.write_frame(true, opcode, payload);
+        Ok(())
+    }
+
+    /// Queues one fragment of a message: the first with [`Opcode::Text`] or
+    /// [`Opcode::Binary`], the rest with [`Opcode::Continuation`], the last
+    /// with `fin` set. Control frames may be sent in between. Text fragments
+    /// are not checked here; together they must form valid UTF-8.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_text`](Self::send_text), and [`UsageError::FragmentOrder`]
+    /// for a fragment out of order or a control opcode.
+    pub fn send_fragment(
+        &mut self,
+        opcode: Opcode,
+        payload: &[u8],
+        fin: bool,
+    ) -> Result<(), Error> {
+        self.check_sendable()?;
+        match (opcode, self.sending_fragmented) {
+            (Opcode::Text | Opcode::Binary, None) => {
+                if !fin {
+                    self.sending_fragmented = Some(opcode);
+                }
+            }
+            (Opcode::Continuation, Some(_)) => {
+                if fin {
+                    self.sending_fragmented = None;
+                }
+            }
+            (Opcode::Continuation, None) => {
+                return Err(
+                    UsageError::FragmentOrder("continuation without a started message").into(),
+                )
+            }
+            (Opcode::Text | Opcode::Binary, Some(_)) => {
+                return Err(UsageError::FragmentOrder("a fragmented message is unfinished").into())
+            }
+            _ => {
+                return Err(UsageError::FragmentOrder("control frames are never fragmented").into())
+            }
+        }
+        self.write_frame(fin, opcode, payload);
+        Ok(())
+    }
+
+    /// Queues a Ping.
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::ControlPayloadTooLong`] over 125 bytes, otherwise as
+    /// [`send_text`](Self::send_text).
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), Error> {
+        self.send_control(Opcode::Ping, payload)
+    }
+
+    /// Queues an unsolicited Pong (a heartbeat; RFC 6455 §5.5.3).
+    ///
+    /// # Errors
+    ///
+    /// As [`ping`](Self::ping).
+    pub fn pong(&mut self, payload: &[u8]) -> Result<(), Error> {
+        self.send_control(Opcode::Pong, payload)
+    }
+
+    fn send_control(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Error> {
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(UsageError::ControlPayloadTooLong(payload.len()).into());
+        }
+        self.check_sendable()?;
+        self.write_frame(true, opcode, payload);
+        Ok(())
+    }
+
+    /// Starts the closing handshake: queues a Close with `code` and `reason`.
+    /// Calling it again once a Close was sent does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::UnsendableCloseCode`] for 1005/1006,
+    /// [`UsageError::CloseReasonTooLong`] for a reason over 123 bytes.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        if !code.is_sendable() {
+            return Err(UsageError::UnsendableCloseCode(code).into());
+        }
+        if reason.len() > close::MAX_REASON_LEN {
+            return Err(UsageError::CloseReasonTooLong(reason.len()).into());
+        }
+        if self.state != State::Open {
+            return Ok(());
+        }
+        let mut buf = [0; MAX_CONTROL_PAYLOAD];
+        let n = close::encode_close_payload(&mut buf, code, reason);
+        self.write_frame(true, Opcode::Close, &buf[..n]);
+        self.state = State::Closing;
+        Ok(())
+    }
+
+    fn check_sendable(&self) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(Error::Closed);
+        }
+        if self.output.len() >= self.config.max_output_buffer {
+            return Err(Error::OutputFull {
+                pending: self.output.len(),
+                max: self.config.max_output_buffer,
+            });
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn write_frame(&mut self, fin: bool, opcode: Opcode, payload: &[u8]) {
+        let mask = self.masks.as_mut().map(|m| m.next_key());
+        frame::encode_frame(&mut self.output, fin, opcode, payload, mask);
+    }
+
+    /// Records that a Close went out through another connection object (the
+    /// split writer sends replies the reader's connection produced).
+    pub(crate) fn mark_closed(&mut self) {
+        self.state = State::Closed;
+    }
+
+    // ---- output ----------------------------------------------------------
+
+    /// Bytes waiting to be written to the transport.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// Marks the first `n` bytes of [`pending_output`](Self::pending_output)
+    /// as written.
+    ///
+    /// # Panics
+    ///
+    /// If `n` exceeds the pending length (a caller bug).
+    pub fn consume_output(&mut self, n: usize) {
+        self.output.advance(n);
+    }
+
+    /// Takes all pending output as one [`Bytes`], leaving none pending: for I/O
+    /// layers that queue buffers rather than write in place.
+    pub fn take_output(&mut self) -> Bytes {
+        self.output.split().freeze()
+    }
+
+    /// Releases buffer memory held while idle (both buffers empty), for
+    /// servers that keep many quiet connections.
+    pub fn shrink_buffers(&mut self) {
+        if self.input.is_empty() && matches!(self.recv, Recv::AwaitHeader) {
+            self.input = BytesMut::new();
+        }
+        if self.output.is_empty() {
+            self.output = BytesMut::new();
+        }
+    }
+}
+
+/// Masking keys from the OS CSPRNG, fetched 64 at a time so a client pays
+/// one `getrandom` call per 64 frames rather than one per frame
+/// (RFC 6455 §5.3: keys must be unpredictable).
+#[derive(Debug)]
+struct MaskSource {
+    pool: [u8; 256],
+    pos: usize,
+}
+
+impl MaskSource {
+    fn new() -> Self {
+        Self {
+            pool: [0; 256],
+            pos: 256,
+        }
+    }
+
+    fn next_key(&mut self) -> [u8; 4] {
+        if self.pos == self.pool.len() {
+            crate::random::fill(&mut self.pool);
+            self.pos = 0;
+        }
+        let k = &self.pool[self.pos..self.pos + 4];
+        self.pos += 4;
+        [k[0], k[1], k[2], k[3]]
+    }
+}

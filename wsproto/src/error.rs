@@ -1,0 +1,318 @@
+//! Error types.
+//!
+//! Errors are split by who is at fault, as in rustls:
+//! - [`ProtocolError`]: the *peer* violated RFC 6455 (or a configured limit);
+//!   each variant knows the close code to answer with ([`ProtocolError::close_code`]).
+//! - [`HandshakeError`]: the HTTP Upgrade was wrong; each variant knows its
+//!   HTTP status ([`HandshakeError::status`]).
+//! - [`UsageError`]: the *caller* asked for something illegal.
+//! - [`Error`]: any of these, plus I/O and a closed connection.
+
+use crate::close::CloseCode;
+use crate::frame::Opcode;
+use std::io;
+
+/// What the peer sent that violates RFC 6455 or a configured limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// RFC 6455 §5.2: RSV bits set without a negotiated extension.
+    #[error("peer set reserved bits {0:#05b} with no extension negotiated")]
+    ReservedBits(u8),
+    /// RFC 6455 §5.2: opcodes 3-7 and 11-15 are reserved.
+    #[error("peer sent reserved opcode {0:#x}")]
+    UnknownOpcode(u8),
+    /// RFC 6455 §5.5: control frames must not be fragmented.
+    #[error("peer sent a fragmented {0:?} frame (control frames must have FIN set)")]
+    FragmentedControlFrame(Opcode),
+    /// RFC 6455 §5.5: control frame payloads are at most 125 bytes.
+    #[error("peer sent a {opcode:?} frame of {len} bytes (control frames carry at most 125)")]
+    ControlFrameTooLong {
+        /// The frame's opcode.
+        opcode: Opcode,
+        /// The length the peer announced.
+        len: u64,
+    },
+    /// RFC 6455 §5.1: a client must mask every frame it sends.
+    #[error("peer (a client) sent an unmasked frame")]
+    UnmaskedFrame,
+    /// RFC 6455 §5.1: a server must not mask frames.
+    #[error("peer (a server) sent a masked frame")]
+    MaskedFrame,
+    /// RFC 6455 §5.2: the minimal number of bytes must be used to encode the length.
+    #[error("peer encoded payload length {len} in the non-minimal {width}-bit form")]
+    NonMinimalLength {
+        /// The decoded length.
+        len: u64,
+        /// The width of the form used (16 or 64).
+        width: u8,
+    },
+    /// RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
+    #[error("peer sent a 64-bit payload length with the most significant bit set ({0:#x})")]
+    LengthMsbSet(u64),
+    /// RFC 6455 §5.4: a continuation frame with no fragmented message to continue.
+    #[error("peer sent a continuation frame outside a fragmented message")]
+    UnexpectedContinuation,
+    /// RFC 6455 §5.4: a new data frame while a fragmented message is unfinished.
+    #[error("peer started a new {0:?} message inside an unfinished fragmented message")]
+    ExpectedContinuation(Opcode),
+    /// RFC 6455 §8.1: text messages must be valid UTF-8.
+    #[error("peer sent invalid UTF-8 at byte {offset} of a text message")]
+    InvalidUtf8 {
+        /// Offset of the first invalid byte in the message.
+        offset: u64,
+    },
+    /// RFC 6455 §5.5.1: a Close payload is empty or at least 2 bytes.
+    #[error("peer sent a Close frame with a 1-byte payload")]
+    CloseTooShort,
+    /// RFC 6455 §7.4: the code is reserved or unassigned.
+    #[error("peer sent close code {0}, which is not valid on the wire")]
+    InvalidCloseCode(u16),
+    /// RFC 6455 §5.5.1: the close reason must be UTF-8.
+    #[error("peer sent a close reason that is not UTF-8 (invalid at byte {offset})")]
+    InvalidCloseReason {
+        /// Offset of the first invalid byte in the reason.
+        offset: usize,
+    },
+    /// A frame exceeds [`Config::max_frame_size`](crate::Config::max_frame_size).
+    #[error("peer sent a frame of {len} bytes; the limit is {max}")]
+    FrameTooLarge {
+        /// The announced payload length.
+        len: u64,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A message exceeds [`Config::max_message_size`](crate::Config::max_message_size).
+    #[error("peer sent a message of at least {len} bytes; the limit is {max}")]
+    MessageTooLarge {
+        /// The size the message would reach.
+        len: u64,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A message exceeds [`Config::max_fragments`](crate::Config::max_fragments).
+    #[error("peer sent a message of more than {max} fragments")]
+    TooManyFragments {
+        /// The configured limit.
+        max: usize,
+    },
+}
+
+impl ProtocolError {
+    /// The close code to answer this violation with (RFC 6455 §7.4.1).
+    ///
+    /// ```
+    /// use wsproto::{CloseCode, ProtocolError};
+    /// assert_eq!(ProtocolError::UnmaskedFrame.close_code(), CloseCode::PROTOCOL_ERROR);
+    /// assert_eq!(ProtocolError::InvalidUtf8 { offset: 3 }.close_code(), CloseCode::INVALID_PAYLOAD);
+    /// ```
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            Self::InvalidUtf8 { .. } | Self::InvalidCloseReason { .. } => {
+                CloseCode::INVALID_PAYLOAD
+            }
+            Self::FrameTooLarge { .. }
+            | Self::MessageTooLarge { .. }
+            | Self::TooManyFragments { .. } => CloseCode::MESSAGE_TOO_BIG,
+            _ => CloseCode::PROTOCOL_ERROR,
+        }
+    }
+}
+
+/// What was wrong with an HTTP Upgrade request or response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The bytes are not a valid HTTP/1.1 message.
+    #[error("malformed HTTP: {0}")]
+    MalformedHttp(String),
+    /// The head is larger than [`Config::max_handshake_size`](crate::Config::max_handshake_size).
+    #[error("HTTP head larger than {limit} bytes")]
+    HeadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// More header lines than [`Config::max_headers`](crate::Config::max_headers).
+    #[error("more than {limit} HTTP header lines")]
+    TooManyHeaders {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// RFC 6455 §4.1: the request method must be GET.
+    #[error("method {0} is not GET")]
+    MethodNotAllowed(String),
+    /// RFC 6455 §4.1: HTTP/1.1 or later is required.
+    #[error("HTTP/1.{0} is older than HTTP/1.1")]
+    HttpVersion(u8),
+    /// A required header is absent.
+    #[error("missing {0} header")]
+    MissingHeader(&'static str),
+    /// A header is present but its value is wrong.
+    #[error("invalid {name} header: {value:?}")]
+    InvalidHeader {
+        /// The header name.
+        name: &'static str,
+        /// What the peer sent (lossy UTF-8).
+        value: String,
+    },
+    /// RFC 6455 §4.4: only version 13 is supported.
+    #[error("unsupported Sec-WebSocket-Version {0:?} (only 13 is supported)")]
+    UnsupportedVersion(String),
+    /// Client side: the server answered with a status other than 101.
+    #[error("server answered HTTP {status} instead of 101")]
+    Status {
+        /// The HTTP status code.
+        status: u16,
+        /// The body of the response as far as it was read (lossy UTF-8, short).
+        body: String,
+    },
+    /// Client side: `Sec-WebSocket-Accept` does not match our key.
+    #[error("Sec-WebSocket-Accept is {got:?}, expected {expected:?}")]
+    AcceptMismatch {
+        /// What the key requires.
+        expected: String,
+        /// What the server sent.
+        got: String,
+    },
+    /// Client side: the server chose a subprotocol or extension we did not offer.
+    #[error("server selected {0:?}, which was not offered")]
+    NotOffered(String),
+    /// Client side: the URL could not be used.
+    #[error("invalid URL {url:?}: {why}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The transport closed before the handshake completed.
+    #[error("connection closed during the handshake")]
+    UnexpectedEof,
+}
+
+impl HandshakeError {
+    /// The HTTP status a server answers this (request) error with:
+    /// 405 for a wrong method, 426 for a wrong version, 431 for an oversized
+    /// head, 400 for everything else.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::MethodNotAllowed(_) => 405,
+            Self::UnsupportedVersion(_) => 426,
+            Self::HeadTooLarge { .. } | Self::TooManyHeaders { .. } => 431,
+            _ => 400,
+        }
+    }
+}
+
+/// The caller asked for something illegal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsageError {
+    /// RFC 6455 §5.5: control payloads are at most 125 bytes.
+    #[error("control frame payload of {0} bytes exceeds 125")]
+    ControlPayloadTooLong(usize),
+    /// The code may not be sent (1005, 1006 are report-only).
+    #[error("close code {0} cannot be sent")]
+    UnsendableCloseCode(CloseCode),
+    /// The reason does not fit in a close frame with its code.
+    #[error("close reason of {0} bytes exceeds 123")]
+    CloseReasonTooLong(usize),
+    /// A fragment was sent out of order (e.g. a continuation with no message
+    /// started, or a new message while one is unfinished).
+    #[error("fragment out of order: {0}")]
+    FragmentOrder(&'static str),
+}
+
+/// Any error from this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The transport failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The opening handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The peer violated the protocol; a Close frame with
+    /// [`ProtocolError::close_code`] has been queued.
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The caller misused the API.
+    #[error("usage error: {0}")]
+    Usage(#[from] UsageError),
+    /// The outgoing buffer holds [`Config::max_output_buffer`](crate::Config::max_output_buffer)
+    /// bytes or more; flush before sending more.
+    #[error("outgoing buffer full: {pending} bytes waiting, limit {max}")]
+    OutputFull {
+        /// Bytes waiting to be written.
+        pending: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The peer did not answer a keepalive ping in time.
+    #[error("no pong within {0:?}")]
+    PongTimeout(std::time::Duration),
+    /// The connection is closed (or closing and the operation needs it open).
+    #[error("connection closed")]
+    Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violation_to_close_code_table() {
+        use ProtocolError as P;
+        let table = [
+            (P::ReservedBits(4), 1002),
+            (P::UnknownOpcode(3), 1002),
+            (P::FragmentedControlFrame(Opcode::Ping), 1002),
+            (
+                P::ControlFrameTooLong {
+                    opcode: Opcode::Ping,
+                    len: 126,
+                },
+                1002,
+            ),
+            (P::UnmaskedFrame, 1002),
+            (P::MaskedFrame, 1002),
+            (P::NonMinimalLength { len: 5, width: 16 }, 1002),
+            (P::LengthMsbSet(1 << 63), 1002),
+            (P::UnexpectedContinuation, 1002),
+            (P::ExpectedContinuation(Opcode::Text), 1002),
+            (P::InvalidUtf8 { offset: 0 }, 1007),
+            (P::CloseTooShort, 1002),
+            (P::InvalidCloseCode(1005), 1002),
+            (P::InvalidCloseReason { offset: 0 }, 1007),
+            (P::FrameTooLarge { len: 9, max: 8 }, 1009),
+            (P::MessageTooLarge { len: 9, max: 8 }, 1009),
+            (P::TooManyFragments { max: 8 }, 1009),
+        ];
+        for (err, code) in table {
+            assert_eq!(err.close_code().as_u16(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn handshake_statuses() {
+        assert_eq!(HandshakeError::UnsupportedVersion("8".into()).status(), 426);
+        assert_eq!(
+            HandshakeError::MethodNotAllowed("POST".into()).status(),
+            405
+        );
+        assert_eq!(HandshakeError::HeadTooLarge { limit: 1 }.status(), 431);
+        assert_eq!(HandshakeError::MissingHeader("Host").status(), 400);
+    }
+
+    #[test]
+    fn error_is_send_sync_and_small() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Error>();
+        assert!(
+            std::mem::size_of::<Error>() <= 64,
+            "{}",
+            std::mem::size_of::<Error>()
+        );
+    }
+}

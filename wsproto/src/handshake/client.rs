@@ -1,0 +1,404 @@
+//! Client side of the opening handshake (RFC 6455 §4.1).
+
+use super::headers::{self, invalid, list_contains, trim, Extension};
+use super::{accept_key, head_end};
+use crate::config::Config;
+use crate::error::HandshakeError;
+use base64::Engine;
+
+/// A client's Upgrade request, holding the key its response is checked against.
+///
+/// ```
+/// use wsproto::handshake::ClientRequest;
+/// let req = ClientRequest::from_url("ws://127.0.0.1:9001/chat").unwrap().protocols(&["chat"]);
+/// assert_eq!(req.address(), "127.0.0.1:9001");
+/// let bytes = String::from_utf8(req.to_bytes()).unwrap();
+/// assert!(bytes.starts_with("GET /chat HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n"));
+/// assert!(bytes.contains(&format!("Sec-WebSocket-Key: {}\r\n", req.key())));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRequest {
+    host: String,
+    port: u16,
+    path: String,
+    key: String,
+    protocols: Vec<String>,
+    extra: Vec<(String, String)>,
+}
+
+impl ClientRequest {
+    /// A request for `path` on `host:port`, with a fresh random key.
+    pub fn new(host: &str, port: u16, path: &str) -> Self {
+        let mut nonce = [0u8; 16];
+        crate::random::fill(&mut nonce);
+        Self {
+            host: host.to_owned(),
+            port,
+            path: if path.is_empty() {
+                "/".into()
+            } else {
+                path.to_owned()
+            },
+            key: base64::engine::general_purpose::STANDARD.encode(nonce),
+            protocols: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// A request for a `ws://host[:port][/path]` URL (port 80 by default).
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError::InvalidUrl`] for another scheme (`wss://` needs TLS,
+    /// which this crate leaves to the caller), a missing host or a bad port.
+    pub fn from_url(url: &str) -> Result<Self, HandshakeError> {
+        let bad = |why| HandshakeError::InvalidUrl {
+            url: url.to_owned(),
+            why,
+        };
+        let rest = if let Some(r) = strip_prefix_ignore_case(url, "ws://") {
+            r
+        } else if strip_prefix_ignore_case(url, "wss://").is_some() {
+            return Err(bad(
+                "wss:// needs TLS: connect a TLS stream yourself and use blocking::client",
+            ));
+        } else {
+            return Err(bad("the scheme must be ws://"));
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
+            Some(i) => (&rest[..i], rest[i..].to_owned()),
+            None => (rest, "/".to_owned()),
+        };
+        let path = path.split('#').next().unwrap_or("/").to_owned();
+        if authority.contains('@') {
+            return Err(bad("user information is not supported"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unterminated IPv6 literal"))?;
+            let port = match after {
+                "" => 80,
+                p => p
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| bad("invalid port"))?,
+            };
+            (format!("[{h}]"), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad("invalid port"))?),
+                None => (authority.to_owned(), 80),
+            }
+        };
+        if host.is_empty() || host == "[]" {
+            return Err(bad("missing host"));
+        }
+        if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(bad("the path contains spaces or control characters"));
+        }
+        Ok(Self::new(&host, port, &path))
+    }
+
+    /// Offers these subprotocols, in order of preference.
+    #[must_use]
+    pub fn protocols(mut self, protocols: &[&str]) -> Self {
+        self.protocols = protocols.iter().map(|p| (*p).to_owned()).collect();
+        self
+    }
+
+    /// Adds a header line (e.g. `Origin`, `Authorization`).
+    #[must_use]
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.extra.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The `Sec-WebSocket-Key` sent.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// `host:port`, for `TcpStream::connect`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The request bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let host = if self.port == 80 {
+            self.host.clone()
+        } else {
+            self.address()
+        };
+        let mut out = format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n",
+            self.path, self.key
+        );
+        if !self.protocols.is_empty() {
+            out.push_str(&format!(
+                "Sec-WebSocket-Protocol: {}\r\n",
+                self.protocols.join(", ")
+            ));
+        }
+        for (n, v) in &self.extra {
+            out.push_str(&format!("{n}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        out.into_bytes()
+    }
+
+    /// Checks the server's answer (RFC 6455 §4.1, "the client MUST validate").
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError::Status`] for a status other than 101 (with the
+    /// start of the body), [`HandshakeError::AcceptMismatch`], a missing or
+    /// wrong `Upgrade`/`Connection`, a subprotocol or extension that was not
+    /// offered, or a head over the limits.
+    ///
+    /// ```
+    /// use wsproto::handshake::{accept_key, ClientRequest, ParsedResponse};
+    /// let req = ClientRequest::new("localhost", 80, "/");
+    /// let answer = format!(
+    ///     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    ///      Sec-WebSocket-Accept: {}\r\n\r\n",
+    ///     accept_key(req.key().as_bytes())
+    /// );
+    /// let parsed = req.parse_response(answer.as_bytes(), &Default::default()).unwrap();
+    /// assert!(matches!(parsed, ParsedResponse::Complete(_, n) if n == answer.len()));
+    /// ```
+    pub fn parse_response(
+        &self,
+        buf: &[u8],
+        config: &Config,
+    ) -> Result<ParsedResponse, HandshakeError> {
+        let too_large = HandshakeError::HeadTooLarge {
+            limit: config.max_handshake_size,
+        };
+        let end = match head_end(buf, 0) {
+            Some(end) if end <= config.max_handshake_size => end,
+            None if buf.len() < config.max_handshake_size => return Ok(ParsedResponse::NeedMore),
+            _ => return Err(too_large),
+        };
+        let mut storage = vec![httparse::EMPTY_HEADER; config.max_headers];
+        let mut resp = httparse::Response::new(&mut storage);
+        match resp.parse(&buf[..end]) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(HandshakeError::MalformedHttp("incomplete head".into()))
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(HandshakeError::TooManyHeaders {
+                    limit: config.max_headers,
+                })
+            }
+            Err(e) => return Err(HandshakeError::MalformedHttp(e.to_string())),
+        }
+        let status = resp.code.unwrap_or(0);
+        if status != 101 {
+            let body = &buf[end..buf.len().min(end + 256)];
+            return Err(HandshakeError::Status {
+                status,
+                body: String::from_utf8_lossy(body).into_owned(),
+            });
+        }
+        let headers: Vec<(String, Vec<u8>)> = resp
+            .headers
+            .iter()
+            .map(|h| (h.name.to_owned(), h.value.to_owned()))
+            .collect();
+        let get = |name: &'static str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| trim(v))
+                .ok_or(HandshakeError::MissingHeader(name))
+        };
+        let upgrade = get("Upgrade")?;
+        if !upgrade.eq_ignore_ascii_case(b"websocket") {
+            return Err(invalid("Upgrade", upgrade));
+        }
+        let connection = get("Connection")?;
+        if !list_contains(connection, "upgrade") {
+            return Err(invalid("Connection", connection));
+        }
+        let expected = accept_key(self.key.as_bytes());
+        let got = get("Sec-WebSocket-Accept")?;
+        if got != expected.as_bytes() {
+            return Err(HandshakeError::AcceptMismatch {
+                expected,
+                got: String::from_utf8_lossy(got).into_owned(),
+            });
+        }
+        // RFC 6455 §4.1: fail on a subprotocol or extension we did not offer.
+        let protocol = match get("Sec-WebSocket-Protocol") {
+            Ok(p) => {
+                let p = String::from_utf8_lossy(p).into_owned();
+                if !self.protocols.contains(&p) {
+                    return Err(HandshakeError::NotOffered(p));
+                }
+                Some(p)
+            }
+            Err(_) => None,
+        };
+        let mut extensions = Vec::new();
+        for (_, v) in headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Sec-WebSocket-Extensions"))
+        {
+            extensions.extend(headers::parse_extensions(v)?);
+        }
+        if let Some(ext) = extensions.first() {
+            return Err(HandshakeError::NotOffered(ext.name.clone()));
+        }
+        Ok(ParsedResponse::Complete(
+            Response {
+                status,
+                protocol,
+                extensions,
+                headers,
+            },
+            end,
+        ))
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+/// The outcome of [`ClientRequest::parse_response`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParsedResponse {
+    /// A valid 101 answer whose head is this many bytes long; any bytes after
+    /// it are WebSocket frames.
+    Complete(Response, usize),
+    /// The head is not complete yet.
+    NeedMore,
+}
+
+/// A checked `101 Switching Protocols` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Always 101.
+    pub status: u16,
+    /// The subprotocol the server selected.
+    pub protocol: Option<String>,
+    /// The extensions the server accepted (none, since none are offered yet).
+    pub extensions: Vec<Extension>,
+    /// Every header as sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(req: &ClientRequest, extra: &str) -> String {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{extra}\r\n",
+            accept_key(req.key().as_bytes())
+        )
+    }
+
+    #[test]
+    fn urls() {
+        let r = ClientRequest::from_url("ws://example.com").unwrap();
+        assert_eq!(r.address(), "example.com:80");
+        assert!(String::from_utf8(r.to_bytes())
+            .unwrap()
+            .starts_with("GET / HTTP/1.1\r\nHost: example.com\r\n"));
+        let r = ClientRequest::from_url("WS://[::1]:9001?x=1").unwrap();
+        assert_eq!(r.address(), "[::1]:9001");
+        assert!(String::from_utf8(r.to_bytes())
+            .unwrap()
+            .starts_with("GET /?x=1 HTTP/1.1\r\n"));
+        for bad in [
+            "http://x/",
+            "wss://x/",
+            "ws://",
+            "ws://x:99999/",
+            "ws://u@x/",
+            "ws://x/a b",
+        ] {
+            assert!(
+                matches!(
+                    ClientRequest::from_url(bad),
+                    Err(HandshakeError::InvalidUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_random_16_bytes() {
+        let a = ClientRequest::new("h", 80, "/");
+        let b = ClientRequest::new("h", 80, "/");
+        assert_ne!(a.key(), b.key());
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(a.key())
+            .unwrap();
+        assert_eq!(raw.len(), 16);
+    }
+
+    #[test]
+    fn response_checks() {
+        let config = Config::default();
+        let req = ClientRequest::new("h", 80, "/").protocols(&["chat"]);
+        let ok = answer(&req, "Sec-WebSocket-Protocol: chat\r\n");
+        let Ok(ParsedResponse::Complete(resp, n)) = req.parse_response(ok.as_bytes(), &config)
+        else {
+            panic!()
+        };
+        assert_eq!((resp.protocol.as_deref(), n), (Some("chat"), ok.len()));
+        assert_eq!(
+            req.parse_response(&ok.as_bytes()[..20], &config),
+            Ok(ParsedResponse::NeedMore)
+        );
+
+        let err = req.parse_response(
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno",
+            &config,
+        );
+        assert_eq!(
+            err,
+            Err(HandshakeError::Status {
+                status: 403,
+                body: "no".into()
+            })
+        );
+        let bad_accept = ok.replace("Sec-WebSocket-Accept: ", "Sec-WebSocket-Accept: x");
+        assert!(matches!(
+            req.parse_response(bad_accept.as_bytes(), &config),
+            Err(HandshakeError::AcceptMismatch { .. })
+        ));
+        let other_proto = answer(&req, "Sec-WebSocket-Protocol: mqtt\r\n");
+        assert_eq!(
+            req.parse_response(other_proto.as_bytes(), &config),
+            Err(HandshakeError::NotOffered("mqtt".into()))
+        );
+        let ext = answer(&req, "Sec-WebSocket-Extensions: permessage-deflate\r\n");
+        assert_eq!(
+            req.parse_response(ext.as_bytes(), &config),
+            Err(HandshakeError::NotOffered("permessage-deflate".into()))
+        );
+        let no_upgrade = ok.replace("Upgrade: websocket\r\n", "");
+        assert_eq!(
+            req.parse_response(no_upgrade.as_bytes(), &config),
+            Err(HandshakeError::MissingHeader("Upgrade"))
+        );
+        let no_conn = ok.replace("Connection: Upgrade", "Connection: close");
+        assert!(matches!(
+            req.parse_response(no_conn.as_bytes(), &config),
+            Err(HandshakeError::InvalidHeader {
+                name: "Connection",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,391 @@
+//! Server side of the opening handshake (RFC 6455 §4.2).
+
+use super::headers::{self, invalid, list_contains, trim, Extension};
+use super::{accept_key, head_end, http_response};
+use crate::config::Config;
+use crate::error::HandshakeError;
+use base64::Engine;
+
+/// A checked WebSocket Upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The request target, e.g. `/chat?room=1`.
+    pub path: String,
+    /// The `Host` header.
+    pub host: String,
+    /// The `Sec-WebSocket-Key` header (base64 of 16 bytes).
+    pub key: String,
+    /// The `Origin` header, if any (browsers always send it).
+    pub origin: Option<String>,
+    /// Subprotocols the client offered, in its order.
+    pub protocols: Vec<String>,
+    /// Extensions the client offered, in its order.
+    pub extensions: Vec<Extension>,
+    /// Every header as sent (names as written, values raw).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Request {
+    /// The first value of header `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The server's choice of subprotocol: the first of `supported` (the
+    /// server's order of preference) that the client offered.
+    ///
+    /// ```
+    /// # use wsproto::handshake::{parse_request, ParsedRequest};
+    /// # let raw = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    /// # Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+    /// # Sec-WebSocket-Protocol: chat, v2.chat\r\n\r\n";
+    /// # let ParsedRequest::Complete(req, _) = parse_request(raw, &Default::default()) else { panic!() };
+    /// assert_eq!(req.select_protocol(&["v2.chat", "chat"]), Some("v2.chat"));
+    /// assert_eq!(req.select_protocol(&["mqtt"]), None);
+    /// ```
+    pub fn select_protocol<'a>(&self, supported: &[&'a str]) -> Option<&'a str> {
+        supported
+            .iter()
+            .copied()
+            .find(|s| self.protocols.iter().any(|p| p == s))
+    }
+
+    /// The `101 Switching Protocols` answer, with `protocol` (which should
+    /// come from [`select_protocol`](Self::select_protocol)) if given.
+    /// No extensions are accepted.
+    pub fn accept(&self, protocol: Option<&str>) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+            accept_key(self.key.as_bytes())
+        );
+        if let Some(p) = protocol {
+            out.push_str("Sec-WebSocket-Protocol: ");
+            out.push_str(p);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        out.into_bytes()
+    }
+}
+
+/// A refused request and the complete HTTP response to send for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// What was wrong.
+    pub error: HandshakeError,
+    /// The response: status from [`HandshakeError::status`], a short
+    /// plain-text reason, and `Sec-WebSocket-Version: 13` for a 426 or
+    /// `Allow: GET` for a 405.
+    pub response: Vec<u8>,
+}
+
+impl Rejection {
+    /// The rejection for `error`.
+    pub fn new(error: HandshakeError) -> Self {
+        let status = error.status();
+        let extra: &[&str] = match status {
+            426 => &["Sec-WebSocket-Version: 13", "Upgrade: websocket"],
+            405 => &["Allow: GET"],
+            _ => &[],
+        };
+        let response = http_response(status, extra, &format!("{error}\n"));
+        Self { error, response }
+    }
+}
+
+/// The outcome of [`parse_request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParsedRequest {
+    /// A valid Upgrade request whose head is this many bytes long.
+    Complete(Request, usize),
+    /// The head is not complete yet (and within the limits so far).
+    NeedMore,
+    /// The request is refused; send the response and close.
+    Reject(Rejection),
+}
+
+/// Parses and checks a WebSocket Upgrade request (RFC 6455 §4.2.1).
+///
+/// Accepted: a GET over HTTP/1.1 with `Host`, `Upgrade: websocket`, a
+/// `Connection` list containing `upgrade`, `Sec-WebSocket-Version: 13` and a
+/// `Sec-WebSocket-Key` that is base64 of 16 bytes. The head may not exceed
+/// [`Config::max_handshake_size`] bytes or [`Config::max_headers`] lines.
+///
+/// ```
+/// use wsproto::handshake::{parse_request, ParsedRequest};
+/// let raw = b"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
+///             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+///             Sec-WebSocket-Version: 13\r\n\r\n";
+/// let ParsedRequest::Complete(req, len) = parse_request(raw, &Default::default()) else { panic!() };
+/// assert_eq!((req.path.as_str(), len), ("/chat", raw.len()));
+/// let answer = String::from_utf8(req.accept(None)).unwrap();
+/// assert!(answer.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+///
+/// let ParsedRequest::Reject(r) = parse_request(b"POST / HTTP/1.1\r\n\r\n", &Default::default()) else { panic!() };
+/// assert!(r.response.starts_with(b"HTTP/1.1 405 "));
+/// ```
+pub fn parse_request(buf: &[u8], config: &Config) -> ParsedRequest {
+    let end = match head_end(buf, 0) {
+        Some(end) if end <= config.max_handshake_size => end,
+        Some(_) => return too_large(config),
+        None if buf.len() >= config.max_handshake_size => return too_large(config),
+        None => return ParsedRequest::NeedMore,
+    };
+    match check_request(&buf[..end], config) {
+        Ok(req) => ParsedRequest::Complete(req, end),
+        Err(e) => ParsedRequest::Reject(Rejection::new(e)),
+    }
+}
+
+fn too_large(config: &Config) -> ParsedRequest {
+    ParsedRequest::Reject(Rejection::new(HandshakeError::HeadTooLarge {
+        limit: config.max_handshake_size,
+    }))
+}
+
+fn check_request(head: &[u8], config: &Config) -> Result<Request, HandshakeError> {
+    let mut storage = vec![httparse::EMPTY_HEADER; config.max_headers];
+    let mut req = httparse::Request::new(&mut storage);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(HandshakeError::MalformedHttp("incomplete head".into()))
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HandshakeError::TooManyHeaders {
+                limit: config.max_headers,
+            })
+        }
+        Err(e) => return Err(HandshakeError::MalformedHttp(e.to_string())),
+    }
+    // invariant: a Complete parse fills method, path and version.
+    let method = req.method.unwrap_or_default();
+    // RFC 6455 §4.1: "The method of the request MUST be GET".
+    if method != "GET" {
+        return Err(HandshakeError::MethodNotAllowed(method.to_owned()));
+    }
+    // RFC 6455 §4.1: "the HTTP version MUST be at least 1.1".
+    let version = req.version.unwrap_or(0);
+    if version < 1 {
+        return Err(HandshakeError::HttpVersion(version));
+    }
+    let headers: Vec<(String, Vec<u8>)> = req
+        .headers
+        .iter()
+        .map(|h| (h.name.to_owned(), h.value.to_owned()))
+        .collect();
+    let one = |name: &'static str| -> Result<Option<&[u8]>, HandshakeError> {
+        let mut it = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        let first = it.next().map(|(_, v)| trim(v));
+        if it.next().is_some() {
+            return Err(HandshakeError::InvalidHeader {
+                name,
+                value: "(sent more than once)".into(),
+            });
+        }
+        Ok(first)
+    };
+    let required = |name: &'static str| one(name)?.ok_or(HandshakeError::MissingHeader(name));
+
+    let host = required("Host")?;
+    if host.is_empty() {
+        return Err(invalid("Host", host));
+    }
+    // RFC 6455 §4.2.1 items 3-4.
+    let upgrade = required("Upgrade")?;
+    if !list_contains(upgrade, "websocket") {
+        return Err(invalid("Upgrade", upgrade));
+    }
+    let connection = all_values(&headers, "Connection");
+    if connection.is_empty() {
+        return Err(HandshakeError::MissingHeader("Connection"));
+    }
+    if !connection.iter().any(|v| list_contains(v, "upgrade")) {
+        return Err(invalid("Connection", connection[0]));
+    }
+    // RFC 6455 §4.4: another version gets 426 with the versions we speak.
+    let version = required("Sec-WebSocket-Version")?;
+    if version != b"13" {
+        return Err(HandshakeError::UnsupportedVersion(
+            String::from_utf8_lossy(version).into_owned(),
+        ));
+    }
+    // RFC 6455 §4.2.1 item 5: base64 of a 16-byte nonce.
+    let key = required("Sec-WebSocket-Key")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key);
+    if !matches!(decoded, Ok(ref k) if k.len() == 16) {
+        return Err(invalid("Sec-WebSocket-Key", key));
+    }
+    let mut protocols = Vec::new();
+    for v in all_values(&headers, "Sec-WebSocket-Protocol") {
+        protocols.extend(headers::parse_protocols(v)?);
+    }
+    let mut extensions = Vec::new();
+    for v in all_values(&headers, "Sec-WebSocket-Extensions") {
+        extensions.extend(headers::parse_extensions(v)?);
+    }
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    Ok(Request {
+        path: req.path.unwrap_or("/").to_owned(),
+        host: text(host),
+        key: text(key),
+        origin: one("Origin")?.map(text),
+        protocols,
+        extensions,
+        headers,
+    })
+}
+
+fn all_values<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Vec<&'a [u8]> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n\
+        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Origin: http://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\n\
+        Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    fn parse(s: &str) -> ParsedRequest {
+        parse_request(s.as_bytes(), &Config::default())
+    }
+
+    fn rejected(s: &str) -> (u16, HandshakeError, String) {
+        match parse(s) {
+            ParsedRequest::Reject(r) => {
+                let text = String::from_utf8(r.response.clone()).unwrap();
+                (r.error.status(), r.error, text)
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_rfc_request() {
+        let ParsedRequest::Complete(req, n) = parse(GOOD) else {
+            panic!()
+        };
+        assert_eq!(n, GOOD.len());
+        assert_eq!(req.host, "server.example.com");
+        assert_eq!(req.origin.as_deref(), Some("http://example.com"));
+        assert_eq!(req.protocols, ["chat", "superchat"]);
+        assert_eq!(req.extensions[0].name, "permessage-deflate");
+        let resp = String::from_utf8(req.accept(Some("chat"))).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(resp.contains("Sec-WebSocket-Protocol: chat\r\n"));
+        assert!(resp.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn incomplete_needs_more_at_every_cut() {
+        for cut in 0..GOOD.len() {
+            assert_eq!(parse(&GOOD[..cut]), ParsedRequest::NeedMore, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn case_insensitive_values() {
+        let s = GOOD
+            .replace("Upgrade: websocket", "upgrade: WebSocket")
+            .replace("keep-alive, Upgrade", "UPGRADE");
+        assert!(matches!(parse(&s), ParsedRequest::Complete(..)));
+    }
+
+    #[test]
+    fn rejections() {
+        let (status, _, text) = rejected(&GOOD.replace("Version: 13", "Version: 8"));
+        assert_eq!(status, 426);
+        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
+        let (status, _, text) = rejected(&GOOD.replace("GET", "POST"));
+        assert_eq!(status, 405);
+        assert!(text.contains("Allow: GET\r\n"));
+        let cases = [
+            (
+                GOOD.replace("HTTP/1.1", "HTTP/1.0"),
+                HandshakeError::HttpVersion(0),
+            ),
+            (
+                GOOD.replace("Host: server.example.com\r\n", ""),
+                HandshakeError::MissingHeader("Host"),
+            ),
+            (
+                GOOD.replace("Upgrade: websocket\r\n", ""),
+                HandshakeError::MissingHeader("Upgrade"),
+            ),
+            (
+                GOOD.replace("Upgrade: websocket", "Upgrade: h2c"),
+                HandshakeError::InvalidHeader {
+                    name: "Upgrade",
+                    value: "h2c".into(),
+                },
+            ),
+            (
+                GOOD.replace("keep-alive, Upgrade", "keep-alive"),
+                HandshakeError::InvalidHeader {
+                    name: "Connection",
+                    value: "keep-alive".into(),
+                },
+            ),
+            (
+                GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ=="),
+                HandshakeError::InvalidHeader {
+                    name: "Sec-WebSocket-Key",
+                    value: "dGhlIHNhbXBsZQ==".into(),
+                },
+            ),
+            (
+                GOOD.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+                HandshakeError::MissingHeader("Sec-WebSocket-Key"),
+            ),
+            (
+                GOOD.replace("chat, superchat", "chat superchat"),
+                HandshakeError::InvalidHeader {
+                    name: "Sec-WebSocket-Protocol",
+                    value: "chat superchat".into(),
+                },
+            ),
+        ];
+        for (req, err) in cases {
+            let (status, got, text) = rejected(&req);
+            assert_eq!(got, err);
+            assert_eq!(status, 400);
+            assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+            assert!(text.contains("Content-Length: "), "a complete response");
+        }
+        assert!(matches!(
+            rejected("GET / HTTP/1.1\r\nHost\r\n\r\n").1,
+            HandshakeError::MalformedHttp(_)
+        ));
+    }
+
+    #[test]
+    fn limits() {
+        let config = Config::default().max_handshake_size(64);
+        let ParsedRequest::Reject(r) = parse_request(&[b'a'; 64], &config) else {
+            panic!()
+        };
+        assert_eq!(r.error.status(), 431);
+        let ParsedRequest::Reject(r) = parse_request(GOOD.as_bytes(), &config) else {
+            panic!()
+        };
+        assert_eq!(r.error, HandshakeError::HeadTooLarge { limit: 64 });
+        let config = Config::default().max_headers(3);
+        let ParsedRequest::Reject(r) = parse_request(GOOD.as_bytes(), &config) else {
+            panic!()
+        };
+        assert_eq!(r.error, HandshakeError::TooManyHeaders { limit: 3 });
+    }
+}
