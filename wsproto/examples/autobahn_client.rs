@@ -1,0 +1,65 @@
+//! The Autobahn|Testsuite client driver: runs every case against the
+//! fuzzing server, echoing what it sends, then asks for the reports.
+//!
+//! ```sh
+//! cargo run --release --example autobahn_client -p wsproto -- --url ws://127.0.0.1:9001 --agent wsproto
+//! ```
+//! (`AUTOBAHN_URL` / `AUTOBAHN_AGENT` from `test-client.sh` are used when the
+//! flags are absent.)
+
+use wsproto::{blocking, CloseCode, Config, Event};
+
+fn main() {
+    let mut url = std::env::var("AUTOBAHN_URL").unwrap_or_else(|_| "ws://127.0.0.1:9001".into());
+    let mut agent = std::env::var("AUTOBAHN_AGENT").unwrap_or_else(|_| "wsproto".into());
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--url", Some(u)) => url = u,
+            ("--agent", Some(a)) => agent = a,
+            _ => {
+                eprintln!("usage: autobahn_client [--url ws://HOST:PORT] [--agent NAME]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let url = url.trim_end_matches('/').to_string();
+    if let Err(e) = run(&url, &agent) {
+        eprintln!("autobahn_client: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(url: &str, agent: &str) -> Result<(), wsproto::Error> {
+    let (mut ws, _) = blocking::connect(&format!("{url}/getCaseCount"))?;
+    let count: u32 = match ws.read()? {
+        Event::Text(t) => t.parse().map_err(|_| wsproto::Error::Closed)?,
+        _ => return Err(wsproto::Error::Closed),
+    };
+    drop(ws);
+    for case in 1..=count {
+        let case_url = format!("{url}/runCase?case={case}&agent={agent}");
+        let request = wsproto::handshake::ClientRequest::from_url(&case_url)?;
+        let stream = std::net::TcpStream::connect(request.address())?;
+        stream.set_nodelay(true)?;
+        let Ok((mut ws, _)) = blocking::client(stream, &request, Config::default()) else {
+            continue;
+        };
+        loop {
+            let sent = match ws.read() {
+                Ok(Event::Text(t)) => ws.send(t),
+                Ok(Event::Binary(b)) => ws.send(b),
+                Ok(Event::Ping(_) | Event::Pong(_)) => Ok(()),
+                Ok(Event::Close(_)) | Err(_) => break,
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+    }
+    let (mut ws, _) = blocking::connect(&format!("{url}/updateReports?agent={agent}"))?;
+    ws.close(CloseCode::NORMAL, "")?;
+    // Wait for the server's close: the reports are written by then.
+    while ws.read().is_ok() {}
+    Ok(())
+}
