@@ -393,6 +393,21 @@ impl<S: Transport> WebSocket<S> {
         }
     }
 
+    /// Sends one fragment of a message (see [`Connection::send_fragment`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::send_fragment`], and [`Error::Io`].
+    pub fn send_fragment(
+        &mut self,
+        opcode: crate::Opcode,
+        payload: &[u8],
+        fin: bool,
+    ) -> Result<(), Error> {
+        self.conn.send_fragment(opcode, payload, fin)?;
+        self.flush()
+    }
+
     /// Sends a Ping.
     ///
     /// # Errors

@@ -1,0 +1,372 @@
+//! The blocking API over real sockets on 127.0.0.1: our client against our
+//! server, every test bounded by timeouts.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+use wsproto::blocking::{self, WebSocket};
+use wsproto::{Bytes, CloseCode, Config, Error, Event, HandshakeError, Opcode, ProtocolError};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Spawns a one-connection server running `handler` on the accepted socket.
+fn serve<T: Send + 'static>(
+    config: Config,
+    handler: impl FnOnce(Result<WebSocket<TcpStream>, Error>) -> T + Send + 'static,
+) -> (String, thread::JoinHandle<T>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let handle = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(LIMIT)).unwrap();
+        handler(blocking::accept_with(stream, config, &["chat"]).map(|(ws, _)| ws))
+    });
+    (url, handle)
+}
+
+fn echo(ws: Result<WebSocket<TcpStream>, Error>) -> Result<Vec<Event>, Error> {
+    let mut ws = ws?;
+    let mut seen = Vec::new();
+    loop {
+        let event = ws.read()?;
+        seen.push(event.clone());
+        match event {
+            Event::Text(t) => ws.send(t)?,
+            Event::Binary(b) => ws.send(b)?,
+            Event::Close(_) => return Ok(seen),
+            Event::Ping(_) | Event::Pong(_) => {}
+        }
+    }
+}
+
+fn connect(url: &str) -> WebSocket<TcpStream> {
+    let (ws, _) = blocking::connect(url).unwrap();
+    ws.get_ref().set_read_timeout(Some(LIMIT)).unwrap();
+    ws
+}
+
+#[test]
+fn text_and_binary_up_to_several_mib() {
+    let (url, server) = serve(Config::default(), echo);
+    let mut ws = connect(&url);
+    let big_text: String = "ß€😀abc".chars().cycle().take(1 << 20).collect(); // ~3.5 MiB
+    let big_binary: Vec<u8> = (0..(5 << 20)).map(|i: u32| (i % 251) as u8).collect();
+    for msg in [
+        wsproto::Message::from("small"),
+        big_text.clone().into(),
+        big_binary.clone().into(),
+        Vec::new().into(),
+    ] {
+        ws.send(msg.clone()).unwrap();
+        let want = match msg {
+            wsproto::Message::Text(t) => Event::Text(t),
+            wsproto::Message::Binary(b) => Event::Binary(b),
+        };
+        assert!(ws.read().unwrap() == want);
+    }
+    ws.close(CloseCode::NORMAL, "done").unwrap();
+    assert!(matches!(ws.read().unwrap(), Event::Close(f) if f.code == CloseCode::NORMAL));
+    assert!(matches!(ws.read(), Err(Error::Closed)));
+    let seen = server.join().unwrap().unwrap();
+    assert!(matches!(seen.last(), Some(Event::Close(f)) if f.reason == "done"));
+}
+
+#[test]
+fn fragmented_send_with_a_ping_in_the_middle() {
+    let (url, server) = serve(Config::default(), echo);
+    let mut ws = connect(&url);
+    ws.send_fragment(Opcode::Text, "€".as_bytes()[..1].as_ref(), false)
+        .unwrap();
+    ws.ping(b"mid").unwrap();
+    ws.send_fragment(Opcode::Continuation, &"€".as_bytes()[1..], false)
+        .unwrap();
+    ws.send_fragment(Opcode::Continuation, b"!", true).unwrap();
+    assert_eq!(ws.read().unwrap(), Event::Pong(Bytes::from_static(b"mid")));
+    assert_eq!(ws.read().unwrap(), Event::Text("€!".into()));
+    ws.close(CloseCode::NORMAL, "").unwrap();
+    assert!(matches!(ws.read().unwrap(), Event::Close(_)));
+    let seen = server.join().unwrap().unwrap();
+    assert_eq!(seen[0], Event::Ping(Bytes::from_static(b"mid")));
+    assert_eq!(seen[1], Event::Text("€!".into()));
+}
+
+#[test]
+fn server_initiated_close() {
+    let (url, server) = serve(Config::default(), |ws| -> Result<Event, Error> {
+        let mut ws = ws?;
+        ws.close(CloseCode::GOING_AWAY, "shutting down")?;
+        ws.read()
+    });
+    let mut ws = connect(&url);
+    let got = ws.read().unwrap();
+    assert!(
+        matches!(&got, Event::Close(f) if f.code == CloseCode::GOING_AWAY && f.reason == "shutting down")
+    );
+    assert!(
+        matches!(server.join().unwrap().unwrap(), Event::Close(f) if f.code == CloseCode::GOING_AWAY)
+    );
+}
+
+#[test]
+fn message_over_the_limit_is_closed_with_1009() {
+    let (url, server) = serve(Config::default().max_message_size(1000), echo);
+    let mut ws = connect(&url);
+    ws.send(vec![0u8; 1001]).unwrap();
+    assert!(matches!(ws.read().unwrap(), Event::Close(f) if f.code == CloseCode::MESSAGE_TOO_BIG));
+    assert!(matches!(
+        server.join().unwrap(),
+        Err(Error::Protocol(ProtocolError::MessageTooLarge {
+            len: 1001,
+            max: 1000
+        }))
+    ));
+}
+
+#[test]
+fn frame_over_the_limit_is_closed_with_1009() {
+    let (url, server) = serve(Config::default().max_frame_size(100), echo);
+    let mut ws = connect(&url);
+    ws.send_fragment(Opcode::Binary, &[0; 50], false).unwrap();
+    ws.send_fragment(Opcode::Continuation, &[0; 101], true)
+        .unwrap();
+    assert!(matches!(ws.read().unwrap(), Event::Close(f) if f.code.as_u16() == 1009));
+    assert!(matches!(
+        server.join().unwrap(),
+        Err(Error::Protocol(ProtocolError::FrameTooLarge { .. }))
+    ));
+}
+
+#[test]
+fn fragment_limit_over_the_wire() {
+    let (url, server) = serve(Config::default().max_fragments(4), echo);
+    let mut ws = connect(&url);
+    ws.send_fragment(Opcode::Binary, b"a", false).unwrap();
+    for _ in 0..4 {
+        ws.send_fragment(Opcode::Continuation, b"b", false).unwrap();
+    }
+    assert!(matches!(ws.read().unwrap(), Event::Close(f) if f.code.as_u16() == 1009));
+    assert!(matches!(
+        server.join().unwrap(),
+        Err(Error::Protocol(ProtocolError::TooManyFragments { max: 4 }))
+    ));
+}
+
+/// Sends a raw request and returns the server's whole answer.
+fn raw_exchange(config: Config, request: &[u8]) -> (String, Error) {
+    let (url, server) = serve(config, |ws| ws.expect_err("handshake must fail"));
+    let mut s = TcpStream::connect(url.trim_start_matches("ws://").trim_end_matches('/')).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        server.join().unwrap(),
+    )
+}
+
+#[test]
+fn bad_handshakes_get_complete_http_answers() {
+    let base = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let (answer, err) = raw_exchange(
+        Config::default(),
+        base.replace("Version: 13", "Version: 7").as_bytes(),
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("Sec-WebSocket-Version: 13\r\n"));
+    assert!(matches!(err, Error::Handshake(HandshakeError::UnsupportedVersion(v)) if v == "7"));
+
+    let (answer, err) = raw_exchange(
+        Config::default(),
+        base.replace("Upgrade: websocket\r\n", "").as_bytes(),
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("missing Upgrade header\n"), "{answer}");
+    assert!(matches!(
+        err,
+        Error::Handshake(HandshakeError::MissingHeader("Upgrade"))
+    ));
+
+    // An oversized head trickling in gets 431, without waiting for its end.
+    let big = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(2000));
+    let (answer, _) = raw_exchange(Config::default().max_handshake_size(1024), big.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+
+    // A client sees the status of a refused upgrade.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let t = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0; 1024];
+        let _ = s.read(&mut buf);
+        s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope")
+            .unwrap();
+    });
+    let err = blocking::connect(&format!("ws://{addr}/")).unwrap_err();
+    assert!(
+        matches!(err, Error::Handshake(HandshakeError::Status { status: 403, ref body }) if body == "nope"),
+        "{err}"
+    );
+    t.join().unwrap();
+}
+
+#[test]
+fn handshake_bytes_trickling_in_one_at_a_time() {
+    let (url, server) = serve(Config::default(), echo);
+    let mut s = TcpStream::connect(url.trim_start_matches("ws://").trim_end_matches('/')).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let req = wsproto::handshake::ClientRequest::new("x", 80, "/");
+    for b in req.to_bytes() {
+        s.write_all(&[b]).unwrap();
+    }
+    let mut ws = WebSocket::from_raw(s, wsproto::Role::Client, Config::default(), &[]);
+    // Skip the 101 head by hand: read until the blank line.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        ws.get_mut().read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    ws.send("after trickle").unwrap();
+    assert_eq!(ws.read().unwrap(), Event::Text("after trickle".into()));
+    ws.close(CloseCode::NORMAL, "").unwrap();
+    let _ = ws.read();
+    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn subprotocol_is_negotiated() {
+    let (url, server) = serve(Config::default(), echo);
+    let request = wsproto::handshake::ClientRequest::from_url(&url)
+        .unwrap()
+        .protocols(&["other", "chat"]);
+    let stream = TcpStream::connect(request.address()).unwrap();
+    let (mut ws, resp) = blocking::client(stream, &request, Config::default()).unwrap();
+    assert_eq!(resp.protocol.as_deref(), Some("chat"));
+    ws.close(CloseCode::NORMAL, "").unwrap();
+    let _ = ws.read();
+    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn keepalive_gives_up_on_a_silent_peer() {
+    let (url, server) = serve(Config::default(), |ws| {
+        let mut ws = ws.unwrap();
+        ws.set_keepalive(Duration::from_millis(100), Duration::from_millis(200));
+        let start = Instant::now();
+        (ws.read(), start.elapsed())
+    });
+    // Handshake, then never read: pings go unanswered.
+    let (ws, _) = blocking::connect(&url).unwrap();
+    let (result, elapsed) = server.join().unwrap();
+    assert!(matches!(result, Err(Error::PongTimeout(_))), "{result:?}");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+    drop(ws);
+}
+
+#[test]
+fn keepalive_is_satisfied_by_a_live_peer() {
+    let (url, server) = serve(Config::default(), |ws| {
+        let mut ws = ws.unwrap();
+        ws.set_keepalive(Duration::from_millis(50), Duration::from_millis(300));
+        let mut pongs = 0;
+        loop {
+            match ws.read() {
+                Ok(Event::Pong(_)) => pongs += 1,
+                Ok(Event::Text(t)) => assert_eq!(t, "bye"),
+                Ok(Event::Close(_)) => return pongs,
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    let (ws, _) = blocking::connect(&url).unwrap();
+    let (mut reader, writer) = ws.split().unwrap();
+    // The reader answers pings (through the writer) while this thread waits.
+    let t = thread::spawn(move || while reader.read().is_ok() {});
+    thread::sleep(Duration::from_millis(700));
+    writer.send("bye").unwrap();
+    writer.close(CloseCode::NORMAL, "").unwrap();
+    let pongs = server.join().unwrap();
+    assert!(pongs >= 3, "pongs {pongs}");
+    t.join().unwrap();
+}
+
+#[test]
+fn idle_timeout() {
+    let (url, server) = serve(Config::default(), |ws| {
+        let mut ws = ws.unwrap();
+        ws.set_idle_timeout(Some(Duration::from_millis(150)));
+        ws.read()
+    });
+    let _ws = connect(&url);
+    let err = server.join().unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Io(ref e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)),
+        "{err}"
+    );
+}
+
+#[test]
+fn split_halves_on_two_threads() {
+    let (url, server) = serve(Config::default(), echo);
+    let (ws, _) = blocking::connect(&url).unwrap();
+    let (mut reader, writer) = ws.split().unwrap();
+    let w2 = writer.clone();
+    let sender = thread::spawn(move || {
+        for i in 0..200 {
+            w2.send(format!("msg {i}")).unwrap();
+        }
+        w2.ping(b"last").unwrap();
+    });
+    let mut got = 0;
+    loop {
+        match reader.read().unwrap() {
+            Event::Text(t) => {
+                assert_eq!(t, format!("msg {got}").as_str());
+                got += 1;
+            }
+            Event::Pong(p) => {
+                assert_eq!(&p[..], b"last");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, 200);
+    sender.join().unwrap();
+    writer.close(CloseCode::NORMAL, "").unwrap();
+    assert!(matches!(reader.read().unwrap(), Event::Close(_)));
+    assert!(matches!(writer.send("too late"), Err(Error::Closed)));
+    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn peer_close_through_split_reader_blocks_the_writer() {
+    let (url, server) = serve(Config::default(), |ws| -> Result<(), Error> {
+        let mut ws = ws?;
+        ws.close(CloseCode::NORMAL, "server done")?;
+        while ws.read().is_ok() {}
+        Ok(())
+    });
+    let (ws, _) = blocking::connect(&url).unwrap();
+    let (mut reader, writer) = ws.split().unwrap();
+    assert!(matches!(reader.read().unwrap(), Event::Close(f) if f.reason == "server done"));
+    assert!(
+        matches!(writer.send("x"), Err(Error::Closed)),
+        "closed after the echo"
+    );
+    server.join().unwrap().unwrap();
+}

@@ -1,0 +1,555 @@
+//! The sans-IO `Connection` driven in memory: every protocol rule, duty and
+//! limit, plus property tests (round trips, arbitrary chunking, garbage).
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use wsproto::frame::encode_frame;
+use wsproto::{
+    CloseCode, Config, Connection, Error, Event, Opcode, ProtocolError, Role, State, UsageError,
+};
+
+const KEY: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+/// A frame as a client would send it (masked).
+fn client_frame(fin: bool, opcode: Opcode, payload: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_frame(&mut out, fin, opcode, payload, Some(KEY));
+    out.to_vec()
+}
+
+fn raw(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = client_frame(true, Opcode::Binary, payload);
+    v[0] = first;
+    v
+}
+
+fn server() -> Connection {
+    Connection::new(Role::Server, Config::default())
+}
+
+/// Decodes everything a connection has queued, as the peer would see it.
+fn peer_events(from: &mut Connection) -> Vec<Event> {
+    let peer_role = match from.role() {
+        Role::Client => Role::Server,
+        Role::Server => Role::Client,
+    };
+    let mut peer = Connection::new(peer_role, Config::default());
+    peer.receive(&from.take_output());
+    let mut events = Vec::new();
+    while let Ok(Some(e)) = peer.next_event() {
+        events.push(e);
+    }
+    events
+}
+
+fn close_sent(conn: &mut Connection) -> Option<u16> {
+    peer_events(conn).into_iter().find_map(|e| match e {
+        Event::Close(f) => Some(f.code.as_u16()),
+        _ => None,
+    })
+}
+
+fn events(conn: &mut Connection, bytes: &[u8]) -> Result<Vec<Event>, ProtocolError> {
+    conn.receive(bytes);
+    let mut out = Vec::new();
+    while let Some(e) = conn.next_event()? {
+        out.push(e);
+    }
+    Ok(out)
+}
+
+#[test]
+fn violations_queue_the_right_close_code() {
+    let long_ping = {
+        let mut v = client_frame(true, Opcode::Ping, &[0; 126]);
+        v[0] = 0x89;
+        v
+    };
+    let cases: Vec<(Vec<u8>, ProtocolError, u16)> = vec![
+        (raw(0xC2, b"x"), ProtocolError::ReservedBits(4), 1002),
+        (raw(0x83, b"x"), ProtocolError::UnknownOpcode(3), 1002),
+        (
+            raw(0x09, b""),
+            ProtocolError::FragmentedControlFrame(Opcode::Ping),
+            1002,
+        ),
+        (
+            long_ping,
+            ProtocolError::ControlFrameTooLong {
+                opcode: Opcode::Ping,
+                len: 126,
+            },
+            1002,
+        ),
+        (b"\x82\x01x".to_vec(), ProtocolError::UnmaskedFrame, 1002),
+        (
+            client_frame(true, Opcode::Continuation, b"x"),
+            ProtocolError::UnexpectedContinuation,
+            1002,
+        ),
+        (
+            [
+                client_frame(false, Opcode::Text, b"a"),
+                client_frame(true, Opcode::Binary, b"b"),
+            ]
+            .concat(),
+            ProtocolError::ExpectedContinuation(Opcode::Binary),
+            1002,
+        ),
+        (
+            client_frame(true, Opcode::Text, b"\xff"),
+            ProtocolError::InvalidUtf8 { offset: 0 },
+            1007,
+        ),
+        (
+            client_frame(true, Opcode::Close, b"\x03"),
+            ProtocolError::CloseTooShort,
+            1002,
+        ),
+        (
+            client_frame(true, Opcode::Close, b"\x03\xed"),
+            ProtocolError::InvalidCloseCode(1005),
+            1002,
+        ),
+        (
+            client_frame(true, Opcode::Close, b"\x03\xe8\xc3"),
+            ProtocolError::InvalidCloseReason { offset: 0 },
+            1007,
+        ),
+    ];
+    for (wire, err, code) in cases {
+        let mut conn = server();
+        assert_eq!(events(&mut conn, &wire), Err(err.clone()), "{wire:x?}");
+        assert!(conn.is_closed());
+        assert_eq!(close_sent(&mut conn), Some(code), "{err}");
+        // Nothing more comes out of a failed connection, whatever arrives.
+        assert_eq!(
+            events(&mut conn, &client_frame(true, Opcode::Text, b"late")),
+            Ok(vec![])
+        );
+    }
+    // And the client side: a masked frame from a server.
+    let mut client = Connection::new(Role::Client, Config::default());
+    assert_eq!(
+        events(&mut client, &client_frame(true, Opcode::Text, b"x")),
+        Err(ProtocolError::MaskedFrame)
+    );
+    assert_eq!(close_sent(&mut client), Some(1002));
+}
+
+#[test]
+fn ping_gets_pong_with_same_payload_even_mid_message() {
+    let mut conn = server();
+    let wire = [
+        client_frame(false, Opcode::Text, b"hel"),
+        client_frame(true, Opcode::Ping, b"are you there"),
+        client_frame(true, Opcode::Continuation, b"lo"),
+    ]
+    .concat();
+    assert_eq!(
+        events(&mut conn, &wire).unwrap(),
+        vec![
+            Event::Ping(Bytes::from_static(b"are you there")),
+            Event::Text("hello".into())
+        ]
+    );
+    assert_eq!(
+        peer_events(&mut conn),
+        vec![Event::Pong(Bytes::from_static(b"are you there"))]
+    );
+}
+
+#[test]
+fn close_echo_then_closed() {
+    let mut conn = server();
+    let got = events(
+        &mut conn,
+        &client_frame(true, Opcode::Close, b"\x0f\xa0bye"),
+    )
+    .unwrap();
+    assert!(matches!(&got[..], [Event::Close(f)] if f.code.as_u16() == 4000 && f.reason == "bye"));
+    assert_eq!(conn.state(), State::Closed);
+    assert_eq!(
+        close_sent(&mut conn),
+        Some(4000),
+        "the echo carries the peer's code"
+    );
+    assert!(conn.should_close_transport());
+    assert!(matches!(conn.send_text("x"), Err(Error::Closed)));
+    // An empty close is echoed empty and reported as 1005.
+    let mut conn = server();
+    let got = events(&mut conn, &client_frame(true, Opcode::Close, b"")).unwrap();
+    assert!(matches!(&got[..], [Event::Close(f)] if f.code == CloseCode::NO_STATUS));
+    assert_eq!(conn.pending_output(), b"\x88\x00");
+}
+
+#[test]
+fn we_close_first_then_peer_answers() {
+    let mut conn = server();
+    conn.close(CloseCode::GOING_AWAY, "restart").unwrap();
+    assert_eq!(conn.state(), State::Closing);
+    assert_eq!(close_sent(&mut conn), Some(1001));
+    assert!(matches!(conn.send_binary(b"x"), Err(Error::Closed)));
+    conn.close(CloseCode::NORMAL, "").unwrap(); // idempotent
+    assert!(conn.pending_output().is_empty());
+    // Data still arrives while closing; pings are not answered any more.
+    let wire = [
+        client_frame(true, Opcode::Text, b"in flight"),
+        client_frame(true, Opcode::Ping, b"p"),
+        client_frame(true, Opcode::Close, b"\x03\xe9"),
+    ]
+    .concat();
+    let got = events(&mut conn, &wire).unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0], Event::Text("in flight".into()));
+    assert!(matches!(&got[2], Event::Close(f) if f.code == CloseCode::GOING_AWAY));
+    assert!(
+        conn.pending_output().is_empty(),
+        "no pong and no second close"
+    );
+    assert!(conn.should_close_transport());
+}
+
+#[test]
+fn eof_is_an_abnormal_close_event() {
+    let mut conn = server();
+    let frame = client_frame(true, Opcode::Text, b"partial");
+    conn.receive(&frame[..5]);
+    assert_eq!(conn.next_event(), Ok(None));
+    conn.receive_eof();
+    assert!(
+        matches!(conn.next_event(), Ok(Some(Event::Close(f))) if f.code == CloseCode::ABNORMAL)
+    );
+    assert_eq!(conn.next_event(), Ok(None));
+    assert!(conn.is_closed());
+}
+
+#[test]
+fn invalid_utf8_fails_inside_a_partial_frame() {
+    let mut conn = server();
+    // 10 valid bytes, then F4 90 (beyond U+10FFFF), then more.
+    let mut payload = "κόσμε".as_bytes().to_vec();
+    assert_eq!(payload.len(), 10);
+    payload.extend_from_slice(b"\xf4\x90\x80\x80abcdef");
+    let bad = client_frame(true, Opcode::Text, &payload);
+    // Header (6 bytes) + the valid part + the first two invalid bytes only.
+    conn.receive(&bad[..6 + 10 + 2]);
+    assert_eq!(
+        conn.next_event(),
+        Err(ProtocolError::InvalidUtf8 { offset: 10 })
+    );
+    assert_eq!(close_sent(&mut conn), Some(1007));
+}
+
+#[test]
+fn code_point_split_across_fragments() {
+    let text = "añ€😀".as_bytes();
+    for split in 0..=text.len() {
+        let mut conn = server();
+        let wire = [
+            client_frame(false, Opcode::Text, &text[..split]),
+            client_frame(true, Opcode::Continuation, &text[split..]),
+        ]
+        .concat();
+        assert_eq!(
+            events(&mut conn, &wire).unwrap(),
+            vec![Event::Text("añ€😀".into())]
+        );
+    }
+    // Ending a text message mid code point is invalid.
+    let mut conn = server();
+    let wire = [
+        client_frame(false, Opcode::Text, b"a\xe2"),
+        client_frame(true, Opcode::Continuation, b""),
+    ]
+    .concat();
+    assert!(matches!(
+        events(&mut conn, &wire),
+        Err(ProtocolError::InvalidUtf8 { .. })
+    ));
+}
+
+#[test]
+fn limits_are_checked_before_buffering() {
+    // Frame: only the header of a too-large frame has arrived, and it fails.
+    let mut conn = Connection::new(Role::Server, Config::default().max_frame_size(1000));
+    let header = &client_frame(true, Opcode::Binary, &[0; 1001])[..8];
+    assert_eq!(
+        events(&mut conn, header),
+        Err(ProtocolError::FrameTooLarge {
+            len: 1001,
+            max: 1000
+        })
+    );
+    assert_eq!(close_sent(&mut conn), Some(1009));
+
+    // Message: fragments adding up past the limit.
+    let mut conn = Connection::new(Role::Server, Config::default().max_message_size(10));
+    let wire = [
+        client_frame(false, Opcode::Binary, &[1; 6]),
+        client_frame(true, Opcode::Continuation, &[2; 5]),
+    ]
+    .concat();
+    assert_eq!(
+        events(&mut conn, &wire),
+        Err(ProtocolError::MessageTooLarge { len: 11, max: 10 })
+    );
+    assert_eq!(close_sent(&mut conn), Some(1009));
+    let mut conn = Connection::new(Role::Server, Config::default().max_message_size(10));
+    assert_eq!(
+        events(&mut conn, &client_frame(true, Opcode::Text, &[b'a'; 11])),
+        Err(ProtocolError::MessageTooLarge { len: 11, max: 10 })
+    );
+
+    // Fragments: at most 3 frames per message.
+    let mut conn = Connection::new(Role::Server, Config::default().max_fragments(3));
+    let mut wire = client_frame(false, Opcode::Binary, b"a");
+    for _ in 0..3 {
+        wire.extend(client_frame(false, Opcode::Continuation, b""));
+    }
+    assert_eq!(
+        events(&mut conn, &wire),
+        Err(ProtocolError::TooManyFragments { max: 3 })
+    );
+    assert_eq!(close_sent(&mut conn), Some(1009));
+    // Exactly 3 is fine.
+    let mut conn = Connection::new(Role::Server, Config::default().max_fragments(3));
+    let wire = [
+        client_frame(false, Opcode::Binary, b"a"),
+        client_frame(false, Opcode::Continuation, b"b"),
+        client_frame(true, Opcode::Continuation, b"c"),
+    ]
+    .concat();
+    assert_eq!(
+        events(&mut conn, &wire).unwrap(),
+        vec![Event::Binary(Bytes::from_static(b"abc"))]
+    );
+}
+
+#[test]
+fn output_buffer_limit_is_visible() {
+    let mut conn = Connection::new(Role::Server, Config::default().max_output_buffer(100));
+    conn.send_binary(&[0; 90]).unwrap();
+    conn.send_binary(&[0; 90]).unwrap(); // crosses the limit by one frame
+    assert!(matches!(
+        conn.send_binary(b"x"),
+        Err(Error::OutputFull {
+            pending: 184,
+            max: 100
+        })
+    ));
+    conn.consume_output(184);
+    conn.send_binary(b"x").unwrap();
+    // A ping flood while the output is full gets no more pongs.
+    let mut conn = Connection::new(Role::Server, Config::default().max_output_buffer(10));
+    let wire: Vec<u8> = (0..20)
+        .flat_map(|_| client_frame(true, Opcode::Ping, b"0123"))
+        .collect();
+    assert_eq!(events(&mut conn, &wire).unwrap().len(), 20);
+    assert_eq!(
+        conn.pending_output().len(),
+        12,
+        "two pongs of 6 bytes, then the output was full"
+    );
+}
+
+#[test]
+fn usage_errors() {
+    let mut conn = server();
+    assert!(matches!(
+        conn.ping(&[0; 126]),
+        Err(Error::Usage(UsageError::ControlPayloadTooLong(126)))
+    ));
+    assert!(matches!(
+        conn.close(CloseCode::NO_STATUS, ""),
+        Err(Error::Usage(UsageError::UnsendableCloseCode(_)))
+    ));
+    assert!(matches!(
+        conn.close(CloseCode::NORMAL, &"x".repeat(124)),
+        Err(Error::Usage(UsageError::CloseReasonTooLong(124)))
+    ));
+    assert!(matches!(
+        conn.send_fragment(Opcode::Continuation, b"", true),
+        Err(Error::Usage(_))
+    ));
+    assert!(matches!(
+        conn.send_fragment(Opcode::Ping, b"", true),
+        Err(Error::Usage(_))
+    ));
+    conn.send_fragment(Opcode::Text, b"a", false).unwrap();
+    assert!(matches!(
+        conn.send_text("b"),
+        Err(Error::Usage(UsageError::FragmentOrder(_)))
+    ));
+    assert!(matches!(
+        conn.send_fragment(Opcode::Binary, b"", true),
+        Err(Error::Usage(_))
+    ));
+    conn.ping(b"between fragments").unwrap();
+    conn.send_fragment(Opcode::Continuation, b"b", true)
+        .unwrap();
+    let got = peer_events(&mut conn);
+    assert_eq!(
+        got,
+        vec![
+            Event::Ping(Bytes::from_static(b"between fragments")),
+            Event::Text("ab".into())
+        ]
+    );
+    assert_eq!(conn.state(), State::Open);
+}
+
+#[test]
+fn client_frames_are_masked_with_fresh_keys() {
+    let mut client = Connection::new(Role::Client, Config::default());
+    client.send_binary(b"same").unwrap();
+    client.send_binary(b"same").unwrap();
+    let out = client.take_output();
+    assert_eq!(out[1] & 0x80, 0x80, "MASK bit");
+    assert_ne!(out[2..6], out[12..16], "a new key per frame");
+    assert_ne!(&out[6..10], b"same");
+}
+
+// ---- property tests ------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Msg {
+    Text(String, Vec<usize>),
+    Binary(Vec<u8>, Vec<usize>),
+    Ping(Vec<u8>),
+}
+
+fn arb_msg() -> impl Strategy<Value = Msg> {
+    let cuts = proptest::collection::vec(0usize..300, 0..5);
+    prop_oneof![
+        ("\\PC{0,60}", cuts.clone()).prop_map(|(s, c)| Msg::Text(s, c)),
+        (proptest::collection::vec(any::<u8>(), 0..300), cuts).prop_map(|(b, c)| Msg::Binary(b, c)),
+        proptest::collection::vec(any::<u8>(), 0..=125).prop_map(Msg::Ping),
+    ]
+}
+
+/// Sends `msg`, fragmented at `cuts` (byte offsets), from `conn`.
+fn send(conn: &mut Connection, msg: &Msg) {
+    let (opcode, data, cuts) = match msg {
+        Msg::Ping(p) => return conn.ping(p).unwrap(),
+        Msg::Text(s, c) => (Opcode::Text, s.as_bytes(), c),
+        Msg::Binary(b, c) => (Opcode::Binary, &b[..], c),
+    };
+    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(data.len())).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    if cuts.is_empty() {
+        match opcode {
+            Opcode::Text => conn.send_text(std::str::from_utf8(data).unwrap()).unwrap(),
+            _ => conn.send_binary(data).unwrap(),
+        }
+        return;
+    }
+    let mut start = 0;
+    let mut op = opcode;
+    for cut in cuts {
+        conn.send_fragment(op, &data[start..cut], false).unwrap();
+        op = Opcode::Continuation;
+        start = cut;
+    }
+    conn.send_fragment(op, &data[start..], true).unwrap();
+}
+
+fn expected(msg: &Msg) -> Event {
+    match msg {
+        Msg::Text(s, _) => Event::Text(s.as_str().into()),
+        Msg::Binary(b, _) => Event::Binary(Bytes::copy_from_slice(b)),
+        Msg::Ping(p) => Event::Ping(Bytes::copy_from_slice(p)),
+    }
+}
+
+/// Feeds `wire` in chunks ending at `cuts`; returns the events and the error.
+fn feed_chunked(role: Role, wire: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<ProtocolError>) {
+    let mut conn = Connection::new(
+        role,
+        Config::default()
+            .max_message_size(4096)
+            .max_frame_size(2048),
+    );
+    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(wire.len())).collect();
+    cuts.sort_unstable();
+    cuts.push(wire.len());
+    let mut start = 0;
+    let mut out = Vec::new();
+    for cut in cuts {
+        conn.receive(&wire[start..cut]);
+        start = cut;
+        loop {
+            match conn.next_event() {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => break,
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+    (out, None)
+}
+
+proptest! {
+    #[test]
+    fn roundtrip_both_roles(msgs in proptest::collection::vec(arb_msg(), 0..8), client_sends in any::<bool>()) {
+        let (from, to) = if client_sends { (Role::Client, Role::Server) } else { (Role::Server, Role::Client) };
+        let mut sender = Connection::new(from, Config::default());
+        for m in &msgs {
+            send(&mut sender, m);
+        }
+        sender.close(CloseCode::NORMAL, "end").unwrap();
+        let wire = sender.take_output();
+        let (got, err) = feed_chunked(to, &wire, &[]);
+        prop_assert_eq!(err, None);
+        let mut want: Vec<Event> = msgs.iter().map(expected).collect();
+        want.push(Event::Close(wsproto::CloseFrame { code: CloseCode::NORMAL, reason: "end".into() }));
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn any_chunking_gives_the_same_events(msgs in proptest::collection::vec(arb_msg(), 0..6),
+                                          cuts in proptest::collection::vec(0usize..2000, 0..40)) {
+        let mut sender = Connection::new(Role::Client, Config::default());
+        for m in &msgs {
+            send(&mut sender, m);
+        }
+        let wire = sender.take_output();
+        let whole = feed_chunked(Role::Server, &wire, &[]);
+        let split = feed_chunked(Role::Server, &wire, &cuts);
+        prop_assert_eq!(&whole, &split);
+        // One byte at a time, too.
+        let bytewise: Vec<usize> = (0..wire.len()).collect();
+        prop_assert_eq!(&whole, &feed_chunked(Role::Server, &wire, &bytewise));
+    }
+
+    #[test]
+    fn garbage_gives_a_typed_error_and_the_matching_close(
+        prefix_valid in any::<bool>(),
+        garbage in proptest::collection::vec(any::<u8>(), 0..400),
+        cuts in proptest::collection::vec(0usize..400, 0..10),
+        role in prop_oneof![Just(Role::Client), Just(Role::Server)],
+    ) {
+        let mut wire = Vec::new();
+        if prefix_valid && role == Role::Server {
+            wire.extend(client_frame(true, Opcode::Text, b"ok"));
+        }
+        wire.extend(&garbage);
+        let whole = feed_chunked(role, &wire, &[]);
+        prop_assert_eq!(&whole, &feed_chunked(role, &wire, &cuts));
+        if let Some(err) = whole.1 {
+            let mut conn = Connection::new(role, Config::default().max_message_size(4096).max_frame_size(2048));
+            conn.receive(&wire);
+            while let Ok(Some(_)) = conn.next_event() {}
+            prop_assert!(conn.is_closed());
+            // The Close queued for the error carries its code.
+            if !whole.0.iter().any(|e| matches!(e, Event::Close(_))) {
+                prop_assert_eq!(close_sent(&mut conn), Some(err.close_code().as_u16()));
+            }
+        }
+        for e in &whole.0 {
+            if let Event::Binary(b) = e { prop_assert!(b.len() <= 4096); }
+            if let Event::Text(t) = e { prop_assert!(t.len() <= 4096); }
+        }
+    }
+}
