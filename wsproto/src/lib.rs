@@ -101,3 +101,8 @@ pub use connection::{Connection, Event, State};
 pub use error::{Error, HandshakeError, ProtocolError, UsageError};
 pub use frame::{Opcode, Role};
 pub use message::{Message, Text};
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
