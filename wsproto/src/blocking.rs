@@ -194,6 +194,12 @@ struct Timers {
     applied: Option<Option<Duration>>,
 }
 
+impl Timers {
+    fn is_active(&self) -> bool {
+        self.ping_interval.is_some() || self.idle_timeout.is_some()
+    }
+}
+
 /// What the read loop asks of the write side.
 enum Duty {
     /// Write the reader connection's pending output (pongs, close replies).
@@ -243,7 +249,8 @@ fn read_event<S: Transport>(
         }
         // A zero timeout means "block forever" to std; use 1 ms instead.
         let wait = wait.map(|w| w.max(Duration::from_millis(1)));
-        if timers.applied != Some(wait) {
+        // Without timers of our own, leave the caller's socket timeout alone.
+        if timers.is_active() && timers.applied != Some(wait) {
             stream.set_read_timeout(wait)?;
             timers.applied = Some(wait);
         }
@@ -254,10 +261,11 @@ fn read_event<S: Transport>(
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
+                if timers.is_active()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
             {
                 let now = Instant::now();
                 if let Some(t) = timers.idle_timeout {

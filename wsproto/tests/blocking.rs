@@ -320,6 +320,22 @@ fn idle_timeout() {
 }
 
 #[test]
+fn callers_own_socket_timeout_is_respected() {
+    let (url, server) = serve(Config::default(), |ws| {
+        let mut ws = ws.unwrap();
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let start = Instant::now();
+        (ws.read(), start.elapsed())
+    });
+    let _ws = connect(&url);
+    let (result, elapsed) = server.join().unwrap();
+    assert!(matches!(result, Err(Error::Io(_))), "{result:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+}
+
+#[test]
 fn split_halves_on_two_threads() {
     let (url, server) = serve(Config::default(), echo);
     let (ws, _) = blocking::connect(&url).unwrap();
