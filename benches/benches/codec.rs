@@ -1,0 +1,391 @@
+//! Frame-codec throughput, side by side: wsproto, tungstenite and
+//! fastwebsockets on the same bytes in the same run, with memcpy and a fused
+//! copy+unmask loop as baselines. Every column is checked to produce the
+//! exact expected messages before it is timed.
+//!
+//! Run one group: `cargo bench -p benches --bench codec -- decode/binary/16384`.
+
+use benches::{
+    copy_unmask_baseline, copy_xor, decode_workloads, memcpy_baseline, MemStream, Rng, Workload,
+    SIZES, TOTAL_PAYLOAD,
+};
+use criterion::{
+    black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput,
+};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+// ---- peer adapters ---------------------------------------------------------
+
+/// [`MemStream`] as a tokio stream, for fastwebsockets. Every poll is ready.
+struct AsyncMem<'a>(MemStream<'a>);
+
+impl tokio::io::AsyncRead for AsyncMem<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = self.0.read_into(buf.initialize_unfilled());
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for AsyncMem<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.written.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut n = 0;
+        for b in bufs {
+            self.0.written.extend_from_slice(b);
+            n += b.len();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime")
+}
+
+// ---- decode columns --------------------------------------------------------
+// Each takes a message sink, so the same code is checked once and timed after.
+
+fn decode_wsproto(w: &Workload, mut sink: impl FnMut(bool, &[u8])) {
+    use wsproto::{Config, Connection, Event, Role};
+    let mut conn = Connection::new(Role::Server, Config::default());
+    let mut src = MemStream::new(&w.stream, 0);
+    while let Some(chunk) = src.next_chunk() {
+        conn.receive(chunk);
+        while let Some(event) = conn.next_event().expect("valid stream") {
+            match event {
+                Event::Text(t) => sink(true, t.as_bytes()),
+                Event::Binary(b) => sink(false, &b),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+fn decode_tungstenite(w: &Workload, mut sink: impl FnMut(bool, &[u8])) {
+    use tungstenite::protocol::{Role, WebSocket};
+    use tungstenite::Message;
+    let mut ws = WebSocket::from_raw_socket(MemStream::new(&w.stream, 0), Role::Server, None);
+    for _ in 0..w.messages.len() {
+        match ws.read().expect("valid stream") {
+            Message::Text(t) => sink(true, t.as_bytes()),
+            Message::Binary(b) => sink(false, &b),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// fastwebsockets at frame level: fragments are handed out as they come; the
+/// sink sees each frame's payload (and the check concatenates them).
+fn decode_fws_frames(
+    rt: &tokio::runtime::Runtime,
+    w: &Workload,
+    mut sink: impl FnMut(bool, bool, &[u8]),
+) {
+    use fastwebsockets::{OpCode, Role, WebSocket};
+    rt.block_on(async {
+        let mut ws =
+            WebSocket::after_handshake(AsyncMem(MemStream::new(&w.stream, 0)), Role::Server);
+        for _ in 0..w.frames.len() {
+            let frame = ws.read_frame().await.expect("valid stream");
+            let text = match frame.opcode {
+                OpCode::Text => true,
+                OpCode::Binary => false,
+                OpCode::Continuation => w.kind.is_text(),
+                other => panic!("unexpected {other:?}"),
+            };
+            sink(text, frame.fin, &frame.payload);
+        }
+    });
+}
+
+fn decode_fws_collector(
+    rt: &tokio::runtime::Runtime,
+    w: &Workload,
+    mut sink: impl FnMut(bool, &[u8]),
+) {
+    use fastwebsockets::{FragmentCollector, OpCode, Role, WebSocket};
+    rt.block_on(async {
+        let ws = WebSocket::after_handshake(AsyncMem(MemStream::new(&w.stream, 0)), Role::Server);
+        let mut ws = FragmentCollector::new(ws);
+        for _ in 0..w.messages.len() {
+            let frame = ws.read_frame().await.expect("valid stream");
+            let text = match frame.opcode {
+                OpCode::Text => true,
+                OpCode::Binary => false,
+                other => panic!("unexpected {other:?}"),
+            };
+            sink(text, &frame.payload);
+        }
+    });
+}
+
+fn check_decoders(rt: &tokio::runtime::Runtime, w: &Workload) {
+    let mut c = w.checker();
+    decode_wsproto(w, |t, d| c.message(t, d));
+    c.finish();
+    let mut c = w.checker();
+    decode_tungstenite(w, |t, d| c.message(t, d));
+    c.finish();
+    let mut c = w.checker();
+    decode_fws_collector(rt, w, |t, d| c.message(t, d));
+    c.finish();
+    let mut c = w.checker();
+    let mut pending = Vec::new();
+    decode_fws_frames(rt, w, |t, fin, d| {
+        pending.extend_from_slice(d);
+        if fin {
+            c.message(t, &pending);
+            pending.clear();
+        }
+    });
+    c.finish();
+    let mut dst = vec![0; w.stream.len()];
+    let n = copy_unmask_baseline(&mut dst, &w.stream, &w.frames);
+    assert_eq!(dst[..n], w.messages.concat()[..], "{}: copy+unmask", w.name);
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1500))
+        .sample_size(10);
+}
+
+/// What a timed column does with each message: hand it to `black_box`.
+#[inline]
+fn consume(text: bool, data: &[u8]) {
+    black_box((text, data));
+}
+
+fn decode(c: &mut Criterion) {
+    let rt = runtime();
+    for w in decode_workloads() {
+        check_decoders(&rt, &w);
+        let mut group = c.benchmark_group(format!("decode/{}", w.name));
+        configure(&mut group);
+        group.throughput(Throughput::Bytes(w.payload_bytes()));
+        let mut dst = vec![0u8; w.stream.len()];
+        group.bench_function("memcpy", |b| {
+            b.iter(|| memcpy_baseline(black_box(&mut dst), black_box(&w.stream)))
+        });
+        group.bench_function("copy_unmask", |b| {
+            b.iter(|| copy_unmask_baseline(black_box(&mut dst), black_box(&w.stream), &w.frames))
+        });
+        group.bench_function("wsproto", |b| {
+            b.iter(|| decode_wsproto(&w, |t, d| consume(t, d)))
+        });
+        group.bench_function("tungstenite", |b| {
+            b.iter(|| decode_tungstenite(&w, |t, d| consume(t, d)))
+        });
+        group.bench_function("fastwebsockets_frame", |b| {
+            b.iter(|| decode_fws_frames(&rt, &w, |t, _, d| consume(t, d)))
+        });
+        group.bench_function("fastwebsockets_collector", |b| {
+            b.iter(|| decode_fws_collector(&rt, &w, |t, d| consume(t, d)))
+        });
+        group.finish();
+    }
+}
+
+// ---- encode ----------------------------------------------------------------
+
+/// Binary messages of `size` bytes, about [`TOTAL_PAYLOAD`] in all.
+fn encode_messages(size: usize) -> Vec<bytes::Bytes> {
+    let mut rng = Rng(size as u64 + 1);
+    (0..(TOTAL_PAYLOAD / size).max(1))
+        .map(|_| {
+            let mut m = Vec::with_capacity(size + 8);
+            while m.len() < size {
+                m.extend_from_slice(&rng.next().to_le_bytes());
+            }
+            m.truncate(size);
+            bytes::Bytes::from(m)
+        })
+        .collect()
+}
+
+fn out_capacity(msgs: &[bytes::Bytes]) -> usize {
+    msgs.iter().map(|m| m.len() + 14).sum()
+}
+
+/// wsproto, message level: `send_binary` appends frames to the connection's
+/// output buffer; the caller takes the whole output at the end.
+fn encode_wsproto(conn: &mut wsproto::Connection, msgs: &[bytes::Bytes]) -> usize {
+    for m in msgs {
+        conn.send_binary(m).expect("room in the output buffer");
+    }
+    let n = conn.pending_output().len();
+    black_box(conn.pending_output());
+    conn.consume_output(n);
+    n
+}
+
+fn encode_wsproto_frame(
+    out: &mut bytes::BytesMut,
+    msgs: &[bytes::Bytes],
+    mask: Option<[u8; 4]>,
+) -> usize {
+    out.clear();
+    for m in msgs {
+        wsproto::frame::encode_frame(out, true, wsproto::Opcode::Binary, m, mask);
+    }
+    out.len()
+}
+
+fn encode_tungstenite(client: bool, msgs: &[bytes::Bytes], buf: Vec<u8>) -> Vec<u8> {
+    use tungstenite::protocol::{Role, WebSocket};
+    let role = if client { Role::Client } else { Role::Server };
+    let mut ws = WebSocket::from_raw_socket(MemStream::writer(buf), role, None);
+    for m in msgs {
+        ws.write(tungstenite::Message::Binary(m.clone()))
+            .expect("in-memory write");
+    }
+    ws.flush().expect("in-memory flush");
+    std::mem::take(&mut ws.get_mut().written)
+}
+
+fn encode_fws(
+    rt: &tokio::runtime::Runtime,
+    client: bool,
+    msgs: &[bytes::Bytes],
+    buf: Vec<u8>,
+) -> Vec<u8> {
+    use fastwebsockets::{Frame, Payload, Role, WebSocket};
+    let role = if client { Role::Client } else { Role::Server };
+    rt.block_on(async {
+        let mut ws = WebSocket::after_handshake(AsyncMem(MemStream::writer(buf)), role);
+        for m in msgs {
+            ws.write_frame(Frame::binary(Payload::Borrowed(m)))
+                .await
+                .expect("in-memory write");
+        }
+        std::mem::take(&mut ws.into_inner().0.written)
+    })
+}
+
+/// Decodes `wire` as the peer of `client` and checks it holds `msgs`.
+fn check_encoded(name: &str, wire: &[u8], client: bool, msgs: &[bytes::Bytes]) {
+    use wsproto::{Config, Connection, Event, Role};
+    let role = if client { Role::Server } else { Role::Client };
+    let mut conn = Connection::new(role, Config::default());
+    conn.receive(wire);
+    for (i, m) in msgs.iter().enumerate() {
+        match conn.next_event() {
+            Ok(Some(Event::Binary(b))) => assert!(b == *m, "{name}: message {i} differs"),
+            other => panic!("{name}: message {i}: {other:?}"),
+        }
+    }
+    assert_eq!(conn.next_event(), Ok(None), "{name}: trailing bytes");
+}
+
+fn encode(c: &mut Criterion) {
+    use wsproto::{Config, Connection, Role};
+    let rt = runtime();
+    for size in SIZES {
+        let msgs = encode_messages(size);
+        let total: u64 = msgs.iter().map(|m| m.len() as u64).sum();
+        let cap = out_capacity(&msgs);
+        for client in [false, true] {
+            let role = if client {
+                "client_masked"
+            } else {
+                "server_unmasked"
+            };
+            let key = [0x37, 0xfa, 0x21, 0x3d];
+            let mut conn = Connection::new(
+                if client { Role::Client } else { Role::Server },
+                Config::default(),
+            );
+            let mut out = bytes::BytesMut::with_capacity(cap);
+            // Check every column once before timing it.
+            {
+                let mut probe = Connection::new(conn.role(), Config::default());
+                for m in &msgs {
+                    probe.send_binary(m).expect("room in the output buffer");
+                }
+                check_encoded("wsproto", probe.pending_output(), client, &msgs);
+                encode_wsproto_frame(&mut out, &msgs, client.then_some(key));
+                check_encoded("wsproto_frame", &out, client, &msgs);
+                let wire = encode_tungstenite(client, &msgs, Vec::new());
+                check_encoded("tungstenite", &wire, client, &msgs);
+                let wire = encode_fws(&rt, client, &msgs, Vec::new());
+                check_encoded("fastwebsockets", &wire, client, &msgs);
+            }
+            let mut group = c.benchmark_group(format!("encode/{role}/{size}"));
+            configure(&mut group);
+            group.throughput(Throughput::Bytes(total));
+            let mut dst = vec![0u8; cap];
+            group.bench_function("memcpy", |b| {
+                b.iter(|| {
+                    let mut at = 0;
+                    for m in &msgs {
+                        dst[at..at + m.len()].copy_from_slice(m);
+                        at += m.len();
+                    }
+                    black_box(&dst);
+                })
+            });
+            group.bench_function("copy_mask", |b| {
+                b.iter(|| {
+                    let mut at = 0;
+                    for m in &msgs {
+                        copy_xor(&mut dst[at..at + m.len()], m, key);
+                        at += m.len();
+                    }
+                    black_box(&dst);
+                })
+            });
+            group.bench_function("wsproto", |b| b.iter(|| encode_wsproto(&mut conn, &msgs)));
+            group.bench_function("wsproto_frame", |b| {
+                b.iter(|| encode_wsproto_frame(&mut out, &msgs, client.then_some(key)))
+            });
+            // The peers write into an in-memory sink whose buffer is reused
+            // across iterations, as wsproto's output buffer is.
+            let mut sink = Vec::with_capacity(cap);
+            group.bench_function("tungstenite", |b| {
+                b.iter(|| sink = encode_tungstenite(client, &msgs, std::mem::take(&mut sink)))
+            });
+            group.bench_function("fastwebsockets", |b| {
+                b.iter(|| sink = encode_fws(&rt, client, &msgs, std::mem::take(&mut sink)))
+            });
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(codec, decode, encode);
+criterion_main!(codec);
