@@ -1,0 +1,195 @@
+//! The HTTP side of the one port: read the head (bounded in size and time),
+//! route it, and either answer (page, healthz, errors) or upgrade `/ws`.
+
+use crate::{log, session, Shared};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wsproto::handshake::{head_end, http_response, parse_request, ParsedRequest};
+
+/// The chat page, embedded at build time.
+const PAGE: &str = include_str!("../static/index.html");
+
+/// What reading the request head produced.
+enum Head {
+    /// The head is `buf[..end]`; anything after it is early WebSocket data.
+    Complete { buf: Vec<u8>, end: usize },
+    /// Over the size limit.
+    TooLarge,
+    /// Timed out, closed, or failed: drop TCP without an answer.
+    Gone,
+}
+
+/// Serves one accepted connection to the end.
+pub(crate) fn serve(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr, id: u64) {
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let head = read_head(&stream, deadline, shared.config.max_header_bytes);
+    let (buf, end) = match head {
+        Head::Complete { buf, end } => (buf, end),
+        Head::TooLarge => {
+            log!(shared, "chat: {addr} http 431");
+            let body = format!(
+                "request head over {} bytes\n",
+                shared.config.max_header_bytes
+            );
+            answer(&stream, &http_response(431, &[], &body));
+            return;
+        }
+        Head::Gone => {
+            log!(
+                shared,
+                "chat: {addr} dropped: no complete request within the handshake timeout"
+            );
+            return;
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let (method, path) = match req.parse(&buf[..end]) {
+        Ok(httparse::Status::Complete(_)) => (
+            req.method.unwrap_or_default().to_owned(),
+            req.path.unwrap_or_default().to_owned(),
+        ),
+        Err(httparse::Error::TooManyHeaders) => {
+            log!(shared, "chat: {addr} http 431 (too many headers)");
+            answer(&stream, &http_response(431, &[], "too many header lines\n"));
+            return;
+        }
+        Ok(httparse::Status::Partial) | Err(_) => {
+            log!(shared, "chat: {addr} http 400 (malformed request)");
+            answer(
+                &stream,
+                &http_response(400, &[], "malformed HTTP request\n"),
+            );
+            return;
+        }
+    };
+    if method != "GET" {
+        log!(shared, "chat: {addr} http 405 {method}");
+        answer(
+            &stream,
+            &http_response(405, &["Allow: GET"], "only GET is served\n"),
+        );
+        return;
+    }
+    let route = path.split('?').next().unwrap_or_default();
+    match route {
+        "/" | "/index.html" => answer(&stream, &page_response()),
+        "/healthz" => answer(
+            &stream,
+            &http_response(200, &["Cache-Control: no-store"], "ok"),
+        ),
+        "/ws" => {
+            let ws_config = session::ws_config(&shared.config);
+            match parse_request(&buf[..end], &ws_config) {
+                ParsedRequest::Complete(req, _) => {
+                    if write_all(&stream, &req.accept(None)).is_err() {
+                        return;
+                    }
+                    session::run(shared, stream, addr, id, &buf[end..]);
+                }
+                ParsedRequest::Reject(r) => {
+                    log!(
+                        shared,
+                        "chat: {addr} http {} ({})",
+                        r.error.status(),
+                        r.error
+                    );
+                    answer(&stream, &r.response);
+                }
+                ParsedRequest::NeedMore => {
+                    answer(&stream, &http_response(400, &[], "incomplete request\n"));
+                }
+            }
+        }
+        _ => {
+            log!(shared, "chat: {addr} http 404 {}", truncate(route, 80));
+            answer(&stream, &http_response(404, &[], "not found\n"));
+        }
+    }
+}
+
+/// Reads the request head, at most `max` bytes, until `deadline`.
+fn read_head(stream: &TcpStream, deadline: Instant, max: usize) -> Head {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Head::Gone;
+        }
+        let n = match (&*stream).read(&mut chunk) {
+            Ok(0) => return Head::Gone,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Head::Gone,
+        };
+        let scanned = buf.len();
+        buf.extend_from_slice(&chunk[..n]);
+        match head_end(&buf, scanned) {
+            Some(end) if end <= max => return Head::Complete { buf, end },
+            Some(_) => return Head::TooLarge,
+            None if buf.len() >= max => return Head::TooLarge,
+            None => {}
+        }
+    }
+}
+
+fn page_response() -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+         Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
+         Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:\r\n\
+         Connection: close\r\n\r\n",
+        PAGE.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(PAGE.as_bytes());
+    out
+}
+
+/// Writes a complete response, then closes gracefully: half-close, and read
+/// (briefly) what the client still sends, so the close does not turn into a
+/// reset that could destroy the answer before the client reads it.
+fn answer(stream: &TcpStream, response: &[u8]) {
+    if write_all(stream, response).is_err() {
+        return;
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut sink = [0u8; 1024];
+    let mut budget = 64 << 10;
+    while budget > 0 {
+        match (&*stream).read(&mut sink) {
+            Ok(n) if n > 0 => budget -= n.min(budget),
+            _ => break,
+        }
+    }
+}
+
+fn write_all(mut stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(bytes)
+}
+
+/// The answer past `--max-connections`.
+pub(crate) fn refuse_busy(stream: TcpStream) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let _ = read_head(&stream, deadline, 8 << 10);
+    answer(
+        &stream,
+        &http_response(
+            503,
+            &["Retry-After: 5"],
+            "too many connections, try again later\n",
+        ),
+    );
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

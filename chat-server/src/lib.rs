@@ -1,0 +1,372 @@
+//! A one-room WebSocket chat server built on `wsproto`.
+//!
+//! One TCP port serves the page (`GET /`), the chat WebSocket (`GET /ws`)
+//! and `GET /healthz`; the JSON protocol, limits and fan-out policy are the
+//! chat-server section of DESIGN.md.
+//!
+//! Threads (std only, small stacks): an acceptor, one reader per connection
+//! (blocking reads into a stack buffer, fed to a sans-IO
+//! [`wsproto::Connection`]), and one flusher that drains the queues of
+//! clients whose socket buffer was full. Sends never block: a broadcast is
+//! framed once and written straight to each socket with `MSG_DONTWAIT`,
+//! queueing only what does not fit (see `outbox`).
+//!
+//! ```no_run
+//! let server = chat_server::Server::bind(chat_server::Config::default())?;
+//! eprintln!("listening on {}", server.local_addr());
+//! server.run()?; // until shutdown
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod http;
+mod outbox;
+pub mod protocol;
+mod room;
+mod session;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use outbox::{Flusher, Peer};
+use room::Room;
+
+/// Everything the server can be told; the defaults are DESIGN.md's table.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Room messages kept for the welcome and `history`.
+    pub history: usize,
+    /// WebSocket connections, open or handshaking; beyond it, HTTP 503.
+    pub max_connections: usize,
+    /// Largest message frame; over it, close 1009.
+    pub max_message_bytes: usize,
+    /// Largest `text`, in characters; over it, `too_long`.
+    pub max_text: usize,
+    /// Largest HTTP head; over it, 431.
+    pub max_header_bytes: usize,
+    /// A client's outgoing queue bound in bytes; past it, close 1008.
+    pub max_queue_bytes: usize,
+    /// The HTTP request must be complete within this (slowloris).
+    pub handshake_timeout: Duration,
+    /// A `join` must arrive within this after the upgrade; else close 1008.
+    pub join_timeout: Duration,
+    /// A Ping goes out this often.
+    pub ping_interval: Duration,
+    /// A Pong must come back within this; else close 1011.
+    pub pong_timeout: Duration,
+    /// Rate limit: bucket size (frames).
+    pub rate_burst: u32,
+    /// Rate limit: refill, frames per second.
+    pub rate_per_sec: u32,
+    /// Rate limit: this many refusals within a minute close with 1008.
+    pub rate_refusals_to_close: u32,
+    /// Stack size of each connection thread.
+    pub thread_stack: usize,
+    /// Log one line per connect / disconnect / error to stderr.
+    pub log: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            history: 100,
+            max_connections: 10_000,
+            max_message_bytes: 64 << 10,
+            max_text: 4096,
+            max_header_bytes: 8 << 10,
+            max_queue_bytes: 1 << 20,
+            handshake_timeout: Duration::from_secs(5),
+            join_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(30),
+            rate_burst: 40,
+            rate_per_sec: 20,
+            rate_refusals_to_close: 20,
+            thread_stack: 128 << 10,
+            log: true,
+        }
+    }
+}
+
+/// State shared by every thread of one server.
+#[derive(Debug)]
+struct Shared {
+    config: Config,
+    room: Room,
+    flusher: Arc<Flusher>,
+    /// Connections counted against `max_connections`.
+    live: AtomicUsize,
+    /// Threads answering 503s (bounded so a flood cannot spawn without end).
+    refusing: AtomicUsize,
+    stop: AtomicBool,
+    next_conn: AtomicU64,
+    /// Every upgraded connection, for the shutdown close.
+    peers: Mutex<HashMap<u64, Arc<Peer>>>,
+}
+
+macro_rules! log {
+    ($shared:expr, $($arg:tt)*) => {
+        if $shared.config.log {
+            eprintln!($($arg)*);
+        }
+    };
+}
+pub(crate) use log;
+
+/// A bound server, not yet accepting.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// Stops a running server: every client gets close 1001.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(Arc<Shared>);
+
+impl ShutdownHandle {
+    /// Asks the server to shut down; [`Server::run`] returns once done.
+    pub fn shutdown(&self) {
+        self.0.stop.store(true, Ordering::Release);
+    }
+
+    /// Connections open now (handshaking or upgraded).
+    pub fn connections(&self) -> usize {
+        self.0.live.load(Ordering::Acquire)
+    }
+}
+
+/// A server running on its own thread (for tests and embedding).
+#[derive(Debug)]
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    handle: ShutdownHandle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Running {
+    /// The shutdown handle.
+    pub fn handle(&self) -> &ShutdownHandle {
+        &self.handle
+    }
+
+    /// Shuts down and waits for the server thread.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> io::Result<()> {
+        self.handle.shutdown();
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("server thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+impl Server {
+    /// Binds the listening socket and starts the flusher thread.
+    ///
+    /// # Errors
+    ///
+    /// When the address cannot be bound or a thread cannot start.
+    pub fn bind(config: Config) -> io::Result<Self> {
+        let listener = TcpListener::bind(config.addr)?;
+        listener.set_nonblocking(true)?;
+        let shared = Arc::new(Shared {
+            room: Room::new(config.history, config.max_text),
+            flusher: Flusher::start()?,
+            live: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+            peers: Mutex::new(HashMap::new()),
+            config,
+        });
+        Ok(Self { listener, shared })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.shared.config.addr)
+    }
+
+    /// A handle that stops the server from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(Arc::clone(&self.shared))
+    }
+
+    /// Runs on a new thread.
+    ///
+    /// # Errors
+    ///
+    /// When the thread cannot be spawned.
+    pub fn spawn(self) -> io::Result<Running> {
+        let addr = self.local_addr();
+        let handle = self.shutdown_handle();
+        let thread = std::thread::Builder::new()
+            .name("chat-accept".into())
+            .spawn(move || self.run())?;
+        Ok(Running {
+            addr,
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    /// Accepts connections until shut down, then closes every client with
+    /// 1001 and waits (at most a few seconds) for them to go.
+    ///
+    /// # Errors
+    ///
+    /// A fatal error on the listening socket.
+    pub fn run(self) -> io::Result<()> {
+        let shared = self.shared;
+        while !shared.stop.load(Ordering::Acquire) {
+            let mut pfd = libc::pollfd {
+                fd: self.listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the listener, which outlives the
+            // call. The timeout bounds how long a shutdown request waits.
+            unsafe { libc::poll(&mut pfd, 1, 100) };
+            loop {
+                match self.listener.accept() {
+                    Ok((stream, addr)) => accept(&shared, stream, addr),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // EMFILE and friends: say so, back off, keep serving.
+                        log!(shared, "chat: accept error: {e}");
+                        std::thread::sleep(Duration::from_millis(50));
+                        break;
+                    }
+                }
+            }
+        }
+        drop(self.listener);
+        let peers: Vec<Arc<Peer>> = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        log!(
+            shared,
+            "chat: shutting down, closing {} connections with 1001",
+            peers.len()
+        );
+        for p in &peers {
+            p.close(1001, "server shutting down");
+        }
+        drop(peers);
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while shared.live.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        shared.flusher.stop();
+        Ok(())
+    }
+}
+
+fn accept(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let live = shared.live.fetch_add(1, Ordering::AcqRel);
+    let guard = LiveGuard(Arc::clone(shared));
+    if live >= shared.config.max_connections {
+        drop(guard);
+        refuse_busy(shared, stream, addr);
+        return;
+    }
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let s = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .stack_size(shared.config.thread_stack)
+        .spawn(move || {
+            let _guard = guard;
+            http::serve(&s, stream, addr, id);
+        });
+    if let Err(e) = spawned {
+        log!(shared, "chat: {addr} error: cannot start a thread: {e}");
+    }
+}
+
+/// Answers 503 on a short-lived thread: reading the request first means the
+/// close does not reset the connection before the client reads the answer.
+fn refuse_busy(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
+    log!(shared, "chat: {addr} refused: over --max-connections");
+    if shared.refusing.fetch_add(1, Ordering::AcqRel) >= 64 {
+        shared.refusing.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let s = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .stack_size(64 << 10)
+        .spawn(move || {
+            http::refuse_busy(stream);
+            s.refusing.fetch_sub(1, Ordering::AcqRel);
+        });
+    if spawned.is_err() {
+        shared.refusing.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct LiveGuard(Arc<Shared>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit; returns (soft, hard)
+/// after the change.
+///
+/// # Errors
+///
+/// When the limit cannot be read or set.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `want` is a valid rlimit; raising the soft limit up to the
+        // hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim = want;
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Real-browser test of the chat page: headless Debian Chromium driven by
+# playwright-core (no browser download). Run from the repository root:
+#   bash chat-server/tests/browser/run.sh
+# Installs what it needs (apt: chromium, chromium-driver, nodejs, npm;
+# npm: playwright-core into target-browser/), builds and starts the server
+# on a free 127.0.0.1 port, runs test.mjs, and leaves a screenshot in
+# ci-artifacts/chat-browser.png. Exits non-zero on any failure.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+cd "$ROOT"
+HERE="chat-server/tests/browser"
+WORK="$ROOT/target-browser"
+ARTIFACTS="$ROOT/ci-artifacts"
+mkdir -p "$WORK" "$ARTIFACTS"
+export DEBIAN_FRONTEND=noninteractive
+
+need_apt=()
+[ -x /usr/bin/chromium ] || need_apt+=(chromium chromium-driver)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# Emoji typed as text should render as emoji in the screenshot.
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need_apt+=(fonts-noto-color-emoji)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "browser-test: apt-get install ${need_apt[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" ca-certificates >/dev/null
+fi
+
+if [ ! -d "$WORK/node_modules/playwright-core" ]; then
+  echo "browser-test: npm install playwright-core"
+  (cd "$WORK" && [ -f package.json ] || echo '{"private":true}' > "$WORK/package.json"
+   cd "$WORK" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent playwright-core@1)
+fi
+
+echo "browser-test: building chat-server"
+cargo build -q -p chat-server
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/chat-server"
+
+PORT="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
+LOG="$ARTIFACTS/chat-browser-server.log"
+"$BIN" --addr "127.0.0.1:$PORT" >"$LOG" 2>&1 &
+SERVER_PID=$!
+PROFILE="$(mktemp -d)"
+cleanup() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  rm -rf "$PROFILE"
+}
+trap cleanup EXIT
+
+status=0
+NODE_PATH="$WORK/node_modules" timeout 120 node "$HERE/test.mjs" \
+  "http://127.0.0.1:$PORT/" "$ARTIFACTS/chat-browser.png" "$PROFILE" "$WORK/node_modules/playwright-core/index.js" \
+  || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "browser-test: FAILED (status $status); server log follows" >&2
+  tail -n 50 "$LOG" >&2 || true
+  exit "$status"
+fi
+echo "browser-test: ok, screenshot in ci-artifacts/chat-browser.png"

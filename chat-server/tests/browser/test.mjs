@@ -1,0 +1,113 @@
+// Drives the chat page in headless Chromium: two users, a room message, a
+// private message, the online list, and an XSS string that must show as text.
+// Usage: node test.mjs URL SCREENSHOT USER_DATA_DIR PLAYWRIGHT_CORE_INDEX
+import { createRequire } from "node:module";
+
+const [url, screenshot, profile, playwrightPath] = process.argv.slice(2);
+const { chromium } = createRequire(import.meta.url)(playwrightPath);
+const XSS = "<img src=x onerror=alert(1)>";
+const T = { timeout: 10000 };
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+  console.log(`ok - ${what}`);
+}
+
+async function waitHealthy() {
+  for (let i = 0; i < 100; i++) {
+    try {
+      const r = await fetch(new URL("/healthz", url));
+      if (r.ok && (await r.text()) === "ok") return;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("server did not become healthy");
+}
+
+async function join(page, nick) {
+  await page.goto(url, T);
+  await page.fill("#nick-input", nick);
+  await page.press("#nick-input", "Enter");
+  await page.waitForSelector("#join", { state: "hidden", ...T });
+}
+
+const lineWith = (page, text) =>
+  page.locator("#messages .line", { hasText: text });
+
+await waitHealthy();
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: "/usr/bin/chromium",
+  headless: true,
+  viewport: { width: 900, height: 560 },
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+  ],
+});
+let failed = false;
+try {
+  const dialogs = [];
+  const a = await context.newPage();
+  const b = await context.newPage();
+  for (const p of [a, b]) {
+    p.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
+    p.on("pageerror", (e) => { console.error("page error:", e.message); failed = true; });
+  }
+
+  // A nickname the server refuses shows the server's error in the prompt.
+  await a.goto(url, T);
+  await a.fill("#nick-input", "bad\u200bnick");
+  await a.press("#nick-input", "Enter");
+  await a.waitForFunction(() => document.getElementById("join-error").textContent.length > 0, null, T);
+  check(/nickname/i.test(await a.textContent("#join-error")), "refused nickname shows the server's error");
+
+  await join(a, "alice");
+  await join(b, XSS);
+  await a.locator("#users li", { hasText: XSS }).waitFor(T);
+  check((await a.locator("#users li").allTextContents()).includes(XSS), "alice's online list shows the new user, literally");
+  await lineWith(a, `${XSS} joined`).waitFor(T);
+  check(true, "presence notice for the join");
+
+  await a.fill("#msg-input", "hello from alice 👋 émoji");
+  await a.press("#msg-input", "Enter");
+  await lineWith(b, "hello from alice 👋 émoji").waitFor(T);
+  check(true, "room message reaches the other user, emoji intact");
+
+  await b.fill("#msg-input", XSS);
+  await b.press("#msg-input", "Enter");
+  const xssLine = lineWith(a, XSS).last();
+  await xssLine.waitFor(T);
+  check((await xssLine.locator(".text").textContent()) === XSS, "XSS message renders as literal text");
+  for (const p of [a, b]) {
+    check((await p.locator("#messages img, #users img").count()) === 0, "no <img> element was created");
+  }
+
+  await a.locator("#users li", { hasText: XSS }).click();
+  check(await a.isVisible("#private-target"), "clicking a name starts a private message");
+  await a.fill("#msg-input", "psst, just for you");
+  await a.press("#msg-input", "Enter");
+  const privB = b.locator("#messages .private", { hasText: "psst, just for you" });
+  await privB.waitFor(T);
+  check((await privB.locator(".from").textContent()).includes(`alice → ${XSS}`), "private message reaches the recipient");
+  await a.locator("#messages .private", { hasText: "psst, just for you" }).waitFor(T);
+  check(true, "private message echoes to the sender");
+
+  // A third user comes and goes: the list updates both ways.
+  const c = await context.newPage();
+  await join(c, "carol");
+  await a.locator("#users li", { hasText: "carol" }).waitFor(T);
+  await c.close();
+  await a.locator("#users li", { hasText: "carol" }).waitFor({ state: "detached", ...T });
+  await lineWith(a, "carol left").waitFor(T);
+  check(true, "online list updates on join and leave");
+
+  check(dialogs.length === 0, "no script from the network ran (no dialogs)");
+  await a.screenshot({ path: screenshot });
+  console.log(`screenshot: ${screenshot}`);
+} catch (e) {
+  console.error(e);
+  failed = true;
+} finally {
+  await context.close();
+}
+process.exit(failed ? 1 : 0);
