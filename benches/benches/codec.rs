@@ -206,16 +206,16 @@ fn decode(c: &mut Criterion) {
             b.iter(|| copy_unmask_baseline(black_box(&mut dst), black_box(&w.stream), &w.frames))
         });
         group.bench_function("wsproto", |b| {
-            b.iter(|| decode_wsproto(&w, |t, d| consume(t, d)))
+            b.iter(|| decode_wsproto(&w, consume))
         });
         group.bench_function("tungstenite", |b| {
-            b.iter(|| decode_tungstenite(&w, |t, d| consume(t, d)))
+            b.iter(|| decode_tungstenite(&w, consume))
         });
         group.bench_function("fastwebsockets_frame", |b| {
             b.iter(|| decode_fws_frames(&rt, &w, |t, _, d| consume(t, d)))
         });
         group.bench_function("fastwebsockets_collector", |b| {
-            b.iter(|| decode_fws_collector(&rt, &w, |t, d| consume(t, d)))
+            b.iter(|| decode_fws_collector(&rt, &w, consume))
         });
         group.finish();
     }
