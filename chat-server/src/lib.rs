@@ -192,7 +192,7 @@ impl Server {
         let listener = TcpListener::bind(config.addr)?;
         listener.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
-            room: Room::new(config.history, config.max_text),
+            room: Room::new(config.history, config.max_text, config.log),
             flusher: Flusher::start()?,
             live: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),

@@ -28,6 +28,7 @@ pub struct Room {
     state: Mutex<State>,
     history_len: usize,
     max_text: usize,
+    log: bool,
 }
 
 #[derive(Debug, Default)]
@@ -49,7 +50,7 @@ struct Session {
 }
 
 impl Room {
-    pub fn new(history_len: usize, max_text: usize) -> Self {
+    pub fn new(history_len: usize, max_text: usize, log: bool) -> Self {
         Self {
             state: Mutex::new(State {
                 next_id: 1,
@@ -57,6 +58,7 @@ impl Room {
             }),
             history_len,
             max_text,
+            log,
         }
     }
 
@@ -136,8 +138,10 @@ impl Room {
             }
             None => {
                 let joined = json!({"type": "joined", "nick": session.nick, "ts": now_ms()});
-                st.broadcast(&joined.to_string(), Some(sid));
-                eprintln!("chat: {} joined as {:?}", peer.label, session.nick);
+                st.broadcast_deferred(&joined.to_string(), Some(sid));
+                if self.log {
+                    eprintln!("chat: {} joined as {:?}", peer.label, session.nick);
+                }
             }
         }
         Ok(sid)
@@ -206,7 +210,9 @@ impl Room {
         st.by_nick.insert(key, sid);
         let msg = json!({"type": "renamed", "from": old, "to": nick, "ts": now_ms()});
         st.broadcast(&msg.to_string(), None);
-        eprintln!("chat: {label} renamed {old:?} to {nick:?}");
+        if self.log {
+            eprintln!("chat: {label} renamed {old:?} to {nick:?}");
+        }
         Ok(())
     }
 
@@ -251,8 +257,10 @@ impl Room {
         st.by_nick.remove(&nick_key(&session.nick));
         st.by_token.remove(&session.token);
         let msg = json!({"type": "left", "nick": session.nick, "ts": now_ms()});
-        st.broadcast(&msg.to_string(), None);
-        eprintln!("chat: {} left as {:?}", peer.label, session.nick);
+        st.broadcast_deferred(&msg.to_string(), None);
+        if self.log {
+            eprintln!("chat: {} left as {:?}", peer.label, session.nick);
+        }
     }
 
     fn check_len(&self, text: &str) -> Result<(), Refusal> {
@@ -280,12 +288,23 @@ impl State {
     }
 
     /// Frames `json` once and sends the same bytes to every member but
-    /// `except`.
+    /// `except`, written directly where the socket has room.
     fn broadcast(&self, json: &str, except: Option<SessionId>) {
         let frame: Bytes = Peer::frame_text(json);
         for (sid, s) in &self.sessions {
             if Some(*sid) != except {
                 s.peer.send(frame.clone());
+            }
+        }
+    }
+
+    /// As [`broadcast`](Self::broadcast), but through the flusher, which
+    /// coalesces bursts (presence notices).
+    fn broadcast_deferred(&self, json: &str, except: Option<SessionId>) {
+        let frame: Bytes = Peer::frame_text(json);
+        for (sid, s) in &self.sessions {
+            if Some(*sid) != except {
+                s.peer.send_deferred(frame.clone());
             }
         }
     }

@@ -539,53 +539,46 @@ fn missed_pong_closes_1011() {
 #[test]
 fn slow_client_is_closed_1008_and_others_lose_nothing() {
     let server = start(|c| {
-        c.max_queue_bytes = 256 << 10;
+        c.max_queue_bytes = 512 << 10;
         c.max_text = 64 << 10;
         c.rate_burst = 10_000;
         c.rate_per_sec = 10_000;
     });
     let (mut slow, _) = Client::join(server.addr, "slow");
-    slow.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
     let (mut fast, _) = Client::join(server.addr, "fast");
-    let (sender, _) = Client::join(server.addr, "sender");
+    let (mut sender, _) = Client::join(server.addr, "sender");
+    slow.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
     fast.recv_type("joined");
-    let text = "y".repeat(60_000);
     let n = 400; // 24 MB: more than loopback socket buffers hold
     let reader = std::thread::spawn(move || {
-        let mut got = 0;
-        let mut saw_left = false;
+        let (mut got, mut saw_left) = (0, false);
         while got < n || !saw_left {
-            let v = fast.recv();
-            match v["type"].as_str() {
-                Some("message") => got += 1,
-                Some("left") => {
-                    assert_eq!(v["nick"], "slow");
+            match fast.ws.read() {
+                Ok(Event::Text(t)) if t.as_str().contains(r#""type":"message""#) => got += 1,
+                Ok(Event::Text(t)) if t.as_str().contains(r#""type":"left""#) => {
+                    assert!(t.as_str().contains(r#""nick":"slow""#), "{}", t.as_str());
                     saw_left = true;
                 }
-                _ => {}
+                Ok(_) => {}
+                Err(e) => panic!("fast reader: {e}"),
             }
         }
         got
     });
-    // The sender reads its own echoes on another thread, so only `slow`
-    // falls behind.
-    let (mut sender_rx, sender_tx) = sender.ws.split().unwrap();
-    let drain = std::thread::spawn(move || {
-        let mut got = 0;
-        while got < n {
-            match sender_rx.read() {
-                Ok(Event::Text(t)) if t.as_str().contains("\"message\"") => got += 1,
+    // Lockstep: the sender waits for its own echo, so only `slow` (which
+    // never reads) falls behind by more than a message or two.
+    let msg = json!({"type": "message", "text": "y".repeat(60_000)}).to_string();
+    for _ in 0..n {
+        sender.send_raw(&msg);
+        loop {
+            match sender.ws.read() {
+                Ok(Event::Text(t)) if t.as_str().contains(r#""type":"message""#) => break,
                 Ok(_) => {}
                 Err(e) => panic!("sender: {e}"),
             }
         }
-    });
-    let msg = json!({"type": "message", "text": text}).to_string();
-    for _ in 0..n {
-        sender_tx.send(msg.as_str()).unwrap();
     }
     assert_eq!(reader.join().unwrap(), n);
-    drain.join().unwrap();
     // The slow client gets whole frames, then close 1008.
     assert_eq!(slow.expect_close(), 1008);
 }
