@@ -121,8 +121,12 @@ pub fn parse_header(
     let masked = b1 & 0x80 != 0;
     let len7 = b1 & 0x7F;
     // RFC 6455 §5.5: control frames are at most 125 bytes.
+    // The error reports the announced length, so it waits for the extended
+    // length bytes: the verdict must not depend on how the bytes were split.
     if opcode.is_control() && len7 > 125 {
-        let len = peek_len(buf, len7).unwrap_or(u64::from(len7));
+        let Some(len) = peek_len(buf, len7) else {
+            return Ok(ParsedHeader::NeedMore);
+        };
         return Err(ProtocolError::ControlFrameTooLong { opcode, len });
     }
     // RFC 6455 §5.1: clients mask, servers do not.
@@ -202,7 +206,7 @@ fn check_first_byte(b0: u8, allowed_rsv: u8) -> Result<(bool, u8, Opcode), Proto
     Ok((fin, rsv, opcode))
 }
 
-/// The extended length, if the buffer holds it (for error messages only).
+/// The extended length, once the buffer holds it.
 fn peek_len(buf: &[u8], len7: u8) -> Option<u64> {
     match len7 {
         126 => buf
@@ -379,6 +383,22 @@ mod tests {
         for (wire, role, err) in cases {
             assert_eq!(parse(wire, *role).as_ref(), Err(err), "{wire:x?}");
         }
+        // Found by fuzzing: the reported length of an oversized control frame
+        // must not depend on whether the extended length has arrived yet.
+        let long_close = [0x88, 0xFE, 0x00, 0x7F];
+        for cut in 2..4 {
+            assert_eq!(
+                parse(&long_close[..cut], Role::Server),
+                Ok(ParsedHeader::NeedMore)
+            );
+        }
+        assert_eq!(
+            parse(&long_close, Role::Server),
+            Err(P::ControlFrameTooLong {
+                opcode: Opcode::Close,
+                len: 127
+            })
+        );
         // An extension may own RSV1.
         assert!(parse_header(&[0xC1, 0x00], Role::Client, 0b100).is_ok());
     }
