@@ -1,7 +1,7 @@
 //! The HTTP side of the one port: read the head (bounded in size and time),
 //! route it, and either answer (page, healthz, errors) or upgrade `/ws`.
 
-use crate::{log, session, Shared};
+use crate::{log, session, LiveGuard, Shared};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -22,7 +22,13 @@ enum Head {
 }
 
 /// Serves one accepted connection to the end.
-pub(crate) fn serve(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr, id: u64) {
+pub(crate) fn serve(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    id: u64,
+    live: LiveGuard,
+) {
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let head = read_head(&stream, deadline, shared.config.max_header_bytes);
     let (buf, end) = match head {
@@ -87,7 +93,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr, i
                     if write_all(&stream, &req.accept(None)).is_err() {
                         return;
                     }
-                    session::run(shared, stream, addr, id, &buf[end..]);
+                    session::start(shared, stream, addr, id, &buf[end..], live);
                 }
                 ParsedRequest::Reject(r) => {
                     log!(

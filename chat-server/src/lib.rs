@@ -68,8 +68,11 @@ pub struct Config {
     pub rate_per_sec: u32,
     /// Rate limit: this many refusals within a minute close with 1008.
     pub rate_refusals_to_close: u32,
-    /// Stack size of each connection thread.
+    /// Stack size of each handshake thread (one per connection until the
+    /// upgrade; upgraded connections are read by the reactor threads).
     pub thread_stack: usize,
+    /// Threads reading upgraded connections (epoll).
+    pub reactor_threads: usize,
     /// Log one line per connect / disconnect / error to stderr.
     pub log: bool,
 }
@@ -92,6 +95,7 @@ impl Default for Config {
             rate_per_sec: 20,
             rate_refusals_to_close: 20,
             thread_stack: 128 << 10,
+            reactor_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
             log: true,
         }
     }
@@ -111,6 +115,8 @@ struct Shared {
     next_conn: AtomicU64,
     /// Every upgraded connection, for the shutdown close.
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    /// The threads that read upgraded connections.
+    reactors: Vec<Arc<session::Reactor>>,
 }
 
 macro_rules! log {
@@ -191,7 +197,11 @@ impl Server {
     pub fn bind(config: Config) -> io::Result<Self> {
         let listener = TcpListener::bind(config.addr)?;
         listener.set_nonblocking(true)?;
+        let reactors = (0..config.reactor_threads.max(1))
+            .map(|_| session::Reactor::new())
+            .collect::<io::Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
+            reactors,
             room: Room::new(config.history, config.max_text, config.log),
             flusher: Flusher::start()?,
             live: AtomicUsize::new(0),
@@ -201,6 +211,13 @@ impl Server {
             peers: Mutex::new(HashMap::new()),
             config,
         });
+        for (i, r) in shared.reactors.iter().enumerate() {
+            let (r, s) = (Arc::clone(r), Arc::clone(&shared));
+            std::thread::Builder::new()
+                .name(format!("chat-reactor-{i}"))
+                .stack_size(512 << 10)
+                .spawn(move || r.run(&s))?;
+        }
         Ok(Self { listener, shared })
     }
 
@@ -304,10 +321,7 @@ fn accept(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
     let s = Arc::clone(shared);
     let spawned = std::thread::Builder::new()
         .stack_size(shared.config.thread_stack)
-        .spawn(move || {
-            let _guard = guard;
-            http::serve(&s, stream, addr, id);
-        });
+        .spawn(move || http::serve(&s, stream, addr, id, guard));
     if let Err(e) = spawned {
         log!(shared, "chat: {addr} error: cannot start a thread: {e}");
     }
@@ -333,7 +347,8 @@ fn refuse_busy(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
     }
 }
 
-struct LiveGuard(Arc<Shared>);
+/// Counts a connection against `max_connections` while it lives.
+pub(crate) struct LiveGuard(Arc<Shared>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {

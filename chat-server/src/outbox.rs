@@ -27,8 +27,9 @@ use wsproto::frame::{encode_frame, Opcode};
 /// TCP connection is dropped within 2 s whatever happens").
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Most buffers handed to one `sendmsg` (Linux `IOV_MAX` is 1024).
-const MAX_IOV: usize = 64;
+/// Most buffers handed to one `sendmsg` (Linux `IOV_MAX` is 1024): a burst
+/// of small presence notices leaves in one call.
+const MAX_IOV: usize = 1024;
 
 /// One client's socket and outgoing queue, shared by its reader thread, the
 /// room (broadcasts) and the flusher.
@@ -285,7 +286,7 @@ impl Peer {
     }
 
     /// Writes as much of the queue as the socket takes, in one `sendmsg`
-    /// per 64 buffers. Returns true when the flusher can forget the peer:
+    /// per 1024 buffers. Returns true when the flusher can forget the peer:
     /// drained with no shutdown pending, or shut down.
     fn flush_locked(&self, q: &mut Queue) -> bool {
         while !q.bufs.is_empty() {

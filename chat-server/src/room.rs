@@ -124,7 +124,7 @@ impl Room {
             r#"{{"type":"welcome","nick":{},"token":{},"users":{},"history":[{}]}}"#,
             json!(session.nick),
             json!(session.token),
-            json!(st.users()),
+            users_json(&st.users()),
             history.join(",")
         );
         peer.send(Peer::frame_text(&welcome));
@@ -218,8 +218,11 @@ impl Room {
 
     /// Sends the online list to `peer`.
     pub fn who(&self, peer: &Arc<Peer>) {
-        let users = json!({"type": "users", "users": self.lock().users()});
-        peer.send(Peer::frame_text(&users.to_string()));
+        let users = format!(
+            r#"{{"type":"users","users":{}}}"#,
+            users_json(&self.lock().users())
+        );
+        peer.send(Peer::frame_text(&users));
     }
 
     /// Sends `peer` the newest `limit` room messages with id < `before`,
@@ -308,6 +311,12 @@ impl State {
             }
         }
     }
+}
+
+/// The online list as a JSON array, serialized straight from the borrowed
+/// names (no intermediate `Value` with a copy of each).
+fn users_json(users: &[&str]) -> String {
+    serde_json::to_string(users).unwrap_or_else(|_| "[]".into())
 }
 
 /// Milliseconds since the Unix epoch.

@@ -1,14 +1,17 @@
-//! One upgraded connection: its reader thread, timers, rate limit and the
-//! dispatch of requests to the room.
+//! Upgraded connections: reactor threads that read them (epoll), their
+//! timers, the rate limit and the dispatch of requests to the room.
 
 use crate::outbox::{Peer, DRAIN_DEADLINE};
 use crate::protocol::{self, ErrorCode, Refusal, Request};
 use crate::room::SessionId;
-use crate::{log, Config, Shared};
-use std::collections::VecDeque;
-use std::io::{self, Read};
+use crate::{log, Config, LiveGuard, Shared};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wsproto::{Connection, Event, Role};
 
@@ -79,8 +82,10 @@ impl RateLimit {
     }
 }
 
-struct Session<'a> {
-    shared: &'a Arc<Shared>,
+/// One upgraded connection, owned by a reactor thread.
+pub(crate) struct Session {
+    id: u64,
+    shared: Arc<Shared>,
     peer: Arc<Peer>,
     conn: Connection,
     joined: Option<SessionId>,
@@ -92,15 +97,195 @@ struct Session<'a> {
     /// the peer has not answered.
     closing_until: Option<Instant>,
     why: String,
+    _live: LiveGuard,
 }
 
-/// Runs the WebSocket phase of one connection until it ends.
-pub(crate) fn run(
+/// A thread that owns many idle-or-busy sessions and reads them through
+/// one epoll set, so an idle connection costs no thread stack: only its
+/// `Session`, `Connection` (buffers released while idle) and `Peer`.
+#[derive(Debug)]
+pub(crate) struct Reactor {
+    epoll: OwnedFd,
+    inbox: Mutex<Vec<Session>>,
+    wake_tx: UnixStream,
+    wake_rx: UnixStream,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// epoll data of the wake-up socket (sessions use their connection id).
+const WAKE: u64 = u64::MAX;
+
+impl Reactor {
+    pub(crate) fn new() -> io::Result<Arc<Self>> {
+        // SAFETY: plain syscall; the returned fd is owned below.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (wake_tx, wake_rx) = UnixStream::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let r = Self {
+            epoll,
+            inbox: Mutex::new(Vec::new()),
+            wake_tx,
+            wake_rx,
+        };
+        r.ctl(libc::EPOLL_CTL_ADD, r.wake_rx.as_raw_fd(), WAKE)?;
+        Ok(Arc::new(r))
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: libc::c_int, data: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: data,
+        };
+        // SAFETY: valid epoll and socket descriptors, and a valid event
+        // (ignored for EPOLL_CTL_DEL).
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn adopt(&self, s: Session) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.push(s);
+        if inbox.len() == 1 {
+            let _ = (&self.wake_tx).write(&[1]);
+        }
+    }
+
+    /// The reactor loop; returns once the server stops and every session
+    /// has ended.
+    pub(crate) fn run(&self, shared: &Shared) {
+        let mut sessions: HashMap<u64, Session> = HashMap::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut due = Instant::now();
+        loop {
+            let adopted =
+                std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+            for s in adopted {
+                let fd = s.peer.stream.as_raw_fd();
+                if s.conn.is_closed()
+                    || s.peer.stream.set_nonblocking(true).is_err()
+                    || self.ctl(libc::EPOLL_CTL_ADD, fd, s.id).is_err()
+                {
+                    self.end(s);
+                    continue;
+                }
+                due = due.min(s.next_timer());
+                sessions.insert(s.id, s);
+            }
+            if shared.stop.load(Ordering::Acquire) && sessions.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            let wait = due
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(500));
+            let ms = wait.as_millis().max(1) as libc::c_int;
+            // SAFETY: `events` is a live buffer of the stated length.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as libc::c_int,
+                    ms,
+                )
+            };
+            for ev in events.iter().take(n.max(0) as usize) {
+                let token = ev.u64;
+                if token == WAKE {
+                    let mut sink = [0u8; 64];
+                    while matches!((&self.wake_rx).read(&mut sink), Ok(k) if k > 0) {}
+                    continue;
+                }
+                let Some(s) = sessions.get_mut(&token) else {
+                    continue;
+                };
+                match (&s.peer.stream).read(&mut buf) {
+                    Ok(0) => s.conn.receive_eof(),
+                    Ok(k) => s.conn.receive(&buf[..k]),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => {
+                        s.why = format!("read error: {e}");
+                        s.conn.receive_eof();
+                    }
+                }
+                s.process();
+                s.conn.shrink_buffers();
+                if s.conn.is_closed() {
+                    if let Some(s) = sessions.remove(&token) {
+                        self.end(s);
+                    }
+                } else {
+                    due = due.min(s.next_timer());
+                }
+            }
+            let now = Instant::now();
+            if now >= due {
+                due = now + Duration::from_secs(1);
+                let mut ended = Vec::new();
+                for (id, s) in sessions.iter_mut() {
+                    if s.peer.close_sent() && s.closing_until.is_none() {
+                        s.closing_until = Some(now + DRAIN_DEADLINE);
+                    }
+                    if s.on_timer() || s.conn.is_closed() {
+                        ended.push(*id);
+                    } else {
+                        due = due.min(s.next_timer());
+                    }
+                }
+                for id in ended {
+                    if let Some(s) = sessions.remove(&id) {
+                        self.end(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends a session: out of epoll, out of the room (its `left` goes out),
+    /// socket shut down once its queue drains.
+    fn end(&self, s: Session) {
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, s.peer.stream.as_raw_fd(), s.id);
+        if let Some(sid) = s.joined {
+            s.shared.room.leave(sid, &s.peer);
+        }
+        s.peer.finish();
+        s.shared
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&s.id);
+        log!(s.shared, "chat: {} disconnected ({})", s.peer.label, s.why);
+    }
+}
+
+/// Starts the WebSocket phase of an upgraded connection: the session goes
+/// to a reactor thread, and the handshake thread that calls this returns.
+pub(crate) fn start(
     shared: &Arc<Shared>,
     stream: TcpStream,
     addr: SocketAddr,
     id: u64,
     early: &[u8],
+    live: LiveGuard,
 ) {
     let cfg = &shared.config;
     let peer = Arc::new(Peer::new(
@@ -117,7 +302,8 @@ pub(crate) fn run(
     log!(shared, "chat: {addr} connected");
     let now = Instant::now();
     let mut s = Session {
-        shared,
+        id,
+        shared: Arc::clone(shared),
         conn: Connection::new(Role::Server, ws_config(cfg)),
         joined: None,
         rate: RateLimit::new(cfg),
@@ -126,61 +312,17 @@ pub(crate) fn run(
         pong_due: None,
         closing_until: None,
         why: String::from("closed"),
-        peer: Arc::clone(&peer),
+        peer,
+        _live: live,
     };
-    // The stack buffer keeps an idle connection free of heap buffers.
-    let mut buf = [0u8; 4096];
     s.conn.receive(early);
     s.process();
-    while !s.conn.is_closed() {
-        if s.shared.stop.load(std::sync::atomic::Ordering::Acquire) && s.closing_until.is_none() {
-            // Shutdown already queued 1001; wait for the answer as usual.
-            s.closing_until = Some(Instant::now() + DRAIN_DEADLINE);
-        }
-        if s.peer.close_sent() && s.closing_until.is_none() {
-            s.closing_until = Some(Instant::now() + DRAIN_DEADLINE);
-        }
-        let timeout = s.next_timer().saturating_duration_since(Instant::now());
-        let timeout = timeout.max(Duration::from_millis(1));
-        if s.peer.stream.set_read_timeout(Some(timeout)).is_err() {
-            break;
-        }
-        match (&s.peer.stream).read(&mut buf) {
-            Ok(0) => s.conn.receive_eof(),
-            Ok(n) => s.conn.receive(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                if s.on_timer() {
-                    break;
-                }
-                continue;
-            }
-            Err(e) => {
-                s.why = format!("read error: {e}");
-                s.conn.receive_eof();
-            }
-        }
-        s.process();
-        s.conn.shrink_buffers();
-    }
-    if let Some(sid) = s.joined {
-        shared.room.leave(sid, &peer);
-    }
-    peer.finish();
-    shared
-        .peers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
-    log!(shared, "chat: {addr} disconnected ({})", s.why);
+    s.conn.shrink_buffers();
+    let reactor = &shared.reactors[(id as usize) % shared.reactors.len()];
+    reactor.adopt(s);
 }
 
-impl Session<'_> {
+impl Session {
     fn next_timer(&self) -> Instant {
         let mut t = self.next_ping;
         if let Some(p) = self.pong_due {

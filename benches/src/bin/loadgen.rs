@@ -4,6 +4,7 @@
 //! ```text
 //! loadgen fanout|idle|slow [--addr 127.0.0.1:8080] [--server-pid PID]
 //!         [--clients N] [--senders N] [--rate MSG_PER_S] [--size BYTES] [--secs S]
+//!         [--slow N]   (the last N clients never read; `slow` defaults to 1)
 //! ```
 //!
 //! - `fanout`: 100 clients, 10 of them senders, 1000 msg/s in total, 64 B.
@@ -31,6 +32,8 @@ struct Opts {
     rate: f64,
     size: usize,
     secs: f64,
+    /// Clients (the last ones) that never read.
+    slow: usize,
 }
 
 struct Client {
@@ -84,7 +87,9 @@ fn parse_opts() -> Result<Opts, String> {
         rate,
         size,
         secs,
+        slow: 0,
     };
+    o.slow = usize::from(o.scenario == "slow");
     while let Some(flag) = args.next() {
         let v = args.next().ok_or(format!("{flag} needs a value"))?;
         let bad = format!("{flag}: bad value {v:?}");
@@ -95,6 +100,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--senders" => o.senders = v.parse().map_err(|_| bad.clone())?,
             "--rate" => o.rate = v.parse().map_err(|_| bad.clone())?,
             "--size" => o.size = v.parse().map_err(|_| bad.clone())?,
+            "--slow" => o.slow = v.parse().map_err(|_| bad.clone())?,
             "--secs" => o.secs = v.parse().map_err(|_| bad.clone())?,
             _ => return Err(format!("unknown option {flag}")),
         }
@@ -253,8 +259,8 @@ fn run(o: &Opts) -> io::Result<()> {
     let epoch = Instant::now();
     let base = proc_sample(o.pid);
     println!(
-        "scenario {}: {} clients, {} senders, {} msg/s, {} B, {} s",
-        o.scenario, o.clients, o.senders, o.rate, o.size, o.secs
+        "scenario {}: {} clients ({} never read), {} senders, {} msg/s, {} B, {} s",
+        o.scenario, o.clients, o.slow, o.senders, o.rate, o.size, o.secs
     );
     // SAFETY: plain syscall; the fd is closed by the OS at exit.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -274,7 +280,7 @@ fn run(o: &Opts) -> io::Result<()> {
     for i in 0..o.clients {
         let (stream, mut conn) = connect(o.addr)?;
         // In `slow`, the last client never reads.
-        let reads = !(o.scenario == "slow" && i == o.clients - 1);
+        let reads = i + o.slow < o.clients;
         conn.send_text(&format!(r#"{{"type":"join","nick":"u{i}"}}"#))
             .map_err(|e| io::Error::other(e.to_string()))?;
         let mut c = Client {
