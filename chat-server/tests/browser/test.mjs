@@ -101,6 +101,16 @@ try {
   await lineWith(a, "carol left").waitFor(T);
   check(true, "online list updates on join and leave");
 
+  // Auto-reconnect: drop b's socket while alice talks; b resumes from its
+  // last seen id (token + since) and shows the missed message exactly once.
+  await b.evaluate(() => state.ws.close(4001, "test drop"));
+  await a.fill("#msg-input", "sent while bob was away");
+  await a.press("#msg-input", "Enter");
+  await lineWith(b, "Reconnected.").waitFor(T);
+  await lineWith(b, "sent while bob was away").waitFor(T);
+  check((await lineWith(b, "sent while bob was away").count()) === 1, "missed message arrives once after the resume");
+  check((await lineWith(b, "hello from alice").count()) === 1, "no duplicates of earlier messages after the resume");
+
   check(dialogs.length === 0, "no script from the network ran (no dialogs)");
   await a.screenshot({ path: screenshot });
   console.log(`screenshot: ${screenshot}`);
