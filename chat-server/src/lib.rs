@@ -385,3 +385,19 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
     }
     Ok((lim.rlim_cur, lim.rlim_max))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fd_limit_is_raised_to_the_hard_limit() {
+        let (soft, hard) = super::raise_fd_limit().unwrap();
+        assert_eq!(soft, hard);
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid rlimit for getrlimit to fill.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(lim.rlim_cur, hard);
+    }
+}
