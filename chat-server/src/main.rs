@@ -24,6 +24,7 @@ OPTIONS:
   --pong-timeout SECS        pong deadline, then close 1011 [default: 30]
   --rate-burst N             rate limit bucket          [default: 40]
   --rate-per-sec N           rate limit refill          [default: 20]
+  --reactor-threads N        threads reading WebSockets [default: cores, max 4]
   --quiet                    no per-connection log lines
   -h, --help                 this text
 ";
@@ -123,6 +124,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--ping-interval" => c.ping_interval = secs()?,
             "--pong-timeout" => c.pong_timeout = secs()?,
             "--rate-burst" => c.rate_burst = num()?.min(u32::MAX.into()) as u32,
+            "--reactor-threads" => c.reactor_threads = (num()? as usize).max(1),
             "--rate-per-sec" => c.rate_per_sec = num()?.min(u32::MAX.into()) as u32,
             _ => return Err(format!("unknown option {flag}")),
         }
