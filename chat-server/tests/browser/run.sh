@@ -30,10 +30,18 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" ca-certificates >/dev/null
 fi
 
+# playwright-core 1.5x+ needs Node 20; Debian 12's own nodejs is 18, for
+# which 1.49 is the last release that supports it.
+NODE_MAJOR="$(node -p 'process.versions.node.split(".")[0]')"
+if [ -z "${PW_VERSION:-}" ]; then
+  if [ "$NODE_MAJOR" -ge 20 ]; then PW_VERSION=1; else PW_VERSION=1.49.1; fi
+fi
+WORK="$WORK/pw-$PW_VERSION"
+mkdir -p "$WORK"
 if [ ! -d "$WORK/node_modules/playwright-core" ]; then
-  echo "browser-test: npm install playwright-core"
-  (cd "$WORK" && [ -f package.json ] || echo '{"private":true}' > "$WORK/package.json"
-   cd "$WORK" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent playwright-core@1)
+  echo "browser-test: npm install playwright-core@$PW_VERSION (node $NODE_MAJOR)"
+  [ -f "$WORK/package.json" ] || echo '{"private":true}' > "$WORK/package.json"
+  (cd "$WORK" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent "playwright-core@$PW_VERSION")
 fi
 
 echo "browser-test: building chat-server"
