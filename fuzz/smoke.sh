@@ -26,7 +26,7 @@ for target in $(cargo fuzz list); do
   log="$art/$target.log"
   echo "fuzz/smoke.sh: $target for ${secs}s"
   if cargo fuzz run -O "$target" "$work" -- \
-      -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -jobs=1 -workers=1 \
+      -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$art/$target-" -print_final_stats=1 >"$log" 2>&1; then
     grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::average_exec_per_sec)' "$log" | sed "s/^/  $target: /" || true
   else
