@@ -205,9 +205,7 @@ fn decode(c: &mut Criterion) {
         group.bench_function("copy_unmask", |b| {
             b.iter(|| copy_unmask_baseline(black_box(&mut dst), black_box(&w.stream), &w.frames))
         });
-        group.bench_function("wsproto", |b| {
-            b.iter(|| decode_wsproto(&w, consume))
-        });
+        group.bench_function("wsproto", |b| b.iter(|| decode_wsproto(&w, consume)));
         group.bench_function("tungstenite", |b| {
             b.iter(|| decode_tungstenite(&w, consume))
         });
@@ -387,5 +385,10 @@ fn encode(c: &mut Criterion) {
     }
 }
 
-criterion_group!(codec, decode, encode);
+criterion_group! {
+    name = codec;
+    // No plots: rendering them took a large share of the run's time.
+    config = Criterion::default().without_plots();
+    targets = decode, encode
+}
 criterion_main!(codec);

@@ -114,7 +114,7 @@ fn handshake(c: &mut Criterion) {
 
 criterion_group! {
     name = pieces;
-    config = Criterion::default();
+    config = Criterion::default().without_plots();
     targets = mask, utf8, header, handshake
 }
 criterion_main!(pieces);
