@@ -227,9 +227,14 @@ impl Reactor {
                         s.conn.receive_eof();
                     }
                 }
-                s.process();
+                // A bug in handling one client must not take down every
+                // session this thread owns: end just that one.
+                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.process()));
                 s.conn.shrink_buffers();
-                if s.conn.is_closed() {
+                if ok.is_err() {
+                    s.why = "internal error (panic), dropped".into();
+                }
+                if ok.is_err() || s.conn.is_closed() {
                     if let Some(s) = sessions.remove(&token) {
                         self.end(s);
                     }
