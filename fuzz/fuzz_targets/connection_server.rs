@@ -9,7 +9,9 @@ use wsproto::Role;
 use wsproto_fuzz::{drive, Splitter};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&seed, stream)) = data.split_first() else { return };
+    let Some((&seed, stream)) = data.split_first() else {
+        return;
+    };
     let whole = drive(Role::Server, stream, &mut || usize::MAX / 2);
     let mut split = Splitter::new(u64::from(seed) + 1);
     let max = if seed & 1 == 0 { 3 } else { 64 };

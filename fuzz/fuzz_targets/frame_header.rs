@@ -9,8 +9,14 @@ use wsproto::frame::{parse_header, ParsedHeader, Role, MAX_HEADER_LEN};
 use wsproto_fuzz::check_protocol_error;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, buf)) = data.split_first() else { return };
-    let role = if selector & 1 == 0 { Role::Server } else { Role::Client };
+    let Some((&selector, buf)) = data.split_first() else {
+        return;
+    };
+    let role = if selector & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
     let allowed_rsv = (selector >> 1) & 0b111;
     let verdict = parse_header(buf, role, allowed_rsv);
     match &verdict {
@@ -20,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
             let mut out = [0; MAX_HEADER_LEN];
             assert_eq!(h.encode(&mut out), *n);
             assert_eq!(&out[..*n], &buf[..*n], "re-encoding is the identity");
-            assert_eq!(h.mask.is_some(), role == Role::Server, "masking follows the role");
+            assert_eq!(
+                h.mask.is_some(),
+                role == Role::Server,
+                "masking follows the role"
+            );
             assert_eq!(h.rsv & !allowed_rsv, 0);
             assert!(h.payload_len >> 63 == 0);
             if h.opcode.is_control() {
@@ -38,7 +48,13 @@ fuzz_target!(|data: &[u8]| {
                 if let Ok(ParsedHeader::Complete(_, n)) = other {
                     assert!(n <= cut);
                 }
-                assert_eq!(&other, &verdict, "verdict changed between {} and {} bytes", cut, buf.len());
+                assert_eq!(
+                    &other,
+                    &verdict,
+                    "verdict changed between {} and {} bytes",
+                    cut,
+                    buf.len()
+                );
                 break;
             }
         }

@@ -6,13 +6,19 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use wsproto::handshake::{head_end, parse_extensions, parse_protocols, parse_request, ParsedRequest};
+use wsproto::handshake::{
+    head_end, parse_extensions, parse_protocols, parse_request, ParsedRequest,
+};
 use wsproto_fuzz::{config, documented_status};
 
 #[derive(Arbitrary, Debug)]
 enum Input<'a> {
     Raw(&'a [u8]),
-    Values { protocols: &'a [u8], extensions: &'a [u8], trickle: u8 },
+    Values {
+        protocols: &'a [u8],
+        extensions: &'a [u8],
+        trickle: u8,
+    },
 }
 
 fn check(buf: &[u8]) -> ParsedRequest {
@@ -37,7 +43,10 @@ fn check(buf: &[u8]) -> ParsedRequest {
             let text = String::from_utf8_lossy(&r.response);
             assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
             let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
-            assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())), "{text}");
+            assert!(
+                head.contains(&format!("Content-Length: {}\r\n", body.len())),
+                "{text}"
+            );
             if status == 426 {
                 assert!(head.contains("Sec-WebSocket-Version: 13"));
             }
@@ -51,8 +60,15 @@ fuzz_target!(|input: Input<'_>| {
         Input::Raw(buf) => {
             check(buf);
         }
-        Input::Values { protocols, extensions, trickle } => {
-            if [protocols, extensions].iter().any(|v| v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)) {
+        Input::Values {
+            protocols,
+            extensions,
+            trickle,
+        } => {
+            if [protocols, extensions]
+                .iter()
+                .any(|v| v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0))
+            {
                 return;
             }
             let mut req = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -67,7 +83,8 @@ fuzz_target!(|input: Input<'_>| {
             for cut in (0..req.len()).step_by(step) {
                 assert!(!matches!(check(&req[..cut]), ParsedRequest::Complete(..)));
             }
-            let values_ok = parse_protocols(protocols).is_ok() && parse_extensions(extensions).is_ok();
+            let values_ok =
+                parse_protocols(protocols).is_ok() && parse_extensions(extensions).is_ok();
             match check(&req) {
                 ParsedRequest::Complete(r, _) => {
                     assert!(values_ok);
@@ -76,7 +93,16 @@ fuzz_target!(|input: Input<'_>| {
                 }
                 // httparse may refuse bytes a header value cannot hold.
                 ParsedRequest::Reject(r) => {
-                    assert!(!values_ok || matches!(r.error, wsproto::HandshakeError::MalformedHttp(_) | wsproto::HandshakeError::HeadTooLarge { .. }), "{:?}", r.error)
+                    assert!(
+                        !values_ok
+                            || matches!(
+                                r.error,
+                                wsproto::HandshakeError::MalformedHttp(_)
+                                    | wsproto::HandshakeError::HeadTooLarge { .. }
+                            ),
+                        "{:?}",
+                        r.error
+                    )
                 }
                 ParsedRequest::NeedMore => panic!("a complete head needs nothing more"),
             }

@@ -11,7 +11,12 @@ use wsproto_fuzz::{config, documented_status};
 #[derive(Arbitrary, Debug)]
 enum Input<'a> {
     Raw(&'a [u8]),
-    Fields { status: u16, protocol: Option<&'a [u8]>, extensions: Option<&'a [u8]>, good_accept: bool },
+    Fields {
+        status: u16,
+        protocol: Option<&'a [u8]>,
+        extensions: Option<&'a [u8]>,
+        good_accept: bool,
+    },
 }
 
 fn check(req: &ClientRequest, buf: &[u8]) -> Result<ParsedResponse, HandshakeError> {
@@ -44,13 +49,26 @@ fuzz_target!(|input: Input<'_>| {
         Input::Raw(buf) => {
             let _ = check(&req, buf);
         }
-        Input::Fields { status, protocol, extensions, good_accept } => {
+        Input::Fields {
+            status,
+            protocol,
+            extensions,
+            good_accept,
+        } => {
             let values = [protocol, extensions];
-            if values.iter().flatten().any(|v| v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)) {
+            if values
+                .iter()
+                .flatten()
+                .any(|v| v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0))
+            {
                 return;
             }
             let status = 100 + status % 500;
-            let accept = if good_accept { accept_key(req.key().as_bytes()) } else { "AAAA".into() };
+            let accept = if good_accept {
+                accept_key(req.key().as_bytes())
+            } else {
+                "AAAA".into()
+            };
             let mut resp = format!(
                 "HTTP/1.1 {status} X\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
             )

@@ -103,7 +103,11 @@ pub fn drive(role: Role, stream: &[u8], chunks: &mut dyn FnMut() -> usize) -> Ou
     let mut pos = 0;
     let mut saw_close = false;
     'feed: while pos <= stream.len() {
-        let end = if pos == stream.len() { pos } else { (pos + chunks()).min(stream.len()) };
+        let end = if pos == stream.len() {
+            pos
+        } else {
+            (pos + chunks()).min(stream.len())
+        };
         conn.receive(&stream[pos..end]);
         if end == stream.len() {
             conn.receive_eof();
@@ -140,10 +144,23 @@ pub fn drive(role: Role, stream: &[u8], chunks: &mut dyn FnMut() -> usize) -> Ou
     }
     if error.is_none() {
         // EOF always ends in a Close event, and nothing comes after it.
-        assert!(matches!(events.last(), Some(Event::Close(_))), "EOF must end with a Close event");
-        assert_eq!(events.iter().filter(|e| matches!(e, Event::Close(_))).count(), 1);
+        assert!(
+            matches!(events.last(), Some(Event::Close(_))),
+            "EOF must end with a Close event"
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Close(_)))
+                .count(),
+            1
+        );
     }
-    assert_eq!(conn.next_event(), Ok(None), "a closed connection stays quiet");
+    assert_eq!(
+        conn.next_event(),
+        Ok(None),
+        "a closed connection stays quiet"
+    );
     Outcome {
         events,
         error,
@@ -172,10 +189,13 @@ pub fn peer_events(role: Role, output: &[u8]) -> Vec<Event> {
 
 /// The code of the last Close frame in `output` (written by `role`).
 pub fn last_close_code(role: Role, output: &[u8]) -> Option<u16> {
-    peer_events(role, output).iter().rev().find_map(|e| match e {
-        Event::Close(f) => Some(f.code.as_u16()),
-        _ => None,
-    })
+    peer_events(role, output)
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Close(f) => Some(f.code.as_u16()),
+            _ => None,
+        })
 }
 
 /// Close codes a sender may use, for the round trip.
