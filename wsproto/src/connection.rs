@@ -54,11 +54,17 @@ pub enum State {
 /// What the receive side waits for: names follow rustls' `Expect*` states.
 #[derive(Debug, Clone, Copy)]
 enum Recv {
-    /// A frame header.
+    /// A frame header (a control frame also waits here until its whole
+    /// payload, at most 125 bytes, has arrived).
     AwaitHeader,
-    /// The payload of `header`; `done` bytes of it are already unmasked and
-    /// validated in place at the front of the input buffer.
-    AwaitPayload { header: FrameHeader, done: usize },
+    /// The rest of a data frame's payload, which `receive` streams straight
+    /// into `Connection::sink`, unmasking as it copies: `received` bytes of
+    /// the payload are there, the first `validated` of them UTF-8 checked.
+    AwaitPayload {
+        header: FrameHeader,
+        received: usize,
+        validated: usize,
+    },
 }
 
 /// A fragmented message being reassembled.
@@ -92,6 +98,11 @@ pub struct Connection {
     config: Config,
     state: State,
     input: BytesMut,
+    /// Where a data frame that spans several reads is assembled: its own
+    /// buffer, sized once from the announced length, or the fragmented
+    /// message's buffer for a continuation. This avoids growing (and
+    /// re-copying) the input buffer while a large frame trickles in.
+    sink: BytesMut,
     recv: Recv,
     partial: Option<Partial>,
     utf8: Utf8Validator,
@@ -110,6 +121,7 @@ impl Connection {
             config,
             state: State::Open,
             input: BytesMut::new(),
+            sink: BytesMut::new(),
             recv: Recv::AwaitHeader,
             partial: None,
             utf8: Utf8Validator::new(),
@@ -152,9 +164,87 @@ impl Connection {
     /// Appends received bytes. Call [`next_event`](Self::next_event) until it
     /// returns `Ok(None)` to process them.
     pub fn receive(&mut self, bytes: &[u8]) {
-        if self.state != State::Closed && !self.eof {
-            self.input.extend_from_slice(bytes);
+        if self.state == State::Closed || self.eof {
+            return;
         }
+        let taken = self.append_payload(bytes);
+        let rest = &bytes[taken..];
+        if !rest.is_empty() {
+            self.input.extend_from_slice(rest);
+        }
+    }
+
+    /// While a data frame's payload is streaming, appends as much of `bytes`
+    /// as belongs to it to the sink and unmasks it there (while it is still
+    /// in cache). Returns how many bytes it took.
+    #[inline]
+    fn append_payload(&mut self, bytes: &[u8]) -> usize {
+        let Recv::AwaitPayload {
+            header,
+            received,
+            validated,
+        } = self.recv
+        else {
+            return 0;
+        };
+        // invariant: check_frame bounded payload_len by max_frame_size (a usize).
+        let take = (header.payload_len as usize - received).min(bytes.len());
+        let start = self.sink.len();
+        self.sink.extend_from_slice(&bytes[..take]);
+        if let Some(key) = header.mask {
+            apply_mask(&mut self.sink[start..], key, received);
+        }
+        self.recv = Recv::AwaitPayload {
+            header,
+            received: received + take,
+            validated,
+        };
+        take
+    }
+
+    /// As [`append_payload`](Self::append_payload), for a reader: lets
+    /// `fill` write up to `max` of the payload's remaining bytes into the
+    /// sink. Returns how many bytes `fill` wrote.
+    #[inline]
+    fn stream_payload(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let Recv::AwaitPayload {
+            header,
+            received,
+            validated,
+        } = self.recv
+        else {
+            return Ok(0);
+        };
+        // invariant: check_frame bounded payload_len by max_frame_size (a usize).
+        let want = (header.payload_len as usize - received).min(max);
+        if want == 0 {
+            return Ok(0);
+        }
+        let start = self.sink.len();
+        // invariant: the sink was reserved for the whole frame, so this does
+        // not reallocate; zeroing is cheap next to the copy that follows.
+        self.sink.resize(start + want, 0);
+        let n = match fill(&mut self.sink[start..]) {
+            Ok(n) => n.min(want),
+            Err(e) => {
+                self.sink.truncate(start);
+                return Err(e);
+            }
+        };
+        self.sink.truncate(start + n);
+        if let Some(key) = header.mask {
+            apply_mask(&mut self.sink[start..], key, received);
+        }
+        self.recv = Recv::AwaitPayload {
+            header,
+            received: received + n,
+            validated,
+        };
+        Ok(n)
     }
 
     /// Reads once from `reader` straight into the input buffer (at most
@@ -169,11 +259,17 @@ impl Connection {
         reader: &mut R,
         max: usize,
     ) -> io::Result<usize> {
-        let start = self.input.len();
-        self.input.resize(start + max, 0);
-        let result = reader.read(&mut self.input[start..]);
-        let n = *result.as_ref().unwrap_or(&0);
-        self.input.truncate(start + n);
+        // A streaming payload is read straight into its sink.
+        let result = if matches!(self.recv, Recv::AwaitPayload { .. }) && !self.eof {
+            self.stream_payload(max, |dst| reader.read(dst))
+        } else {
+            let start = self.input.len();
+            self.input.resize(start + max, 0);
+            let result = reader.read(&mut self.input[start..]);
+            let n = *result.as_ref().unwrap_or(&0);
+            self.input.truncate(start + n);
+            result
+        };
         if matches!(result, Ok(0)) && max > 0 {
             self.receive_eof();
         }
@@ -212,45 +308,67 @@ impl Connection {
                     if let Err(e) = self.check_frame(&header) {
                         return Err(self.fail(e));
                     }
-                    self.input.advance(header_len);
                     // invariant: check_frame bounded payload_len by max_frame_size (a usize).
                     let len = header.payload_len as usize;
-                    if self.input.len() < len {
-                        self.recv = Recv::AwaitPayload { header, done: 0 };
+                    let have = self.input.len() - header_len;
+                    if have < len && header.opcode.is_control() {
+                        // At most 125 bytes: wait for all of it, and parse
+                        // the header again then.
+                        return Ok(self.eof_event());
+                    }
+                    self.input.advance(header_len);
+                    if have < len {
+                        self.start_streaming(header, have);
                         continue;
                     }
-                    // Fast path: the whole payload is here, so the frame is
-                    // finished in one go without parking in AwaitPayload (the
-                    // same steps the AwaitPayload arm takes, minus the state
-                    // round trip that dominated small frames).
+                    // The whole payload is here: unmask and validate it in
+                    // place and hand it out split from the input buffer,
+                    // without copying it or parking in AwaitPayload.
                     if len > 0 {
                         self.unmask_and_validate(&header, 0, len)
                             .map_err(|e| self.fail(e))?;
                     }
-                    let payload = take_payload(&mut self.input, len);
+                    let payload = self.input.split_to(len);
                     match self.complete_frame(header, payload) {
                         Ok(Some(event)) => return Ok(Some(event)),
                         Ok(None) => {}
                         Err(e) => return Err(self.fail(e)),
                     }
                 }
-                Recv::AwaitPayload { header, done } => {
-                    // invariant: check_frame bounded payload_len by max_frame_size (a usize).
-                    let len = header.payload_len as usize;
-                    let avail = self.input.len().min(len);
-                    if avail > done {
-                        self.unmask_and_validate(&header, done, avail)
-                            .map_err(|e| self.fail(e))?;
+                Recv::AwaitPayload {
+                    header,
+                    received,
+                    validated,
+                } => {
+                    if received > validated {
+                        if self.is_text(&header) {
+                            let end = self.sink.len();
+                            let fresh = &self.sink[end - (received - validated)..end];
+                            if let Err(e) = self.utf8.feed(fresh) {
+                                let err = ProtocolError::InvalidUtf8 { offset: e.offset };
+                                return Err(self.fail(err));
+                            }
+                        }
                         self.recv = Recv::AwaitPayload {
                             header,
-                            done: avail,
+                            received,
+                            validated: received,
                         };
                     }
-                    if avail < len {
+                    if received < header.payload_len as usize {
                         return Ok(self.eof_event());
                     }
                     self.recv = Recv::AwaitHeader;
-                    let payload = take_payload(&mut self.input, len);
+                    let data = std::mem::take(&mut self.sink);
+                    let payload = match (header.opcode, self.partial.as_mut()) {
+                        // The sink was the fragmented message's own buffer:
+                        // put it back; this frame adds nothing more to copy.
+                        (Opcode::Continuation, Some(p)) => {
+                            p.data = data;
+                            BytesMut::new()
+                        }
+                        _ => data,
+                    };
                     match self.complete_frame(header, payload) {
                         Ok(Some(event)) => return Ok(Some(event)),
                         Ok(None) => {}
@@ -258,6 +376,43 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+
+    /// Switches to streaming a data frame's payload into the sink, moving
+    /// the `have` payload bytes already buffered there first.
+    fn start_streaming(&mut self, header: FrameHeader, have: usize) {
+        // invariant: check_frame bounded payload_len by max_frame_size (a usize).
+        let len = header.payload_len as usize;
+        self.sink = match (header.opcode, self.partial.as_mut()) {
+            (Opcode::Continuation, Some(p)) => {
+                let mut data = std::mem::take(&mut p.data);
+                data.reserve(len);
+                data
+            }
+            // Sized once from the announced length, which check_frame has
+            // bounded; pages are only touched as bytes arrive.
+            _ => BytesMut::with_capacity(len),
+        };
+        self.recv = Recv::AwaitPayload {
+            header,
+            received: 0,
+            validated: 0,
+        };
+        let buffered = self.input.split_to(have);
+        let taken = self.append_payload(&buffered);
+        debug_assert_eq!(taken, have);
+    }
+
+    /// True if `header` carries text (a Text frame or its continuation).
+    fn is_text(&self, header: &FrameHeader) -> bool {
+        match header.opcode {
+            Opcode::Text => true,
+            Opcode::Continuation => self
+                .partial
+                .as_ref()
+                .is_some_and(|p| p.opcode == Opcode::Text),
+            _ => false,
         }
     }
 
@@ -316,18 +471,11 @@ impl Connection {
         done: usize,
         avail: usize,
     ) -> Result<(), ProtocolError> {
+        let is_text = self.is_text(header);
         let fresh = &mut self.input[done..avail];
         if let Some(key) = header.mask {
             apply_mask(fresh, key, done);
         }
-        let is_text = match header.opcode {
-            Opcode::Text => true,
-            Opcode::Continuation => self
-                .partial
-                .as_ref()
-                .is_some_and(|p| p.opcode == Opcode::Text),
-            _ => false,
-        };
         if is_text {
             self.utf8
                 .feed(fresh)
@@ -431,6 +579,7 @@ impl Connection {
         self.state = State::Closed;
         self.partial = None;
         self.input = BytesMut::new();
+        self.sink = BytesMut::new();
         err
     }
 
@@ -443,6 +592,7 @@ impl Connection {
         self.state = State::Closed;
         self.partial = None;
         self.input = BytesMut::new();
+        self.sink = BytesMut::new();
         Some(Event::Close(CloseFrame {
             code: CloseCode::ABNORMAL,
             reason: String::new(),
@@ -632,24 +782,6 @@ impl Connection {
         if self.output.is_empty() {
             self.output = BytesMut::new();
         }
-    }
-}
-
-/// Payloads up to this size are copied out of the input buffer instead of
-/// split from it: a fresh small allocation is cheaper than the two atomic
-/// reference-count updates a split costs (one now, one when the message is
-/// dropped), and it keeps the input buffer unshared so it is reused in place.
-const COPY_PAYLOAD_MAX: usize = 512;
-
-/// Removes the first `len` bytes of `input` as a message payload.
-#[inline]
-fn take_payload(input: &mut BytesMut, len: usize) -> BytesMut {
-    if len <= COPY_PAYLOAD_MAX {
-        let payload = BytesMut::from(&input[..len]);
-        input.advance(len);
-        payload
-    } else {
-        input.split_to(len)
     }
 }
 
