@@ -179,72 +179,69 @@ impl Connection {
     /// in cache). Returns how many bytes it took.
     #[inline]
     fn append_payload(&mut self, bytes: &[u8]) -> usize {
-        let Recv::AwaitPayload {
-            header,
-            received,
-            validated,
-        } = self.recv
-        else {
-            return 0;
-        };
-        // invariant: check_frame bounded payload_len by max_frame_size (a usize).
-        let take = (header.payload_len as usize - received).min(bytes.len());
-        let start = self.sink.len();
-        self.sink.extend_from_slice(&bytes[..take]);
-        if let Some(key) = header.mask {
-            apply_mask(&mut self.sink[start..], key, received);
+        let take = self.payload_remaining().min(bytes.len());
+        if take > 0 {
+            let start = self.sink.len();
+            self.sink.extend_from_slice(&bytes[..take]);
+            self.commit_payload(start);
         }
-        self.recv = Recv::AwaitPayload {
-            header,
-            received: received + take,
-            validated,
-        };
         take
     }
 
     /// As [`append_payload`](Self::append_payload), for a reader: lets
     /// `fill` write up to `max` of the payload's remaining bytes into the
     /// sink. Returns how many bytes `fill` wrote.
-    #[inline]
     fn stream_payload(
         &mut self,
         max: usize,
         fill: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> io::Result<usize> {
-        let Recv::AwaitPayload {
-            header,
-            received,
-            validated,
-        } = self.recv
-        else {
-            return Ok(0);
-        };
-        // invariant: check_frame bounded payload_len by max_frame_size (a usize).
-        let want = (header.payload_len as usize - received).min(max);
+        let want = self.payload_remaining().min(max);
         if want == 0 {
             return Ok(0);
         }
         let start = self.sink.len();
         // invariant: the sink was reserved for the whole frame, so this does
-        // not reallocate; zeroing is cheap next to the copy that follows.
+        // not reallocate; zeroing is cheap next to the read that follows.
         self.sink.resize(start + want, 0);
-        let n = match fill(&mut self.sink[start..]) {
-            Ok(n) => n.min(want),
-            Err(e) => {
-                self.sink.truncate(start);
-                return Err(e);
-            }
-        };
-        self.sink.truncate(start + n);
-        if let Some(key) = header.mask {
-            apply_mask(&mut self.sink[start..], key, received);
+        let result = fill(&mut self.sink[start..]);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.sink.truncate(start + n.min(want));
+        self.commit_payload(start);
+        result.map(|n| n.min(want))
+    }
+
+    /// Payload bytes still to come for the frame being streamed (0 if none).
+    #[inline]
+    fn payload_remaining(&self) -> usize {
+        match self.recv {
+            // invariant: check_frame bounded payload_len by max_frame_size (a usize).
+            Recv::AwaitPayload {
+                header, received, ..
+            } => header.payload_len as usize - received,
+            Recv::AwaitHeader => 0,
         }
-        self.recv = Recv::AwaitPayload {
+    }
+
+    /// Unmasks the payload bytes appended to the sink from `start` on and
+    /// counts them as received.
+    #[inline]
+    fn commit_payload(&mut self, start: usize) {
+        if let Recv::AwaitPayload {
             header,
-            received: received + n,
+            received,
             validated,
-        };
-        Ok(n)
+        } = self.recv
+        {
+            if let Some(key) = header.mask {
+                apply_mask(&mut self.sink[start..], key, received);
+            }
+            self.recv = Recv::AwaitPayload {
+                header,
+                received: received + (self.sink.len() - start),
+                validated,
+            };
+        }
     }
 
     /// Reads once from `reader` straight into the input buffer (at most
