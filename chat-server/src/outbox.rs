@@ -106,7 +106,7 @@ impl Peer {
         if self.is_closed() {
             return Sent::Closed;
         }
-        let mut q = self.lock();
+        let q = self.lock();
         if self.is_closed() {
             return Sent::Closed;
         }
@@ -123,24 +123,10 @@ impl Peer {
             if n == frame.len() {
                 return Sent::Ok;
             }
-            q.bytes += frame.len() - n;
-            q.bufs.push_back(frame.slice(n..));
+            self.enqueue(q, frame.slice(n..))
         } else {
-            q.bytes += frame.len();
-            q.bufs.push_back(frame);
+            self.enqueue(q, frame)
         }
-        if q.bytes > self.max_queue {
-            let pending = q.bytes;
-            self.close_locked(&mut q, 1008, "slow consumer: send queue full");
-            drop(q);
-            eprintln!(
-                "chat: {} error: outgoing queue over {} bytes ({pending} pending), closing 1008",
-                self.label, self.max_queue
-            );
-            return Sent::Overflow;
-        }
-        self.register(&mut q);
-        Sent::Ok
     }
 
     /// Queues pre-framed bytes for the flusher instead of writing now: for
@@ -152,10 +138,16 @@ impl Peer {
         if self.is_closed() {
             return Sent::Closed;
         }
-        let mut q = self.lock();
+        let q = self.lock();
         if self.is_closed() {
             return Sent::Closed;
         }
+        self.enqueue(q, frame)
+    }
+
+    /// Queues `frame` behind what is waiting; a queue past its bound closes
+    /// the client with 1008 (the policy of DESIGN.md's fan-out section).
+    fn enqueue(self: &Arc<Self>, mut q: MutexGuard<'_, Queue>, frame: Bytes) -> Sent {
         q.bytes += frame.len();
         q.bufs.push_back(frame);
         if q.bytes > self.max_queue {
