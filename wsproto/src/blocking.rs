@@ -43,11 +43,25 @@ pub trait Transport: Read + Write {
         let _ = timeout;
         Ok(())
     }
+
+    /// Bounds how long one `write` may block (`None`: forever).
+    ///
+    /// # Errors
+    ///
+    /// Whatever the stream reports.
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let _ = timeout;
+        Ok(())
+    }
 }
 
 impl Transport for TcpStream {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         TcpStream::set_read_timeout(self, timeout)
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_write_timeout(self, timeout)
     }
 }
 
@@ -56,11 +70,19 @@ impl Transport for std::os::unix::net::UnixStream {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         std::os::unix::net::UnixStream::set_read_timeout(self, timeout)
     }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        std::os::unix::net::UnixStream::set_write_timeout(self, timeout)
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         (**self).set_read_timeout(timeout)
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).set_write_timeout(timeout)
     }
 }
 
@@ -453,6 +475,18 @@ impl<S: Transport> WebSocket<S> {
     pub fn set_keepalive(&mut self, interval: Duration, deadline: Duration) {
         self.timers.ping_interval = Some(interval);
         self.timers.pong_deadline = deadline;
+    }
+
+    /// Fails a [`send`](Self::send) or [`flush`](Self::flush) that cannot
+    /// write for `timeout` (a peer that stopped reading), with an
+    /// [`Error::Io`] of kind `WouldBlock` or `TimedOut`. The unwritten bytes
+    /// stay queued. `None`: block forever.
+    ///
+    /// # Errors
+    ///
+    /// If the transport refuses the timeout.
+    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        Ok(self.stream.set_write_timeout(timeout)?)
     }
 
     /// Fails [`read`](Self::read) with an `io::ErrorKind::TimedOut` error after

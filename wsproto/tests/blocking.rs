@@ -320,6 +320,33 @@ fn idle_timeout() {
 }
 
 #[test]
+fn write_timeout_bounds_a_send_to_a_peer_that_never_reads() {
+    let (url, server) = serve(Config::default(), |ws| {
+        let mut ws = ws.unwrap();
+        ws.set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let big = vec![0u8; 1 << 20];
+        let start = Instant::now();
+        // Socket buffers hold a few MiB at most; the peer reads nothing.
+        let result = (0..64).try_for_each(|_| ws.send(big.clone()));
+        (
+            result,
+            start.elapsed(),
+            ws.connection().pending_output().len(),
+        )
+    });
+    let silent = connect(&url); // never reads
+    let (result, elapsed, pending) = server.join().unwrap();
+    assert!(
+        matches!(&result, Err(Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "{result:?}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert!(pending > 0, "the unwritten bytes stay queued");
+    drop(silent);
+}
+
+#[test]
 fn callers_own_socket_timeout_is_respected() {
     let (url, server) = serve(Config::default(), |ws| {
         let mut ws = ws.unwrap();
