@@ -142,6 +142,11 @@ fn validate_prefix(input: &[u8]) -> Result<(), Incomplete> {
     } else {
         0
     };
+    if ascii == input.len() {
+        // Small all-ASCII messages end here: handing simdutf8 an empty
+        // tail still cost a call into std's validator per message.
+        return Ok(());
+    }
     // `compat` reports where the valid prefix ends and whether the tail is
     // merely incomplete, exactly as `std::str::from_utf8` does.
     match simdutf8::compat::from_utf8(&input[ascii..]) {
@@ -159,24 +164,31 @@ fn validate_prefix(input: &[u8]) -> Result<(), Incomplete> {
 /// Below this many bytes a chunk is scanned word-wise before validation.
 const SHORT_CHUNK: usize = 64;
 
-/// Length of the leading run of ASCII bytes, rounded down to whole words.
+/// Length of the leading run of ASCII bytes: the whole input if it is all
+/// ASCII, otherwise a prefix of it (rounded down to whole words).
 #[inline]
 fn ascii_prefix_len(input: &[u8]) -> usize {
     const HIGH: u64 = 0x8080_8080_8080_8080;
+    let word = |w: &[u8]| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
     let mut n = 0;
     for chunk in input.chunks_exact(16) {
-        let a = u64::from_le_bytes([
-            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
-        ]);
-        let b = u64::from_le_bytes([
-            chunk[8], chunk[9], chunk[10], chunk[11], chunk[12], chunk[13], chunk[14], chunk[15],
-        ]);
-        if (a | b) & HIGH != 0 {
-            break;
+        if (word(&chunk[..8]) | word(&chunk[8..])) & HIGH != 0 {
+            return n;
         }
         n += 16;
     }
-    n
+    let rest = &input[n..];
+    if rest.len() >= 8 {
+        if word(rest) & HIGH != 0 {
+            return n;
+        }
+        n += 8;
+    }
+    if input[n..].is_ascii() {
+        input.len()
+    } else {
+        n
+    }
 }
 
 /// Width of the code point a lead byte starts (1 for bytes that cannot lead,
@@ -241,6 +253,20 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn ascii_prefix_is_ascii_and_whole_only_for_ascii(
+            mut data in proptest::collection::vec(0u8..0x80, 0..80),
+            high in proptest::option::of((any::<prop::sample::Index>(), 0x80u8..=0xFF)),
+        ) {
+            if let (Some((at, byte)), false) = (high, data.is_empty()) {
+                let i = at.index(data.len());
+                data[i] = byte;
+            }
+            let n = ascii_prefix_len(&data);
+            prop_assert!(data[..n].is_ascii());
+            prop_assert_eq!(n == data.len(), data.is_ascii());
+        }
+
         #[test]
         fn agrees_with_std_under_any_split(data in proptest::collection::vec(any::<u8>(), 0..64),
                                            mut cuts in proptest::collection::vec(0usize..64, 0..8)) {
