@@ -38,6 +38,66 @@ pub enum Event {
     Close(CloseFrame),
 }
 
+/// An [`Event`] that borrows its payload from the connection, from
+/// [`Connection::next_event_ref`].
+///
+/// A message that arrived in one frame is handed out as a slice of the
+/// receive buffer, unmasked and validated in place: no allocation and no
+/// reference count per message. The borrow ends at the next call on the
+/// connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventRef<'a> {
+    /// A whole text message (validated UTF-8).
+    Text(&'a str),
+    /// A whole binary message.
+    Binary(&'a [u8]),
+    /// A Ping; its Pong has already been queued.
+    Ping(&'a [u8]),
+    /// A Pong.
+    Pong(&'a [u8]),
+    /// The connection closed; as [`Event::Close`].
+    Close(&'a CloseFrame),
+}
+
+impl<'a> From<&'a Event> for EventRef<'a> {
+    fn from(event: &'a Event) -> Self {
+        match event {
+            Event::Text(t) => EventRef::Text(t.as_str()),
+            Event::Binary(b) => EventRef::Binary(b),
+            Event::Ping(b) => EventRef::Ping(b),
+            Event::Pong(b) => EventRef::Pong(b),
+            Event::Close(c) => EventRef::Close(c),
+        }
+    }
+}
+
+impl EventRef<'_> {
+    /// An owned copy of the event, to keep past the next call.
+    pub fn to_event(&self) -> Event {
+        match *self {
+            EventRef::Text(t) => Event::Text(Text::from(t)),
+            EventRef::Binary(b) => Event::Binary(Bytes::copy_from_slice(b)),
+            EventRef::Ping(b) => Event::Ping(Bytes::copy_from_slice(b)),
+            EventRef::Pong(b) => Event::Pong(Bytes::copy_from_slice(b)),
+            EventRef::Close(c) => Event::Close(c.clone()),
+        }
+    }
+}
+
+/// What the receive loop produced.
+enum Polled {
+    /// An event with its own bytes.
+    Event(Event),
+    /// A whole unfragmented text message of this many bytes at the front of
+    /// the input buffer, already unmasked and validated.
+    // (No opcode field: a byte inside this variant made LLVM split the
+    // returned event's pointer into piecewise stores, and the caller's
+    // wide reload stalled on them.)
+    TextInInput(usize),
+    /// As `TextInInput`, for a binary message.
+    BinaryInInput(usize),
+}
+
 /// Where the closing handshake stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
@@ -111,6 +171,12 @@ pub struct Connection {
     sending_fragmented: Option<Opcode>,
     eof: bool,
     masks: Option<Box<MaskSource>>,
+    /// Bytes at the front of `input` lent out by `next_event_ref`; dropped
+    /// from the buffer at the next call.
+    lent_len: usize,
+    /// The owned event `next_event_ref` lent out when its payload was not in
+    /// the input buffer.
+    lent: Option<Event>,
 }
 
 impl Connection {
@@ -129,6 +195,8 @@ impl Connection {
             sending_fragmented: None,
             eof: false,
             masks: (role == Role::Client).then(|| Box::new(MaskSource::new())),
+            lent_len: 0,
+            lent: None,
         }
     }
 
@@ -167,6 +235,7 @@ impl Connection {
         if self.state == State::Closed || self.eof {
             return;
         }
+        self.release_lent();
         let taken = self.append_payload(bytes);
         let rest = &bytes[taken..];
         if !rest.is_empty() {
@@ -256,6 +325,7 @@ impl Connection {
         reader: &mut R,
         max: usize,
     ) -> io::Result<usize> {
+        self.release_lent();
         // A streaming payload is read straight into its sink.
         let result = if matches!(self.recv, Recv::AwaitPayload { .. }) && !self.eof {
             self.stream_payload(max, |dst| reader.read(dst))
@@ -290,6 +360,84 @@ impl Connection {
     /// with [`ProtocolError::close_code`] is queued before it returns; the
     /// connection is then closed.
     pub fn next_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        self.release_lent();
+        Ok(match self.poll()? {
+            None => None,
+            Some(Polled::Event(event)) => Some(event),
+            Some(Polled::TextInInput(len)) => Some(Event::Text(Text::from_validated(
+                self.input.split_to(len).freeze(),
+            ))),
+            Some(Polled::BinaryInInput(len)) => {
+                Some(Event::Binary(self.input.split_to(len).freeze()))
+            }
+        })
+    }
+
+    /// As [`next_event`](Self::next_event), with the payload borrowed from
+    /// the connection instead of owned: for a receiver that handles each
+    /// message before asking for the next, this saves an allocation or a
+    /// reference count per message.
+    ///
+    /// ```
+    /// use wsproto::{Connection, Config, EventRef, Role};
+    /// let mut client = Connection::new(Role::Client, Config::default());
+    /// let mut server = Connection::new(Role::Server, Config::default());
+    /// client.send_text("one").unwrap();
+    /// client.send_binary(&[2]).unwrap();
+    /// server.receive(&client.take_output());
+    ///
+    /// let mut got = Vec::new();
+    /// while let Some(event) = server.next_event_ref().unwrap() {
+    ///     match event {
+    ///         EventRef::Text(t) => got.push(t.len()), // t: &str
+    ///         EventRef::Binary(b) => got.push(b.len()), // b: &[u8]
+    ///         other => panic!("{other:?}"),
+    ///     }
+    /// }
+    /// assert_eq!(got, [3, 1]);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`next_event`](Self::next_event).
+    pub fn next_event_ref(&mut self) -> Result<Option<EventRef<'_>>, ProtocolError> {
+        self.release_lent();
+        match self.poll()? {
+            None => Ok(None),
+            Some(Polled::BinaryInInput(len)) => {
+                self.lent_len = len;
+                Ok(Some(EventRef::Binary(&self.input[..len])))
+            }
+            Some(Polled::TextInInput(len)) => {
+                self.lent_len = len;
+                let bytes = &self.input[..len];
+                Ok(Some({
+                    // SAFETY: `poll` returns `TextInInput(len)` only after
+                    // `unmask_and_validate` fed exactly these bytes to the
+                    // UTF-8 validator and `finish` accepted the end of the
+                    // message; the buffer is not touched until the borrow
+                    // ends. Covered by tests/connection.rs (borrowed_events_*).
+                    #[allow(unsafe_code)]
+                    EventRef::Text(unsafe { std::str::from_utf8_unchecked(bytes) })
+                }))
+            }
+            Some(Polled::Event(event)) => Ok(Some(EventRef::from(&*self.lent.insert(event)))),
+        }
+    }
+
+    /// Ends the loan of the last `next_event_ref`.
+    #[inline]
+    fn release_lent(&mut self) {
+        if self.lent_len > 0 {
+            self.input.advance(self.lent_len);
+            self.lent_len = 0;
+        }
+        self.lent = None;
+    }
+
+    /// The receive loop behind `next_event` and `next_event_ref`.
+    #[inline(always)]
+    fn poll(&mut self) -> Result<Option<Polled>, ProtocolError> {
         loop {
             if self.state == State::Closed {
                 return Ok(None);
@@ -299,7 +447,9 @@ impl Connection {
                     let receiver = self.role;
                     let (header, header_len) = match frame::parse_header(&self.input, receiver, 0) {
                         Ok(ParsedHeader::Complete(h, n)) => (h, n),
-                        Ok(ParsedHeader::NeedMore) => return Ok(self.eof_event()),
+                        Ok(ParsedHeader::NeedMore) => {
+                            return Ok(self.eof_event().map(Polled::Event))
+                        }
                         Err(e) => return Err(self.fail(e)),
                     };
                     if let Err(e) = self.check_frame(&header) {
@@ -311,7 +461,7 @@ impl Connection {
                     if have < len && header.opcode.is_control() {
                         // At most 125 bytes: wait for all of it, and parse
                         // the header again then.
-                        return Ok(self.eof_event());
+                        return Ok(self.eof_event().map(Polled::Event));
                     }
                     self.input.advance(header_len);
                     if have < len {
@@ -325,9 +475,21 @@ impl Connection {
                         self.unmask_and_validate(&header, 0, len)
                             .map_err(|e| self.fail(e))?;
                     }
+                    // A whole unfragmented message (check_frame has ruled
+                    // out a fragmented one in progress) stays where it is;
+                    // the caller decides whether to split it off or lend it.
+                    if header.fin && matches!(header.opcode, Opcode::Text | Opcode::Binary) {
+                        if header.opcode == Opcode::Text {
+                            self.utf8.finish().map_err(|e| {
+                                self.fail(ProtocolError::InvalidUtf8 { offset: e.offset })
+                            })?;
+                            return Ok(Some(Polled::TextInInput(len)));
+                        }
+                        return Ok(Some(Polled::BinaryInInput(len)));
+                    }
                     let payload = self.input.split_to(len);
                     match self.complete_frame(header, payload) {
-                        Ok(Some(event)) => return Ok(Some(event)),
+                        Ok(Some(event)) => return Ok(Some(Polled::Event(event))),
                         Ok(None) => {}
                         Err(e) => return Err(self.fail(e)),
                     }
@@ -353,7 +515,7 @@ impl Connection {
                         };
                     }
                     if received < header.payload_len as usize {
-                        return Ok(self.eof_event());
+                        return Ok(self.eof_event().map(Polled::Event));
                     }
                     self.recv = Recv::AwaitHeader;
                     let data = std::mem::take(&mut self.sink);
@@ -367,7 +529,7 @@ impl Connection {
                         _ => data,
                     };
                     match self.complete_frame(header, payload) {
-                        Ok(Some(event)) => return Ok(Some(event)),
+                        Ok(Some(event)) => return Ok(Some(Polled::Event(event))),
                         Ok(None) => {}
                         Err(e) => return Err(self.fail(e)),
                     }
@@ -773,6 +935,7 @@ impl Connection {
     /// Releases buffer memory held while idle (both buffers empty), for
     /// servers that keep many quiet connections.
     pub fn shrink_buffers(&mut self) {
+        self.release_lent();
         if self.input.is_empty() && matches!(self.recv, Recv::AwaitHeader) {
             self.input = BytesMut::new();
         }

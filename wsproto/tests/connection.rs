@@ -5,7 +5,8 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use wsproto::frame::encode_frame;
 use wsproto::{
-    CloseCode, Config, Connection, Error, Event, Opcode, ProtocolError, Role, State, UsageError,
+    CloseCode, Config, Connection, Error, Event, EventRef, Opcode, ProtocolError, Role, State,
+    UsageError,
 };
 
 const KEY: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
@@ -410,6 +411,42 @@ fn client_frames_are_masked_with_fresh_keys() {
     assert_ne!(&out[6..10], b"same");
 }
 
+#[test]
+fn borrowed_events_interleave_with_owned_ones_and_reads() {
+    let mut client = Connection::new(Role::Client, Config::default());
+    client.send_text("héllo 世界").unwrap();
+    client.send_fragment(Opcode::Binary, b"ab", false).unwrap();
+    client.ping(b"p").unwrap();
+    client
+        .send_fragment(Opcode::Continuation, b"cd", true)
+        .unwrap();
+    client.send_binary(b"whole").unwrap();
+    let wire = client.take_output();
+    let mut conn = server();
+    // The first message alone, then the rest while it is still lent.
+    let first_len = 2 + 4 + "héllo 世界".len();
+    conn.receive(&wire[..first_len]);
+    assert_eq!(
+        conn.next_event_ref(),
+        Ok(Some(EventRef::Text("héllo 世界")))
+    );
+    conn.receive(&wire[first_len..]);
+    assert_eq!(conn.next_event_ref(), Ok(Some(EventRef::Ping(b"p"))));
+    assert_eq!(
+        conn.next_event(),
+        Ok(Some(Event::Binary(Bytes::from_static(b"abcd"))))
+    );
+    assert_eq!(conn.next_event_ref(), Ok(Some(EventRef::Binary(b"whole"))));
+    assert_eq!(conn.next_event_ref(), Ok(None));
+    // The lent bytes are gone from the buffer once the next call starts.
+    conn.receive(&client_frame(true, Opcode::Text, b"\xff"));
+    assert_eq!(
+        conn.next_event_ref(),
+        Err(ProtocolError::InvalidUtf8 { offset: 0 })
+    );
+    assert_eq!(close_sent(&mut conn), Some(1007));
+}
+
 // ---- property tests ------------------------------------------------------
 
 #[derive(Debug, Clone)]
@@ -465,6 +502,18 @@ fn expected(msg: &Msg) -> Event {
 
 /// Feeds `wire` in chunks ending at `cuts`; returns the events and the error.
 fn feed_chunked(role: Role, wire: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<ProtocolError>) {
+    feed(role, wire, cuts, false).0
+}
+
+/// As `feed_chunked`, through `next_event_ref` if `borrowed`; also returns
+/// what the connection queued to send (pongs, close echoes).
+#[allow(clippy::type_complexity)]
+fn feed(
+    role: Role,
+    wire: &[u8],
+    cuts: &[usize],
+    borrowed: bool,
+) -> ((Vec<Event>, Option<ProtocolError>), Vec<u8>) {
     let mut conn = Connection::new(
         role,
         Config::default()
@@ -480,14 +529,19 @@ fn feed_chunked(role: Role, wire: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<
         conn.receive(&wire[start..cut]);
         start = cut;
         loop {
-            match conn.next_event() {
+            let next = if borrowed {
+                conn.next_event_ref().map(|e| e.map(|e| e.to_event()))
+            } else {
+                conn.next_event()
+            };
+            match next {
                 Ok(Some(e)) => out.push(e),
                 Ok(None) => break,
-                Err(e) => return (out, Some(e)),
+                Err(e) => return ((out, Some(e)), conn.take_output().to_vec()),
             }
         }
     }
-    (out, None)
+    ((out, None), conn.take_output().to_vec())
 }
 
 proptest! {
@@ -521,6 +575,23 @@ proptest! {
         // One byte at a time, too.
         let bytewise: Vec<usize> = (0..wire.len()).collect();
         prop_assert_eq!(&whole, &feed_chunked(Role::Server, &wire, &bytewise));
+    }
+
+    #[test]
+    fn borrowed_events_match_owned_events(msgs in proptest::collection::vec(arb_msg(), 0..6),
+                                          cuts in proptest::collection::vec(0usize..2000, 0..40),
+                                          garbage in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let mut sender = Connection::new(Role::Client, Config::default());
+        for m in &msgs {
+            send(&mut sender, m);
+        }
+        let mut wire = sender.take_output().to_vec();
+        // Often a violation at the end, to compare the errors and closes too.
+        wire.extend(&garbage);
+        let owned = feed(Role::Server, &wire, &cuts, false);
+        let borrowed = feed(Role::Server, &wire, &cuts, true);
+        prop_assert_eq!(&owned, &borrowed);
+        prop_assert_eq!(&owned, &feed(Role::Server, &wire, &[], true));
     }
 
     #[test]
