@@ -79,7 +79,27 @@ fn runtime() -> tokio::runtime::Runtime {
 // ---- decode columns --------------------------------------------------------
 // Each takes a message sink, so the same code is checked once and timed after.
 
+/// wsproto through `next_event_ref`: each message borrowed from the
+/// connection until the next call (as fastwebsockets' frames are).
 fn decode_wsproto(w: &Workload, mut sink: impl FnMut(bool, &[u8])) {
+    use wsproto::{Config, Connection, EventRef, Role};
+    let mut conn = Connection::new(Role::Server, Config::default());
+    let mut src = MemStream::new(&w.stream, 0);
+    while let Some(chunk) = src.next_chunk() {
+        conn.receive(chunk);
+        while let Some(event) = conn.next_event_ref().expect("valid stream") {
+            match event {
+                EventRef::Text(t) => sink(true, t.as_bytes()),
+                EventRef::Binary(b) => sink(false, b),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+/// wsproto through `next_event`: each message owned (`Bytes`, as
+/// tungstenite's messages are).
+fn decode_wsproto_owned(w: &Workload, mut sink: impl FnMut(bool, &[u8])) {
     use wsproto::{Config, Connection, Event, Role};
     let mut conn = Connection::new(Role::Server, Config::default());
     let mut src = MemStream::new(&w.stream, 0);
@@ -158,6 +178,9 @@ fn check_decoders(rt: &tokio::runtime::Runtime, w: &Workload) {
     decode_wsproto(w, |t, d| c.message(t, d));
     c.finish();
     let mut c = w.checker();
+    decode_wsproto_owned(w, |t, d| c.message(t, d));
+    c.finish();
+    let mut c = w.checker();
     decode_tungstenite(w, |t, d| c.message(t, d));
     c.finish();
     let mut c = w.checker();
@@ -206,6 +229,9 @@ fn decode(c: &mut Criterion) {
             b.iter(|| copy_unmask_baseline(black_box(&mut dst), black_box(&w.stream), &w.frames))
         });
         group.bench_function("wsproto", |b| b.iter(|| decode_wsproto(&w, consume)));
+        group.bench_function("wsproto_owned", |b| {
+            b.iter(|| decode_wsproto_owned(&w, consume))
+        });
         group.bench_function("tungstenite", |b| {
             b.iter(|| decode_tungstenite(&w, consume))
         });
