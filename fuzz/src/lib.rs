@@ -94,8 +94,14 @@ pub struct Outcome {
 }
 
 /// Feeds `stream` to a fresh connection in chunks of the given sizes (the
-/// last chunk takes the rest), then reports EOF.
-pub fn drive(role: Role, stream: &[u8], chunks: &mut dyn FnMut() -> usize) -> Outcome {
+/// last chunk takes the rest), then reports EOF. Events are taken with
+/// `next_event_ref` (and copied) if `borrowed`, else with `next_event`.
+pub fn drive(
+    role: Role,
+    stream: &[u8],
+    chunks: &mut dyn FnMut() -> usize,
+    borrowed: bool,
+) -> Outcome {
     let limits = config();
     let mut conn = Connection::new(role, limits.clone());
     let mut events = Vec::new();
@@ -113,7 +119,12 @@ pub fn drive(role: Role, stream: &[u8], chunks: &mut dyn FnMut() -> usize) -> Ou
             conn.receive_eof();
         }
         loop {
-            match conn.next_event() {
+            let next = if borrowed {
+                conn.next_event_ref().map(|e| e.map(|e| e.to_event()))
+            } else {
+                conn.next_event()
+            };
+            match next {
                 Ok(Some(e)) => {
                     match &e {
                         Event::Text(t) => assert!(t.len() <= limits.max_message_size),
