@@ -33,9 +33,11 @@ def fmt(x):
     return f"{x:.2f}" if x is not None else "–"
 
 
-def table(prefix, cols, peers, base, check):
-    print("| workload | " + " | ".join(cols) + f" | ×best peer | ×memcpy | ×{base} | target |")
-    print("|---" * (len(cols) + 5) + "|")
+def table(prefix, cols, peers, base, check, extra=()):
+    """`extra`: (title, column, peers) ratios shown after the checked ones."""
+    print("| workload | " + " | ".join(cols) + f" | ×best peer | ×memcpy | ×{base} | "
+          + "".join(f"{t} | " for t, _, _ in extra) + "target |")
+    print("|---" * (len(cols) + 5 + len(extra)) + "|")
     for group in sorted((g for g in results if g.startswith(prefix)), key=order):
         r = results[group]
         ws = r.get("wsproto")
@@ -43,8 +45,12 @@ def table(prefix, cols, peers, base, check):
         ratios = [ws / best if ws and best else None, ws / r["memcpy"] if ws else None,
                   ws / r[base] if ws and base in r else None]
         verdict = check(group[len(prefix):], *ratios)
+        more = []
+        for _, col, ps in extra:
+            b = max((r[p] for p in ps if p in r), default=None)
+            more.append(r[col] / b if col in r and b else None)
         print(f"| {group[len(prefix):]} | " + " | ".join(fmt(r.get(c)) for c in cols)
-              + " | " + " | ".join(fmt(x) for x in ratios) + f" | {verdict} |")
+              + " | " + " | ".join(fmt(x) for x in ratios + more) + f" | {verdict} |")
 
 
 def decode_check(name, vs_peer, vs_memcpy, vs_fused):
@@ -71,9 +77,11 @@ def encode_check(name, vs_peer, vs_memcpy, vs_fused):
 
 
 print("### Decode (server role, masked client frames → messages), GB/s\n")
-table("decode/", ["memcpy", "copy_unmask", "wsproto", "tungstenite", "fastwebsockets_frame",
-                  "fastwebsockets_collector"],
-      ["tungstenite", "fastwebsockets_frame", "fastwebsockets_collector"], "copy_unmask", decode_check)
+table("decode/", ["memcpy", "copy_unmask", "wsproto", "wsproto_owned", "tungstenite",
+                  "fastwebsockets_frame", "fastwebsockets_collector"],
+      ["tungstenite", "fastwebsockets_frame", "fastwebsockets_collector"], "copy_unmask", decode_check,
+      extra=[("×best reassembling peer", "wsproto", ["tungstenite", "fastwebsockets_collector"]),
+             ("owned ×tungstenite", "wsproto_owned", ["tungstenite"])])
 print("\n### Encode (binary messages appended to a buffer), GB/s\n")
 table("encode/", ["memcpy", "copy_mask", "wsproto", "wsproto_frame", "tungstenite", "fastwebsockets"],
       ["tungstenite", "fastwebsockets"], "copy_mask", encode_check)
