@@ -150,6 +150,40 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<CloseFrame, ProtocolError> 
     }
 }
 
+/// Encodes a whole Close frame (RFC 6455 §5.5.1) with `code` and `reason`:
+/// unmasked when `mask` is `None` (a server's frame, §5.1), masked with the
+/// given key otherwise. The reason is cut to [`MAX_REASON_LEN`] bytes on a
+/// character boundary, so any `&str` makes a valid frame. For I/O layers that
+/// queue pre-framed bytes (a fan-out server) and must not re-encode a Close
+/// by hand.
+///
+/// # Panics
+///
+/// If `code` is not sendable (1005, 1006: RFC 6455 §7.4.1 reserves them
+/// for reports, never for the wire): a caller bug, not peer input.
+///
+/// ```
+/// use wsproto::close::encode_close_frame;
+/// use wsproto::CloseCode;
+/// let frame = encode_close_frame(CloseCode::POLICY_VIOLATION, "slow", None);
+/// assert_eq!(&frame[..], b"\x88\x06\x03\xf0slow");
+/// ```
+pub fn encode_close_frame(code: CloseCode, reason: &str, mask: Option<[u8; 4]>) -> bytes::Bytes {
+    assert!(code.is_sendable(), "close code {code} is never sent");
+    let reason = truncate_reason(reason);
+    let mut payload = [0; 125];
+    let n = encode_close_payload(&mut payload, code, reason);
+    let mut out = bytes::BytesMut::with_capacity(n + crate::frame::MAX_HEADER_LEN);
+    crate::frame::encode_frame(
+        &mut out,
+        true,
+        crate::frame::Opcode::Close,
+        &payload[..n],
+        mask,
+    );
+    out.freeze()
+}
+
 /// Appends a Close payload (code, then reason) to `dst`.
 /// The caller has checked the code is sendable and the reason fits.
 pub(crate) fn encode_close_payload(dst: &mut [u8; 125], code: CloseCode, reason: &str) -> usize {
@@ -216,5 +250,26 @@ mod tests {
         assert!(t.len() <= MAX_REASON_LEN && t.len() == 122);
         assert!(!CloseCode::NO_STATUS.is_sendable());
         assert!(CloseCode::NORMAL.is_sendable());
+    }
+
+    #[test]
+    fn encoded_close_frames_parse_back() {
+        let long = "é".repeat(100);
+        for (code, reason) in [
+            (CloseCode::NORMAL, ""),
+            (CloseCode::GOING_AWAY, long.as_str()),
+        ] {
+            let f = encode_close_frame(code, reason, None);
+            assert_eq!(f[0], 0x88);
+            assert_eq!(usize::from(f[1]), f.len() - 2);
+            let back = parse_close_payload(&f[2..]).unwrap();
+            assert_eq!(back.code, code);
+            assert_eq!(back.reason, truncate_reason(reason));
+        }
+        let masked = encode_close_frame(CloseCode::NORMAL, "x", Some([1, 2, 3, 4]));
+        assert_eq!(masked[1], 0x80 | 3);
+        let mut p = masked[6..].to_vec();
+        crate::mask::apply_mask(&mut p, [1, 2, 3, 4], 0);
+        assert_eq!(p, b"\x03\xe8x");
     }
 }

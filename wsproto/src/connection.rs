@@ -928,6 +928,12 @@ impl Connection {
 
     /// Takes all pending output as one [`Bytes`], leaving none pending: for I/O
     /// layers that queue buffers rather than write in place.
+    ///
+    /// Bytes taken leave this connection's accounting: the
+    /// [`Config::max_output_buffer`](crate::Config::max_output_buffer) bound (and the automatic-Pong cap that
+    /// rests on it) only sees what is still pending here. A caller that takes
+    /// output and queues it elsewhere must bound that queue itself, or a peer
+    /// that sends Pings and never reads grows it without limit.
     pub fn take_output(&mut self) -> Bytes {
         self.output.split().freeze()
     }
