@@ -4,7 +4,10 @@
 //! decided in a fixed order (`bad_json`, then `bad_request`, then
 //! `unknown_type`) that a derived enum cannot express.
 
+use caseless::Caseless;
 use serde_json::{Map, Value};
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 
 /// A request from a client, checked for shape (not yet for state).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +110,9 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
     match kind {
         "join" => Ok(Request::Join {
             nick: string(&obj, "nick")?,
-            since: opt_u64(&obj, "since")?,
+            // A negative `since` resumes from the start; a huge one, after
+            // every message (nothing to replay).
+            since: opt_integer(&obj, "since")?.map(clamp_id),
             token: opt_string(&obj, "token")?,
         }),
         "message" => Ok(Request::Message {
@@ -122,14 +127,14 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
         }),
         "who" => Ok(Request::Who),
         "history" => {
-            let before = opt_u64(&obj, "before")?;
-            let limit = opt_u64(&obj, "limit")?.map_or(HISTORY_LIMIT_DEFAULT, |l| {
-                usize::try_from(l).unwrap_or(usize::MAX)
+            // Out-of-range integers are clamped, not refused (DESIGN.md:
+            // "clamped to 1-100"): a negative `before` has nothing before
+            // it (ids start at 1), a huge one means "the newest".
+            let before = opt_integer(&obj, "before")?.map(clamp_id);
+            let limit = opt_integer(&obj, "limit")?.map_or(HISTORY_LIMIT_DEFAULT, |l| {
+                l.clamp(1, HISTORY_LIMIT_MAX as i128) as usize
             });
-            Ok(Request::History {
-                before,
-                limit: limit.clamp(1, HISTORY_LIMIT_MAX),
-            })
+            Ok(Request::History { before, limit })
         }
         other => Err(Refusal::new(
             ErrorCode::UnknownType,
@@ -138,9 +143,19 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
     }
 }
 
-/// Checks a nickname: 1-32 scalar values, no control (Cc) or format (Cf)
-/// character, no leading or trailing whitespace (two nicks that differ only
-/// by invisible padding would look the same in the online list).
+/// Checks a nickname (DESIGN.md, `join`):
+/// - 1-32 Unicode scalar values, counted on the nick as sent (its key, below,
+///   may be longer: NFKC expands some characters);
+/// - no control (Cc), format (Cf), unassigned (Cn) character and no line or
+///   paragraph separator (Zl, Zp): they move text around, render as nothing
+///   (Unicode 16.0 §5.21: unassigned default-ignorable code points must be
+///   invisible), or, for Cn, may be given a case folding or decomposition by
+///   a later Unicode version, which would change a nick's key;
+/// - no blank-rendering filler ([`BLANK_FILLERS`]);
+/// - no leading or trailing whitespace (two nicks that differ only by
+///   invisible padding would look the same in the online list);
+/// - at least one letter, digit, punctuation mark or symbol (general category
+///   L*, N*, P* or S*), so a nick cannot be only spaces and combining marks.
 pub fn check_nick(nick: &str) -> Result<(), Refusal> {
     let count = nick.chars().count();
     if count == 0 || count > NICK_MAX_CHARS {
@@ -149,10 +164,29 @@ pub fn check_nick(nick: &str) -> Result<(), Refusal> {
             format!("a nickname is 1-{NICK_MAX_CHARS} characters"),
         ));
     }
-    if let Some(c) = nick.chars().find(|&c| c.is_control() || is_format(c)) {
+    if let Some(c) = nick.chars().find(|&c| {
+        matches!(
+            c.general_category(),
+            GeneralCategory::Control
+                | GeneralCategory::Format
+                | GeneralCategory::Unassigned
+                | GeneralCategory::Surrogate
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+    }) {
         return Err(Refusal::new(
             ErrorCode::NickInvalid,
             format!("a nickname may not contain U+{:04X}", c as u32),
+        ));
+    }
+    if let Some(c) = nick.chars().find(|c| BLANK_FILLERS.contains(c)) {
+        return Err(Refusal::new(
+            ErrorCode::NickInvalid,
+            format!(
+                "a nickname may not contain U+{:04X}, which renders blank",
+                c as u32
+            ),
         ));
     }
     if nick.trim() != nick {
@@ -161,42 +195,102 @@ pub fn check_nick(nick: &str) -> Result<(), Refusal> {
             "a nickname may not start or end with a space",
         ));
     }
+    let visible = nick.chars().any(|c| {
+        matches!(
+            c.general_category_group(),
+            GeneralCategoryGroup::Letter
+                | GeneralCategoryGroup::Number
+                | GeneralCategoryGroup::Punctuation
+                | GeneralCategoryGroup::Symbol
+        )
+    });
+    if !visible {
+        return Err(Refusal::new(
+            ErrorCode::NickInvalid,
+            "a nickname needs a letter, digit, punctuation mark or symbol",
+        ));
+    }
     Ok(())
 }
 
-/// The key nicknames are compared by ("unique ignoring case").
+/// The key nicknames are compared by ("unique ignoring case"): two nicks
+/// are the same when they match under Unicode compatibility caseless
+/// matching (Unicode 16.0 §3.13, D146:
+/// `NFKD(toCasefold(NFKD(toCasefold(NFD(X)))))`, with full case folding, so
+/// `Straße` = `STRASSE`, `µ` = `μ`, `ſam` = `sam`, `ΟΔΟΣ` = `οδος` = `οδοσ`,
+/// `ﬁ` = `fi`, `Ａ` = `a`), recomposed to NFKC to keep it short, and with the
+/// invisible [`IGNORED_IN_KEY`] characters dropped first, as Unicode's
+/// `NFKC_Casefold` drops default-ignorables (so `❤\u{FE0F}` = `❤`).
+///
+/// Any string can be keyed (a `private` message's `to` is not a checked
+/// nick); the work and the key are bounded: past [`MAX_KEY_BYTES`], which
+/// no valid nick's key reaches, the key ends with U+0000, which no valid
+/// nick's key contains (Cc is refused and no mapping produces it).
 pub fn nick_key(nick: &str) -> String {
-    nick.to_lowercase()
+    let mut key = String::with_capacity(nick.len().min(MAX_KEY_BYTES));
+    let folded = nick
+        .chars()
+        .filter(|c| !IGNORED_IN_KEY.iter().any(|r| r.contains(c)))
+        .nfd()
+        .default_case_fold()
+        .nfkd()
+        .default_case_fold()
+        .nfkc();
+    for c in folded {
+        if key.len() >= MAX_KEY_BYTES {
+            key.push('\0');
+            break;
+        }
+        key.push(c);
+    }
+    key
 }
 
-/// Unicode general category Cf (format characters), Unicode 15.1.
-fn is_format(c: char) -> bool {
-    const CF: &[(u32, u32)] = &[
-        (0x00AD, 0x00AD),
-        (0x0600, 0x0605),
-        (0x061C, 0x061C),
-        (0x06DD, 0x06DD),
-        (0x070F, 0x070F),
-        (0x0890, 0x0891),
-        (0x08E2, 0x08E2),
-        (0x180E, 0x180E),
-        (0x200B, 0x200F),
-        (0x202A, 0x202E),
-        (0x2060, 0x2064),
-        (0x2066, 0x206F),
-        (0xFEFF, 0xFEFF),
-        (0xFFF9, 0xFFFB),
-        (0x110BD, 0x110BD),
-        (0x110CD, 0x110CD),
-        (0x13430, 0x1343F),
-        (0x1BCA0, 0x1BCA3),
-        (0x1D173, 0x1D17A),
-        (0xE0001, 0xE0001),
-        (0xE0020, 0xE007F),
-    ];
-    let c = c as u32;
-    CF.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
-}
+/// Longest key kept, in bytes. The longest key of one character is 33
+/// bytes (U+FDFA, NFKC: 18 Arabic letters and spaces;
+/// `tests::key_bytes_are_bounded` checks every scalar value), so 32 of them
+/// stay far below this.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+/// Blank-rendering fillers, refused anywhere in a nick. Their general
+/// category is a letter or a symbol, so the "needs a letter, digit,
+/// punctuation mark or symbol" rule would count them as visible:
+/// - U+115F HANGUL CHOSEONG FILLER, U+1160 HANGUL JUNGSEONG FILLER,
+///   U+3164 HANGUL FILLER, U+FFA0 HALFWIDTH HANGUL FILLER: Lo, and the only
+///   letters in Default_Ignorable_Code_Point (DerivedCoreProperties.txt),
+///   so renderers draw nothing;
+/// - U+2800 BRAILLE PATTERN BLANK: So, the empty Braille cell;
+/// - U+1D159 MUSICAL SYMBOL NULL NOTEHEAD: So, drawn as nothing;
+/// - U+16FE4 KHITAN SMALL SCRIPT FILLER: a mark with no glyph of its own.
+///
+/// Each is the well-known "invisible nickname" trick on chat and game
+/// platforms; spaces (Zs) are caught by the whitespace rules instead.
+pub const BLANK_FILLERS: &[char] = &[
+    '\u{115F}',
+    '\u{1160}',
+    '\u{3164}',
+    '\u{FFA0}',
+    '\u{2800}',
+    '\u{1D159}',
+    '\u{16FE4}',
+];
+
+/// Invisible characters dropped from a nick's key: the rest of
+/// Default_Ignorable_Code_Point (DerivedCoreProperties.txt) once Cf and Cn
+/// (refused by [`check_nick`]) and the [`BLANK_FILLERS`] are taken out.
+/// All are nonspacing marks: U+034F COMBINING GRAPHEME JOINER, U+17B4 and
+/// U+17B5 (Khmer inherent vowels, "not recommended"), the Mongolian free
+/// variation selectors and the variation selectors. They are allowed in a
+/// nick (an emoji picker inserts U+FE0F) but must not make a second nick
+/// that looks like the first.
+pub const IGNORED_IN_KEY: &[std::ops::RangeInclusive<char>] = &[
+    '\u{034F}'..='\u{034F}',
+    '\u{17B4}'..='\u{17B5}',
+    '\u{180B}'..='\u{180D}',
+    '\u{180F}'..='\u{180F}',
+    '\u{FE00}'..='\u{FE0F}',
+    '\u{E0100}'..='\u{E01EF}',
+];
 
 /// Deepest JSON nesting accepted. Requests are flat objects; the bound
 /// keeps the recursive parser's stack use small on the connection threads'
@@ -247,14 +341,37 @@ fn opt_string(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, Re
     }
 }
 
-fn opt_u64(obj: &Map<String, Value>, name: &str) -> Result<Option<u64>, Refusal> {
+/// An optional integer field, of any size or sign. serde_json (without
+/// `arbitrary_precision`) hands integers beyond `u64` or written with an
+/// exponent (`1e30`, `1E2`) over as `f64`: such a number that is
+/// mathematically an integer counts as one, saturated to the `i128` range
+/// (every caller clamps it to a much smaller one). A fraction (`2.5`), a
+/// string or any other type is `bad_request`.
+fn opt_integer(obj: &Map<String, Value>, name: &str) -> Result<Option<i128>, Refusal> {
+    let not_integer = || bad(&format!("\"{name}\" must be an integer"));
     match obj.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| bad(&format!("\"{name}\" must be a non-negative integer"))),
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                Ok(Some(i.into()))
+            } else if let Some(u) = n.as_u64() {
+                Ok(Some(u.into()))
+            } else {
+                match n.as_f64() {
+                    // `as` saturates at the i128 bounds.
+                    Some(f) if f.is_finite() && f.fract() == 0.0 => Ok(Some(f as i128)),
+                    _ => Err(not_integer()),
+                }
+            }
+        }
+        Some(_) => Err(not_integer()),
     }
+}
+
+/// A message id bound (`since`, `before`) clamped to the id range: below 0
+/// is 0 (ids start at 1, so "after 0" is everything and "before 0" nothing).
+fn clamp_id(i: i128) -> u64 {
+    i.clamp(0, u64::MAX.into()) as u64
 }
 
 fn text_field(obj: &Map<String, Value>) -> Result<String, Refusal> {
@@ -295,10 +412,6 @@ mod tests {
             ErrorCode::BadRequest
         );
         assert_eq!(code(r#"{"type":"join"}"#), ErrorCode::BadRequest);
-        assert_eq!(
-            code(r#"{"type":"history","limit":-1}"#),
-            ErrorCode::BadRequest
-        );
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
         assert_eq!(
             parse(r#"{"type":"history","limit":1000}"#).unwrap(),
@@ -337,12 +450,105 @@ mod tests {
         assert_eq!(parse(r#"{"type":"who","x":[[1]]}"#).unwrap(), Request::Who);
     }
 
+    fn history(json: &str) -> (Option<u64>, usize) {
+        match parse(json) {
+            Ok(Request::History { before, limit }) => (before, limit),
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+
+    fn since(json: &str) -> Option<u64> {
+        match parse(json) {
+            Ok(Request::Join { since, .. }) => since,
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+
+    /// Issue 10 item 11: an integer of any size or sign is clamped, however
+    /// serde_json represents it (i64, u64, or f64 past u64 / with an
+    /// exponent); only a non-integer is `bad_request`.
+    #[test]
+    fn history_and_since_integers_are_clamped() {
+        let max = u64::MAX;
+        for (args, want) in [
+            ("", (None, HISTORY_LIMIT_DEFAULT)),
+            (r#","limit":null"#, (None, HISTORY_LIMIT_DEFAULT)),
+            (r#","limit":-3"#, (None, 1)),
+            (r#","limit":-9223372036854775808"#, (None, 1)),
+            (r#","limit":0"#, (None, 1)),
+            (r#","limit":7"#, (None, 7)),
+            (r#","limit":7.0"#, (None, 7)),
+            (r#","limit":1e1"#, (None, 10)),
+            (r#","limit":1000"#, (None, 100)),
+            (r#","limit":18446744073709551615"#, (None, 100)),
+            (r#","limit":1e30"#, (None, 100)),
+            (r#","limit":-1e30"#, (None, 1)),
+            (r#","limit":1e300"#, (None, 100)),
+            (r#","limit":123456789012345678901234567890"#, (None, 100)),
+            (r#","before":-3"#, (Some(0), 50)),
+            (r#","before":0"#, (Some(0), 50)),
+            (r#","before":7"#, (Some(7), 50)),
+            (r#","before":1e30"#, (Some(max), 50)),
+            (r#","before":-1e30"#, (Some(0), 50)),
+            (r#","before":18446744073709551615"#, (Some(max), 50)),
+            (r#","before":18446744073709551616"#, (Some(max), 50)),
+        ] {
+            let json = format!(r#"{{"type":"history"{args}}}"#);
+            assert_eq!(history(&json), want, "{json}");
+        }
+        for (value, want) in [
+            ("null", None),
+            ("-3", Some(0)),
+            ("0", Some(0)),
+            ("3", Some(3)),
+            ("3e0", Some(3)),
+            ("1e30", Some(max)),
+            ("-1e30", Some(0)),
+        ] {
+            let json = format!(r#"{{"type":"join","nick":"a","since":{value}}}"#);
+            assert_eq!(since(&json), want, "{json}");
+        }
+        for bad in [
+            r#"{"type":"history","limit":2.5}"#,
+            r#"{"type":"history","limit":-0.5}"#,
+            r#"{"type":"history","limit":"10"}"#,
+            r#"{"type":"history","limit":true}"#,
+            r#"{"type":"history","limit":[1]}"#,
+            r#"{"type":"history","before":1.5}"#,
+            r#"{"type":"history","before":"7"}"#,
+            r#"{"type":"join","nick":"a","since":0.1}"#,
+            r#"{"type":"join","nick":"a","since":"3"}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadRequest, "{bad}");
+        }
+        // Past f64's range serde_json refuses the number itself.
+        assert_eq!(
+            code(r#"{"type":"history","limit":1e400}"#),
+            ErrorCode::BadJson
+        );
+    }
+
     #[test]
     fn nicknames() {
-        assert!(check_nick("alice").is_ok());
-        assert!(check_nick("Zoë 🎉").is_ok());
-        assert!(check_nick(&"x".repeat(32)).is_ok());
-        assert!(check_nick(&"é".repeat(32)).is_ok());
+        for good in [
+            "alice",
+            "Zoë 🎉",
+            "❤\u{FE0F}",
+            "a b",
+            "e\u{301}",
+            "-",
+            "$",
+            "٣",
+            "ㅎ",
+            "Ⅻ",
+            "Straße",
+            "a\u{E000}",
+            &"x".repeat(32),
+            &"é".repeat(32),
+            &"\u{FDFA}".repeat(32),
+        ] {
+            assert!(check_nick(good).is_ok(), "{good:?}: {:?}", check_nick(good));
+        }
         for bad in [
             "",
             " a",
@@ -351,7 +557,14 @@ mod tests {
             "a\u{200B}b",
             "a\u{202E}b",
             "a\u{7f}",
+            "a\u{AD}",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\u{378}",
+            "a\u{E0001}",
+            "\u{E000}",
             &"x".repeat(33),
+            &"e\u{301}".repeat(17),
         ] {
             assert_eq!(
                 check_nick(bad).unwrap_err().code,
@@ -359,6 +572,105 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert_eq!(nick_key("ÄLice"), nick_key("älice"));
+    }
+
+    /// Issue 10 item 9: nicks that render blank, or hold only marks and
+    /// spaces, are refused.
+    #[test]
+    fn blank_nicks_are_refused() {
+        for bad in [
+            "\u{3164}",
+            "\u{2800}",
+            "\u{115F}\u{1160}",
+            "\u{FFA0}",
+            "\u{1D159}",
+            "\u{16FE4}",
+            "a\u{3164}b",
+            "\u{3164}alice",
+            "alice\u{2800}",
+            "\u{301}",
+            "\u{301}\u{308}\u{20DD}",
+            "\u{FE0F}",
+            "\u{34F}",
+            "\u{301} \u{301}",
+            " ",
+            "\u{3000}",
+            "\u{A0}",
+        ] {
+            let refusal = check_nick(bad).unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::NickInvalid, "{bad:?}");
+        }
+        for &c in BLANK_FILLERS {
+            assert_eq!(
+                check_nick(&format!("x{c}y")).unwrap_err().code,
+                ErrorCode::NickInvalid,
+                "U+{:04X}",
+                c as u32
+            );
+        }
+    }
+
+    /// Issue 10 item 9: nicks equal under compatibility caseless matching
+    /// share a key; distinct ones do not.
+    #[test]
+    fn nick_keys_fold_case_and_compatibility() {
+        for (a, b) in [
+            ("ÄLice", "älice"),
+            ("\u{B5}", "\u{3BC}"),
+            ("\u{B5}", "\u{39C}"),
+            ("sam", "\u{17F}am"),
+            ("ΟΔΟΣ", "οδοσ"),
+            ("ΟΔΟΣ", "οδος"),
+            ("Straße", "STRASSE"),
+            ("Straße", "strasse"),
+            ("Stra\u{1E9E}e", "strasse"),
+            ("\u{FB01}sh", "FISH"),
+            ("ａｌｉｃｅ", "alice"),
+            ("Ａ", "a"),
+            ("\u{212A}", "k"),
+            ("\u{212B}", "\u{E5}"),
+            ("e\u{301}", "\u{E9}"),
+            ("E\u{301}", "\u{E9}"),
+            ("\u{1E9B}\u{323}", "\u{1E69}"),
+            ("x\u{B2}", "X2"),
+            ("a\u{A0}b", "a b"),
+            ("❤\u{FE0F}", "❤"),
+            ("al\u{34F}ice", "alice"),
+            ("\u{1F1}", "dz"),
+            ("\u{2163}", "iv"),
+            ("\u{3392}", "mhz"),
+            ("\u{3C2}", "\u{3A3}"),
+            ("\u{345}", "\u{3B9}"),
+            ("\u{1FC3}", "\u{3B7}\u{3B9}"),
+        ] {
+            assert_eq!(nick_key(a), nick_key(b), "{a:?} vs {b:?}");
+        }
+        for (a, b) in [
+            ("alice", "alice2"),
+            ("a b", "ab"),
+            ("a  b", "a b"),
+            ("i", "\u{131}"),
+            ("ss", "s"),
+            ("\u{430}", "a"),
+        ] {
+            assert_ne!(nick_key(a), nick_key(b), "{a:?} vs {b:?}");
+        }
+    }
+
+    /// The key of any string is bounded, and no valid nick's key reaches
+    /// the bound: the longest key of one scalar value, times 32, fits.
+    #[test]
+    fn key_bytes_are_bounded() {
+        let longest = (0..=u32::from(char::MAX))
+            .filter_map(char::from_u32)
+            .map(|c| nick_key(c.encode_utf8(&mut [0; 4])).len())
+            .max()
+            .unwrap();
+        assert_eq!(longest, nick_key("\u{FDFA}").len());
+        assert!(longest * NICK_MAX_CHARS < MAX_KEY_BYTES, "{longest}");
+        let huge = nick_key(&"\u{FDFA}".repeat(20_000));
+        assert!(huge.len() <= MAX_KEY_BYTES + 4 + 1, "{}", huge.len());
+        assert!(huge.ends_with('\0'));
+        assert!(!nick_key(&"\u{FDFA}".repeat(NICK_MAX_CHARS)).contains('\0'));
     }
 }
