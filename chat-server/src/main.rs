@@ -12,21 +12,25 @@ USAGE: chat-server [OPTIONS]
 
 OPTIONS:
   --addr ADDR                listen address            [default: 127.0.0.1:8080]
-  --history N                room messages kept         [default: 100]
-  --max-connections N        WebSocket connections, then HTTP 503 [default: 10000]
-  --max-message-bytes N      largest frame, then close 1009 [default: 65536]
-  --max-text N               largest text in characters, then too_long [default: 4096]
-  --max-header-bytes N       largest HTTP head, then 431 [default: 8192]
-  --max-queue-bytes N        per-client outgoing queue, then close 1008 [default: 1048576]
-  --handshake-timeout SECS   HTTP request deadline      [default: 5]
-  --join-timeout SECS        join deadline, then close 1008 [default: 10]
-  --ping-interval SECS       keepalive ping period      [default: 30]
-  --pong-timeout SECS        pong deadline, then close 1011 [default: 30]
-  --rate-burst N             rate limit bucket          [default: 40]
-  --rate-per-sec N           rate limit refill          [default: 20]
-  --reactor-threads N        threads reading WebSockets [default: cores, max 4]
+  --history N                room messages kept, 0-1000000 [default: 100]
+  --max-connections N        WebSocket connections, then HTTP 503; 1-1048576 [default: 10000]
+  --max-message-bytes N      largest frame, then close 1009; 1024-67108864 [default: 65536]
+  --max-text N               largest text in characters, then too_long;
+                             1 to --max-message-bytes [default: 4096]
+  --max-header-bytes N       largest HTTP head, then 431; 1024-1048576 [default: 8192]
+  --max-queue-bytes N        per-client outgoing queue, then close 1008;
+                             266240 (and 6 x --max-text + 1024) to 1073741824 [default: 1048576]
+  --handshake-timeout SECS   HTTP request deadline, 1-3600 [default: 5]
+  --join-timeout SECS        join deadline, then close 1008; 1-3600 [default: 10]
+  --ping-interval SECS       keepalive ping period, 1-86400 [default: 30]
+  --pong-timeout SECS        pong deadline, then close 1011; 1-86400 [default: 30]
+  --rate-burst N             rate limit bucket, 1-1000000 [default: 40]
+  --rate-per-sec N           rate limit refill, 1-1000000 [default: 20]
+  --reactor-threads N        threads reading WebSockets, 1-64 [default: cores, max 4]
   --quiet                    no per-connection log lines
   -h, --help                 this text
+
+A value out of its range is refused (exit code 2).
 ";
 
 static SIGNALED: AtomicBool = AtomicBool::new(false);
@@ -44,7 +48,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("chat-server: {e}\n\n{HELP}");
+            eprintln!(
+                "chat-server: {e}\n(`chat-server --help` lists the options and their ranges)"
+            );
             return ExitCode::from(2);
         }
     };
@@ -90,6 +96,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// The accepted ranges. Zero is never useful and some values break the
+/// server (issue 10: `--ping-interval 0` sent a client 36,285 Pings in 2 s;
+/// a zero timeout makes `set_read_timeout` fail; `Instant + Duration` panics
+/// on overflow), so every duration and size has a floor and a ceiling.
+mod range {
+    /// 0 keeps no history (the welcome's is empty); a million 4 KiB texts
+    /// is already gigabytes.
+    pub const HISTORY: (u64, u64) = (0, 1_000_000);
+    /// Linux's default `fs.nr_open`: no process gets more descriptors.
+    pub const CONNECTIONS: (u64, u64) = (1, 1 << 20);
+    /// A `join` with a 32-character nick, `since` and `token`, escaped as
+    /// `\uXXXX`, fits in 1 KiB; a frame this large is buffered whole.
+    pub const MESSAGE_BYTES: (u64, u64) = (1 << 10, 64 << 20);
+    /// The upper bound is `--max-message-bytes`: a longer text could never
+    /// arrive, and would close with 1009 instead of getting `too_long`.
+    pub const TEXT_MIN: u64 = 1;
+    /// A browser's request head is 0.5-2 KiB before cookies.
+    pub const HEADER_BYTES: (u64, u64) = (1 << 10, 1 << 20);
+    /// A client's queue must hold the largest reply to its own request (a
+    /// welcome or history page is capped at 256 KiB, issue 10 item 5) plus
+    /// framing, and one broadcast of the longest text (see
+    /// [`queue_floor`]); the ceiling keeps 10,000 clients' worst case
+    /// within reach of one machine's memory.
+    pub const QUEUE_BYTES: (u64, u64) = ((256 << 10) + (4 << 10), 1 << 30);
+    pub const HANDSHAKE_SECS: (u64, u64) = (1, 3600);
+    pub const JOIN_SECS: (u64, u64) = (1, 3600);
+    pub const PING_SECS: (u64, u64) = (1, 86_400);
+    pub const PONG_SECS: (u64, u64) = (1, 86_400);
+    /// A rate of 0 would refuse every frame; past a million per second the
+    /// limit limits nothing.
+    pub const RATE: (u64, u64) = (1, 1_000_000);
+    /// More reactors than cores only add contention.
+    pub const REACTORS: (u64, u64) = (1, 64);
+
+    /// Smallest `--max-queue-bytes` for a `--max-text`: a room message of
+    /// `max_text` characters goes out with each character escaped to at
+    /// most 6 bytes (`\u0001`), plus the envelope, nick and frame header.
+    pub fn queue_floor(max_text: u64) -> u64 {
+        QUEUE_BYTES.0.max(6 * max_text + 1024)
+    }
+}
+
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
     let mut c = Config::default();
     while let Some(flag) = args.next() {
@@ -101,33 +149,55 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = || {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("{flag}: {value:?} is not a number"))
-        };
-        let secs = || num().map(Duration::from_secs);
+        let num = |(lo, hi): (u64, u64)| bounded(&flag, &value, lo, hi);
+        let secs = |r| num(r).map(Duration::from_secs);
+        // Every range is within u32, so the `as` casts below are exact.
         match flag.as_str() {
             "--addr" => {
                 c.addr = value
                     .parse()
                     .map_err(|_| format!("--addr: {value:?} is not host:port"))?
             }
-            "--history" => c.history = num()? as usize,
-            "--max-connections" => c.max_connections = num()? as usize,
-            "--max-message-bytes" => c.max_message_bytes = num()? as usize,
-            "--max-text" => c.max_text = num()? as usize,
-            "--max-header-bytes" => c.max_header_bytes = num()? as usize,
-            "--max-queue-bytes" => c.max_queue_bytes = num()? as usize,
-            "--handshake-timeout" => c.handshake_timeout = secs()?,
-            "--join-timeout" => c.join_timeout = secs()?,
-            "--ping-interval" => c.ping_interval = secs()?,
-            "--pong-timeout" => c.pong_timeout = secs()?,
-            "--rate-burst" => c.rate_burst = num()?.min(u32::MAX.into()) as u32,
-            "--reactor-threads" => c.reactor_threads = (num()? as usize).max(1),
-            "--rate-per-sec" => c.rate_per_sec = num()?.min(u32::MAX.into()) as u32,
+            "--history" => c.history = num(range::HISTORY)? as usize,
+            "--max-connections" => c.max_connections = num(range::CONNECTIONS)? as usize,
+            "--max-message-bytes" => c.max_message_bytes = num(range::MESSAGE_BYTES)? as usize,
+            "--max-text" => c.max_text = num((range::TEXT_MIN, range::MESSAGE_BYTES.1))? as usize,
+            "--max-header-bytes" => c.max_header_bytes = num(range::HEADER_BYTES)? as usize,
+            "--max-queue-bytes" => c.max_queue_bytes = num(range::QUEUE_BYTES)? as usize,
+            "--handshake-timeout" => c.handshake_timeout = secs(range::HANDSHAKE_SECS)?,
+            "--join-timeout" => c.join_timeout = secs(range::JOIN_SECS)?,
+            "--ping-interval" => c.ping_interval = secs(range::PING_SECS)?,
+            "--pong-timeout" => c.pong_timeout = secs(range::PONG_SECS)?,
+            "--rate-burst" => c.rate_burst = num(range::RATE)? as u32,
+            "--reactor-threads" => c.reactor_threads = num(range::REACTORS)? as usize,
+            "--rate-per-sec" => c.rate_per_sec = num(range::RATE)? as u32,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
+    // Flags that bound each other, checked once all are known (in any order).
+    if c.max_text > c.max_message_bytes {
+        return Err(format!(
+            "--max-text: {} is more than --max-message-bytes {}; a text that long could never arrive",
+            c.max_text, c.max_message_bytes
+        ));
+    }
+    let floor = range::queue_floor(c.max_text as u64);
+    if (c.max_queue_bytes as u64) < floor {
+        return Err(format!(
+            "--max-queue-bytes: {} cannot hold one message of --max-text {} characters; the least is {floor}",
+            c.max_queue_bytes, c.max_text
+        ));
+    }
     Ok(Some(c))
+}
+
+/// `value` as an integer in `lo..=hi`, or an error naming `flag`.
+fn bounded(flag: &str, value: &str, lo: u64, hi: u64) -> Result<u64, String> {
+    let out_of_range = || format!("{flag}: {value} is out of range; expected {lo} to {hi}");
+    match value.parse::<u64>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        Ok(_) => Err(out_of_range()),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Err(out_of_range()),
+        Err(_) => Err(format!("{flag}: {value:?} is not a number")),
+    }
 }
