@@ -252,9 +252,10 @@ pub fn nick_key(nick: &str) -> String {
 /// stay far below this.
 pub const MAX_KEY_BYTES: usize = 4096;
 
-/// Blank-rendering fillers, refused anywhere in a nick. Their general
-/// category is a letter or a symbol, so the "needs a letter, digit,
-/// punctuation mark or symbol" rule would count them as visible:
+/// Blank-rendering fillers, refused anywhere in a nick. All but the last
+/// are letters or symbols by general category, so the "needs a letter,
+/// digit, punctuation mark or symbol" rule alone would count them as
+/// visible:
 /// - U+115F HANGUL CHOSEONG FILLER, U+1160 HANGUL JUNGSEONG FILLER,
 ///   U+3164 HANGUL FILLER, U+FFA0 HALFWIDTH HANGUL FILLER: Lo, and the only
 ///   letters in Default_Ignorable_Code_Point (DerivedCoreProperties.txt),
