@@ -23,7 +23,7 @@
 //! kernel's socket buffer is queued, and queued buffers leave in one
 //! `sendmsg` with an iovec per buffer.
 
-use crate::flusher::Flusher;
+use crate::flusher::{Drain, Flusher};
 use crate::sys;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -376,14 +376,15 @@ impl Client {
         let waiting = !q.bufs.is_empty() || matches!(q.phase, Phase::Closing { .. });
         if !q.registered && waiting {
             q.registered = true;
-            self.flusher.add(Arc::clone(self));
+            self.flusher.add(Arc::clone(self) as Arc<dyn Drain>);
         }
     }
+}
 
-    /// For the flusher: the socket, the poll events wanted (POLLOUT only
-    /// with bytes queued: asking for it on an empty queue would spin) and
-    /// the deadline to wake up for.
-    pub(crate) fn interest(&self) -> (RawFd, i16, Option<Instant>) {
+impl Drain for Client {
+    /// POLLOUT only with bytes queued: asking for it on an empty queue
+    /// would spin.
+    fn interest(&self) -> (RawFd, i16, Option<Instant>) {
         let q = self.lock();
         let events = if q.bufs.is_empty() { 0 } else { sys::POLLOUT };
         let deadline = match q.phase {
@@ -393,10 +394,8 @@ impl Client {
         (self.stream.as_raw_fd(), events, deadline)
     }
 
-    /// For the flusher: writes what the socket takes if `writable`, applies
-    /// the deadline, and returns true when the flusher can forget the client
-    /// (drained while open, or shut down).
-    pub(crate) fn flush_ready(&self, writable: bool) -> bool {
+    /// Done when drained while open, or shut down.
+    fn flush_ready(&self, writable: bool) -> bool {
         let mut q = self.lock();
         let due = matches!(q.phase, Phase::Closing { deadline, .. } if Instant::now() >= deadline);
         let done = if writable || due {
@@ -413,7 +412,9 @@ impl Client {
         }
         done
     }
+}
 
+impl Client {
     /// Writes as much of the queue as the socket takes, in one `sendmsg`
     /// per [`sys::MAX_IOV`] buffers, then applies the phase's shutdown
     /// rule. Returns true when nothing is left for the flusher.

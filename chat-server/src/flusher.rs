@@ -1,21 +1,30 @@
 //! The thread that drains queues: it polls only the sockets of clients with
 //! queued bytes or a closing deadline, plus a wake-up socket. What to write
-//! and when to shut a socket is the [`Client`]'s business; this thread only
-//! waits for the moments to ask it.
+//! and when to shut a socket is the client's business ([`Drain`]); this
+//! thread only waits for the moments to ask it.
 
-use crate::client::Client;
 use crate::sys;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// What the flusher needs of a client with something pending.
+pub(crate) trait Drain: Send + Sync + std::fmt::Debug {
+    /// The socket, the poll events wanted, and the deadline to wake up for.
+    fn interest(&self) -> (RawFd, i16, Option<Instant>);
+    /// Writes what the socket takes if `writable` and applies the deadline;
+    /// true when there is nothing left to wait for.
+    fn flush_ready(&self, writable: bool) -> bool;
+}
+
 /// The flusher thread's handle.
 #[derive(Debug)]
 pub(crate) struct Flusher {
-    new: Mutex<Vec<Arc<Client>>>,
+    new: Mutex<Vec<Arc<dyn Drain>>>,
     wake_tx: UnixStream,
     wake_rx: UnixStream,
     stop: AtomicBool,
@@ -48,7 +57,7 @@ impl Flusher {
     }
 
     /// Watches `client` until it reports nothing left to do.
-    pub(crate) fn add(&self, client: Arc<Client>) {
+    pub(crate) fn add(&self, client: Arc<dyn Drain>) {
         let mut new = self.new.lock().unwrap_or_else(|e| e.into_inner());
         new.push(client);
         // One wake-up per batch: the flusher takes the whole list at once,
@@ -59,7 +68,7 @@ impl Flusher {
     }
 
     fn run(&self) {
-        let mut clients: Vec<Arc<Client>> = Vec::new();
+        let mut clients: Vec<Arc<dyn Drain>> = Vec::new();
         let mut fds: Vec<sys::PollFd> = Vec::new();
         loop {
             clients.append(&mut self.new.lock().unwrap_or_else(|e| e.into_inner()));
