@@ -388,7 +388,7 @@ fn collect_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
     std::thread::spawn(move || {
         let mut r = BufReader::new(stderr);
         let mut line = Vec::new();
-        while r.read_until(b'\n', &mut line).map_or(false, |n| n > 0) {
+        while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
             sink.lock()
                 .unwrap()
                 .push(String::from_utf8_lossy(&line).into_owned());
