@@ -136,9 +136,11 @@ impl Inner {
     }
 
     fn check(&self, max_queue: usize, open: bool) {
-        debug_assert_eq!(
-            self.bytes,
-            self.bufs.iter().map(Bytes::len).sum::<usize>(),
+        // Summing a long queue on every push would make debug builds
+        // quadratic under a burst of presence notices; short queues are
+        // where the off-by-one bugs live.
+        debug_assert!(
+            self.bufs.len() > 64 || self.bytes == self.bufs.iter().map(Bytes::len).sum::<usize>(),
             "invariant 1"
         );
         debug_assert!(

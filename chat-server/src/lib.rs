@@ -20,6 +20,14 @@
 //! what does not fit; presence notices go through the flusher, which
 //! coalesces bursts into one `sendmsg` per client.
 //!
+//! Modules: `session` reads one connection (its `wsproto::Connection`,
+//! timers, rate limits) and dispatches requests to the `room` (members,
+//! nicks, history, fan-out); everything sent to a connection, and the end
+//! of its life, goes through its `client::Client`, which holds the one
+//! byte bound and the "nothing after our Close" rule; `reactor` and
+//! `flusher` are the threads that wait on sockets; `sys` holds every libc
+//! call.
+//!
 //! ```no_run
 //! let server = chat_server::Server::bind(chat_server::Config::default())?;
 //! eprintln!("listening on {}", server.local_addr());
@@ -68,7 +76,10 @@ pub struct Config {
     pub max_text: usize,
     /// Largest HTTP head; over it, 431.
     pub max_header_bytes: usize,
-    /// A client's outgoing queue bound in bytes; past it, close 1008.
+    /// A client's outgoing queue bound in bytes, counting every frame
+    /// (data, Pong, Ping, Close); past it, close 1008 and TCP dropped
+    /// within 2 s. A reply to the client's own request (welcome, history)
+    /// is capped at the smaller of [`REPLY_MAX_BYTES`] and half of this.
     pub max_queue_bytes: usize,
     /// The HTTP request must be complete within this (slowloris).
     pub handshake_timeout: Duration,
