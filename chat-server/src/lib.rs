@@ -20,6 +20,14 @@
 //! what does not fit; presence notices go through the flusher, which
 //! coalesces bursts into one `sendmsg` per client.
 //!
+//! Modules: `session` reads one connection (its `wsproto::Connection`,
+//! timers, rate limits) and dispatches requests to the `room` (members,
+//! nicks, history, fan-out); everything sent to a connection, and the end
+//! of its life, goes through its `client::Client`, which holds the one
+//! byte bound and the "nothing after our Close" rule; `reactor` and
+//! `flusher` are the threads that wait on sockets; `sys` holds every libc
+//! call.
+//!
 //! ```no_run
 //! let server = chat_server::Server::bind(chat_server::Config::default())?;
 //! eprintln!("listening on {}", server.local_addr());
@@ -27,11 +35,14 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod client;
+mod flusher;
 mod http;
-mod outbox;
 pub mod protocol;
+mod reactor;
 mod room;
 mod session;
+mod sys;
 
 use std::collections::HashMap;
 use std::io;
@@ -42,8 +53,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use outbox::{Flusher, Peer};
+use client::Client;
+use flusher::Flusher;
 use room::Room;
+use wsproto::CloseCode;
+
+pub use room::REPLY_MAX_BYTES;
 
 /// Everything the server can be told; the defaults are DESIGN.md's table.
 #[derive(Debug, Clone)]
@@ -61,7 +76,10 @@ pub struct Config {
     pub max_text: usize,
     /// Largest HTTP head; over it, 431.
     pub max_header_bytes: usize,
-    /// A client's outgoing queue bound in bytes; past it, close 1008.
+    /// A client's outgoing queue bound in bytes, counting every frame
+    /// (data, Pong, Ping, Close); past it, close 1008 and TCP dropped
+    /// within 2 s. A reply to the client's own request (welcome, history)
+    /// is capped at the smaller of [`REPLY_MAX_BYTES`] and half of this.
     pub max_queue_bytes: usize,
     /// The HTTP request must be complete within this (slowloris).
     pub handshake_timeout: Duration,
@@ -77,6 +95,11 @@ pub struct Config {
     pub rate_per_sec: u32,
     /// Rate limit: this many refusals within a minute close with 1008.
     pub rate_refusals_to_close: u32,
+    /// Control frames (Ping, Pong) from a client: bucket size. Past the
+    /// bucket and its refill the client is closed 1008.
+    pub control_burst: u32,
+    /// Control frames from a client: refill, frames per second.
+    pub control_per_sec: u32,
     /// Stack size of each handshake thread (one per connection until the
     /// upgrade; upgraded connections are read by the reactor threads).
     pub thread_stack: usize,
@@ -103,6 +126,8 @@ impl Default for Config {
             rate_burst: 40,
             rate_per_sec: 20,
             rate_refusals_to_close: 20,
+            control_burst: 40,
+            control_per_sec: 20,
             thread_stack: 128 << 10,
             reactor_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
             log: true,
@@ -123,9 +148,9 @@ struct Shared {
     stop: AtomicBool,
     next_conn: AtomicU64,
     /// Every upgraded connection, for the shutdown close.
-    peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    clients: Mutex<HashMap<u64, Arc<Client>>>,
     /// The threads that read upgraded connections.
-    reactors: Vec<Arc<session::Reactor>>,
+    reactors: Vec<Arc<reactor::Reactor>>,
 }
 
 macro_rules! log {
@@ -207,17 +232,22 @@ impl Server {
         let listener = TcpListener::bind(config.addr)?;
         listener.set_nonblocking(true)?;
         let reactors = (0..config.reactor_threads.max(1))
-            .map(|_| session::Reactor::new())
+            .map(|_| reactor::Reactor::new())
             .collect::<io::Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
             reactors,
-            room: Room::new(config.history, config.max_text, config.log),
+            room: Room::new(
+                config.history,
+                config.max_text,
+                config.max_queue_bytes,
+                config.log,
+            ),
             flusher: Flusher::start()?,
             live: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
-            peers: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
             config,
         });
         for (i, r) in shared.reactors.iter().enumerate() {
@@ -269,14 +299,9 @@ impl Server {
     pub fn run(self) -> io::Result<()> {
         let shared = self.shared;
         while !shared.stop.load(Ordering::Acquire) {
-            let mut pfd = libc::pollfd {
-                fd: self.listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the listener, which outlives the
-            // call. The timeout bounds how long a shutdown request waits.
-            unsafe { libc::poll(&mut pfd, 1, 100) };
+            // The timeout bounds how long a shutdown request waits.
+            let mut pfd = [sys::pollfd(self.listener.as_raw_fd(), sys::POLLIN)];
+            sys::poll(&mut pfd, Duration::from_millis(100));
             loop {
                 match self.listener.accept() {
                     Ok((stream, addr)) => accept(&shared, stream, addr),
@@ -292,8 +317,8 @@ impl Server {
             }
         }
         drop(self.listener);
-        let peers: Vec<Arc<Peer>> = shared
-            .peers
+        let clients: Vec<Arc<Client>> = shared
+            .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
@@ -302,12 +327,12 @@ impl Server {
         log!(
             shared,
             "chat: shutting down, closing {} connections with 1001",
-            peers.len()
+            clients.len()
         );
-        for p in &peers {
-            p.close(1001, "server shutting down");
+        for c in &clients {
+            c.close(CloseCode::GOING_AWAY, "server shutting down");
         }
-        drop(peers);
+        drop(clients);
         let deadline = Instant::now() + Duration::from_secs(4);
         while shared.live.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -372,41 +397,18 @@ impl Drop for LiveGuard {
 ///
 /// When the limit cannot be read or set.
 pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let want = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: `want` is a valid rlimit; raising the soft limit up to the
-        // hard limit needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        lim = want;
-    }
-    Ok((lim.rlim_cur, lim.rlim_max))
+    sys::raise_fd_limit()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn fd_limit_is_raised_to_the_hard_limit() {
-        let (soft, hard) = super::raise_fd_limit().unwrap();
-        assert_eq!(soft, hard);
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: a valid rlimit for getrlimit to fill.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        assert_eq!(lim.rlim_cur, hard);
-    }
+/// Catches SIGINT and SIGTERM for a clean shutdown: the returned flag turns
+/// true once either arrives (the handler only sets it).
+///
+/// ```no_run
+/// let stop = chat_server::catch_stop_signals();
+/// while !stop.load(std::sync::atomic::Ordering::Acquire) {
+///     std::thread::sleep(std::time::Duration::from_millis(100));
+/// }
+/// ```
+pub fn catch_stop_signals() -> &'static AtomicBool {
+    sys::catch_stop_signals()
 }

@@ -1,8 +1,8 @@
 //! `chat-server`: the command line. Everything else is in the library.
 
-use chat_server::{raise_fd_limit, Config, Server};
+use chat_server::{catch_stop_signals, raise_fd_limit, Config, Server};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const HELP: &str = "\
@@ -33,13 +33,6 @@ OPTIONS:
 A value out of its range is refused (exit code 2).
 ";
 
-static SIGNALED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    SIGNALED.store(true, Ordering::Release);
-}
-
 fn main() -> ExitCode {
     let config = match parse_args(std::env::args().skip(1)) {
         Ok(Some(c)) => c,
@@ -62,12 +55,7 @@ fn main() -> ExitCode {
         Ok(_) => {}
         Err(e) => eprintln!("chat: warning: cannot raise the open-file limit: {e}"),
     }
-    // SAFETY: `on_signal` only stores to an atomic, which is
-    // async-signal-safe; installing a handler has no other precondition.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    let signaled = catch_stop_signals();
     let server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
@@ -83,7 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    while !SIGNALED.load(Ordering::Acquire) {
+    while !signaled.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("chat: signal received, shutting down");

@@ -1,0 +1,532 @@
+//! [`Client`]: one upgraded connection's outgoing side and lifecycle, the
+//! only way to queue bytes for a client or to end its session.
+//!
+//! Three kinds of thread touch a client: its reactor (replies to its own
+//! requests, Pongs, Pings, the Close of its session), the room (broadcasts
+//! from other members' reactors, a takeover's close) and the flusher
+//! (queued bytes, deadlines). Each rule is written once, here:
+//!
+//! - **One bound.** Every byte queued for the client, whatever the frame
+//!   (data, Pong, Ping, Close), counts toward `--max-queue-bytes`; the send
+//!   that pushes the queue past it drops the backlog, queues a 1008 Close
+//!   and drops TCP within [`DRAIN_DEADLINE`] (DESIGN.md, "Fan-out and slow
+//!   clients").
+//! - **Nothing after our Close** (RFC 6455 §5.5.1): once a Close is queued
+//!   the client leaves [`Phase::Open`] and every later send is refused.
+//! - **The socket goes** once the queue drains after the session ended, or
+//!   at the closing deadline, whichever comes first.
+//!
+//! A broadcast is framed once; every recipient gets a clone of the same
+//! [`Bytes`]. When a client's queue is empty the sender writes straight to
+//! the socket with `MSG_DONTWAIT`, so a message to a reading client costs
+//! one `sendmsg` and wakes no thread. Only what does not fit in the
+//! kernel's socket buffer is queued, and queued buffers leave in one
+//! `sendmsg` with an iovec per buffer.
+
+use crate::flusher::{Drain, Flusher};
+use crate::sys;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use wsproto::close::encode_close_frame;
+use wsproto::frame::{encode_frame, Opcode};
+use wsproto::CloseCode;
+
+/// How long a closing client's queued bytes (its Close frame) may take to
+/// leave, and the peer to answer, before TCP is dropped regardless
+/// (DESIGN.md: "the TCP connection is dropped within 2 s whatever happens").
+pub(crate) const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Close code sent to a connection whose member was taken over by a resume
+/// (DESIGN.md: 4000 "replaced"; 4000-4999 are for applications, RFC 6455
+/// §7.4.2).
+pub(crate) fn close_replaced() -> CloseCode {
+    // 4000 is in the application range, so the conversion cannot fail.
+    CloseCode::try_from(4000).unwrap_or(CloseCode::POLICY_VIOLATION)
+}
+
+/// One client's socket, outgoing queue and lifecycle.
+///
+/// Invariants (checked by [`Inner::check`] after every change in debug
+/// builds):
+/// 1. `bytes` is the sum of the queued buffers' lengths.
+/// 2. While [`Phase::Open`], `bytes <= max_queue`: a push past it leaves
+///    `Open` in the same critical section.
+/// 3. Nothing is queued after a Close: the only push outside `Open` is the
+///    Close itself, made by `begin_close` before it leaves `Open`.
+/// 4. [`Phase::Done`] holds an empty queue and a shut-down socket; no phase
+///    goes back (Open -> Closing -> Done).
+/// 5. `open` mirrors `phase == Open` (the lock-free fast check).
+/// 6. `front_started` (part of the first buffer is on the wire) implies a
+///    non-empty queue.
+#[derive(Debug)]
+pub(crate) struct Client {
+    /// The fd stays open as long as any `Arc<Client>` lives, so a send
+    /// never reaches a reused descriptor.
+    stream: TcpStream,
+    /// Log name (`ip:port`).
+    label: String,
+    inner: Mutex<Inner>,
+    open: AtomicBool,
+    max_queue: usize,
+    log: bool,
+    flusher: Arc<Flusher>,
+}
+
+/// Where a client is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Anything may be queued.
+    Open,
+    /// Our Close is queued or sent, or the session ended: nothing more is
+    /// queued. The socket is shut once the queue drains if
+    /// `shutdown_on_drain` (the peer has nothing left to tell us), and at
+    /// `deadline` in any case.
+    Closing {
+        deadline: Instant,
+        shutdown_on_drain: bool,
+    },
+    /// The socket is shut down.
+    Done,
+}
+
+#[derive(Debug)]
+struct Inner {
+    phase: Phase,
+    bufs: VecDeque<Bytes>,
+    bytes: usize,
+    front_started: bool,
+    /// Registered with the flusher.
+    registered: bool,
+}
+
+/// What became of a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Written or queued.
+    Ok,
+    /// The client is closing or closed; the bytes were dropped.
+    Closed,
+    /// This send pushed the queue past its bound: the client is now being
+    /// closed with 1008.
+    Overflow,
+}
+
+impl Inner {
+    fn push(&mut self, frame: Bytes) {
+        debug_assert!(
+            self.phase == Phase::Open,
+            "invariant 3: nothing is queued after our Close"
+        );
+        if frame.is_empty() {
+            return;
+        }
+        self.bytes += frame.len();
+        self.bufs.push_back(frame);
+    }
+
+    fn clear(&mut self) {
+        self.bufs = VecDeque::new();
+        self.bytes = 0;
+        self.front_started = false;
+    }
+
+    fn check(&self, max_queue: usize, open: bool) {
+        // Summing a long queue on every push would make debug builds
+        // quadratic under a burst of presence notices; short queues are
+        // where the off-by-one bugs live.
+        debug_assert!(
+            self.bufs.len() > 64 || self.bytes == self.bufs.iter().map(Bytes::len).sum::<usize>(),
+            "invariant 1"
+        );
+        debug_assert!(
+            self.phase != Phase::Open || self.bytes <= max_queue,
+            "invariant 2: {} queued over {max_queue}",
+            self.bytes
+        );
+        debug_assert!(
+            self.phase != Phase::Done || self.bufs.is_empty(),
+            "invariant 4"
+        );
+        debug_assert_eq!(open, self.phase == Phase::Open, "invariant 5");
+        debug_assert!(!self.front_started || !self.bufs.is_empty(), "invariant 6");
+    }
+}
+
+impl Client {
+    pub(crate) fn new(
+        stream: TcpStream,
+        label: String,
+        max_queue: usize,
+        log: bool,
+        flusher: Arc<Flusher>,
+    ) -> Self {
+        Self {
+            stream,
+            label,
+            inner: Mutex::new(Inner {
+                phase: Phase::Open,
+                bufs: VecDeque::new(),
+                bytes: 0,
+                front_started: false,
+                registered: false,
+            }),
+            open: AtomicBool::new(true),
+            max_queue,
+            log,
+            flusher,
+        }
+    }
+
+    /// The socket, for the reactor to read.
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Log name (`ip:port`).
+    pub(crate) fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// True while anything may be sent (no Close queued, session not over).
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// The current phase.
+    pub(crate) fn phase(&self) -> Phase {
+        self.lock().phase
+    }
+
+    /// Frames `payload` as one unmasked text frame (a server never masks,
+    /// RFC 6455 §5.1).
+    pub(crate) fn frame_text(payload: &str) -> Bytes {
+        let mut buf = BytesMut::with_capacity(payload.len() + 10);
+        encode_frame(&mut buf, true, Opcode::Text, payload.as_bytes(), None);
+        buf.freeze()
+    }
+
+    /// Sends a pre-framed message now, queueing what the socket does not
+    /// take.
+    pub(crate) fn send(self: &Arc<Self>, frame: Bytes) -> Sent {
+        self.queue(frame, true)
+    }
+
+    /// Queues a pre-framed message for the flusher instead of writing now:
+    /// for presence notices, which arrive in bursts (a thousand joins fan
+    /// out a million notices) and are cheaper coalesced, many per
+    /// `sendmsg`. Order with [`send`](Self::send) is kept: a later `send`
+    /// sees a non-empty queue and appends behind.
+    pub(crate) fn send_deferred(self: &Arc<Self>, frame: Bytes) -> Sent {
+        self.queue(frame, false)
+    }
+
+    /// Sends control frames the reader's `Connection` produced while open
+    /// (Pongs): counted like any other byte, refused after our Close.
+    pub(crate) fn send_control(self: &Arc<Self>, bytes: Bytes) -> Sent {
+        self.queue(bytes, true)
+    }
+
+    /// Sends a keepalive Ping.
+    pub(crate) fn ping(self: &Arc<Self>) -> Sent {
+        let mut buf = BytesMut::with_capacity(2);
+        encode_frame(&mut buf, true, Opcode::Ping, b"", None);
+        self.queue(buf.freeze(), true)
+    }
+
+    fn queue(self: &Arc<Self>, mut frame: Bytes, write_now: bool) -> Sent {
+        if !self.is_open() {
+            return Sent::Closed;
+        }
+        let mut q = self.lock();
+        if q.phase != Phase::Open {
+            return Sent::Closed;
+        }
+        if write_now && q.bufs.is_empty() {
+            match sys::send_iov(&self.stream, &[&frame]) {
+                Ok(n) if n == frame.len() => return Sent::Ok,
+                Ok(n) => {
+                    q.front_started = n > 0;
+                    frame = frame.slice(n..);
+                }
+                Err(_) => {
+                    // The reader sees the same error on its next read and
+                    // ends the session.
+                    self.shut(&mut q);
+                    return Sent::Closed;
+                }
+            }
+        }
+        q.push(frame);
+        if q.bytes > self.max_queue {
+            let pending = q.bytes;
+            self.begin_close(
+                &mut q,
+                CloseCode::POLICY_VIOLATION,
+                "slow consumer: send queue full",
+                true,
+            );
+            drop(q);
+            if self.log {
+                eprintln!(
+                    "chat: {} error: outgoing queue over {} bytes ({pending} pending), closing 1008",
+                    self.label, self.max_queue
+                );
+            }
+            return Sent::Overflow;
+        }
+        self.register(&mut q);
+        q.check(self.max_queue, self.is_open());
+        Sent::Ok
+    }
+
+    /// Starts the closing handshake: queues a Close with `code` and `reason`
+    /// behind what is already queued; nothing more is sent, and TCP is
+    /// dropped once the peer answers (the reader then calls
+    /// [`finish`](Self::finish)) or after [`DRAIN_DEADLINE`]. Does nothing
+    /// if a Close went out already.
+    pub(crate) fn close(self: &Arc<Self>, code: CloseCode, reason: &str) {
+        let mut q = self.lock();
+        self.begin_close(&mut q, code, reason, false);
+    }
+
+    /// Queues a Close frame the reader's `Connection` encoded (the echo of
+    /// the peer's Close, or the Close for a protocol violation), unless our
+    /// own Close went out first. The connection is over: TCP is dropped once
+    /// the frame is out.
+    pub(crate) fn send_close_frame(self: &Arc<Self>, frame: Bytes) {
+        let mut q = self.lock();
+        if q.phase == Phase::Open {
+            q.push(frame);
+            self.enter_closing(&mut q, true);
+        }
+    }
+
+    /// Called by the reader when the session is over (the Close handshake
+    /// is done, the peer went away, or the deadline passed): nothing more is
+    /// sent, and the socket is shut down as soon as the queue drains, at the
+    /// latest at the closing deadline.
+    pub(crate) fn finish(self: &Arc<Self>) {
+        let mut q = self.lock();
+        match q.phase {
+            Phase::Open => self.enter_closing(&mut q, true),
+            Phase::Closing { deadline, .. } => {
+                q.phase = Phase::Closing {
+                    deadline,
+                    shutdown_on_drain: true,
+                };
+                if !self.flush_locked(&mut q) {
+                    self.register(&mut q);
+                }
+            }
+            Phase::Done => {}
+        }
+    }
+
+    /// Queues our Close and leaves `Open`; `overflow` drops the backlog
+    /// first (a slow client's backlog is not worth sending) and drops TCP as
+    /// soon as the Close is out.
+    fn begin_close(self: &Arc<Self>, q: &mut Inner, code: CloseCode, reason: &str, overflow: bool) {
+        if q.phase != Phase::Open {
+            return;
+        }
+        if overflow {
+            // Keep a partially written buffer: cutting a frame in half would
+            // corrupt the stream before the Close.
+            let keep = q.front_started.then(|| q.bufs.pop_front()).flatten();
+            q.clear();
+            if let Some(front) = keep {
+                q.push(front);
+                q.front_started = true;
+            }
+        }
+        q.push(encode_close_frame(code, reason, None));
+        self.enter_closing(q, overflow);
+    }
+
+    fn enter_closing(self: &Arc<Self>, q: &mut Inner, shutdown_on_drain: bool) {
+        q.phase = Phase::Closing {
+            deadline: Instant::now() + DRAIN_DEADLINE,
+            shutdown_on_drain,
+        };
+        self.open.store(false, Ordering::Release);
+        if !self.flush_locked(q) {
+            self.register(q);
+        }
+        q.check(self.max_queue, self.is_open());
+    }
+
+    /// Shuts the socket down: the end of every path.
+    fn shut(&self, q: &mut Inner) {
+        q.clear();
+        q.phase = Phase::Done;
+        self.open.store(false, Ordering::Release);
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a queue that is still
+        // consistent (every update is a push or a pop), so keep using it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(self: &Arc<Self>, q: &mut Inner) {
+        let waiting = !q.bufs.is_empty() || matches!(q.phase, Phase::Closing { .. });
+        if !q.registered && waiting {
+            q.registered = true;
+            self.flusher.add(Arc::clone(self) as Arc<dyn Drain>);
+        }
+    }
+}
+
+impl Drain for Client {
+    /// POLLOUT only with bytes queued: asking for it on an empty queue
+    /// would spin.
+    fn interest(&self) -> (RawFd, i16, Option<Instant>) {
+        let q = self.lock();
+        let events = if q.bufs.is_empty() { 0 } else { sys::POLLOUT };
+        let deadline = match q.phase {
+            Phase::Closing { deadline, .. } => Some(deadline),
+            _ => None,
+        };
+        (self.stream.as_raw_fd(), events, deadline)
+    }
+
+    /// Done when drained while open, or shut down.
+    fn flush_ready(&self, writable: bool) -> bool {
+        let mut q = self.lock();
+        let due = matches!(q.phase, Phase::Closing { deadline, .. } if Instant::now() >= deadline);
+        let done = if writable || due {
+            self.flush_locked(&mut q)
+        } else {
+            match q.phase {
+                Phase::Open => q.bufs.is_empty(),
+                Phase::Closing { .. } => false,
+                Phase::Done => true,
+            }
+        };
+        if done {
+            q.registered = false;
+        }
+        done
+    }
+}
+
+impl Client {
+    /// Writes as much of the queue as the socket takes, in one `sendmsg`
+    /// per [`sys::MAX_IOV`] buffers, then applies the phase's shutdown
+    /// rule. Returns true when nothing is left for the flusher.
+    fn flush_locked(&self, q: &mut Inner) -> bool {
+        while !q.bufs.is_empty() {
+            let (a, b) = q.bufs.as_slices();
+            let iov: Vec<&Bytes> = a.iter().chain(b).take(sys::MAX_IOV).collect();
+            match sys::send_iov(&self.stream, &iov) {
+                Ok(0) => break,
+                Ok(mut n) => {
+                    q.bytes -= n;
+                    while n > 0 {
+                        let Some(front) = q.bufs.front_mut() else {
+                            break;
+                        };
+                        if n >= front.len() {
+                            n -= front.len();
+                            q.bufs.pop_front();
+                            q.front_started = false;
+                        } else {
+                            *front = front.slice(n..);
+                            q.front_started = true;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.shut(q);
+                    return true;
+                }
+            }
+        }
+        let done = match q.phase {
+            Phase::Open => q.bufs.is_empty(),
+            Phase::Closing {
+                deadline,
+                shutdown_on_drain,
+            } => {
+                if (q.bufs.is_empty() && shutdown_on_drain) || Instant::now() >= deadline {
+                    self.shut(q);
+                    true
+                } else {
+                    false
+                }
+            }
+            Phase::Done => true,
+        };
+        if q.bufs.is_empty() {
+            // Release the ring's memory while idle.
+            q.bufs = VecDeque::new();
+        }
+        q.check(self.max_queue, self.is_open());
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    fn pair(max_queue: usize) -> (Arc<Client>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let flusher = Flusher::start().unwrap();
+        let c = Client::new(s, "test".into(), max_queue, false, flusher);
+        (Arc::new(c), peer)
+    }
+
+    /// Control frames count toward the same bound as data, and the bound
+    /// ends the session with 1008 as the last frame.
+    #[test]
+    fn pongs_count_toward_the_bound_and_nothing_follows_the_close() {
+        let (c, mut peer) = pair(64 << 10);
+        let pong = {
+            let mut b = BytesMut::new();
+            encode_frame(&mut b, true, Opcode::Pong, &[7; 125], None);
+            b.freeze()
+        };
+        let mut sent = 0usize;
+        let outcome = loop {
+            match c.send_control(pong.clone()) {
+                Sent::Ok => sent += 1,
+                other => break other,
+            }
+            assert!(sent < 1_000_000, "no bound on control frames");
+        };
+        assert_eq!(outcome, Sent::Overflow);
+        assert!(!c.is_open());
+        assert_eq!(c.send(Client::frame_text("late")), Sent::Closed);
+        assert_eq!(c.send_control(pong.clone()), Sent::Closed);
+        assert_eq!(c.ping(), Sent::Closed);
+        c.close(CloseCode::NORMAL, "again");
+        // The peer reads whole Pongs, one Close 1008, then EOF within the
+        // drain deadline.
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let t = Instant::now();
+        let mut all = Vec::new();
+        peer.read_to_end(&mut all).unwrap();
+        assert!(t.elapsed() < DRAIN_DEADLINE + Duration::from_secs(1));
+        let close = encode_close_frame(
+            CloseCode::POLICY_VIOLATION,
+            "slow consumer: send queue full",
+            None,
+        );
+        assert!(all.ends_with(&close), "the Close is the last frame");
+        let body = &all[..all.len() - close.len()];
+        assert_eq!(body.len() % pong.len(), 0, "only whole pongs before it");
+        assert_eq!(c.phase(), Phase::Done);
+    }
+}

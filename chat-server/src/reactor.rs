@@ -1,0 +1,132 @@
+//! Reactor threads: each owns many sessions and reads their sockets through
+//! one epoll set, so an idle connection costs no thread stack, only its
+//! [`Session`] (a `Connection` whose buffers are released while idle) and
+//! its `Client`.
+
+use crate::session::Session;
+use crate::sys::{self, Epoll};
+use crate::Shared;
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// epoll data of the wake-up socket (sessions use their connection id).
+const WAKE: u64 = u64::MAX;
+
+/// One reactor thread's shared half: the epoll set and the inbox of
+/// sessions handed over by handshake threads.
+#[derive(Debug)]
+pub(crate) struct Reactor {
+    epoll: Epoll,
+    inbox: Mutex<Vec<Session>>,
+    wake_tx: UnixStream,
+    wake_rx: UnixStream,
+}
+
+impl Reactor {
+    pub(crate) fn new() -> io::Result<Arc<Self>> {
+        let epoll = Epoll::new()?;
+        let (wake_tx, wake_rx) = UnixStream::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        epoll.add(wake_rx.as_raw_fd(), WAKE)?;
+        Ok(Arc::new(Self {
+            epoll,
+            inbox: Mutex::new(Vec::new()),
+            wake_tx,
+            wake_rx,
+        }))
+    }
+
+    /// Hands a session to this reactor's thread.
+    pub(crate) fn adopt(&self, s: Session) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.push(s);
+        if inbox.len() == 1 {
+            let _ = (&self.wake_tx).write(&[1]);
+        }
+    }
+
+    /// The reactor loop; returns once the server stops and every session
+    /// has ended.
+    pub(crate) fn run(&self, shared: &Shared) {
+        let mut sessions: HashMap<u64, Session> = HashMap::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut events = vec![sys::epoll_event(); 256];
+        let mut due = Instant::now();
+        loop {
+            let adopted =
+                std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+            for s in adopted {
+                let stream = s.client().stream();
+                if s.is_over()
+                    || stream.set_nonblocking(true).is_err()
+                    || self.epoll.add(stream.as_raw_fd(), s.id()).is_err()
+                {
+                    s.end();
+                    continue;
+                }
+                due = due.min(s.next_timer());
+                sessions.insert(s.id(), s);
+            }
+            if shared.stop.load(Ordering::Acquire) && sessions.is_empty() {
+                return;
+            }
+            let wait = due
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(500));
+            for ev in self.epoll.wait(&mut events, wait) {
+                let token = ev.u64;
+                if token == WAKE {
+                    let mut sink = [0u8; 64];
+                    while matches!((&self.wake_rx).read(&mut sink), Ok(k) if k > 0) {}
+                    continue;
+                }
+                let Some(s) = sessions.get_mut(&token) else {
+                    continue;
+                };
+                // A bug in handling one client must not take down every
+                // session this thread owns: end just that one.
+                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    s.on_readable(&mut buf);
+                }));
+                if ok.is_err() {
+                    s.set_why("internal error (panic), dropped");
+                }
+                if ok.is_err() || s.is_over() {
+                    if let Some(s) = sessions.remove(&token) {
+                        self.end(s);
+                    }
+                } else {
+                    due = due.min(s.next_timer());
+                }
+            }
+            let now = Instant::now();
+            if now >= due {
+                due = now + Duration::from_secs(1);
+                let mut ended = Vec::new();
+                for (id, s) in sessions.iter_mut() {
+                    if s.on_timer(now) || s.is_over() {
+                        ended.push(*id);
+                    } else {
+                        due = due.min(s.next_timer());
+                    }
+                }
+                for id in ended {
+                    if let Some(s) = sessions.remove(&id) {
+                        self.end(s);
+                    }
+                }
+            }
+        }
+    }
+
+    fn end(&self, s: Session) {
+        let _ = self.epoll.delete(s.client().stream().as_raw_fd());
+        s.end();
+    }
+}
