@@ -19,13 +19,16 @@ OPTIONS:
                              1 to --max-message-bytes [default: 4096]
   --max-header-bytes N       largest HTTP head, then 431; 1024-1048576 [default: 8192]
   --max-queue-bytes N        per-client outgoing queue, then close 1008;
-                             266240 (and 6 x --max-text + 1024) to 1073741824 [default: 1048576]
+                             65536 (and 6 x --max-text + 1024) to 1073741824 [default: 1048576]
   --handshake-timeout SECS   HTTP request deadline, 1-3600 [default: 5]
   --join-timeout SECS        join deadline, then close 1008; 1-3600 [default: 10]
   --ping-interval SECS       keepalive ping period, 1-86400 [default: 30]
   --pong-timeout SECS        pong deadline, then close 1011; 1-86400 [default: 30]
   --rate-burst N             rate limit bucket, 1-1000000 [default: 40]
   --rate-per-sec N           rate limit refill, 1-1000000 [default: 20]
+  --control-burst N          Ping/Pong frames a client may send at once, then
+                             the refill below; past it, close 1008 [default: 40]
+  --control-per-sec N        Ping/Pong refill per second, 1-1000000 [default: 20]
   --reactor-threads N        threads reading WebSockets, 1-64 [default: cores, max 4]
   --quiet                    no per-connection log lines
   -h, --help                 this text
@@ -102,12 +105,13 @@ mod range {
     pub const TEXT_MIN: u64 = 1;
     /// A browser's request head is 0.5-2 KiB before cookies.
     pub const HEADER_BYTES: (u64, u64) = (1 << 10, 1 << 20);
-    /// A client's queue must hold the largest reply to its own request (a
-    /// welcome or history page is capped at 256 KiB, issue 10 item 5) plus
-    /// framing, and one broadcast of the longest text (see
-    /// [`queue_floor`]); the ceiling keeps 10,000 clients' worst case
-    /// within reach of one machine's memory.
-    pub const QUEUE_BYTES: (u64, u64) = ((256 << 10) + (4 << 10), 1 << 30);
+    /// A client's queue must hold one broadcast of the longest text (see
+    /// [`queue_floor`]); replies to its own requests are capped at half the
+    /// queue (at most 256 KiB, `chat_server::REPLY_MAX_BYTES`), so they fit
+    /// whatever the bound. Below 64 KiB a welcome would hold almost no
+    /// history. The ceiling keeps 10,000 clients' worst case within reach of
+    /// one machine's memory.
+    pub const QUEUE_BYTES: (u64, u64) = (64 << 10, 1 << 30);
     pub const HANDSHAKE_SECS: (u64, u64) = (1, 3600);
     pub const JOIN_SECS: (u64, u64) = (1, 3600);
     pub const PING_SECS: (u64, u64) = (1, 86_400);
@@ -159,6 +163,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--rate-burst" => c.rate_burst = num(range::RATE)? as u32,
             "--reactor-threads" => c.reactor_threads = num(range::REACTORS)? as usize,
             "--rate-per-sec" => c.rate_per_sec = num(range::RATE)? as u32,
+            "--control-burst" => c.control_burst = num(range::RATE)? as u32,
+            "--control-per-sec" => c.control_per_sec = num(range::RATE)? as u32,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
