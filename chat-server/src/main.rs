@@ -25,6 +25,8 @@ OPTIONS:
   --rate-burst N             rate limit bucket          [default: 40]
   --rate-per-sec N           rate limit refill          [default: 20]
   --reactor-threads N        threads reading WebSockets [default: cores, max 4]
+  --allowed-origin ORIGIN    also accept WebSockets from pages of ORIGIN (scheme://host[:port];
+                             repeatable; * allows any) [default: same host:port only]
   --quiet                    no per-connection log lines
   -h, --help                 this text
 ";
@@ -108,6 +110,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
         };
         let secs = || num().map(Duration::from_secs);
         match flag.as_str() {
+            "--allowed-origin" => {
+                c.origin_policy = std::mem::take(&mut c.origin_policy)
+                    .allow(&value)
+                    .map_err(|e| format!("--allowed-origin: {e}"))?
+            }
             "--addr" => {
                 c.addr = value
                     .parse()
