@@ -59,7 +59,23 @@ impl Request {
     /// The `101 Switching Protocols` answer, with `protocol` (which should
     /// come from [`select_protocol`](Self::select_protocol)) if given.
     /// No extensions are accepted.
+    ///
+    /// A `protocol` the client did not offer is left out: RFC 6455 §4.2.2
+    /// allows only an offered one (the client must fail the connection on
+    /// any other), and every offered one is a checked token, so no string
+    /// the caller passes can add a line to the answer.
+    ///
+    /// ```
+    /// # use wsproto::handshake::{parse_request, ParsedRequest};
+    /// # let raw = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    /// # Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+    /// # Sec-WebSocket-Protocol: chat\r\n\r\n";
+    /// # let ParsedRequest::Complete(req, _) = parse_request(raw, &Default::default()) else { panic!() };
+    /// let answer = req.accept(Some("chat\r\nSet-Cookie: a=b"));
+    /// assert!(!String::from_utf8(answer).unwrap().contains("Set-Cookie"));
+    /// ```
     pub fn accept(&self, protocol: Option<&str>) -> Vec<u8> {
+        let protocol = protocol.filter(|p| self.protocols.iter().any(|o| o == p));
         let mut out = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
             accept_key(self.key.as_bytes())
@@ -403,6 +419,12 @@ mod tests {
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(resp.contains("Sec-WebSocket-Protocol: chat\r\n"));
         assert!(resp.ends_with("\r\n\r\n"));
+        // Only an offered protocol is named (RFC 6455 §4.2.2).
+        for not_offered in ["mqtt", "chat\r\nSet-Cookie: a=b", ""] {
+            let resp = String::from_utf8(req.accept(Some(not_offered))).unwrap();
+            assert!(!resp.contains("Sec-WebSocket-Protocol"), "{resp}");
+            assert_eq!(resp.matches("\r\n").count(), 5, "{resp}");
+        }
     }
 
     #[test]
@@ -547,6 +569,15 @@ mod tests {
                 ParsedRequest::NeedMore => panic!(),
             }
         }
+        // Two Origin headers are a 400, not a choice of the friendlier one.
+        let twice = upgrade(
+            "/ws",
+            "Host: h\r\nOrigin: http://h\r\nOrigin: http://evil.example\r\n",
+        );
+        assert!(
+            matches!(parse_request(twice.as_bytes(), &Config::default()),
+            ParsedRequest::Reject(r) if r.error.status() == 400)
+        );
         // A malformed request is a 400 before its origin is looked at.
         let req = upgrade("/ws", "Host: h\r\nOrigin: http://evil\r\n")
             .replace("Version: 13", "Version: 8");
