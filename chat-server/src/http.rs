@@ -17,6 +17,9 @@ enum Head {
     Complete { buf: Vec<u8>, end: usize },
     /// Over the size limit.
     TooLarge,
+    /// Not HTTP: the start of the request line is no method (e.g. a TLS
+    /// ClientHello sent to this plain-text port).
+    NotHttp,
     /// Timed out, closed, or failed: drop TCP without an answer.
     Gone,
 }
@@ -40,6 +43,12 @@ pub(crate) fn serve(
                 shared.config.max_header_bytes
             );
             answer(&stream, &http_response(431, &[], &body));
+            return;
+        }
+        Head::NotHttp => {
+            log!(shared, "chat: {addr} http 400 (not an HTTP request)");
+            let body = "not an HTTP/1.1 request (TLS to a plain-text port?)\n";
+            answer(&stream, &http_response(400, &[], body));
             return;
         }
         Head::Gone => {
@@ -137,6 +146,32 @@ pub(crate) fn serve(
     }
 }
 
+/// False once `buf` cannot be the start of a request line: the method is a
+/// token (RFC 7230 §3.1.1) of at most 16 bytes here, after optional empty
+/// lines (§3.5). Checked on every read until the head is complete, so
+/// garbage gets its 400 at once instead of waiting for the timeout; the
+/// check stops at the first space, so its cost per read is bounded.
+fn may_start_request(buf: &[u8]) -> bool {
+    const TCHAR: &[u8] = b"!#$%&'*+-.^_`|~";
+    let line = match buf.iter().position(|&b| b != b'\r' && b != b'\n') {
+        Some(start) => &buf[start..],
+        None => return true,
+    };
+    let method = &line[..line.len().min(17)];
+    match method.iter().position(|&b| b == b' ') {
+        Some(0) => false,
+        Some(sp) => method[..sp]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || TCHAR.contains(b)),
+        None => {
+            method.len() <= 16
+                && method
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || TCHAR.contains(b))
+        }
+    }
+}
+
 /// The offset of the first LF not preceded by CR.
 fn bare_lf(head: &[u8]) -> Option<usize> {
     (0..head.len()).find(|&i| head[i] == b'\n' && (i == 0 || head[i - 1] != b'\r'))
@@ -163,6 +198,7 @@ fn read_head(stream: &TcpStream, deadline: Instant, max: usize) -> Head {
             Some(end) if end <= max => return Head::Complete { buf, end },
             Some(_) => return Head::TooLarge,
             None if buf.len() >= max => return Head::TooLarge,
+            None if !may_start_request(&buf) => return Head::NotHttp,
             None => {}
         }
     }

@@ -208,6 +208,37 @@ fn bare_lf_head_gets_400_within_a_second() {
 }
 
 #[test]
+fn not_http_gets_400_at_once_and_a_trickled_request_still_works() {
+    let server = start(|_| {});
+    // The start of a TLS ClientHello, as a browser sends to https://.
+    let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+    for garbage in [
+        &hello[..],
+        b"\r\n\x00GET / HTTP/1.1",
+        b" GET /",
+        b"AVERYLONGMETHODNAME / HTTP/1.1",
+    ] {
+        let start = Instant::now();
+        let (_, head, _) = send(server.addr, garbage);
+        let took = start.elapsed();
+        assert!(head.starts_with("HTTP/1.1 400 "), "{garbage:?}: {head}");
+        assert!(took < Duration::from_secs(1), "{garbage:?}: after {took:?}");
+    }
+    // One byte per write: every prefix may still start a request.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    for b in b"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n" {
+        s.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    server.stop().unwrap();
+}
+
+#[test]
 fn upgrade_with_a_body_is_refused_and_the_body_never_read_as_frames() {
     let server = start(|_| {});
     let host = server.addr.to_string();
