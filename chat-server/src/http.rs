@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wsproto::handshake::{head_end, http_response, parse_request, ParsedRequest};
+use wsproto::handshake::{head_end, http_response, parse_request, ParsedRequest, RequestTarget};
 
 /// The chat page, embedded at build time.
 const PAGE: &str = include_str!("../static/index.html");
@@ -17,6 +17,9 @@ enum Head {
     Complete { buf: Vec<u8>, end: usize },
     /// Over the size limit.
     TooLarge,
+    /// Not HTTP: the start of the request line is no method (e.g. a TLS
+    /// ClientHello sent to this plain-text port).
+    NotHttp,
     /// Timed out, closed, or failed: drop TCP without an answer.
     Gone,
 }
@@ -42,6 +45,12 @@ pub(crate) fn serve(
             answer(&stream, &http_response(431, &[], &body));
             return;
         }
+        Head::NotHttp => {
+            log!(shared, "chat: {addr} http 400 (not an HTTP request)");
+            let body = "not an HTTP/1.1 request (TLS to a plain-text port?)\n";
+            answer(&stream, &http_response(400, &[], body));
+            return;
+        }
         Head::Gone => {
             log!(
                 shared,
@@ -50,9 +59,18 @@ pub(crate) fn serve(
             return;
         }
     };
+    // httparse tolerates lines ending in a bare LF, and wsproto's
+    // parse_request refuses them: answer every route the same way, at once
+    // (RFC 7230 §3.5 allows tolerance, never silence).
+    if let Some(at) = bare_lf(&buf[..end]) {
+        log!(shared, "chat: {addr} http 400 (bare LF at byte {at})");
+        let body = "malformed HTTP request: lines must end in CRLF\n";
+        answer(&stream, &http_response(400, &[], body));
+        return;
+    }
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
-    let (method, path) = match req.parse(&buf[..end]) {
+    let (method, target) = match req.parse(&buf[..end]) {
         Ok(httparse::Status::Complete(_)) => (
             req.method.unwrap_or_default().to_owned(),
             req.path.unwrap_or_default().to_owned(),
@@ -72,14 +90,23 @@ pub(crate) fn serve(
         }
     };
     if method != "GET" {
-        log!(shared, "chat: {addr} http 405 {method}");
+        log!(shared, "chat: {addr} http 405 {:?}", truncate(&method, 20));
         answer(
             &stream,
             &http_response(405, &["Allow: GET"], "only GET is served\n"),
         );
         return;
     }
-    let route = path.split('?').next().unwrap_or_default();
+    // RFC 7230 §5.3.2: `GET http://host:port/ws` is the same request as
+    // `GET /ws` (a server must accept the absolute form).
+    let route = match RequestTarget::parse(&target) {
+        Ok(t) => t.path,
+        Err(e) => {
+            log!(shared, "chat: {addr} http 400 ({e})");
+            answer(&stream, &http_response(400, &[], &format!("{e}\n")));
+            return;
+        }
+    };
     match route {
         "/" | "/index.html" => answer(&stream, &page_response()),
         "/healthz" => answer(
@@ -87,7 +114,8 @@ pub(crate) fn serve(
             &http_response(200, &["Cache-Control: no-store"], "ok"),
         ),
         "/ws" => {
-            let ws_config = session::ws_config(&shared.config);
+            let ws_config = session::ws_config(&shared.config)
+                .origin_policy(shared.config.origin_policy.clone());
             match parse_request(&buf[..end], &ws_config) {
                 ParsedRequest::Complete(req, _) => {
                     if write_all(&stream, &req.accept(None)).is_err() {
@@ -96,6 +124,7 @@ pub(crate) fn serve(
                     session::start(shared, stream, addr, id, &buf[end..], live);
                 }
                 ParsedRequest::Reject(r) => {
+                    // The error's message escapes what the peer sent ({:?}).
                     log!(
                         shared,
                         "chat: {addr} http {} ({})",
@@ -105,15 +134,47 @@ pub(crate) fn serve(
                     answer(&stream, &r.response);
                 }
                 ParsedRequest::NeedMore => {
+                    log!(shared, "chat: {addr} http 400 (incomplete request)");
                     answer(&stream, &http_response(400, &[], "incomplete request\n"));
                 }
             }
         }
         _ => {
-            log!(shared, "chat: {addr} http 404 {}", truncate(route, 80));
+            log!(shared, "chat: {addr} http 404 {:?}", truncate(route, 80));
             answer(&stream, &http_response(404, &[], "not found\n"));
         }
     }
+}
+
+/// False once `buf` cannot be the start of a request line: the method is a
+/// token (RFC 7230 §3.1.1) of at most 16 bytes here, after optional empty
+/// lines (§3.5). Checked on every read until the head is complete, so
+/// garbage gets its 400 at once instead of waiting for the timeout; the
+/// check stops at the first space, so its cost per read is bounded.
+fn may_start_request(buf: &[u8]) -> bool {
+    const TCHAR: &[u8] = b"!#$%&'*+-.^_`|~";
+    let line = match buf.iter().position(|&b| b != b'\r' && b != b'\n') {
+        Some(start) => &buf[start..],
+        None => return true,
+    };
+    let method = &line[..line.len().min(17)];
+    match method.iter().position(|&b| b == b' ') {
+        Some(0) => false,
+        Some(sp) => method[..sp]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || TCHAR.contains(b)),
+        None => {
+            method.len() <= 16
+                && method
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || TCHAR.contains(b))
+        }
+    }
+}
+
+/// The offset of the first LF not preceded by CR.
+fn bare_lf(head: &[u8]) -> Option<usize> {
+    (0..head.len()).find(|&i| head[i] == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 /// Reads the request head, at most `max` bytes, until `deadline`.
@@ -137,6 +198,7 @@ fn read_head(stream: &TcpStream, deadline: Instant, max: usize) -> Head {
             Some(end) if end <= max => return Head::Complete { buf, end },
             Some(_) => return Head::TooLarge,
             None if buf.len() >= max => return Head::TooLarge,
+            None if !may_start_request(&buf) => return Head::NotHttp,
             None => {}
         }
     }

@@ -107,6 +107,10 @@ pub struct Config {
     pub reactor_threads: usize,
     /// Log one line per connect / disconnect / error to stderr.
     pub log: bool,
+    /// Which pages may open the WebSocket (`--allowed-origin`): by default
+    /// only the server's own (same host:port), so another site the user
+    /// visits cannot drive the room with the user's browser; 403 otherwise.
+    pub origin_policy: wsproto::handshake::OriginPolicy,
 }
 
 impl Default for Config {
@@ -131,6 +135,7 @@ impl Default for Config {
             thread_stack: 128 << 10,
             reactor_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
             log: true,
+            origin_policy: wsproto::handshake::OriginPolicy::same_host(),
         }
     }
 }

@@ -30,6 +30,8 @@ OPTIONS:
                              the refill below; past it, close 1008 [default: 40]
   --control-per-sec N        Ping/Pong refill per second, 1-1000000 [default: 20]
   --reactor-threads N        threads reading WebSockets, 1-64 [default: cores, max 4]
+  --allowed-origin ORIGIN    also accept WebSockets from pages of ORIGIN (scheme://host[:port];
+                             repeatable; * allows any) [default: same host:port only]
   --quiet                    no per-connection log lines
   -h, --help                 this text
 
@@ -145,6 +147,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
         let secs = |r| num(r).map(Duration::from_secs);
         // Every range is within u32, so the `as` casts below are exact.
         match flag.as_str() {
+            "--allowed-origin" => {
+                c.origin_policy = std::mem::take(&mut c.origin_policy)
+                    .allow(&value)
+                    .map_err(|e| format!("--allowed-origin: {e}"))?
+            }
             "--addr" => {
                 c.addr = value
                     .parse()

@@ -39,7 +39,7 @@ fn check(buf: &[u8]) -> ParsedRequest {
         ParsedRequest::Reject(r) => {
             let status = r.error.status();
             assert_eq!(status, documented_status(&r.error), "{:?}", r.error);
-            assert!(matches!(status, 400 | 405 | 426 | 431), "{status}");
+            assert!(matches!(status, 400 | 403 | 405 | 426 | 431), "{status}");
             let text = String::from_utf8_lossy(&r.response);
             assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
             let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");

@@ -46,7 +46,9 @@ fn check(req: &ClientRequest, buf: &[u8]) -> Result<ParsedResponse, HandshakeErr
 }
 
 fuzz_target!(|input: Input<'_>| {
-    let req = ClientRequest::new("localhost", 9001, "/").protocols(&["chat"]);
+    let req = ClientRequest::new("localhost", 9001, "/")
+        .and_then(|r| r.protocols(&["chat"]))
+        .expect("a valid request");
     match input {
         Input::Raw(buf) => {
             // The key is random, so a raw response could never pass the

@@ -50,6 +50,7 @@ pub fn check_protocol_error(e: &ProtocolError) {
 pub fn documented_status(e: &HandshakeError) -> u16 {
     use HandshakeError as H;
     match e {
+        H::OriginRefused { .. } => 403,
         H::MethodNotAllowed(_) => 405,
         H::UnsupportedVersion(_) => 426,
         H::HeadTooLarge { .. } | H::TooManyHeaders { .. } => 431,
@@ -61,6 +62,12 @@ pub fn documented_status(e: &HandshakeError) -> u16 {
         | H::AcceptMismatch { .. }
         | H::NotOffered(_)
         | H::InvalidUrl { .. }
+        | H::InvalidTarget(_)
+        | H::UnexpectedBody { .. }
+        | H::InvalidHost(_)
+        | H::InvalidPath(_)
+        | H::InvalidHeaderName { .. }
+        | H::InvalidHeaderValue { .. }
         | H::UnexpectedEof => 400,
         other => panic!("undocumented HandshakeError variant: {other:?}"),
     }

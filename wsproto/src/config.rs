@@ -1,5 +1,7 @@
 //! Limits and options for a connection and its handshake.
 
+use crate::handshake::OriginPolicy;
+
 /// Every limit a connection enforces. All are bounded by default.
 ///
 /// | field | default | when exceeded |
@@ -10,6 +12,7 @@
 /// | [`max_handshake_size`](Self::max_handshake_size) | 16 KiB | HTTP 431 / [`HandshakeError::HeadTooLarge`](crate::HandshakeError::HeadTooLarge) |
 /// | [`max_headers`](Self::max_headers) | 64 | HTTP 431 / [`HandshakeError::TooManyHeaders`](crate::HandshakeError::TooManyHeaders) |
 /// | [`max_output_buffer`](Self::max_output_buffer) | 16 MiB | [`Error::OutputFull`](crate::Error::OutputFull) on the next send |
+/// | [`origin_policy`](Self::origin_policy) | same host | HTTP 403 / [`HandshakeError::OriginRefused`](crate::HandshakeError::OriginRefused) |
 ///
 /// Every size is checked against the length the peer *announces*, before any
 /// memory is reserved for it.
@@ -35,6 +38,11 @@ pub struct Config {
     /// A send is refused while this many bytes (or more) wait to be written.
     /// The buffer can exceed it by at most the one frame that crossed it.
     pub max_output_buffer: usize,
+    /// Which `Origin`s a server accepts an upgrade from (checked by
+    /// [`parse_request`](crate::handshake::parse_request)); by default a
+    /// browser's page must come from the host it connects to. See
+    /// [`OriginPolicy`] for the rules and why.
+    pub origin_policy: OriginPolicy,
 }
 
 impl Default for Config {
@@ -46,6 +54,7 @@ impl Default for Config {
             max_handshake_size: 16 << 10,
             max_headers: 64,
             max_output_buffer: 16 << 20,
+            origin_policy: OriginPolicy::same_host(),
         }
     }
 }
@@ -90,6 +99,19 @@ impl Config {
     #[must_use]
     pub fn max_output_buffer(mut self, bytes: usize) -> Self {
         self.max_output_buffer = bytes;
+        self
+    }
+
+    /// Sets [`origin_policy`](Self::origin_policy).
+    ///
+    /// ```
+    /// use wsproto::{handshake::OriginPolicy, Config};
+    /// let config = Config::default().origin_policy(OriginPolicy::any());
+    /// assert!(config.origin_policy.allows_any());
+    /// ```
+    #[must_use]
+    pub fn origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origin_policy = policy;
         self
     }
 }

@@ -139,7 +139,7 @@ pub enum HandshakeError {
         limit: usize,
     },
     /// RFC 6455 §4.1: the request method must be GET.
-    #[error("method {0} is not GET")]
+    #[error("method {0:?} is not GET")]
     MethodNotAllowed(String),
     /// RFC 6455 §4.1: HTTP/1.1 or later is required.
     #[error("HTTP/1.{0} is older than HTTP/1.1")]
@@ -154,6 +154,27 @@ pub enum HandshakeError {
         name: &'static str,
         /// What the peer sent (lossy UTF-8).
         value: String,
+    },
+    /// The request target is neither origin form (`/path?query`) nor
+    /// absolute form (`http://host:port/path`, RFC 7230 §5.3.1-2).
+    #[error("request target {0:?} is neither /path nor http://host/path")]
+    InvalidTarget(String),
+    /// RFC 7230 §3.3: an Upgrade request carries a body (`Content-Length` or
+    /// `Transfer-Encoding`). Its bytes would be read as WebSocket frames, so
+    /// a body could smuggle frames past whatever inspected the request.
+    #[error("an upgrade request may not carry a body (it sent {header})")]
+    UnexpectedBody {
+        /// `Content-Length` or `Transfer-Encoding`.
+        header: &'static str,
+    },
+    /// The `Origin` is refused by the server's
+    /// [`OriginPolicy`](crate::handshake::OriginPolicy): a page of another
+    /// site tried to open a WebSocket with the user's browser (cross-site
+    /// WebSocket hijacking). Answered 403.
+    #[error("origin {origin:?} is not allowed")]
+    OriginRefused {
+        /// The `Origin` the peer sent (lossy UTF-8, at most 100 bytes).
+        origin: String,
     },
     /// RFC 6455 §4.4: only version 13 is supported.
     #[error("unsupported Sec-WebSocket-Version {0:?} (only 13 is supported)")]
@@ -177,13 +198,51 @@ pub enum HandshakeError {
     /// Client side: the server chose a subprotocol or extension we did not offer.
     #[error("server selected {0:?}, which was not offered")]
     NotOffered(String),
-    /// Client side: the URL could not be used.
+    /// Client side: the URL could not be used; server side: an origin given
+    /// to [`OriginPolicy::allow`](crate::handshake::OriginPolicy::allow) is
+    /// not `scheme://host[:port]`. The caller is at fault.
     #[error("invalid URL {url:?}: {why}")]
     InvalidUrl {
         /// The URL given.
         url: String,
         /// What is wrong with it.
         why: &'static str,
+    },
+    /// Client side: a host the request was asked to name is not a
+    /// reg-name, an IPv4 address or a bracketed IPv6 address (RFC 3986
+    /// §3.2.2); CR or LF there would inject header lines. The caller is at
+    /// fault.
+    #[error("invalid host {0:?}: not a host name, IPv4 or [IPv6] address")]
+    InvalidHost(String),
+    /// Client side: a request path must start with `/` and may not hold
+    /// spaces or control characters (RFC 7230 §3.1.1). The caller is at fault.
+    #[error(
+        "invalid request path {0:?}: it must start with / and hold no spaces or control characters"
+    )]
+    InvalidPath(String),
+    /// Client side: a header name given to
+    /// [`ClientRequest::header`](crate::handshake::ClientRequest::header) is
+    /// not an RFC 7230 §3.2.6 token, or names a header the handshake sets
+    /// itself. The caller is at fault.
+    #[error("cannot send header {name:?}: {why}")]
+    InvalidHeaderName {
+        /// The name given (lossy, at most 100 bytes).
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// Client side: a header value holds a byte a field-value may not
+    /// (RFC 7230 §3.2: CR, LF, NUL and other controls except HTAB); it would
+    /// end the header line early and inject others. The value itself is not
+    /// kept, as it may be a secret (`Authorization`). The caller is at fault.
+    #[error("value of header {name:?} has byte {byte:#04x} at offset {offset}, which a header value may not hold")]
+    InvalidHeaderValue {
+        /// The header name.
+        name: String,
+        /// The first byte that is not allowed.
+        byte: u8,
+        /// Its offset in the value.
+        offset: usize,
     },
     /// The transport closed before the handshake completed.
     #[error("connection closed during the handshake")]
@@ -192,10 +251,11 @@ pub enum HandshakeError {
 
 impl HandshakeError {
     /// The HTTP status a server answers this (request) error with:
-    /// 405 for a wrong method, 426 for a wrong version, 431 for an oversized
-    /// head, 400 for everything else.
+    /// 403 for a refused origin, 405 for a wrong method, 426 for a wrong
+    /// version, 431 for an oversized head, 400 for everything else.
     pub fn status(&self) -> u16 {
         match self {
+            Self::OriginRefused { .. } => 403,
             Self::MethodNotAllowed(_) => 405,
             Self::UnsupportedVersion(_) => 426,
             Self::HeadTooLarge { .. } | Self::TooManyHeaders { .. } => 431,
@@ -303,6 +363,52 @@ mod tests {
         );
         assert_eq!(HandshakeError::HeadTooLarge { limit: 1 }.status(), 431);
         assert_eq!(HandshakeError::MissingHeader("Host").status(), 400);
+        let refused = HandshakeError::OriginRefused {
+            origin: "http://evil.example".into(),
+        };
+        assert_eq!(refused.status(), 403);
+        assert_eq!(
+            HandshakeError::UnexpectedBody {
+                header: "Content-Length"
+            }
+            .status(),
+            400
+        );
+    }
+
+    /// Servers log these errors: what the peer sent must not reach the log
+    /// raw (a CR/LF forges a log line, an ESC drives the terminal).
+    #[test]
+    fn peer_strings_are_escaped_in_messages() {
+        let evil = "a\r\nchat: forged\x1b[31m";
+        let errors = [
+            HandshakeError::MethodNotAllowed(evil.into()),
+            HandshakeError::InvalidHeader {
+                name: "Host",
+                value: evil.into(),
+            },
+            HandshakeError::UnsupportedVersion(evil.into()),
+            HandshakeError::InvalidTarget(evil.into()),
+            HandshakeError::OriginRefused {
+                origin: evil.into(),
+            },
+            HandshakeError::NotOffered(evil.into()),
+            HandshakeError::InvalidHost(evil.into()),
+            HandshakeError::InvalidPath(evil.into()),
+            HandshakeError::InvalidHeaderName {
+                name: evil.into(),
+                why: "x",
+            },
+            HandshakeError::InvalidHeaderValue {
+                name: evil.into(),
+                byte: b'\n',
+                offset: 1,
+            },
+        ];
+        for e in errors {
+            let text = e.to_string();
+            assert!(!text.chars().any(char::is_control), "{text:?}");
+        }
     }
 
     #[test]

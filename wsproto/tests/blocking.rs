@@ -224,7 +224,7 @@ fn handshake_bytes_trickling_in_one_at_a_time() {
     let mut s = TcpStream::connect(url.trim_start_matches("ws://").trim_end_matches('/')).unwrap();
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
-    let req = wsproto::handshake::ClientRequest::new("x", 80, "/");
+    let req = wsproto::handshake::ClientRequest::new("x", 80, "/").unwrap();
     for b in req.to_bytes() {
         s.write_all(&[b]).unwrap();
     }
@@ -249,7 +249,8 @@ fn subprotocol_is_negotiated() {
     let (url, server) = serve(Config::default(), echo);
     let request = wsproto::handshake::ClientRequest::from_url(&url)
         .unwrap()
-        .protocols(&["other", "chat"]);
+        .protocols(&["other", "chat"])
+        .unwrap();
     let stream = TcpStream::connect(request.address()).unwrap();
     let (mut ws, resp) = blocking::client(stream, &request, Config::default()).unwrap();
     assert_eq!(resp.protocol.as_deref(), Some("chat"));

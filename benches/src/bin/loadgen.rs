@@ -150,7 +150,8 @@ fn connect(addr: SocketAddr) -> io::Result<(TcpStream, Connection)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let req = ClientRequest::new(&addr.ip().to_string(), addr.port(), "/ws");
+    let req =
+        ClientRequest::new(&addr.ip().to_string(), addr.port(), "/ws").map_err(io::Error::other)?;
     stream.write_all(&req.to_bytes())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];

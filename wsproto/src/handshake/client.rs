@@ -1,6 +1,7 @@
 //! Client side of the opening handshake (RFC 6455 §4.1).
 
-use super::headers::{self, invalid, list_contains, trim, Extension};
+use super::headers::{self, invalid, is_token, list_contains, lossy_prefix, trim, Extension};
+use super::origin::is_reg_name_byte;
 use super::{accept_key, head_end};
 use crate::config::Config;
 use crate::error::HandshakeError;
@@ -8,13 +9,18 @@ use base64::Engine;
 
 /// A client's Upgrade request, holding the key its response is checked against.
 ///
+/// Every part is checked when it is given (host, path, subprotocols, extra
+/// headers), so no caller-supplied string can end a line early and inject
+/// header lines or a second request (RFC 7230 §3.2, §3.1.1).
+///
 /// ```
 /// use wsproto::handshake::ClientRequest;
-/// let req = ClientRequest::from_url("ws://127.0.0.1:9001/chat").unwrap().protocols(&["chat"]);
+/// let req = ClientRequest::from_url("ws://127.0.0.1:9001/chat")?.protocols(&["chat"])?;
 /// assert_eq!(req.address(), "127.0.0.1:9001");
 /// let bytes = String::from_utf8(req.to_bytes()).unwrap();
 /// assert!(bytes.starts_with("GET /chat HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n"));
 /// assert!(bytes.contains(&format!("Sec-WebSocket-Key: {}\r\n", req.key())));
+/// # Ok::<(), wsproto::HandshakeError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientRequest {
@@ -27,22 +33,43 @@ pub struct ClientRequest {
 }
 
 impl ClientRequest {
-    /// A request for `path` on `host:port`, with a fresh random key.
-    pub fn new(host: &str, port: u16, path: &str) -> Self {
+    /// A request for `path` (`/` if empty) on `host:port`, with a fresh
+    /// random key. `host` is a host name, an IPv4 address or an IPv6 address
+    /// (with or without brackets).
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError::InvalidHost`] for a host with a character no host
+    /// may hold (RFC 3986 §3.2.2: CR and LF among them);
+    /// [`HandshakeError::InvalidPath`] for a path that does not start with
+    /// `/` or holds a space or a control character.
+    ///
+    /// ```
+    /// use wsproto::handshake::ClientRequest;
+    /// let req = ClientRequest::new("::1", 9001, "/ws")?;
+    /// assert_eq!(req.address(), "[::1]:9001");
+    /// assert!(ClientRequest::new("h\r\nX-Evil: 1", 80, "/").is_err());
+    /// assert!(ClientRequest::new("h", 80, "/ HTTP/1.1\r\n").is_err());
+    /// # Ok::<(), wsproto::HandshakeError>(())
+    /// ```
+    pub fn new(host: &str, port: u16, path: &str) -> Result<Self, HandshakeError> {
+        let host = check_host(host)?;
+        let path = if path.is_empty() { "/" } else { path };
+        // RFC 7230 §3.1.1: the target ends at the first space; a control
+        // character (CR, LF) would end the request line.
+        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(HandshakeError::InvalidPath(lossy_prefix(path.as_bytes())));
+        }
         let mut nonce = [0u8; 16];
         crate::random::fill(&mut nonce);
-        Self {
-            host: host.to_owned(),
+        Ok(Self {
+            host,
             port,
-            path: if path.is_empty() {
-                "/".into()
-            } else {
-                path.to_owned()
-            },
+            path: path.to_owned(),
             key: base64::engine::general_purpose::STANDARD.encode(nonce),
             protocols: Vec::new(),
             extra: Vec::new(),
-        }
+        })
     }
 
     /// A request for a `ws://host[:port][/path]` URL (port 80 by default).
@@ -50,7 +77,10 @@ impl ClientRequest {
     /// # Errors
     ///
     /// [`HandshakeError::InvalidUrl`] for another scheme (`wss://` needs TLS,
-    /// which this crate leaves to the caller), a missing host or a bad port.
+    /// which this crate leaves to the caller), a missing host, a bad port or
+    /// a path with spaces or control characters;
+    /// [`HandshakeError::InvalidHost`] for a host with characters no host
+    /// may hold (CR and LF among them).
     pub fn from_url(url: &str) -> Result<Self, HandshakeError> {
         let bad = |why| HandshakeError::InvalidUrl {
             url: url.to_owned(),
@@ -98,21 +128,78 @@ impl ClientRequest {
         if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(bad("the path contains spaces or control characters"));
         }
-        Ok(Self::new(&host, port, &path))
+        Self::new(&host, port, &path)
     }
 
     /// Offers these subprotocols, in order of preference.
-    #[must_use]
-    pub fn protocols(mut self, protocols: &[&str]) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError::InvalidHeader`] (`Sec-WebSocket-Protocol`) if one
+    /// is not an RFC 7230 token (RFC 6455 §4.1 item 10).
+    pub fn protocols(mut self, protocols: &[&str]) -> Result<Self, HandshakeError> {
+        if let Some(bad) = protocols.iter().find(|p| !is_token(p.as_bytes())) {
+            return Err(invalid("Sec-WebSocket-Protocol", bad.as_bytes()));
+        }
         self.protocols = protocols.iter().map(|p| (*p).to_owned()).collect();
-        self
+        Ok(self)
     }
 
     /// Adds a header line (e.g. `Origin`, `Authorization`).
-    #[must_use]
-    pub fn header(mut self, name: &str, value: &str) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError::InvalidHeaderName`] if `name` is not an RFC 7230
+    /// token or is one the handshake writes itself (`Host`, `Upgrade`,
+    /// `Connection`, `Sec-WebSocket-Key`, `-Version`, `-Protocol`: a second
+    /// copy would make the request ambiguous);
+    /// [`HandshakeError::InvalidHeaderValue`] if `value` holds a byte a
+    /// field-value may not (RFC 7230 §3.2: controls other than HTAB, so CR,
+    /// LF and NUL, or DEL).
+    ///
+    /// ```
+    /// use wsproto::handshake::ClientRequest;
+    /// let req = ClientRequest::new("h", 80, "/")?.header("Origin", "http://h")?;
+    /// assert!(String::from_utf8(req.to_bytes()).unwrap().contains("\r\nOrigin: http://h\r\n"));
+    /// assert!(req.clone().header("X-A", "1\r\nX-Injected: 2").is_err());
+    /// assert!(req.clone().header("X A", "1").is_err());
+    /// assert!(req.header("host", "other").is_err());
+    /// # Ok::<(), wsproto::HandshakeError>(())
+    /// ```
+    pub fn header(mut self, name: &str, value: &str) -> Result<Self, HandshakeError> {
+        let bad_name = |why| HandshakeError::InvalidHeaderName {
+            name: lossy_prefix(name.as_bytes()),
+            why,
+        };
+        if !is_token(name.as_bytes()) {
+            return Err(bad_name(
+                "a header name is a token (letters, digits and !#$%&'*+-.^_`|~)",
+            ));
+        }
+        const OWN: [&str; 6] = [
+            "Host",
+            "Upgrade",
+            "Connection",
+            "Sec-WebSocket-Key",
+            "Sec-WebSocket-Version",
+            "Sec-WebSocket-Protocol",
+        ];
+        if OWN.iter().any(|own| own.eq_ignore_ascii_case(name)) {
+            return Err(bad_name(
+                "the handshake writes this header itself (use protocols() for subprotocols)",
+            ));
+        }
+        // RFC 7230 §3.2: field-value = *( VCHAR / obs-text / SP / HTAB ).
+        let allowed = |b: u8| b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80;
+        if let Some(offset) = value.bytes().position(|b| !allowed(b)) {
+            return Err(HandshakeError::InvalidHeaderValue {
+                name: name.to_owned(),
+                byte: value.as_bytes()[offset],
+                offset,
+            });
+        }
         self.extra.push((name.to_owned(), value.to_owned()));
-        self
+        Ok(self)
     }
 
     /// The `Sec-WebSocket-Key` sent.
@@ -160,7 +247,7 @@ impl ClientRequest {
     ///
     /// ```
     /// use wsproto::handshake::{accept_key, ClientRequest, ParsedResponse};
-    /// let req = ClientRequest::new("localhost", 80, "/");
+    /// let req = ClientRequest::new("localhost", 80, "/")?;
     /// let answer = format!(
     ///     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
     ///      Sec-WebSocket-Accept: {}\r\n\r\n",
@@ -168,6 +255,7 @@ impl ClientRequest {
     /// );
     /// let parsed = req.parse_response(answer.as_bytes(), &Default::default()).unwrap();
     /// assert!(matches!(parsed, ParsedResponse::Complete(_, n) if n == answer.len()));
+    /// # Ok::<(), wsproto::HandshakeError>(())
     /// ```
     pub fn parse_response(
         &self,
@@ -265,6 +353,23 @@ impl ClientRequest {
     }
 }
 
+/// The host as it goes into `Host` and [`ClientRequest::address`]: a
+/// reg-name or IPv4 address as given, an IPv6 address in brackets.
+fn check_host(host: &str) -> Result<String, HandshakeError> {
+    let bad = || HandshakeError::InvalidHost(lossy_prefix(host.as_bytes()));
+    if let Ok(v6) = host.parse::<std::net::Ipv6Addr>() {
+        return Ok(format!("[{v6}]"));
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        inner.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        return Ok(host.to_owned());
+    }
+    if host.is_empty() || !host.bytes().all(is_reg_name_byte) {
+        return Err(bad());
+    }
+    Ok(host.to_owned())
+}
+
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
@@ -335,10 +440,123 @@ mod tests {
         }
     }
 
+    /// Nothing a caller passes may add a line to the request: every case
+    /// here used to be written out verbatim.
+    #[test]
+    fn header_injection_is_refused() {
+        for url in [
+            "ws://h\r\nX-Evil: 1/",
+            "ws://h\nX-Evil: 1:80/",
+            "ws://h\r\n\r\nGET /x HTTP/1.1/",
+            "ws://h\0/",
+            "ws://h x/",
+            "ws://[::1\r\n]/",
+            "ws://[not-v6]/",
+        ] {
+            assert!(
+                matches!(
+                    ClientRequest::from_url(url),
+                    Err(HandshakeError::InvalidHost(_) | HandshakeError::InvalidUrl { .. })
+                ),
+                "{url:?}"
+            );
+        }
+        assert_eq!(
+            ClientRequest::from_url("ws://h\r\nX-Evil:80/"),
+            Err(HandshakeError::InvalidHost("h\r\nX-Evil".into()))
+        );
+        for host in [
+            "",
+            "h\r\nX: 1",
+            "h\n",
+            "h/x",
+            "h@x",
+            "h:80",
+            "[h]",
+            "h\u{e9}",
+        ] {
+            assert!(
+                matches!(
+                    ClientRequest::new(host, 80, "/"),
+                    Err(HandshakeError::InvalidHost(_))
+                ),
+                "{host:?}"
+            );
+        }
+        for path in ["x", "/a b", "/a\r\nX: 1", "/a\n", "/\0", "/\x7f", "*"] {
+            assert!(
+                matches!(
+                    ClientRequest::new("h", 80, path),
+                    Err(HandshakeError::InvalidPath(_))
+                ),
+                "{path:?}"
+            );
+        }
+        let req = ClientRequest::new("h", 80, "/").unwrap();
+        for (name, why) in [
+            ("", "token"),
+            ("X A", "token"),
+            ("X:A", "token"),
+            ("X\r\nY", "token"),
+            ("X\u{e9}", "token"),
+            ("HOST", "itself"),
+            ("sec-websocket-key", "itself"),
+            ("Connection", "itself"),
+        ] {
+            match req.clone().header(name, "v") {
+                Err(HandshakeError::InvalidHeaderName { why: w, .. }) => {
+                    assert!(w.contains(why), "{name:?}: {w}")
+                }
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
+        for (value, byte, offset) in [
+            ("a\r\nX-Evil: 1", b'\r', 1),
+            ("a\nX-Evil: 1", b'\n', 1),
+            ("\0", 0, 0),
+            ("ab\x1b[31m", 0x1b, 2),
+            ("a\x7f", 0x7f, 1),
+        ] {
+            assert_eq!(
+                req.clone().header("X-A", value),
+                Err(HandshakeError::InvalidHeaderValue {
+                    name: "X-A".into(),
+                    byte,
+                    offset
+                }),
+                "{value:?}"
+            );
+        }
+        assert!(req.clone().protocols(&["chat", "a b"]).is_err());
+        assert!(req.clone().protocols(&["chat\r\nX: 1"]).is_err());
+        assert!(req.clone().protocols(&[""]).is_err());
+        // What a field-value may hold: SP, HTAB, visible ASCII, obs-text.
+        let ok = req
+            .header("X-A", "a b\t~ \u{e9}")
+            .unwrap()
+            .protocols(&["v2.chat"])
+            .unwrap();
+        let bytes = String::from_utf8(ok.to_bytes()).unwrap();
+        assert!(bytes.contains("\r\nX-A: a b\t~ \u{e9}\r\n"));
+        assert_eq!(bytes.matches("\r\n").count(), 9, "{bytes}");
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        for (host, address) in [
+            ("::1", "[::1]:80"),
+            ("[::1]", "[::1]:80"),
+            ("127.0.0.1", "127.0.0.1:80"),
+            ("Example.COM", "Example.COM:80"),
+        ] {
+            assert_eq!(ClientRequest::new(host, 80, "").unwrap().address(), address);
+        }
+    }
+
     #[test]
     fn keys_are_random_16_bytes() {
-        let a = ClientRequest::new("h", 80, "/");
-        let b = ClientRequest::new("h", 80, "/");
+        let a = ClientRequest::new("h", 80, "/").unwrap();
+        let b = ClientRequest::new("h", 80, "/").unwrap();
         assert_ne!(a.key(), b.key());
         let raw = base64::engine::general_purpose::STANDARD
             .decode(a.key())
@@ -349,7 +567,10 @@ mod tests {
     #[test]
     fn response_checks() {
         let config = Config::default();
-        let req = ClientRequest::new("h", 80, "/").protocols(&["chat"]);
+        let req = ClientRequest::new("h", 80, "/")
+            .unwrap()
+            .protocols(&["chat"])
+            .unwrap();
         let ok = answer(&req, "Sec-WebSocket-Protocol: chat\r\n");
         let Ok(ParsedResponse::Complete(resp, n)) = req.parse_response(ok.as_bytes(), &config)
         else {

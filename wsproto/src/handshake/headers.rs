@@ -18,7 +18,7 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn is_token(s: &[u8]) -> bool {
+pub(crate) fn is_token(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(|&b| is_tchar(b))
 }
 
@@ -190,7 +190,17 @@ impl Cursor<'_> {
 }
 
 pub(crate) fn invalid(name: &'static str, value: &[u8]) -> HandshakeError {
-    let mut value = String::from_utf8_lossy(value).into_owned();
+    HandshakeError::InvalidHeader {
+        name,
+        value: lossy_prefix(value),
+    }
+}
+
+/// What the peer sent, for an error: lossy UTF-8, at most 100 bytes, so an
+/// error (and the log line or 4xx body made of it) stays short.
+pub(crate) fn lossy_prefix(value: &[u8]) -> String {
+    let mut value = String::from_utf8_lossy(&value[..value.len().min(100)]).into_owned();
+    // Cutting at 100 may split a character, which then shows as U+FFFD.
     if value.len() > 100 {
         let mut end = 100;
         while !value.is_char_boundary(end) {
@@ -198,7 +208,7 @@ pub(crate) fn invalid(name: &'static str, value: &[u8]) -> HandshakeError {
         }
         value.truncate(end);
     }
-    HandshakeError::InvalidHeader { name, value }
+    value
 }
 
 #[cfg(test)]
