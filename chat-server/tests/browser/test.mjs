@@ -1,5 +1,7 @@
 // Drives the chat page in headless Chromium: two users, a room message, a
-// private message, the online list, and an XSS string that must show as text.
+// private message, the online list kept from presence notices (no `who`
+// polling), a rename, reconnect backoff, and an XSS string that must show
+// as text.
 // Usage: node test.mjs URL SCREENSHOT USER_DATA_DIR PLAYWRIGHT_CORE_INDEX
 import { createRequire } from "node:module";
 
@@ -47,12 +49,19 @@ const context = await chromium.launchPersistentContext(profile, {
 let failed = false;
 try {
   const dialogs = [];
-  const a = await context.newPage();
-  const b = await context.newPage();
-  for (const p of [a, b]) {
+  // Frame types every page put on the wire (CDP), whatever the page counts.
+  const sentTypes = {};
+  context.on("page", (p) => {
     p.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
     p.on("pageerror", (e) => { console.error("page error:", e.message); failed = true; });
-  }
+    p.on("websocket", (ws) => ws.on("framesent", (f) => {
+      let type = "?";
+      try { type = JSON.parse(f.payload).type; } catch {}
+      sentTypes[type] = (sentTypes[type] || 0) + 1;
+    }));
+  });
+  const a = await context.newPage();
+  const b = await context.newPage();
 
   // A nickname the server refuses shows the server's error in the prompt.
   await a.goto(url, T);
@@ -111,6 +120,30 @@ try {
   check((await lineWith(b, "sent while bob was away").count()) === 1, "missed message arrives once after the resume");
   check((await lineWith(b, "hello from alice").count()) === 1, "no duplicates of earlier messages after the resume");
 
+  // A rename reaches the others' lists, the old name goes.
+  await a.fill("#msg-input", "/nick alice2");
+  await a.press("#msg-input", "Enter");
+  await b.locator("#users li", { hasText: "alice2" }).waitFor(T);
+  const bUsers = await b.locator("#users li").allTextContents();
+  check(bUsers.includes("alice2") && !bUsers.includes("alice") && bUsers.length === 2, "a rename replaces the name in the others' online list");
+  await a.waitForFunction(() => document.getElementById("me").textContent === "as alice2", null, T);
+  check((await a.locator("#users li.me").textContent()) === "alice2", "the renamer sees its new name, marked as itself");
+
+  // The welcome does not reset the reconnect backoff; only a session that
+  // stayed up (10 s) does. Three drops right after each welcome: attempt 3.
+  const d = await context.newPage();
+  await join(d, "dave");
+  for (let i = 1; i <= 3; i++) {
+    await d.waitForFunction((n) => window.__chat.status === "joined" && window.__chat.welcomes === n, i, T);
+    await d.evaluate(() => state.ws.close(4001, "test drop"));
+  }
+  await d.waitForFunction(() => window.__chat.status === "joined" && window.__chat.welcomes === 4, null, T);
+  check((await d.evaluate(() => window.__chat.attempt)) === 3, "backoff attempts keep growing across quick welcome-then-drop cycles");
+  await d.close();
+  await a.locator("#users li", { hasText: "dave" }).waitFor({ state: "detached", ...T });
+
+  console.log(`frames sent by all pages: ${JSON.stringify(sentTypes)}`);
+  check(!sentTypes.who && !sentTypes.history, "no page sent a request the user did not cause (no who, no history)");
   check(dialogs.length === 0, "no script from the network ran (no dialogs)");
   await a.screenshot({ path: screenshot });
   console.log(`screenshot: ${screenshot}`);
