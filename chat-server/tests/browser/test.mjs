@@ -51,7 +51,11 @@ try {
   const dialogs = [];
   // Frame types every page put on the wire (CDP), whatever the page counts.
   const sentTypes = {};
+  // WebSocket closes per page, as the browser saw them.
+  const wsCloses = new Map();
   context.on("page", (p) => {
+    wsCloses.set(p, 0);
+    p.on("websocket", (ws) => ws.on("close", () => wsCloses.set(p, wsCloses.get(p) + 1)));
     p.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
     p.on("pageerror", (e) => { console.error("page error:", e.message); failed = true; });
     p.on("websocket", (ws) => ws.on("framesent", (f) => {
@@ -128,6 +132,43 @@ try {
   check(bUsers.includes("alice2") && !bUsers.includes("alice") && bUsers.length === 2, "a rename replaces the name in the others' online list");
   await a.waitForFunction(() => document.getElementById("me").textContent === "as alice2", null, T);
   check((await a.locator("#users li.me").textContent()) === "alice2", "the renamer sees its new name, marked as itself");
+
+  // Two clients renaming at 19/s each (under their own rate limit) must not
+  // get a page that watches them closed: a page that asked `who` per notice
+  // sent 38 frames/s and was closed 1008 within about 3 s. The renamers are
+  // bare WebSockets opened from blank tabs on the same origin, not the page.
+  const renamers = [await context.newPage(), await context.newPage()];
+  await Promise.all(renamers.map(async (r, k) => {
+    await r.goto(new URL("/healthz", url).href, T);
+    await r.evaluate(([k, wsUrl]) => new Promise((res, rej) => {
+      const ws = new WebSocket(wsUrl);
+      window.__raw = { ws, nick: `${k ? "flop" : "flip"}per` };
+      ws.onopen = () => ws.send(JSON.stringify({ type: "join", nick: window.__raw.nick }));
+      ws.onmessage = (ev) => { if (JSON.parse(ev.data).type === "welcome") res(); };
+      ws.onclose = () => rej(new Error("renamer closed"));
+    }), [k, url.replace(/^http/, "ws").replace(/\/?$/, "/ws")]);
+  }));
+  await a.locator("#users li", { hasText: "flopper" }).waitFor(T);
+  const closesBefore = wsCloses.get(a);
+  await Promise.all(renamers.map((r, k) => r.evaluate((k) => {
+    let i = 0;
+    window.__flood = setInterval(() => {
+      i += 1;
+      window.__raw.nick = `${k ? "flop" : "flip"}${i % 2}`;
+      window.__raw.ws.send(JSON.stringify({ type: "nick", nick: window.__raw.nick }));
+    }, 1000 / 19);
+  }, k)));
+  await new Promise((r) => setTimeout(r, 5000));
+  const finalNicks = await Promise.all(renamers.map((r) => r.evaluate(() => { clearInterval(window.__flood); return window.__raw.nick; })));
+  await a.waitForFunction((names) => {
+    const shown = [...document.querySelectorAll("#users li")].map((li) => li.textContent);
+    return names.every((n) => shown.includes(n)) && shown.length === 4;
+  }, finalNicks, T);
+  const renamedSeen = await a.locator("#messages .notice", { hasText: " is now " }).count();
+  check(wsCloses.get(a) === closesBefore && (await lineWith(a, "Connection lost").count()) === 0 && (await a.getAttribute("#status", "class")) === "ok",
+    `a page watching two rename floods stays connected (${renamedSeen} renames seen in 5 s)`);
+  check(true, `its online list ends with the renamers' final names (${finalNicks.join(", ")})`);
+  await Promise.all(renamers.map((r) => r.close()));
 
   // The welcome does not reset the reconnect backoff; only a session that
   // stayed up (10 s) does. Three drops right after each welcome: attempt 3.
