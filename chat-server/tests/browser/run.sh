@@ -72,6 +72,7 @@ if [ "$status" -ne 0 ]; then
   exit "$status"
 fi
 echo "browser-test: ok, screenshot in ci-artifacts/chat-browser.png"
+cleanup
 
 # A crowd of pages through two server restarts: back within 15 s, no 1008,
 # no `who`. crowd.mjs starts and restarts its own server on its own port.
