@@ -5,7 +5,9 @@
 # Installs what it needs (apt: chromium, chromium-driver, nodejs, npm;
 # npm: playwright-core into target-browser/), builds and starts the server
 # on a free 127.0.0.1 port, runs test.mjs, and leaves a screenshot in
-# ci-artifacts/chat-browser.png. Exits non-zero on any failure.
+# ci-artifacts/chat-browser.png. Then crowd.mjs (its own server, restarted
+# twice under CROWD_PAGES pages, default 50) leaves ci-artifacts/chat-crowd.png
+# and chat-crowd-server.log. Exits non-zero on any failure.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
@@ -70,3 +72,21 @@ if [ "$status" -ne 0 ]; then
   exit "$status"
 fi
 echo "browser-test: ok, screenshot in ci-artifacts/chat-browser.png"
+cleanup
+
+# A crowd of pages through two server restarts: back within 15 s, no 1008,
+# no `who`. crowd.mjs starts and restarts its own server on its own port.
+CROWD_PROFILE="$(mktemp -d)"
+CROWD_LOG="$ARTIFACTS/chat-crowd-server.log"
+trap 'cleanup; rm -rf "$CROWD_PROFILE"' EXIT
+status=0
+NODE_PATH="$WORK/node_modules" timeout 150 node "$HERE/crowd.mjs" \
+  "$BIN" "$ARTIFACTS/chat-crowd.png" "$CROWD_PROFILE" "$WORK/node_modules/playwright-core/index.js" \
+  "$CROWD_LOG" "${CROWD_PAGES:-50}" \
+  || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "browser-test: crowd FAILED (status $status); server log follows" >&2
+  tail -n 50 "$CROWD_LOG" >&2 || true
+  exit "$status"
+fi
+echo "browser-test: crowd ok, screenshot in ci-artifacts/chat-crowd.png"

@@ -1,5 +1,7 @@
 // Drives the chat page in headless Chromium: two users, a room message, a
-// private message, the online list, and an XSS string that must show as text.
+// private message, the online list kept from presence notices (no `who`
+// polling), a rename, reconnect backoff, and an XSS string that must show
+// as text.
 // Usage: node test.mjs URL SCREENSHOT USER_DATA_DIR PLAYWRIGHT_CORE_INDEX
 import { createRequire } from "node:module";
 
@@ -47,12 +49,23 @@ const context = await chromium.launchPersistentContext(profile, {
 let failed = false;
 try {
   const dialogs = [];
-  const a = await context.newPage();
-  const b = await context.newPage();
-  for (const p of [a, b]) {
+  // Frame types every page put on the wire (CDP), whatever the page counts.
+  const sentTypes = {};
+  // WebSocket closes per page, as the browser saw them.
+  const wsCloses = new Map();
+  context.on("page", (p) => {
+    wsCloses.set(p, 0);
+    p.on("websocket", (ws) => ws.on("close", () => wsCloses.set(p, wsCloses.get(p) + 1)));
     p.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
     p.on("pageerror", (e) => { console.error("page error:", e.message); failed = true; });
-  }
+    p.on("websocket", (ws) => ws.on("framesent", (f) => {
+      let type = "?";
+      try { type = JSON.parse(f.payload).type; } catch {}
+      sentTypes[type] = (sentTypes[type] || 0) + 1;
+    }));
+  });
+  const a = await context.newPage();
+  const b = await context.newPage();
 
   // A nickname the server refuses shows the server's error in the prompt.
   await a.goto(url, T);
@@ -111,6 +124,67 @@ try {
   check((await lineWith(b, "sent while bob was away").count()) === 1, "missed message arrives once after the resume");
   check((await lineWith(b, "hello from alice").count()) === 1, "no duplicates of earlier messages after the resume");
 
+  // A rename reaches the others' lists, the old name goes.
+  await a.fill("#msg-input", "/nick alice2");
+  await a.press("#msg-input", "Enter");
+  await b.locator("#users li", { hasText: "alice2" }).waitFor(T);
+  const bUsers = await b.locator("#users li").allTextContents();
+  check(bUsers.includes("alice2") && !bUsers.includes("alice") && bUsers.length === 2, "a rename replaces the name in the others' online list");
+  await a.waitForFunction(() => document.getElementById("me").textContent === "as alice2", null, T);
+  check((await a.locator("#users li.me").textContent()) === "alice2", "the renamer sees its new name, marked as itself");
+
+  // Two clients renaming at 19/s each (under their own rate limit) must not
+  // get a page that watches them closed: a page that asked `who` per notice
+  // sent 38 frames/s and was closed 1008 within about 3 s. The renamers are
+  // bare WebSockets opened from blank tabs on the same origin, not the page.
+  const renamers = [await context.newPage(), await context.newPage()];
+  await Promise.all(renamers.map(async (r, k) => {
+    await r.goto(new URL("/healthz", url).href, T);
+    await r.evaluate(([k, wsUrl]) => new Promise((res, rej) => {
+      const ws = new WebSocket(wsUrl);
+      window.__raw = { ws, nick: `${k ? "flop" : "flip"}per` };
+      ws.onopen = () => ws.send(JSON.stringify({ type: "join", nick: window.__raw.nick }));
+      ws.onmessage = (ev) => { if (JSON.parse(ev.data).type === "welcome") res(); };
+      ws.onclose = () => rej(new Error("renamer closed"));
+    }), [k, url.replace(/^http/, "ws").replace(/\/?$/, "/ws")]);
+  }));
+  await a.locator("#users li", { hasText: "flopper" }).waitFor(T);
+  const closesBefore = wsCloses.get(a);
+  await Promise.all(renamers.map((r, k) => r.evaluate((k) => {
+    let i = 0;
+    window.__flood = setInterval(() => {
+      i += 1;
+      window.__raw.nick = `${k ? "flop" : "flip"}${i % 2}`;
+      window.__raw.ws.send(JSON.stringify({ type: "nick", nick: window.__raw.nick }));
+    }, 1000 / 19);
+  }, k)));
+  await new Promise((r) => setTimeout(r, 5000));
+  const finalNicks = await Promise.all(renamers.map((r) => r.evaluate(() => { clearInterval(window.__flood); return window.__raw.nick; })));
+  await a.waitForFunction((names) => {
+    const shown = [...document.querySelectorAll("#users li")].map((li) => li.textContent);
+    return names.every((n) => shown.includes(n)) && shown.length === 4;
+  }, finalNicks, T);
+  const renamedSeen = await a.locator("#messages .notice", { hasText: " is now " }).count();
+  check(wsCloses.get(a) === closesBefore && (await lineWith(a, "Connection lost").count()) === 0 && (await a.getAttribute("#status", "class")) === "ok",
+    `a page watching two rename floods stays connected (${renamedSeen} renames seen in 5 s)`);
+  check(true, `its online list ends with the renamers' final names (${finalNicks.join(", ")})`);
+  await Promise.all(renamers.map((r) => r.close()));
+
+  // The welcome does not reset the reconnect backoff; only a session that
+  // stayed up (10 s) does. Three drops right after each welcome: attempt 3.
+  const d = await context.newPage();
+  await join(d, "dave");
+  for (let i = 1; i <= 3; i++) {
+    await d.waitForFunction((n) => window.__chat.status === "joined" && window.__chat.welcomes === n, i, T);
+    await d.evaluate(() => state.ws.close(4001, "test drop"));
+  }
+  await d.waitForFunction(() => window.__chat.status === "joined" && window.__chat.welcomes === 4, null, T);
+  check((await d.evaluate(() => window.__chat.attempt)) === 3, "backoff attempts keep growing across quick welcome-then-drop cycles");
+  await d.close();
+  await a.locator("#users li", { hasText: "dave" }).waitFor({ state: "detached", ...T });
+
+  console.log(`frames sent by all pages: ${JSON.stringify(sentTypes)}`);
+  check(!sentTypes.who && !sentTypes.history, "no page sent a request the user did not cause (no who, no history)");
   check(dialogs.length === 0, "no script from the network ran (no dialogs)");
   await a.screenshot({ path: screenshot });
   console.log(`screenshot: ${screenshot}`);
