@@ -691,14 +691,13 @@ impl Connection {
             Opcode::Close => {
                 let frame = close::parse_close_payload(&payload)?;
                 if self.state == State::Open {
-                    // RFC 6455 §5.5.1: echo the status code.
-                    if frame.code.is_sendable() {
-                        let mut buf = [0; MAX_CONTROL_PAYLOAD];
-                        let n = close::encode_close_payload(&mut buf, frame.code, "");
-                        self.write_frame(true, Opcode::Close, &buf[..n]);
-                    } else {
-                        self.write_frame(true, Opcode::Close, &[]);
-                    }
+                    // RFC 6455 §5.5.1: "typically echoing the status code it
+                    // received"; the reason goes back too (as Node's ws,
+                    // Python's websockets and tungstenite do), so a browser's
+                    // CloseEvent shows it. The payload was just parsed: empty,
+                    // or a code valid on the wire and a UTF-8 reason of at
+                    // most 123 bytes, so the echo is valid as it stands.
+                    self.write_frame(true, Opcode::Close, &payload);
                 }
                 self.state = State::Closed;
                 Ok(Some(Event::Close(frame)))
@@ -903,9 +902,13 @@ impl Connection {
         frame::encode_frame(&mut self.output, fin, opcode, payload, mask);
     }
 
-    /// Records that a Close went out through another connection object (the
-    /// split writer sends replies the reader's connection produced).
-    pub(crate) fn mark_closed(&mut self) {
+    /// Queues a final Close with `payload` (a valid Close payload another
+    /// connection produced: the split writer sends the replies its reader's
+    /// connection decided on) and closes.
+    pub(crate) fn send_final_close(&mut self, payload: &[u8]) {
+        if self.state == State::Open {
+            self.write_frame(true, Opcode::Close, payload);
+        }
         self.state = State::Closed;
     }
 

@@ -171,10 +171,11 @@ fn close_echo_then_closed() {
     assert!(matches!(&got[..], [Event::Close(f)] if f.code.as_u16() == 4000 && f.reason == "bye"));
     assert_eq!(conn.state(), State::Closed);
     assert_eq!(
-        close_sent(&mut conn),
-        Some(4000),
-        "the echo carries the peer's code"
+        conn.pending_output(),
+        b"\x88\x05\x0f\xa0bye",
+        "the echo carries the peer's code and reason (RFC 6455 §5.5.1)"
     );
+    assert_eq!(close_sent(&mut conn), Some(4000));
     assert!(conn.should_close_transport());
     assert!(matches!(conn.send_text("x"), Err(Error::Closed)));
     // An empty close is echoed empty and reported as 1005.
