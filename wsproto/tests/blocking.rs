@@ -654,3 +654,66 @@ fn keepalive_after_close_waits_for_the_peers_close() {
     );
     drop(silent);
 }
+
+/// The `echo_server` example's binary, next to this test's in `target/`
+/// (`cargo test` builds the package's examples; `--test blocking` alone
+/// does not, and then the test says so and does nothing).
+fn echo_server_binary() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?; // target/<profile>/deps/..
+    let bin = dir.join("examples").join("echo_server");
+    bin.exists().then_some(bin)
+}
+
+#[test]
+fn echo_server_example_drops_silent_sockets_and_caps_connections() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let Some(bin) = echo_server_binary() else {
+        eprintln!("echo_server example not built (run `cargo test -p wsproto`): skipped");
+        return;
+    };
+    let mut server = Command::new(bin)
+        .args(["--addr", "127.0.0.1:0", "--handshake-timeout", "0.5"])
+        .args(["--max-connections", "3"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit("ws://").next().unwrap().to_string();
+    let silent = |addr: &str| {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        s
+    };
+    let closed_after = |mut s: TcpStream| {
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        // The server closes without an answer (or with a 4xx for a
+        // partial head); either way the stream ends.
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        start.elapsed()
+    };
+    // Three silent sockets fill the cap: a fourth is closed at once.
+    let held: Vec<_> = (0..3).map(|_| silent(&addr)).collect();
+    thread::sleep(Duration::from_millis(100));
+    let over = closed_after(silent(&addr));
+    assert!(over < Duration::from_millis(400), "over the cap: {over:?}");
+    // The silent ones are dropped at the handshake deadline.
+    for s in held {
+        let t = closed_after(s);
+        assert!(t < Duration::from_secs(3), "silent socket held {t:?}");
+    }
+    // Their slots are free again, and a real client is served.
+    thread::sleep(Duration::from_millis(100));
+    let mut ws = connect(&format!("ws://{addr}/"));
+    ws.send("still here").unwrap();
+    assert!(matches!(ws.read().unwrap(), Event::Text(t) if t == "still here"));
+    ws.close(CloseCode::NORMAL, "").unwrap();
+    let _ = ws.read();
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
