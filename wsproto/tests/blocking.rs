@@ -501,7 +501,11 @@ fn with_blocked_writer<T: Send + 'static>(
         let out = test(&mut reader);
         (out, flood)
     });
-    let (mut ws, _) = blocking::connect(&url).unwrap();
+    // The peer can take the 40 MiB message in one frame, once it reads.
+    let request = wsproto::handshake::ClientRequest::from_url(&url).unwrap();
+    let stream = TcpStream::connect(request.address()).unwrap();
+    let config = Config::default().max_frame_size(64 << 20);
+    let (mut ws, _) = blocking::client(stream, &request, config).unwrap();
     blocked_rx.recv_timeout(LIMIT).unwrap();
     peer(&mut ws);
     let (out, flood) = server.join().unwrap();
@@ -716,4 +720,45 @@ fn echo_server_example_drops_silent_sockets_and_caps_connections() {
     let _ = ws.read();
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+#[test]
+fn split_reader_owes_only_the_latest_pong() {
+    // 200 Pings while the writer is blocked: the reader returns each one
+    // and owes one Pong, for the latest (RFC 6455 §5.5.3), which goes out
+    // right after the message the writer was stuck on.
+    use std::sync::mpsc;
+    let (done_tx, done_rx) = mpsc::channel();
+    let pings = with_blocked_writer(
+        move |reader| {
+            let mut pings = 0;
+            while pings < 200 {
+                match reader.read() {
+                    Ok(Event::Ping(_)) => pings += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            done_tx.send(()).unwrap();
+            pings
+        },
+        move |peer| {
+            for i in 0..200 {
+                peer.ping(format!("{i}").as_bytes()).unwrap();
+            }
+            done_rx.recv_timeout(LIMIT).unwrap();
+            assert!(matches!(peer.read().unwrap(), Event::Binary(b) if b.len() == 40 << 20));
+            assert!(matches!(peer.read().unwrap(), Event::Pong(p) if &p[..] == b"199"));
+            peer.get_ref()
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            // Then nothing, or the end of the stream once the server's
+            // halves are dropped; no second Pong.
+            let next = peer.read();
+            assert!(
+                matches!(next, Err(Error::Io(_)) | Ok(Event::Close(_))),
+                "one Pong only: {next:?}"
+            );
+        },
+    );
+    assert_eq!(pings, 200);
 }
