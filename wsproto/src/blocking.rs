@@ -854,12 +854,14 @@ impl Reader {
                     owed.ping = true;
                 }
                 Duty::GiveUp => {
-                    let payload = close::encode_close_frame(
+                    let frame = close::encode_close_frame(
                         CloseCode::INTERNAL_ERROR,
                         "keepalive timeout",
                         None,
                     );
-                    lock(&shared.owed).close = Some(payload.slice(2..));
+                    // The payload: past the 2-byte header of an unmasked
+                    // frame under 126 bytes (the writer masks its own).
+                    lock(&shared.owed).close = Some(frame.slice(2..));
                 }
             }
             Ok(if shared.try_send_owed()? {
