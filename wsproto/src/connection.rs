@@ -376,6 +376,12 @@ impl Connection {
     /// The next event, or `Ok(None)` if more bytes are needed (or the
     /// connection is closed).
     ///
+    /// A message that arrived whole is split off the receive buffer without
+    /// a copy, unless it is under 1/8 of that buffer's allocation: then it
+    /// is copied, so that keeping many small messages keeps their bytes
+    /// alive, not the buffers they came in. (To handle each message in
+    /// place instead, see [`next_event_ref`](Self::next_event_ref).)
+    ///
     /// # Errors
     ///
     /// A [`ProtocolError`] when the peer violated the protocol. A Close frame
@@ -502,8 +508,9 @@ impl Connection {
                         continue;
                     }
                     // The whole payload is here: unmask and validate it in
-                    // place and hand it out split from the input buffer,
-                    // without copying it or parking in AwaitPayload.
+                    // place and hand it out from the input buffer (split
+                    // off, or copied if small: `take_input`), without
+                    // parking in AwaitPayload.
                     if len > 0 {
                         self.unmask_and_validate(&header, 0, len)
                             .map_err(|e| self.fail(e))?;
