@@ -608,7 +608,7 @@ fn split_writer_sends_the_pong_the_reader_owed() {
 #[test]
 fn keepalive_after_close_waits_for_the_peers_close() {
     // The peer answers our Close after 300 ms: three ping intervals, well
-    // inside the 1 s deadline.
+    // inside the 2 s deadline.
     let slow_peer = |url: String| {
         let mut ws = connect(&url);
         thread::sleep(Duration::from_millis(300));
@@ -616,7 +616,7 @@ fn keepalive_after_close_waits_for_the_peers_close() {
     };
     let (url, server) = serve(Config::default(), |ws| {
         let mut ws = ws.unwrap();
-        ws.set_keepalive(Duration::from_millis(100), Duration::from_secs(1));
+        ws.set_keepalive(Duration::from_millis(100), Duration::from_secs(2));
         ws.close(CloseCode::NORMAL, "bye").unwrap();
         ws.read()
     });
@@ -630,7 +630,7 @@ fn keepalive_after_close_waits_for_the_peers_close() {
     // The same through a split socket.
     let (url, server) = serve(Config::default(), |ws| {
         let (mut reader, writer) = ws.unwrap().split().unwrap();
-        reader.set_keepalive(Duration::from_millis(100), Duration::from_secs(1));
+        reader.set_keepalive(Duration::from_millis(100), Duration::from_secs(2));
         writer.close(CloseCode::NORMAL, "bye").unwrap();
         reader.read()
     });
@@ -678,7 +678,7 @@ fn echo_server_example_drops_silent_sockets_and_caps_connections() {
         return;
     };
     let mut server = Command::new(bin)
-        .args(["--addr", "127.0.0.1:0", "--handshake-timeout", "0.5"])
+        .args(["--addr", "127.0.0.1:0", "--handshake-timeout", "1.5"])
         .args(["--max-connections", "3"])
         .stderr(Stdio::piped())
         .spawn()
@@ -705,11 +705,12 @@ fn echo_server_example_drops_silent_sockets_and_caps_connections() {
     let held: Vec<_> = (0..3).map(|_| silent(&addr)).collect();
     thread::sleep(Duration::from_millis(100));
     let over = closed_after(silent(&addr));
-    assert!(over < Duration::from_millis(400), "over the cap: {over:?}");
+    // (Under the 1.5 s deadline that would close it if it had a slot.)
+    assert!(over < Duration::from_secs(1), "over the cap: {over:?}");
     // The silent ones are dropped at the handshake deadline.
     for s in held {
         let t = closed_after(s);
-        assert!(t < Duration::from_secs(3), "silent socket held {t:?}");
+        assert!(t < Duration::from_secs(5), "silent socket held {t:?}");
     }
     // Their slots are free again, and a real client is served.
     thread::sleep(Duration::from_millis(100));
