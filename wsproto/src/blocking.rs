@@ -7,20 +7,24 @@
 //!   are written for you. A normal close is an [`Event::Close`], after which
 //!   `read` returns [`Error::Closed`].
 //! - [`WebSocket::split`] (TCP) gives a [`Reader`] and a [`Writer`] for two
-//!   threads; replies the reader owes the peer go out through the writer's lock.
+//!   threads; replies the reader owes the peer go out through the writer's
+//!   socket, but the reader never waits for a writer that is blocked.
 //! - [`WebSocket::set_keepalive`] pings an idle peer and gives up (close 1011)
-//!   when nothing comes back in time.
+//!   when nothing comes back in time; after our Close it bounds the wait for
+//!   the peer's.
 
-use crate::close::CloseCode;
+use crate::close::{self, CloseCode};
 use crate::config::Config;
 use crate::connection::{Connection, Event, State};
 use crate::error::{Error, HandshakeError};
-use crate::frame::Role;
+use crate::frame::{self, Opcode, ParsedHeader, Role};
 use crate::handshake::{self, ClientRequest, ParsedRequest, ParsedResponse, Request, Response};
+use crate::mask::apply_mask;
 use crate::message::Message;
+use bytes::Bytes;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 /// Bytes asked of the transport per read.
@@ -207,12 +211,18 @@ pub fn client<S: Transport>(
 struct Timers {
     /// Ping after this much silence from the peer…
     ping_interval: Option<Duration>,
-    /// …and fail if still nothing after this much more.
+    /// …and fail if still nothing after this much more. After our Close,
+    /// also how long the peer has to answer it.
     pong_deadline: Duration,
     /// `read` fails with `TimedOut` after this much silence.
     idle_timeout: Option<Duration>,
     last_heard: Option<Instant>,
     ping_sent: Option<Instant>,
+    /// When our Close went out, once we know it did.
+    close_sent: Option<Instant>,
+    /// The caller's own socket read timeout, restored when a retry tick
+    /// (see [`RETRY_TICK`]) is no longer needed.
+    base_timeout: Option<Duration>,
     applied: Option<Option<Duration>>,
 }
 
@@ -221,6 +231,10 @@ impl Timers {
         self.ping_interval.is_some() || self.idle_timeout.is_some()
     }
 }
+
+/// How often a split [`Reader`] retries a reply it could not write yet
+/// (its [`Writer`] holds the socket, or the peer is not reading).
+const RETRY_TICK: Duration = Duration::from_millis(25);
 
 /// What the read loop asks of the write side.
 enum Duty {
@@ -232,49 +246,76 @@ enum Duty {
     GiveUp,
 }
 
+/// How a [`Duty`] went.
+enum Done {
+    /// Done (or nothing to do).
+    Sent,
+    /// A reply is still owed: retry within [`RETRY_TICK`].
+    Owed,
+    /// No ping: our Close went out at this instant; the peer's answer is due.
+    Closing(Instant),
+}
+
 /// The read loop shared by [`WebSocket`] and [`Reader`].
 fn read_event<S: Transport>(
     conn: &mut Connection,
     stream: &mut S,
     timers: &mut Timers,
-    duty: &mut dyn FnMut(Duty, &mut Connection, &mut S) -> Result<(), Error>,
+    duty: &mut dyn FnMut(Duty, &mut Connection, &mut S) -> Result<Done, Error>,
 ) -> Result<Event, Error> {
+    let entered = Instant::now();
     loop {
-        match conn.next_event() {
+        let owed = match conn.next_event() {
             Ok(Some(event)) => {
-                duty(Duty::Flush, conn, stream)?;
-                if matches!(event, Event::Close(_)) && conn.role() == Role::Client {
-                    wait_for_server_close(stream);
+                let flushed = duty(Duty::Flush, conn, stream);
+                if let Event::Close(_) = event {
+                    // The peer's Close is news even if our echo cannot be
+                    // written (the peer may have shut down already).
+                    if conn.role() == Role::Client {
+                        wait_for_server_close(stream);
+                    }
+                } else {
+                    flushed?;
                 }
                 return Ok(event);
             }
             Ok(None) if conn.is_closed() => return Err(Error::Closed),
-            Ok(None) => duty(Duty::Flush, conn, stream)?,
+            Ok(None) => matches!(duty(Duty::Flush, conn, stream)?, Done::Owed),
             Err(e) => {
                 // The Close for the violation is queued; send it, best effort.
                 let _ = duty(Duty::Flush, conn, stream);
                 return Err(e.into());
             }
-        }
+        };
         let now = Instant::now();
         let last = *timers.last_heard.get_or_insert(now);
         let mut wait: Option<Duration> = timers
             .idle_timeout
             .map(|t| (last + t).saturating_duration_since(now));
         if let Some(interval) = timers.ping_interval {
-            let due = match timers.ping_sent {
-                Some(sent) => sent + timers.pong_deadline,
-                None => last + interval,
+            let due = match (timers.close_sent, timers.ping_sent) {
+                // RFC 6455 §7.1.1: after our Close, no pings; the peer's
+                // Close is what we wait for, as long as for a pong.
+                (Some(sent), _) | (None, Some(sent)) => sent + timers.pong_deadline,
+                (None, None) => last + interval,
             };
             let left = due.saturating_duration_since(now);
             wait = Some(wait.map_or(left, |w| w.min(left)));
         }
+        if owed {
+            wait = Some(wait.map_or(RETRY_TICK, |w| w.min(RETRY_TICK)));
+        }
         // A zero timeout means "block forever" to std; use 1 ms instead.
         let wait = wait.map(|w| w.max(Duration::from_millis(1)));
-        // Without timers of our own, leave the caller's socket timeout alone.
-        if timers.is_active() && timers.applied != Some(wait) {
+        // Without timers of our own, leave the caller's socket timeout alone
+        // (and put it back after a retry tick).
+        let ours = timers.is_active() || owed;
+        if ours && timers.applied != Some(wait) {
             stream.set_read_timeout(wait)?;
             timers.applied = Some(wait);
+        } else if !ours && timers.applied.is_some() {
+            stream.set_read_timeout(timers.base_timeout)?;
+            timers.applied = None;
         }
         match conn.receive_from(stream, READ_CHUNK) {
             Ok(_) => {
@@ -283,7 +324,7 @@ fn read_event<S: Transport>(
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
-                if timers.is_active()
+                if ours
                     && matches!(
                         e.kind(),
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -295,15 +336,29 @@ fn read_event<S: Transport>(
                         return Err(e.into());
                     }
                 }
+                if !timers.is_active() {
+                    // Only the retry tick fired; the caller's own timeout
+                    // still counts from the last byte (or this call).
+                    let quiet = entered.max(last);
+                    match timers.base_timeout {
+                        Some(t) if now >= quiet + t => return Err(e.into()),
+                        _ => continue,
+                    }
+                }
                 if let Some(interval) = timers.ping_interval {
-                    match timers.ping_sent {
-                        Some(sent) if now >= sent + timers.pong_deadline => {
+                    match (timers.close_sent, timers.ping_sent) {
+                        (Some(sent), _) if now >= sent + timers.pong_deadline => {
+                            return Err(close_timeout(timers.pong_deadline));
+                        }
+                        (None, Some(sent)) if now >= sent + timers.pong_deadline => {
                             let _ = duty(Duty::GiveUp, conn, stream);
                             return Err(Error::PongTimeout(timers.pong_deadline));
                         }
-                        None if now >= last + interval => {
-                            duty(Duty::Ping, conn, stream)?;
-                            timers.ping_sent = Some(now);
+                        (None, None) if now >= last + interval => {
+                            match duty(Duty::Ping, conn, stream)? {
+                                Done::Closing(sent) => timers.close_sent = Some(sent),
+                                Done::Sent | Done::Owed => timers.ping_sent = Some(now),
+                            }
                         }
                         _ => {}
                     }
@@ -312,6 +367,15 @@ fn read_event<S: Transport>(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The error for a peer that did not answer our Close in time.
+fn close_timeout(deadline: Duration) -> Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the peer did not answer our Close within {deadline:?} (RFC 6455 §7.1.1)"),
+    )
+    .into()
 }
 
 /// RFC 6455 §7.1.1: after the closing handshake the client waits, briefly,
@@ -384,13 +448,18 @@ impl<S: Transport> WebSocket<S> {
     /// [`Error::PongTimeout`] on a missed keepalive, [`Error::Io`] otherwise
     /// (`TimedOut` for an [idle timeout](Self::set_idle_timeout)).
     pub fn read(&mut self) -> Result<Event, Error> {
-        let mut duty = |d: Duty, c: &mut Connection, s: &mut S| -> Result<(), Error> {
+        let closed_at = self.timers.close_sent;
+        let mut duty = |d: Duty, c: &mut Connection, s: &mut S| -> Result<Done, Error> {
             match d {
                 Duty::Flush => {}
+                Duty::Ping if c.state() != State::Open => {
+                    return Ok(Done::Closing(closed_at.unwrap_or_else(Instant::now)));
+                }
                 Duty::Ping => c.ping(b"")?,
                 Duty::GiveUp => c.close(CloseCode::INTERNAL_ERROR, "keepalive timeout")?,
             }
-            write_out(s, c)
+            write_out(s, c)?;
+            Ok(Done::Sent)
         };
         read_event(
             &mut self.conn,
@@ -464,7 +533,11 @@ impl<S: Transport> WebSocket<S> {
     ///
     /// As [`Connection::close`], and [`Error::Io`].
     pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        let was_open = self.conn.state() == State::Open;
         self.conn.close(code, reason)?;
+        if was_open {
+            self.timers.close_sent = Some(Instant::now());
+        }
         self.flush()
     }
 
@@ -472,6 +545,10 @@ impl<S: Transport> WebSocket<S> {
     /// [`read`](Self::read) with [`Error::PongTimeout`] (after sending close
     /// 1011) if nothing arrives within `deadline` of the ping. Needs a
     /// [`Transport`] with read timeouts, such as `TcpStream`.
+    ///
+    /// After [`close`](Self::close) no more pings go out: `read` waits for
+    /// the peer's Close and fails with an [`Error::Io`] of kind `TimedOut`
+    /// if it has not come `deadline` after ours (RFC 6455 §7.1.1).
     pub fn set_keepalive(&mut self, interval: Duration, deadline: Duration) {
         self.timers.ping_interval = Some(interval);
         self.timers.pong_deadline = deadline;
@@ -521,33 +598,216 @@ impl WebSocket<TcpStream> {
         let read_stream = self.stream.try_clone()?;
         let role = self.conn.role();
         let config = self.conn.config().clone();
-        let shared = Arc::new(Mutex::new(WriteHalf {
-            stream: self.stream,
-            conn: Connection::new(role, config),
-        }));
+        let mut timers = self.timers;
+        timers.base_timeout = read_stream.read_timeout()?;
+        let shared = Arc::new(Shared {
+            half: Mutex::new(WriteHalf {
+                stream: self.stream,
+                conn: Connection::new(role, config),
+            }),
+            owed: Mutex::new(Owed {
+                close_sent: timers.close_sent,
+                ..Owed::default()
+            }),
+        });
         Ok((
             Reader {
                 stream: read_stream,
                 conn: self.conn,
-                timers: self.timers,
-                writer: Arc::clone(&shared),
+                timers,
+                shared: Arc::clone(&shared),
             },
             Writer { shared },
         ))
     }
 }
 
+/// What a split socket's halves share. The reader never waits for `half`
+/// (a writer may hold it for as long as the peer does not read): it leaves
+/// its replies in `owed`, which is only ever locked briefly, and whoever
+/// holds `half` next sends them.
+#[derive(Debug)]
+struct Shared {
+    half: Mutex<WriteHalf>,
+    owed: Mutex<Owed>,
+}
+
 #[derive(Debug)]
 struct WriteHalf {
     stream: TcpStream,
-    /// Encodes what the writer sends; its state records our Close.
+    /// Encodes everything sent; its state records our Close.
     conn: Connection,
 }
 
-fn lock(shared: &Mutex<WriteHalf>) -> MutexGuard<'_, WriteHalf> {
+/// Replies the reader owes the peer, not yet encoded.
+#[derive(Debug, Default)]
+struct Owed {
+    /// The payload of the latest Ping: only the latest needs its Pong
+    /// (RFC 6455 §5.5.3), so a peer's ping flood owes one Pong.
+    pong: Option<Bytes>,
+    /// A keepalive Ping.
+    ping: bool,
+    /// A final Close payload: the echo of the peer's, or ours for its
+    /// violation or a missed pong.
+    close: Option<Bytes>,
+    /// Replies are encoded in the write half but a bounded write by the
+    /// reader did not get them all out.
+    unwritten: bool,
+    /// When our Close went out (the reader then waits for the peer's).
+    close_sent: Option<Instant>,
+}
+
+impl Owed {
+    fn any(&self) -> bool {
+        self.pong.is_some() || self.ping || self.close.is_some() || self.unwritten
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// How long the reader may wait for socket buffer space for its replies;
+/// past it, they wait for the next retry (the peer is not reading).
+const REPLY_WRITE_WAIT: Duration = Duration::from_millis(10);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves bytes half-written at worst; the
     // stream is still usable for an error close, so ignore poisoning.
-    shared.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+impl Shared {
+    fn owes(&self) -> bool {
+        lock(&self.owed).any()
+    }
+
+    /// Records the replies in `out` (frames the reader's connection queued:
+    /// Pongs and at most one Close) as owed.
+    fn owe(&self, out: &[u8], receiver: Role) {
+        let mut owed = lock(&self.owed);
+        let mut rest = out;
+        // invariant: `out` holds whole frames our own connection encoded.
+        while let Ok(ParsedHeader::Complete(h, n)) = frame::parse_header(rest, receiver, 0) {
+            let end = (n + h.payload_len as usize).min(rest.len());
+            let mut payload = rest[n..end].to_vec();
+            if let Some(key) = h.mask {
+                apply_mask(&mut payload, key, 0);
+            }
+            match h.opcode {
+                Opcode::Pong => owed.pong = Some(payload.into()),
+                Opcode::Close => owed.close = Some(payload.into()),
+                _ => {}
+            }
+            rest = &rest[end..];
+        }
+    }
+
+    /// Encodes what is owed into the write half (held by the caller), in
+    /// order: Pong, Ping, Close. Nothing goes out after our Close
+    /// (RFC 6455 §5.5.1).
+    fn encode_owed(&self, w: &mut WriteHalf) {
+        let owed = {
+            let mut owed = lock(&self.owed);
+            let close_sent = owed.close_sent;
+            std::mem::replace(
+                &mut *owed,
+                Owed {
+                    close_sent,
+                    ..Owed::default()
+                },
+            )
+        };
+        if w.conn.state() != State::Open {
+            return;
+        }
+        // Best effort: past max_output_buffer a Pong or Ping is dropped.
+        if let Some(p) = owed.pong {
+            let _ = w.conn.pong(&p);
+        }
+        if owed.ping {
+            let _ = w.conn.ping(b"");
+        }
+        if let Some(c) = owed.close {
+            w.conn.send_final_close(&c);
+        }
+    }
+
+    /// Runs `f` on the write half, sending owed replies before and after.
+    fn with_half<R>(&self, f: impl FnOnce(&mut WriteHalf) -> Result<R, Error>) -> Result<R, Error> {
+        let mut w = lock(&self.half);
+        if self.owes() {
+            self.encode_owed(&mut w);
+            self.write_replies(&mut w)?;
+        }
+        let result = f(&mut w);
+        drop(w);
+        self.hand_off();
+        result
+    }
+
+    /// Called after releasing `half`: sends replies the reader left while
+    /// it was held. A holder that is busy hands off in turn when it
+    /// releases, so nothing owed is left behind.
+    fn hand_off(&self) {
+        while self.owes() {
+            let Some(mut w) = try_lock(&self.half) else {
+                return;
+            };
+            self.encode_owed(&mut w);
+            if self.write_replies(&mut w).is_err() {
+                // The reader sees the failure on its side.
+                return;
+            }
+        }
+    }
+
+    /// Writes the write half's output, owed replies included. If the
+    /// peer is not reading (a write timeout), the rest stays queued and is
+    /// marked owed, so the reader retries it.
+    fn write_replies(&self, w: &mut WriteHalf) -> Result<(), Error> {
+        let result = write_out(&mut w.stream, &mut w.conn);
+        if matches!(&result, Err(Error::Io(e)) if is_timeout(e)) {
+            lock(&self.owed).unwritten = true;
+        }
+        result
+    }
+
+    /// The reader's attempt: never waits for the lock, and waits at most
+    /// [`REPLY_WRITE_WAIT`] for buffer space. Returns true if something is
+    /// still owed.
+    fn try_send_owed(&self) -> Result<bool, Error> {
+        if !self.owes() {
+            return Ok(false);
+        }
+        let Some(mut w) = try_lock(&self.half) else {
+            // The holder sends it when it releases the lock; the retry
+            // tick covers a holder that failed.
+            return Ok(true);
+        };
+        self.encode_owed(&mut w);
+        let w = &mut *w;
+        let before = w.stream.write_timeout()?;
+        w.stream.set_write_timeout(Some(REPLY_WRITE_WAIT))?;
+        let result = self.write_replies(w);
+        w.stream.set_write_timeout(before)?;
+        match result {
+            Ok(()) => Ok(self.owes()),
+            Err(Error::Io(e)) if is_timeout(&e) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// The receiving half of a split [`WebSocket`].
@@ -556,49 +816,59 @@ pub struct Reader {
     stream: TcpStream,
     conn: Connection,
     timers: Timers,
-    writer: Arc<Mutex<WriteHalf>>,
+    shared: Arc<Shared>,
 }
 
 impl Reader {
     /// Blocks until the next event; as [`WebSocket::read`]. Pongs and Close
-    /// replies are written through the writer's lock.
+    /// replies go out through the writer's socket: right away if the
+    /// [`Writer`] is idle, otherwise as soon as it finishes what it is
+    /// sending. The reader never waits for the writer, so events, timeouts
+    /// and keepalive keep working while a send is blocked on a peer that
+    /// stopped reading.
     ///
     /// # Errors
     ///
     /// As [`WebSocket::read`].
     pub fn read(&mut self) -> Result<Event, Error> {
-        let writer = Arc::clone(&self.writer);
-        let mut duty = |d: Duty, c: &mut Connection, _: &mut TcpStream| -> Result<(), Error> {
-            let mut w = lock(&writer);
-            let w = &mut *w;
+        let shared = Arc::clone(&self.shared);
+        if self.timers.close_sent.is_none() {
+            self.timers.close_sent = lock(&shared.owed).close_sent;
+        }
+        let receiver = match self.conn.role() {
+            Role::Client => Role::Server,
+            Role::Server => Role::Client,
+        };
+        let mut duty = |d: Duty, c: &mut Connection, _: &mut TcpStream| -> Result<Done, Error> {
             match d {
                 Duty::Flush => {
-                    let out = c.take_output();
-                    if out.is_empty() {
-                        return Ok(());
+                    if !c.pending_output().is_empty() {
+                        shared.owe(&c.take_output(), receiver);
                     }
-                    // Our replies (pong, close echo, error close) are only
-                    // sent while the writer has not closed (RFC 6455 §5.5.1).
-                    if w.conn.state() != State::Open {
-                        return Ok(());
-                    }
-                    if c.is_closed() {
-                        w.conn.mark_closed();
-                    }
-                    write_out(&mut w.stream, &mut w.conn)?;
-                    w.stream.write_all(&out)?;
-                    w.stream.flush()?;
-                    Ok(())
                 }
                 Duty::Ping => {
-                    w.conn.ping(b"")?;
-                    write_out(&mut w.stream, &mut w.conn)
+                    let mut owed = lock(&shared.owed);
+                    if let Some(sent) = owed.close_sent {
+                        return Ok(Done::Closing(sent));
+                    }
+                    owed.ping = true;
                 }
                 Duty::GiveUp => {
-                    let _ = w.conn.close(CloseCode::INTERNAL_ERROR, "keepalive timeout");
-                    write_out(&mut w.stream, &mut w.conn)
+                    let frame = close::encode_close_frame(
+                        CloseCode::INTERNAL_ERROR,
+                        "keepalive timeout",
+                        None,
+                    );
+                    // The payload: past the 2-byte header of an unmasked
+                    // frame under 126 bytes (the writer masks its own).
+                    lock(&shared.owed).close = Some(frame.slice(2..));
                 }
             }
+            Ok(if shared.try_send_owed()? {
+                Done::Owed
+            } else {
+                Done::Sent
+            })
         };
         read_event(
             &mut self.conn,
@@ -624,23 +894,24 @@ impl Reader {
 /// threads can send (each message is written whole under a lock).
 #[derive(Debug, Clone)]
 pub struct Writer {
-    shared: Arc<Mutex<WriteHalf>>,
+    shared: Arc<Shared>,
 }
 
 impl Writer {
-    /// Sends a message.
+    /// Sends a message, after any Pong or Close the [`Reader`] owes.
     ///
     /// # Errors
     ///
     /// As [`WebSocket::send`].
     pub fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
-        let mut w = lock(&self.shared);
-        let w = &mut *w;
-        match message.into() {
-            Message::Text(t) => w.conn.send_text(&t)?,
-            Message::Binary(b) => w.conn.send_binary(&b)?,
-        }
-        write_out(&mut w.stream, &mut w.conn)
+        let message = message.into();
+        self.shared.with_half(|w| {
+            match &message {
+                Message::Text(t) => w.conn.send_text(t)?,
+                Message::Binary(b) => w.conn.send_binary(b)?,
+            }
+            write_out(&mut w.stream, &mut w.conn)
+        })
     }
 
     /// Sends a Ping.
@@ -649,10 +920,10 @@ impl Writer {
     ///
     /// As [`WebSocket::ping`].
     pub fn ping(&self, payload: &[u8]) -> Result<(), Error> {
-        let mut w = lock(&self.shared);
-        let w = &mut *w;
-        w.conn.ping(payload)?;
-        write_out(&mut w.stream, &mut w.conn)
+        self.shared.with_half(|w| {
+            w.conn.ping(payload)?;
+            write_out(&mut w.stream, &mut w.conn)
+        })
     }
 
     /// Starts the closing handshake; the [`Reader`] returns the peer's answer.
@@ -661,9 +932,13 @@ impl Writer {
     ///
     /// As [`WebSocket::close`].
     pub fn close(&self, code: CloseCode, reason: &str) -> Result<(), Error> {
-        let mut w = lock(&self.shared);
-        let w = &mut *w;
-        w.conn.close(code, reason)?;
-        write_out(&mut w.stream, &mut w.conn)
+        self.shared.with_half(|w| {
+            let was_open = w.conn.state() == State::Open;
+            w.conn.close(code, reason)?;
+            if was_open {
+                lock(&self.shared.owed).close_sent = Some(Instant::now());
+            }
+            write_out(&mut w.stream, &mut w.conn)
+        })
     }
 }

@@ -414,3 +414,353 @@ fn peer_close_through_split_reader_blocks_the_writer() {
     );
     server.join().unwrap().unwrap();
 }
+
+/// Runs `f` on a thread and waits at most `bound` for it: a deadlock fails
+/// the test instead of hanging it.
+fn within<T: Send + 'static>(bound: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(bound)
+        .unwrap_or_else(|_| panic!("not done within {bound:?} (deadlock?)"))
+}
+
+/// One side of `split_peers_sending_40_mib_each_way_complete`: sends 40
+/// messages of 1 MiB (with a Ping after each) while reading the other
+/// side's 40, then closes (the client first).
+fn send_and_read_40_mib(ws: WebSocket<TcpStream>) -> Result<usize, Error> {
+    // Socket timeouts only bound the old code's deadlock.
+    ws.get_ref().set_read_timeout(Some(LIMIT * 3))?;
+    ws.get_ref().set_write_timeout(Some(LIMIT * 3))?;
+    let client = ws.connection().role() == wsproto::Role::Client;
+    let (mut reader, writer) = ws.split()?;
+    let sender = thread::spawn(move || -> Result<blocking::Writer, Error> {
+        let big = Bytes::from(vec![7u8; 1 << 20]);
+        for _ in 0..40 {
+            writer.send(big.clone())?;
+            writer.ping(b"p")?;
+        }
+        Ok(writer)
+    });
+    let mut got = 0;
+    while got < 40 {
+        match reader.read()? {
+            Event::Binary(b) => {
+                assert_eq!(b.len(), 1 << 20);
+                got += 1;
+            }
+            Event::Ping(_) | Event::Pong(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let writer = sender.join().unwrap()?;
+    // A closing handshake, so neither side resets the other's last bytes.
+    if client {
+        writer.close(CloseCode::NORMAL, "")?;
+    }
+    while !matches!(reader.read()?, Event::Close(_)) {}
+    Ok(got)
+}
+
+#[test]
+fn split_peers_sending_40_mib_each_way_complete() {
+    // Each writer blocks until the other side reads; with readers that
+    // waited for their own writer's lock, neither side read again.
+    let (url, server) = serve(Config::default(), |ws| send_and_read_40_mib(ws?));
+    let client = within(LIMIT * 6, move || {
+        let (ws, _) = blocking::connect(&url)?;
+        send_and_read_40_mib(ws)
+    });
+    assert_eq!(client.unwrap(), 40);
+    assert_eq!(server.join().unwrap().unwrap(), 40);
+}
+
+/// A server whose split writer is blocked in `send` (holding the socket)
+/// on a client that never reads: `test` gets the reader once that is so,
+/// and `peer` the client (which can still send) at the same moment.
+fn with_blocked_writer<T: Send + 'static>(
+    test: impl FnOnce(&mut blocking::Reader) -> T + Send + 'static,
+    peer: impl FnOnce(&mut WebSocket<TcpStream>) + Send + 'static,
+) -> T {
+    use std::sync::mpsc;
+    let (blocked_tx, blocked_rx) = mpsc::channel();
+    let (url, server) = serve(Config::default(), move |ws| {
+        let mut ws = ws.unwrap();
+        // Bounds how long the old code's reader waited for the lock.
+        ws.set_write_timeout(Some(Duration::from_secs(8))).unwrap();
+        let (mut reader, writer) = ws.split().unwrap();
+        let flood = thread::spawn(move || {
+            // More than loopback socket buffers can ever hold (4 MiB send
+            // + 32 MiB receive here), so no window update the peer's own
+            // frames carry lets it finish. (Untouched zero pages: only the
+            // encoded copy costs memory.)
+            let _ = writer.send(vec![0u8; 40 << 20]);
+        });
+        thread::sleep(Duration::from_millis(500));
+        blocked_tx.send(()).unwrap();
+        let out = test(&mut reader);
+        (out, flood)
+    });
+    // The peer can take the 40 MiB message in one frame, once it reads.
+    let request = wsproto::handshake::ClientRequest::from_url(&url).unwrap();
+    let stream = TcpStream::connect(request.address()).unwrap();
+    let config = Config::default().max_frame_size(64 << 20);
+    let (mut ws, _) = blocking::client(stream, &request, config).unwrap();
+    blocked_rx.recv_timeout(LIMIT).unwrap();
+    peer(&mut ws);
+    let (out, flood) = server.join().unwrap();
+    drop(ws); // the blocked send fails now
+    flood.join().unwrap();
+    out
+}
+
+#[test]
+fn split_reader_returns_a_close_while_its_writer_is_blocked() {
+    let (event, waited) = with_blocked_writer(
+        |reader| {
+            let start = Instant::now();
+            (reader.read(), start.elapsed())
+        },
+        |peer| {
+            thread::sleep(Duration::from_millis(300));
+            peer.close(CloseCode::GOING_AWAY, "leaving").unwrap();
+        },
+    );
+    assert!(
+        matches!(&event, Ok(Event::Close(f)) if f.code == CloseCode::GOING_AWAY && f.reason == "leaving"),
+        "{event:?}"
+    );
+    // The Close arrives ~300 ms after the reader starts; the old reader
+    // waited for the writer's 8 s write timeout.
+    eprintln!("WAITED {waited:?} {event:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+}
+
+#[test]
+fn split_reader_timers_fire_while_its_writer_is_blocked() {
+    // The peer's Ping leaves a Pong owed that cannot go out; the reader
+    // still returns the Ping, then its idle timeout fires on time.
+    let (ping, idle) = with_blocked_writer(
+        |reader| {
+            reader.set_idle_timeout(Some(Duration::from_millis(400)));
+            let start = Instant::now();
+            let ping = (reader.read(), start.elapsed());
+            let start = Instant::now();
+            let idle = (reader.read(), start.elapsed());
+            (ping, idle)
+        },
+        |peer| {
+            thread::sleep(Duration::from_millis(200));
+            peer.ping(b"hi").unwrap();
+        },
+    );
+    assert!(
+        matches!(&ping.0, Ok(Event::Ping(p)) if &p[..] == b"hi"),
+        "{ping:?}"
+    );
+    assert!(ping.1 < Duration::from_secs(2), "{ping:?}");
+    assert!(
+        matches!(&idle.0, Err(Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)),
+        "{idle:?}"
+    );
+    assert!(
+        idle.1 >= Duration::from_millis(350) && idle.1 < Duration::from_secs(2),
+        "{idle:?}"
+    );
+
+    // Keepalive: the ping cannot go out either; the pong deadline still
+    // ends the read on time.
+    let (result, elapsed) = with_blocked_writer(
+        |reader| {
+            reader.set_keepalive(Duration::from_millis(200), Duration::from_millis(300));
+            let start = Instant::now();
+            (reader.read(), start.elapsed())
+        },
+        |_| {},
+    );
+    assert!(matches!(result, Err(Error::PongTimeout(_))), "{result:?}");
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+}
+
+#[test]
+fn split_writer_sends_the_pong_the_reader_owed() {
+    // The Pong owed while the writer was busy goes out when it is done:
+    // here the writer is busy with a 4 MiB message the peer reads only
+    // after it has sent its Ping.
+    let (url, server) = serve(Config::default(), |ws| -> Result<Event, Error> {
+        let (mut reader, writer) = ws?.split()?;
+        let sender = thread::spawn(move || writer.send(vec![1u8; 4 << 20]));
+        let ping = reader.read()?;
+        sender.join().unwrap()?;
+        Ok(ping)
+    });
+    let mut ws = connect(&url);
+    thread::sleep(Duration::from_millis(300));
+    ws.ping(b"owed").unwrap();
+    assert!(matches!(ws.read().unwrap(), Event::Binary(b) if b.len() == 4 << 20));
+    assert!(matches!(ws.read().unwrap(), Event::Pong(p) if &p[..] == b"owed"));
+    assert!(matches!(server.join().unwrap(), Ok(Event::Ping(_))));
+}
+
+#[test]
+fn keepalive_after_close_waits_for_the_peers_close() {
+    // The peer answers our Close after 300 ms: three ping intervals, well
+    // inside the 2 s deadline.
+    let slow_peer = |url: String| {
+        let mut ws = connect(&url);
+        thread::sleep(Duration::from_millis(300));
+        ws.read() // our Close; the library echoes it
+    };
+    let (url, server) = serve(Config::default(), |ws| {
+        let mut ws = ws.unwrap();
+        ws.set_keepalive(Duration::from_millis(100), Duration::from_secs(2));
+        ws.close(CloseCode::NORMAL, "bye").unwrap();
+        ws.read()
+    });
+    assert!(matches!(slow_peer(url), Ok(Event::Close(f)) if f.reason == "bye"));
+    let answer = server.join().unwrap();
+    assert!(
+        matches!(&answer, Ok(Event::Close(f)) if f.code == CloseCode::NORMAL && f.reason == "bye"),
+        "the peer's Close (echoing our reason): {answer:?}"
+    );
+
+    // The same through a split socket.
+    let (url, server) = serve(Config::default(), |ws| {
+        let (mut reader, writer) = ws.unwrap().split().unwrap();
+        reader.set_keepalive(Duration::from_millis(100), Duration::from_secs(2));
+        writer.close(CloseCode::NORMAL, "bye").unwrap();
+        reader.read()
+    });
+    assert!(slow_peer(url).is_ok());
+    let answer = server.join().unwrap();
+    assert!(matches!(&answer, Ok(Event::Close(_))), "{answer:?}");
+
+    // A peer that never answers: bounded by the deadline, not forever.
+    let (url, server) = serve(Config::default(), |ws| {
+        let mut ws = ws.unwrap();
+        ws.set_keepalive(Duration::from_millis(100), Duration::from_millis(500));
+        ws.close(CloseCode::NORMAL, "").unwrap();
+        let start = Instant::now();
+        (ws.read(), start.elapsed())
+    });
+    let silent = connect(&url);
+    let (result, elapsed) = server.join().unwrap();
+    assert!(
+        matches!(&result, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut),
+        "{result:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    drop(silent);
+}
+
+/// The `echo_server` example's binary, next to this test's in `target/`
+/// (`cargo test` builds the package's examples; `--test blocking` alone
+/// does not, and then the test says so and does nothing).
+fn echo_server_binary() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?; // target/<profile>/deps/..
+    let bin = dir.join("examples").join("echo_server");
+    bin.exists().then_some(bin)
+}
+
+#[test]
+fn echo_server_example_drops_silent_sockets_and_caps_connections() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let Some(bin) = echo_server_binary() else {
+        eprintln!("echo_server example not built (run `cargo test -p wsproto`): skipped");
+        return;
+    };
+    let mut server = Command::new(bin)
+        .args(["--addr", "127.0.0.1:0", "--handshake-timeout", "1.5"])
+        .args(["--max-connections", "3"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit("ws://").next().unwrap().to_string();
+    let silent = |addr: &str| {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        s
+    };
+    let closed_after = |mut s: TcpStream| {
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        // The server closes without an answer (or with a 4xx for a
+        // partial head); either way the stream ends.
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        start.elapsed()
+    };
+    // Three silent sockets fill the cap: a fourth is closed at once.
+    let held: Vec<_> = (0..3).map(|_| silent(&addr)).collect();
+    thread::sleep(Duration::from_millis(100));
+    let over = closed_after(silent(&addr));
+    // (Under the 1.5 s deadline that would close it if it had a slot.)
+    assert!(over < Duration::from_secs(1), "over the cap: {over:?}");
+    // The silent ones are dropped at the handshake deadline.
+    for s in held {
+        let t = closed_after(s);
+        assert!(t < Duration::from_secs(5), "silent socket held {t:?}");
+    }
+    // Their slots are free again, and a real client is served.
+    thread::sleep(Duration::from_millis(100));
+    let mut ws = connect(&format!("ws://{addr}/"));
+    ws.send("still here").unwrap();
+    assert!(matches!(ws.read().unwrap(), Event::Text(t) if t == "still here"));
+    ws.close(CloseCode::NORMAL, "").unwrap();
+    let _ = ws.read();
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn split_reader_owes_only_the_latest_pong() {
+    // 200 Pings while the writer is blocked: the reader returns each one
+    // and owes one Pong, for the latest (RFC 6455 §5.5.3), which goes out
+    // right after the message the writer was stuck on.
+    use std::sync::mpsc;
+    let (done_tx, done_rx) = mpsc::channel();
+    let pings = with_blocked_writer(
+        move |reader| {
+            let mut pings = 0;
+            while pings < 200 {
+                match reader.read() {
+                    Ok(Event::Ping(_)) => pings += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            done_tx.send(()).unwrap();
+            pings
+        },
+        move |peer| {
+            for i in 0..200 {
+                peer.ping(format!("{i}").as_bytes()).unwrap();
+            }
+            done_rx.recv_timeout(LIMIT).unwrap();
+            assert!(matches!(peer.read().unwrap(), Event::Binary(b) if b.len() == 40 << 20));
+            assert!(matches!(peer.read().unwrap(), Event::Pong(p) if &p[..] == b"199"));
+            peer.get_ref()
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            // Then nothing, or the end of the stream once the server's
+            // halves are dropped; no second Pong.
+            let next = peer.read();
+            assert!(
+                matches!(next, Err(Error::Io(_)) | Ok(Event::Close(_))),
+                "one Pong only: {next:?}"
+            );
+        },
+    );
+    assert_eq!(pings, 200);
+}
