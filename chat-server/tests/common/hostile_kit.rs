@@ -567,11 +567,17 @@ pub struct Healthy {
     stop: Arc<AtomicBool>,
     readers: Vec<JoinHandle<()>>,
     sent: u64,
+    /// When probes were in flight: (first sent, last due + 500 ms).
+    windows: Vec<(Instant, Instant)>,
+    /// Stalls of this test process itself: (when, how long), over 5 ms.
+    stalls: Arc<Mutex<Vec<(Instant, Duration)>>>,
 }
 
 /// What a probe run measured.
 #[derive(Debug)]
 pub struct ProbeReport {
+    /// The longest the test process itself could not run while probing.
+    pub worst_stall: Duration,
     pub sent: u64,
     pub received: usize,
     pub acked: usize,
@@ -612,22 +618,36 @@ impl Verdict {
         let r = h.report(Duration::from_secs(5));
         let sc = self.scenario;
         note!(
-            "{sc}: healthy probes sent {} received {} acked {} p50 {:?} p99 {:?} max {:?}",
+            "{sc}: healthy probes sent {} received {} acked {} p50 {:?} p99 {:?} max {:?} (test process stalled up to {:?})",
             r.sent,
             r.received,
             r.acked,
             r.p50,
             r.p99,
-            r.max
+            r.max,
+            r.worst_stall
         );
         self.check(
             r.received as u64 == r.sent && r.acked as u64 == r.sent,
             || format!("the healthy pair missed messages: {r:?}"),
         );
         let bound = p99_bound();
-        self.check(r.p99 < bound, || {
-            format!("healthy p99 {:?} over {bound:?}: {r:?}", r.p99)
-        });
+        // A p99 over the bound counts against the server unless this very
+        // process was itself kept off the CPU for half the bound or more
+        // while probing (a shared, overloaded machine); even then, 10x the
+        // bound is a failure.
+        let overloaded = r.worst_stall >= bound / 2;
+        if r.p99 >= bound && overloaded && r.p99 < bound * 10 {
+            note!(
+                "{sc}: p99 {:?} over {bound:?} NOT counted: the test process itself stalled {:?} (machine overloaded)",
+                r.p99,
+                r.worst_stall
+            );
+        } else {
+            self.check(r.p99 < bound, || {
+                format!("healthy p99 {:?} over {bound:?}: {r:?}", r.p99)
+            });
+        }
         for (who, s) in [&h.sender_nick, &h.receiver_nick].iter().zip(&h.seen) {
             let ended = s.lock().unwrap_or_else(|e| e.into_inner()).ended.clone();
             self.check(ended.is_none(), || {
@@ -686,15 +706,18 @@ impl Healthy {
         let r_writer = Arc::new(Mutex::new(r.stream.try_clone().expect("clone")));
         let stop = Arc::new(AtomicBool::new(false));
         let seen = [Arc::default(), Arc::default()];
-        let readers = [(s, &writer), (r, &r_writer)]
-            .into_iter()
-            .zip(&seen)
-            .map(|((ws, w), seen)| {
-                let (w, seen, stop) = (Arc::clone(w), Arc::clone(seen), Arc::clone(&stop));
-                let from = sender_nick.clone();
-                std::thread::spawn(move || read_loop(ws, &w, &seen, &stop, &from))
-            })
-            .collect();
+        let stalls = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = vec![canary(Arc::clone(&stop), Arc::clone(&stalls))];
+        let reader_threads =
+            [(s, &writer), (r, &r_writer)]
+                .into_iter()
+                .zip(&seen)
+                .map(|((ws, w), seen)| {
+                    let (w, seen, stop) = (Arc::clone(w), Arc::clone(seen), Arc::clone(&stop));
+                    let from = sender_nick.clone();
+                    std::thread::spawn(move || read_loop(ws, &w, &seen, &stop, &from))
+                });
+        readers.extend(reader_threads);
         Self {
             sender_nick,
             receiver_nick,
@@ -703,12 +726,17 @@ impl Healthy {
             stop,
             readers,
             sent: 0,
+            windows: Vec::new(),
+            stalls,
         }
     }
 
     /// Posts `n` probes, one every `every` (absolute schedule), on a thread.
     pub fn probe(&mut self, n: u64, every: Duration) -> JoinHandle<()> {
         let w = Arc::clone(&self.writer);
+        let now = Instant::now();
+        self.windows
+            .push((now, now + every * n as u32 + Duration::from_millis(500)));
         let first = self.sent;
         self.sent += n;
         std::thread::spawn(move || {
@@ -768,7 +796,17 @@ impl Healthy {
             let rank = ((q * all.len() as f64).ceil() as usize).clamp(1, all.len());
             all[rank - 1]
         };
+        let worst_stall = self
+            .stalls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(t, _)| self.windows.iter().any(|(a, b)| a <= t && t <= b))
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or_default();
         ProbeReport {
+            worst_stall,
             sent: self.sent,
             acked: counts[0],
             received: counts[1],
@@ -803,6 +841,27 @@ impl Drop for Healthy {
             let _ = r.join();
         }
     }
+}
+
+/// A thread that sleeps 2 ms at a time and records each oversleep past
+/// 5 ms: when this process cannot run, neither can the latency it measures,
+/// so a probe delayed during such a stall says the machine is overloaded,
+/// not that the server is slow.
+fn canary(stop: Arc<AtomicBool>, stalls: Arc<Mutex<Vec<(Instant, Duration)>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let tick = Duration::from_millis(2);
+        while !stop.load(Ordering::Acquire) {
+            let t = Instant::now();
+            std::thread::sleep(tick);
+            let over = t.elapsed().saturating_sub(tick);
+            if over > Duration::from_millis(5) {
+                let mut s = stalls.lock().unwrap_or_else(|e| e.into_inner());
+                if s.len() < 10_000 {
+                    s.push((t, over));
+                }
+            }
+        }
+    })
 }
 
 fn read_loop(
