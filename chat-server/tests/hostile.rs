@@ -1243,3 +1243,191 @@ fn hostile_http_requests_get_their_status() {
     }
     v.finish();
 }
+
+/// Replies the client asked for are bounded per reply, not exempt from the
+/// queue: a member that asks for 256 KiB `history` pages 40 times (the
+/// rate burst) and never reads is closed 1008 and dropped like any slow
+/// consumer, and the server's memory stays bounded (a reply exemption
+/// would turn `history` into a 10 MB-per-second amplifier).
+#[test]
+fn history_requests_that_are_never_read_are_closed_1008() {
+    let sc = "reply-flood";
+    let _serial = serial();
+    let server = Server::start(&["--rate-burst", "200", "--rate-per-sec", "200"]);
+    let watch = server.watch();
+    let mut healthy = Healthy::join(server.addr, "rf");
+    let (mut filler, _) = Ws::join(server.addr, "filler");
+    fill_history(&mut filler, &"漢".repeat(4096));
+    let (mut greedy, _) = Ws::join(server.addr, "greedy");
+    let asks: Vec<u8> = (0..40)
+        .flat_map(|_| text(r#"{"type":"history","limit":100}"#))
+        .collect();
+    let start = Instant::now();
+    greedy.send(&asks).unwrap();
+    let probes = healthy.probe_standard();
+    let left = healthy.wait_lefts(&["greedy".into()], start + Duration::from_secs(10))[0];
+    probes.join().unwrap();
+    let answer = greedy.expect_close(Instant::now() + Duration::from_secs(10));
+    let gone = matches!(answer, Answer::Dropped(_))
+        || greedy.expect_eof(Instant::now() + Duration::from_secs(5));
+    let after = left.map(|t| t - start);
+    note!("{sc}: 40 x 256 KiB history asked, never read: left after {after:?}, answer {answer:?} after {} replies, TCP gone {gone}", greedy.skipped);
+    let mut v = Verdict::new(sc);
+    v.check(after.is_some_and(|d| d < Duration::from_secs(5)), || {
+        format!("the greedy member was not dropped in 5 s: left {after:?}")
+    });
+    v.check(
+        matches!(answer, Answer::Close(1008, _) | Answer::Dropped(_)) && gone,
+        || format!("the greedy member got {answer:?}, TCP gone {gone}"),
+    );
+    v.healthy(&healthy);
+    let (peak, _) = watch.stop();
+    v.rss(peak, 64 * MIB);
+    v.finish();
+}
+
+/// Join/leave churn: four threads connect, join, close and start over for
+/// as long as the healthy probes run (at most 2,000 cycles each). Every
+/// session is cleaned up (the nicks are free again, the welcome lists only
+/// the healthy pair and the newcomer), the healthy pair keeps its latency,
+/// and threads and memory return to the baseline.
+#[test]
+fn join_leave_churn_leaks_nothing() {
+    let sc = "churn";
+    let _serial = serial();
+    let server = Server::start(&[]);
+    let mut healthy = Healthy::join(server.addr, "ch");
+    std::thread::sleep(Duration::from_millis(200));
+    let (base_rss, base_threads) = (server.rss_kib(), server.threads());
+    let watch = server.watch();
+    let addr = server.addr;
+    let probes = healthy.probe_standard();
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut bad = Vec::new();
+                let mut cycles = 0;
+                while cycles < 2000 && !stop.load(Ordering::Acquire) {
+                    let (mut ws, _) = Ws::join(addr, &format!("churn-{t}-{cycles}"));
+                    ws.send(&close_frame(1000, "bye")).unwrap();
+                    let a = ws.expect_close(Instant::now() + Duration::from_secs(5));
+                    if !matches!(a, Answer::Close(1000, _)) {
+                        bad.push(a);
+                    }
+                    cycles += 1;
+                }
+                (bad, cycles)
+            })
+        })
+        .collect();
+    probes.join().unwrap();
+    stop.store(true, Ordering::Release);
+    let mut bad = Vec::new();
+    let mut cycles = 0;
+    for w in workers {
+        let (b, c) = w.join().unwrap();
+        bad.extend(b);
+        cycles += c;
+    }
+    let took = start.elapsed();
+    let mut v = Verdict::new(sc);
+    v.check(bad.is_empty(), || {
+        format!(
+            "{} cycles ended badly: {:?}",
+            bad.len(),
+            &bad[..bad.len().min(5)]
+        )
+    });
+    v.healthy(&healthy);
+    // Every nick is free again.
+    let (mut again, w) = Ws::join(addr, "CHURN-3-0");
+    let users = w["users"].as_array().map_or(0, Vec::len);
+    v.check(users == 3, || {
+        format!("the welcome after the churn lists {users} users: {w}")
+    });
+    let _ = again.send(&close_frame(1000, ""));
+    let settle = Instant::now() + Duration::from_secs(5);
+    while server.threads() > base_threads + 2 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (after_rss, after_threads) = (server.rss_kib(), server.threads());
+    let (peak, _) = watch.stop();
+    note!(
+        "{sc}: {cycles} cycles in {took:?}; threads {base_threads} -> {after_threads}; RSS base {}, peak {}, after {}",
+        mib(base_rss), mib(peak), mib(after_rss)
+    );
+    v.check(after_threads <= base_threads + 2, || {
+        format!("threads {base_threads} -> {after_threads}")
+    });
+    v.check(after_rss < base_rss + 16 * MIB, || {
+        format!(
+            "RSS {} -> {} after the churn",
+            mib(base_rss),
+            mib(after_rss)
+        )
+    });
+    v.rss(peak, 64 * MIB);
+    v.finish();
+}
+
+/// A message left unfinished: 1,000 members each send a 60 KiB non-final
+/// text fragment and hold it. The server keeps what it must (the partial
+/// message, at most `--max-message-bytes` each) and no more: RSS grows by
+/// at most 1.5 x the parked bytes, and the healthy pair is unaffected.
+/// (Nothing bounds how long a started message may stay unfinished: a client
+/// that answers Pings can hold one forever. See the report.)
+#[test]
+fn parked_partial_messages_cost_what_they_hold() {
+    let sc = "parked-fragments";
+    let _serial = serial();
+    let server = Server::start(&[]);
+    let mut healthy = Healthy::join(server.addr, "pk");
+    std::thread::sleep(Duration::from_millis(200));
+    let base_rss = server.rss_kib();
+    let watch = server.watch();
+    let addr = server.addr;
+    let probes = healthy.probe_standard();
+    const PARKED: usize = 60 << 10;
+    let groups = open_many(1000, 4, move |i| {
+        let (mut ws, _) = Ws::join(addr, &format!("park-{i}"));
+        ws.send(&frame(OP_TEXT, false, &vec![b'x'; PARKED]))?;
+        Ok(ws)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let held = server.rss_kib();
+    probes.join().unwrap();
+    let mut v = Verdict::new(sc);
+    v.healthy(&healthy);
+    // Still open: a parked message is not a violation.
+    let mut open = 0;
+    for g in &groups {
+        for (ws, _) in g {
+            let mut buf = [0u8; 1];
+            let _ = ws.stream.set_nonblocking(true);
+            match ws.stream.peek(&mut buf) {
+                Ok(0) => {}
+                Ok(_) => open += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+                Err(_) => {}
+            }
+        }
+    }
+    drop(groups);
+    let (peak, _) = watch.stop();
+    let parked_kib = (1000 * PARKED / 1024) as u64;
+    note!(
+        "{sc}: 1000 x {} KiB parked: RSS {} -> {} (peak {}), {open} still open",
+        PARKED / 1024,
+        mib(base_rss),
+        mib(held),
+        mib(peak)
+    );
+    v.check(open == 1000, || {
+        format!("only {open} of 1000 parked members still open")
+    });
+    v.rss(peak, base_rss + parked_kib * 3 / 2 + 16 * MIB);
+    v.finish();
+}
