@@ -170,6 +170,7 @@ fn ping_and_pong_floods_that_never_read_are_closed_1008_with_bounded_rss() {
     let (peak, _) = watch.stop();
     v.rss(peak, 64 * MIB);
     v.check(server.alive(), || "the server died".into());
+    v.quiet(&server);
     v.finish();
 }
 
@@ -258,6 +259,7 @@ fn control_frames_over_20_per_second_after_a_burst_of_40_are_closed_1008() {
     v.healthy(&healthy);
     let (peak, _) = watch.stop();
     v.rss(peak, 64 * MIB);
+    v.quiet(&server);
     v.finish();
 }
 
@@ -501,6 +503,7 @@ fn each_bad_frame_type_gets_its_close_code() {
     v.healthy(&healthy);
     let (peak, _) = watch.stop();
     v.rss(peak, 64 * MIB);
+    v.quiet(&server);
     v.finish();
 }
 
@@ -597,6 +600,7 @@ fn slow_and_non_reading_consumers_are_closed_1008_others_unaffected() {
     }
     let (peak, _) = watch.stop();
     v.rss(peak, 96 * MIB);
+    v.quiet(&server);
     v.finish();
 }
 
@@ -696,6 +700,7 @@ fn two_thousand_upgraded_sockets_that_never_join_get_1008_join_timeout() {
     v.healthy(&healthy);
     let (peak, _) = watch.stop();
     v.rss(peak, 32 * MIB);
+    v.quiet(&server);
     v.finish();
 }
 
@@ -832,6 +837,7 @@ fn two_thousand_unfinished_handshakes_are_dropped_without_leaking() {
             mib(after_rss)
         )
     });
+    v.quiet(&server);
     v.finish();
 }
 
@@ -877,6 +883,7 @@ fn a_burst_of_2000_connects_never_waits_for_a_syn_retransmit() {
             stalls.len()
         )
     });
+    v.quiet(&server);
     v.finish();
 }
 
@@ -976,6 +983,7 @@ fn garbage_pipelined_after_a_valid_join_gets_welcome_then_1002() {
     v.healthy(&healthy);
     let (peak, _) = watch.stop();
     v.rss(peak, 64 * MIB);
+    v.quiet(&server);
     v.finish();
 }
 
@@ -1113,6 +1121,7 @@ fn welcome_and_history_fit_256_kib_say_more_and_never_trip_the_queue() {
     v.healthy(&healthy);
     let (peak, _) = watch.stop();
     v.rss(peak, 64 * MIB);
+    v.quiet(&server);
     v.finish();
 }
 
@@ -1241,6 +1250,7 @@ fn hostile_http_requests_get_their_status() {
     if !status.contains(" 503 ") {
         v.fail(format!("over --max-connections: want 503, got {status:?}"));
     }
+    v.quiet(&server);
     v.finish();
 }
 
@@ -1283,6 +1293,7 @@ fn history_requests_that_are_never_read_are_closed_1008() {
     v.healthy(&healthy);
     let (peak, _) = watch.stop();
     v.rss(peak, 64 * MIB);
+    v.quiet(&server);
     v.finish();
 }
 
@@ -1370,6 +1381,7 @@ fn join_leave_churn_leaks_nothing() {
         )
     });
     v.rss(peak, 64 * MIB);
+    v.quiet(&server);
     v.finish();
 }
 
@@ -1389,16 +1401,17 @@ fn parked_partial_messages_cost_what_they_hold() {
     let base_rss = server.rss_kib();
     let watch = server.watch();
     let addr = server.addr;
-    let probes = healthy.probe_standard();
     const PARKED: usize = 60 << 10;
     let groups = open_many(1000, 4, move |i| {
         let (mut ws, _) = Ws::join(addr, &format!("park-{i}"));
         ws.send(&frame(OP_TEXT, false, &vec![b'x'; PARKED]))?;
         Ok(ws)
     });
-    std::thread::sleep(Duration::from_secs(1));
-    let held = server.rss_kib();
+    // Probe while the messages are parked (the join storm before it is
+    // the churn scenario's business).
+    let probes = healthy.probe_standard();
     probes.join().unwrap();
+    let held = server.rss_kib();
     let mut v = Verdict::new(sc);
     v.healthy(&healthy);
     // Still open: a parked message is not a violation.
@@ -1429,5 +1442,6 @@ fn parked_partial_messages_cost_what_they_hold() {
         format!("only {open} of 1000 parked members still open")
     });
     v.rss(peak, base_rss + parked_kib * 3 / 2 + 16 * MIB);
+    v.quiet(&server);
     v.finish();
 }

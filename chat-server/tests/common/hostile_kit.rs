@@ -41,6 +41,9 @@ pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     pub pid: u32,
+    /// What the server wrote to stderr after its address (the first 100
+    /// lines).
+    stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -70,14 +73,25 @@ impl Server {
             panic!("chat-server {args:?} did not print its address");
         };
         // Keep draining stderr so the server never blocks on a full pipe.
-        // With --quiet it only says something when it is in trouble (a
-        // panic, an accept error): pass that on.
+        // With --quiet it must not log per connection (issue 10 item 7), so
+        // whatever it says is kept for `Verdict::quiet` and passed on.
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let keep = Arc::clone(&stderr);
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 eprintln!("chat-server[{pid}]: {line}");
+                let mut k = keep.lock().unwrap_or_else(|e| e.into_inner());
+                if k.len() < 100 {
+                    k.push(line);
+                }
             }
         });
-        Self { child, addr, pid }
+        Self {
+            child,
+            addr,
+            pid,
+            stderr,
+        }
     }
 
     /// `VmRSS` in KiB (0 once the process is gone).
@@ -654,6 +668,30 @@ impl Verdict {
                 format!("healthy {who} was disconnected: {ended:?}")
             });
         }
+    }
+
+    /// The server, run with `--quiet`, logged nothing per connection (and
+    /// did not panic).
+    pub fn quiet(&mut self, server: &Server) {
+        // Let the reader thread catch up with the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        let lines = server
+            .stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        note!(
+            "{}: server stderr under --quiet: {} lines",
+            self.scenario,
+            lines.len()
+        );
+        self.check(lines.is_empty(), || {
+            format!(
+                "--quiet server wrote {} lines to stderr, first: {:?}",
+                lines.len(),
+                &lines[..lines.len().min(3)]
+            )
+        });
     }
 
     /// The server's peak RSS stayed under `bound_kib`.
