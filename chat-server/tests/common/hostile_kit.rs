@@ -18,7 +18,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_chat-server");
+/// The server under test: this build's binary, or `HOSTILE_SERVER_BIN`
+/// (e.g. a release build, to tell a debug-build cost from a real one).
+fn server_bin() -> String {
+    std::env::var("HOSTILE_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_chat-server").to_owned())
+}
 
 /// Prints one measurement line; `cargo test -- --nocapture` shows them.
 macro_rules! note {
@@ -49,7 +54,7 @@ pub struct Server {
 impl Server {
     /// Starts the binary on a free port with `--quiet` and `args`.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(server_bin())
             .args(["--addr", "127.0.0.1:0", "--quiet"])
             .args(args)
             .stdin(Stdio::null())
