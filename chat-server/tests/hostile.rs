@@ -1514,3 +1514,43 @@ fn rename_storm_in_a_crowded_room_keeps_latency() {
     v.quiet(&server);
     v.finish();
 }
+
+/// `who` amplification: five members ask for the online list of a crowded
+/// room 20 times a second each (and read the replies). Every reply
+/// serializes the whole list; the healthy pair keeps its latency and memory
+/// stays bounded. Same crowd sizes as the rename storm.
+#[test]
+fn who_storm_in_a_crowded_room_keeps_latency() {
+    let sc = "who-storm";
+    let _serial = serial();
+    let server = Server::start(&[]);
+    let mut healthy = Healthy::join(server.addr, "ws");
+    let addr = server.addr;
+    let members = if cfg!(debug_assertions) { 300 } else { 1000 };
+    // Long nicks make the list as heavy as it gets: 32 characters each.
+    let crowd = open_many(members, 4, move |i| {
+        Ok(Ws::join(addr, &format!("{i:0>4}-{}", "w".repeat(27))).0)
+    });
+    let watch = server.watch();
+    let askers: Vec<Spammer> = (0..5)
+        .map(|i| {
+            Spammer::sending(
+                addr,
+                &format!("asker-{i}"),
+                &json!({"type": "who"}),
+                Duration::from_millis(50),
+            )
+        })
+        .collect();
+    let probes = healthy.probe_standard();
+    probes.join().unwrap();
+    let mut v = Verdict::new(sc);
+    v.healthy(&healthy);
+    drop(askers);
+    let (peak, _) = watch.stop();
+    note!("{sc}: 5 x 20 who/s in a room of {}", members + 7);
+    drop(crowd);
+    v.rss(peak, 64 * MIB);
+    v.quiet(&server);
+    v.finish();
+}

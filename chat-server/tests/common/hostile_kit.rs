@@ -1030,11 +1030,18 @@ pub struct Spammer {
 }
 
 impl Spammer {
+    /// Posts a room message of `text_` every `every`.
     pub fn start(addr: SocketAddr, nick: &str, text_: &str, every: Duration) -> Self {
+        let msg = serde_json::json!({"type": "message", "text": text_});
+        Self::sending(addr, nick, &msg, every)
+    }
+
+    /// Sends the request `msg` every `every`.
+    pub fn sending(addr: SocketAddr, nick: &str, msg: &Value, every: Duration) -> Self {
         let (mut ws, _) = Ws::join(addr, nick);
         let mut w = ws.stream.try_clone().expect("clone");
         let stop = Arc::new(AtomicBool::new(false));
-        let msg = text(&serde_json::json!({"type": "message", "text": text_}).to_string());
+        let msg = text(&msg.to_string());
         let s1 = Arc::clone(&stop);
         let writer = std::thread::spawn(move || {
             let start = Instant::now();
