@@ -1,17 +1,24 @@
 //! Hostile clients against the real binary (issue 10, "Then go further").
 //!
 //! Each scenario starts its own `chat-server` child process on 127.0.0.1
-//! (port 0, `--quiet`), attacks it with raw TCP clients, and asserts three
-//! things:
+//! (port 0, `--quiet`), attacks it with raw TCP clients, and asserts:
 //!
 //! 1. the server's RSS (`VmRSS` of `/proc/<pid>/status`, sampled every
 //!    20 ms) stays under the bound stated in the scenario;
 //! 2. a healthy pair in the room keeps working: 50 probes at 20/s all reach
 //!    both the receiver and the sender (its ack), p99 latency of the 100
-//!    samples under 50 ms (`HOSTILE_P99_MS` raises it on a machine known to
-//!    be overloaded);
+//!    samples under 50 ms. A miss is not counted when the machine was
+//!    overloaded meanwhile: the test process (a canary thread) or one of
+//!    the server's threads (`/proc/<pid>/task/*/schedstat`) waited 25 ms or
+//!    more for a CPU; it still fails past 500 ms;
 //! 3. the hostile client gets a defined answer: a close code, an HTTP
-//!    status, or TCP dropped within a stated time.
+//!    status, or TCP dropped within a stated time;
+//! 4. the `--quiet` server writes nothing to stderr (no per-connection log
+//!    line, no panic).
+//!
+//! Scenarios run one at a time (about 70 s for the file on two cores).
+//! `HOSTILE_P99_MS` sets the latency bound; `HOSTILE_SERVER_BIN` runs the
+//! suite against another build of the server (e.g. release).
 //!
 //! Limits and answers are DESIGN.md "Limits and timeouts" and "Fan-out and
 //! slow clients", plus issue 10. Every socket read has a deadline and every
@@ -159,7 +166,7 @@ fn ping_and_pong_floods_that_never_read_are_closed_1008_with_bounded_rss() {
     abort.store(true, Ordering::Release);
     let _ = guard.join();
     probes.join().unwrap();
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     let lefts = healthy.wait_lefts(
         &["pinger".into(), "ponger".into()],
         Instant::now() + Duration::from_secs(3),
@@ -256,7 +263,7 @@ fn control_frames_over_20_per_second_after_a_burst_of_40_are_closed_1008() {
         }
     }
     probes.join().unwrap();
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     let (peak, _) = watch.stop();
     v.rss(peak, 64 * MIB);
     v.quiet(&server);
@@ -500,7 +507,7 @@ fn each_bad_frame_type_gets_its_close_code() {
         ));
     }
     probes.join().unwrap();
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     let (peak, _) = watch.stop();
     v.rss(peak, 64 * MIB);
     v.quiet(&server);
@@ -578,7 +585,7 @@ fn slow_and_non_reading_consumers_are_closed_1008_others_unaffected() {
     stop.store(true, Ordering::Release);
     probes.join().unwrap();
     let mut v = Verdict::new(sc);
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     drop(spammers);
     for (nick, (client, left)) in slow.iter().zip(clients.into_iter().zip(&lefts)) {
         let (mut ws, how) = client.join().unwrap();
@@ -697,7 +704,7 @@ fn two_thousand_upgraded_sockets_that_never_join_get_1008_join_timeout() {
         *min >= Duration::from_millis(1900) && *max < Duration::from_secs(4),
         || format!("--join-timeout 2 closed the sentinels after {min:?}..{max:?}"),
     );
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     let (peak, _) = watch.stop();
     v.rss(peak, 32 * MIB);
     v.quiet(&server);
@@ -826,7 +833,7 @@ fn two_thousand_unfinished_handshakes_are_dropped_without_leaking() {
     v.check(after_threads <= base_threads + 2, || {
         format!("threads {base_threads} -> {after_threads} once every socket went")
     });
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     v.rss(peak, 128 * MIB);
     // glibc keeps up to 40 MiB of exited threads' stacks cached; past that,
     // memory must have gone back.
@@ -980,7 +987,7 @@ fn garbage_pipelined_after_a_valid_join_gets_welcome_then_1002() {
         }
     }
     probes.join().unwrap();
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     let (peak, _) = watch.stop();
     v.rss(peak, 64 * MIB);
     v.quiet(&server);
@@ -1118,7 +1125,7 @@ fn welcome_and_history_fit_256_kib_say_more_and_never_trip_the_queue() {
             Err(a) => v.fail(format!("{kind}: history request answered {a:?}")),
         }
     }
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     let (peak, _) = watch.stop();
     v.rss(peak, 64 * MIB);
     v.quiet(&server);
@@ -1290,7 +1297,7 @@ fn history_requests_that_are_never_read_are_closed_1008() {
         matches!(answer, Answer::Close(1008, _) | Answer::Dropped(_)) && gone,
         || format!("the greedy member got {answer:?}, TCP gone {gone}"),
     );
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     let (peak, _) = watch.stop();
     v.rss(peak, 64 * MIB);
     v.quiet(&server);
@@ -1352,7 +1359,7 @@ fn join_leave_churn_leaks_nothing() {
             &bad[..bad.len().min(5)]
         )
     });
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     // Every nick is free again.
     let (mut again, w) = Ws::join(addr, "CHURN-3-0");
     let users = w["users"].as_array().map_or(0, Vec::len);
@@ -1413,7 +1420,7 @@ fn parked_partial_messages_cost_what_they_hold() {
     probes.join().unwrap();
     let held = server.rss_kib();
     let mut v = Verdict::new(sc);
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     // Still open: a parked message is not a violation.
     let mut open = 0;
     for g in &groups {
@@ -1502,7 +1509,7 @@ fn rename_storm_in_a_crowded_room_keeps_latency() {
     let renames: u32 = renamers.into_iter().map(|r| r.join().unwrap().1).sum();
     let took = start.elapsed();
     let mut v = Verdict::new(sc);
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     let (peak, _) = watch.stop();
     note!(
         "{sc}: {renames} renames in {took:?} fanned out to {} members ({:.0} notices/s)",
@@ -1545,7 +1552,7 @@ fn who_storm_in_a_crowded_room_keeps_latency() {
     let probes = healthy.probe_standard();
     probes.join().unwrap();
     let mut v = Verdict::new(sc);
-    v.healthy(&healthy);
+    v.healthy(&healthy, &server);
     drop(askers);
     let (peak, _) = watch.stop();
     note!("{sc}: 5 x 20 who/s in a room of {}", members + 7);
