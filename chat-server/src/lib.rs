@@ -235,6 +235,7 @@ impl Server {
     /// When the address cannot be bound or a thread cannot start.
     pub fn bind(config: Config) -> io::Result<Self> {
         let listener = TcpListener::bind(config.addr)?;
+        sys::set_backlog(&listener, 4096)?;
         listener.set_nonblocking(true)?;
         let reactors = (0..config.reactor_threads.max(1))
             .map(|_| reactor::Reactor::new())

@@ -139,6 +139,19 @@ pub(crate) fn send_iov(fd: &impl AsRawFd, bufs: &[&Bytes]) -> io::Result<usize> 
     }
 }
 
+/// Re-arms a listening socket with a backlog of `n` (Linux caps it at
+/// `net.core.somaxconn`): std listens with 128, which a burst of connects
+/// overflows while the acceptor starts handshake threads, and each connect
+/// that finds the queue full waits for a SYN retransmit (1 s).
+pub(crate) fn set_backlog(listener: &std::net::TcpListener, n: libc::c_int) -> io::Result<()> {
+    // SAFETY: listen(2) on a socket that is already listening only updates
+    // its backlog; the descriptor is valid for the borrow.
+    if unsafe { libc::listen(listener.as_raw_fd(), n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The open-file limit as (soft, hard).
 pub(crate) fn fd_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
