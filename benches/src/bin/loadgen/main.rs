@@ -222,6 +222,8 @@ struct Tally {
     epoch: Instant,
     senders: usize,
     hist: Hist,
+    /// False once the results are taken (the slow clients' backlog is not counted).
+    counting: bool,
     /// Text messages of any kind received (progress, for waits).
     texts: u64,
     /// Messages of this run received (each sender's sequence, in order).
@@ -255,6 +257,9 @@ impl Tally {
         self.texts += 1;
         let kind = top_type(t);
         if kind == b"message" {
+            if !self.counting {
+                return;
+            }
             if let Some(p) = find(t, br#""text":""#) {
                 match parse_head(&t[p + 8..]) {
                     Some((ns, s, seq)) if s < self.senders => {
@@ -405,6 +410,7 @@ impl Gen {
                 senders: o.senders,
                 hist: Hist::new(),
                 texts: 0,
+                counting: true,
                 received: 0,
                 in_window: 0,
                 window_open: false,
@@ -851,6 +857,7 @@ fn run(o: &Opts) -> io::Result<()> {
     let drained = secs(start.elapsed()) - elapsed;
 
     // Slow clients: read what they were sent, see how they were closed.
+    g.tally.counting = false;
     if o.slow > 0 {
         for i in recipients..o.clients {
             if let Some(s) = &g.clients[i].stream {
@@ -1002,6 +1009,7 @@ mod tests {
             senders: 2,
             hist: Hist::new(),
             texts: 0,
+            counting: true,
             received: 0,
             in_window: 0,
             window_open: true,
