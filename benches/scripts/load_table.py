@@ -27,9 +27,24 @@ def good(key, server):
     return [r for r in runs(key, server) if r.get("flagged", "0") == "0"]
 
 
+def vals(key, server, field):
+    return [float(r[field]) for r in good(key, server) if field in r]
+
+
 def med(key, server, field):
-    vals = [float(r[field]) for r in good(key, server) if field in r]
-    return statistics.median(vals) if vals else None
+    v = vals(key, server, field)
+    return statistics.median(v) if v else None
+
+
+def spread(key, server, field, unit="", digits=0):
+    """The median, with the range over the runs when there is more than one."""
+    v = vals(key, server, field)
+    if not v:
+        return "–"
+    m = f"{statistics.median(v):,.{digits}f}{unit}"
+    if len(v) > 1 and min(v) != max(v):
+        m += f" ({min(v):,.{digits}f}–{max(v):,.{digits}f})"
+    return m
 
 
 def ends(key, server):
@@ -45,7 +60,8 @@ def ends(key, server):
         for r in rs:
             d = dict(e.rsplit(":", 1) for e in r["ends"].split(",")) if r.get("ends", "-") != "-" else {}
             counts.append(int(d.get(k, 0)))
-        out.append(f"{k.replace('_', ' ')}: {statistics.median(counts):,.0f}")
+        if statistics.median(counts) or max(counts):
+            out.append(f"{k.replace('_', ' ')}: {statistics.median(counts):,.0f} ({min(counts):,}–{max(counts):,})")
     return ", ".join(out) if out else "none"
 
 
@@ -71,17 +87,21 @@ def ratio(key, field, better_low):
     a, b = med(key, "node", field), med(key, "chat-server", field)
     if a is None or b is None or a == 0:
         return "–"
+    if field.endswith("_ms") and (med(key, "node", "lost") or med(key, "chat-server", "lost")):
+        return "– (messages lost: latency of the delivered only)"
     return f"{b / a:.2f}×"
 
 
 def lost(key, server):
     lo, ex = med(key, server, "lost"), med(key, server, "expected")
     pct = 100 * lo / ex if ex else 0
-    return f"{lo:,.0f} of {ex:,.0f}" + (f" ({pct:.1f}%)" if lo else "")
+    v = vals(key, server, "lost")
+    rng = f", runs {min(v):,.0f}–{max(v):,.0f}" if len(v) > 1 and min(v) != max(v) else ""
+    return f"{lo:,.0f} of {ex:,.0f}" + (f" ({pct:.1f}%{rng})" if lo else rng)
 
 
 def lat(key, server):
-    return f"p50 {num(med(key, server, 'p50_ms'), ' ms', 2)}, p99 {num(med(key, server, 'p99_ms'), ' ms', 1)}"
+    return f"p50 {num(med(key, server, 'p50_ms'), ' ms', 2)}, p99 {spread(key, server, 'p99_ms', ' ms', 1)}"
 
 
 def gen(key, server):
@@ -93,6 +113,14 @@ def gen(key, server):
     if key.startswith(("storm", "idle")) and join:
         out += f"; {statistics.median(join):.0f}% while joining"
     return out
+
+
+def waits(key, server):
+    w = [float(r["srv_wait_pct"]) for r in runs(key, server) if "srv_wait_pct" in r]
+    g = [float(r["gen_wait_pct"]) for r in runs(key, server) if "gen_wait_pct" in r]
+    if not w and not g:
+        return "–"
+    return f"server {max(w, default=0):.0f}%, generator {max(g, default=0):.0f}%"
 
 
 def clients(key):
@@ -110,13 +138,13 @@ TITLES = {
 
 METRICS = {
     "fanout": [
-        ("server CPU per delivery", lambda k, s: num(med(k, s, "srv_us_per_deliv"), " µs", 2), ("srv_us_per_deliv", True)),
+        ("server CPU per delivery", lambda k, s: spread(k, s, "srv_us_per_deliv", " µs", 2), ("srv_us_per_deliv", True)),
         ("server CPU (kernel share)", lambda k, s: f"{num(med(k, s, 'srv_cpu_pct'), '%')} ({num(med(k, s, 'srv_kernel_pct'), '%')} kernel)", None),
         ("latency", lat, ("p99_ms", True)),
         ("lost", lost, None),
     ],
     "saturation": [
-        ("deliveries/s", lambda k, s: num(med(k, s, "deliv_s")), ("deliv_s", False)),
+        ("deliveries/s", lambda k, s: spread(k, s, "deliv_s"), ("deliv_s", False)),
         ("server CPU per delivery", lambda k, s: num(med(k, s, "srv_us_per_deliv"), " µs", 2), ("srv_us_per_deliv", True)),
         ("latency", lat, ("p99_ms", True)),
         ("lost", lost, None),
@@ -130,7 +158,7 @@ METRICS = {
     ],
     "idle": [
         ("welcomed", lambda k, s: num(med(k, s, "welcomed")), None),
-        ("server RSS per idle connection", lambda k, s: num(med(k, s, "rss_per_conn_kib"), " KiB", 2), ("rss_per_conn_kib", True)),
+        ("server RSS per idle connection", lambda k, s: spread(k, s, "rss_per_conn_kib", " KiB", 2), ("rss_per_conn_kib", True)),
         ("latency", lat, ("p99_ms", True)),
         ("lost", lost, None),
     ],
@@ -149,7 +177,8 @@ print("|---|---|---|---|---|")
 for k in keys:
     title = TITLES.get(k, k).format(n=clients(k))
     metrics = METRICS.get(k.rstrip("0123456789"), METRICS["fanout"])
-    for i, (name, fmt, rat) in enumerate(metrics + [("generator CPU", gen, None)]):
-        cells = [cell(k, s, fmt) if name != "generator CPU" else gen(k, s) for s in SERVERS]
+    extra = [("generator CPU", gen, None), ("waited for a core, worst run (server: sum over its threads, its own included)", waits, None)]
+    for i, (name, fmt, rat) in enumerate(metrics + extra):
+        cells = [fmt(k, s) if (name, fmt, rat) in extra else cell(k, s, fmt) for s in SERVERS]
         r = ratio(k, rat[0], rat[1]) if rat else ""
         print(f"| {title if i == 0 else ''} | {name} | {cells[0]} | {cells[1]} | {r} |")

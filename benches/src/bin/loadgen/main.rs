@@ -718,6 +718,7 @@ fn run(o: &Opts) -> io::Result<()> {
         o.sources
     );
     let gen_start = sys::proc_sample("self");
+    let gen_wait_start = sys::run_queue_wait("self");
     let mut g = Gen::new(o)?;
     let recipients = o.clients - o.slow;
 
@@ -757,9 +758,13 @@ fn run(o: &Opts) -> io::Result<()> {
         (Some(a), Some(b)) => 100.0 * secs(b.cpu().saturating_sub(a.cpu())) / joined_secs.max(1e-9),
         _ => 0.0,
     };
+    let gen_join_wait = match (gen_wait_start, sys::run_queue_wait("self")) {
+        (Some(a), Some(b)) => 100.0 * secs(b.saturating_sub(a)) / joined_secs.max(1e-9),
+        _ => 0.0,
+    };
     println!(
-        "ramp {:.2} s; {} connected, {} welcomed, {} ended after {:.2} s (generator CPU {:.0}%)",
-        ramp_secs, g.tally.connected, g.tally.welcomed, g.tally.dead, joined_secs, gen_join_pct
+        "ramp {:.2} s; {} connected, {} welcomed, {} ended after {:.2} s (generator CPU {:.0}%, waited for its core {:.0}%)",
+        ramp_secs, g.tally.connected, g.tally.welcomed, g.tally.dead, joined_secs, gen_join_pct, gen_join_wait
     );
     // Slow clients stop reading once welcomed.
     for i in recipients..o.clients {
@@ -789,6 +794,10 @@ fn run(o: &Opts) -> io::Result<()> {
     // The measured window.
     let gen0 = sys::proc_sample("self");
     let srv0 = server();
+    let wait0 = (
+        sys::run_queue_wait("self"),
+        pid.as_deref().and_then(sys::run_queue_wait),
+    );
     let start = Instant::now();
     g.tally.window_open = true;
     let mut sent: u64 = 0;
@@ -838,6 +847,10 @@ fn run(o: &Opts) -> io::Result<()> {
     g.tally.window_open = false;
     let srv1 = server();
     let gen1 = sys::proc_sample("self");
+    let wait1 = (
+        sys::run_queue_wait("self"),
+        pid.as_deref().and_then(sys::run_queue_wait),
+    );
 
     // Drain what is in flight: until everything arrived, or no text at all
     // (presence included) for `drain` s, at most 6 × `drain` s.
@@ -908,7 +921,7 @@ fn run(o: &Opts) -> io::Result<()> {
     let mut r = String::new();
     let _ = write!(
         r,
-        "RESULT scenario={} server={} clients={} connected={} welcomed={} ended={} sent={sent} expected={expected} received={} lost={lost} deliv_s={deliv_s:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} ramp_s={ramp_secs:.2} joined_s={joined_secs:.2} gen_join_pct={gen_join_pct:.0} window_s={elapsed:.2}",
+        "RESULT scenario={} server={} clients={} connected={} welcomed={} ended={} sent={sent} expected={expected} received={} lost={lost} deliv_s={deliv_s:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} ramp_s={ramp_secs:.2} joined_s={joined_secs:.2} gen_join_pct={gen_join_pct:.0} gen_join_wait_pct={gen_join_wait:.0} window_s={elapsed:.2}",
         o.name, o.label, o.clients, t.connected, t.welcomed, t.dead, t.received,
         ms(h.quantile(0.5)), ms(h.quantile(0.99)), ms(h.max())
     );
@@ -954,18 +967,35 @@ fn run(o: &Opts) -> io::Result<()> {
         );
         let _ = write!(r, " rss_per_conn_kib={per:.2}");
     }
+    // Run-queue waits: on a shared machine another task may hold the core
+    // of the server or the generator; a starved generator delays sends and reads.
+    let waited = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (Some(a), Some(b)) => Some(100.0 * secs(b.saturating_sub(a)) / elapsed),
+        _ => None,
+    };
+    let gen_wait = waited(wait0.0, wait1.0).unwrap_or(0.0);
+    if let Some(w) = waited(wait0.1, wait1.1) {
+        println!("server threads waited for a core {w:.0}% of the window (other tasks on it)");
+        let _ = write!(r, " srv_wait_pct={w:.0}");
+    }
     if let (Some(a), Some(b)) = (gen0, gen1) {
         let pct = 100.0 * secs(b.cpu().saturating_sub(a.cpu())) / elapsed;
-        let flagged = pct > GEN_CPU_FLAG_PCT;
+        // Busy, or ready to run but kept off its core: either way it wanted
+        // more than `GEN_CPU_FLAG_PCT` of it.
+        let flagged = pct > GEN_CPU_FLAG_PCT || pct + gen_wait > GEN_CPU_FLAG_PCT;
         println!(
-            "generator CPU {pct:.0}% of its core over the window{}",
+            "generator CPU {pct:.0}% of its core over the window, waited for it {gen_wait:.0}%{}",
             if flagged {
                 ": FLAGGED, the generator may be the bottleneck; not a result"
             } else {
                 ""
             }
         );
-        let _ = write!(r, " gen_cpu_pct={pct:.0} flagged={}", u8::from(flagged));
+        let _ = write!(
+            r,
+            " gen_cpu_pct={pct:.0} gen_wait_pct={gen_wait:.0} flagged={}",
+            u8::from(flagged)
+        );
     }
     println!("{r}");
     Ok(())

@@ -71,6 +71,24 @@ pub fn proc_sample(who: &str) -> Option<ProcSample> {
     })
 }
 
+/// Time the threads of `/proc/<who>/` spent waiting on a run queue (ready
+/// but not running: another task had the core), summed over threads, from
+/// `task/*/schedstat` (second field, ns).
+pub fn run_queue_wait(who: &str) -> Option<Duration> {
+    let mut ns: u64 = 0;
+    for t in std::fs::read_dir(format!("/proc/{who}/task")).ok()? {
+        let path = t.ok()?.path().join("schedstat");
+        if let Ok(s) = std::fs::read_to_string(path) {
+            ns += s
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    Some(Duration::from_nanos(ns))
+}
+
 /// An epoll instance (level-triggered); the token of each fd is its client index.
 pub struct Epoll {
     fd: RawFd,
