@@ -110,6 +110,9 @@ def gen(key, server):
     if not vals:
         return "–"
     out = f"{statistics.median(vals):.0f}% (max {max(vals):.0f}%)"
+    demand = [float(r["gen_cpu_pct"]) + float(r.get("gen_wait_pct", 0)) for r in runs(key, server) if "gen_cpu_pct" in r]
+    if max(demand) > 90:
+        out += f", busy + waiting for its core up to {max(demand):.0f}%: near its limit"
     if key.startswith(("storm", "idle")) and join:
         out += f"; {statistics.median(join):.0f}% while joining"
     return out
