@@ -241,6 +241,8 @@ struct Tally {
     connected: usize,
     welcomed: usize,
     dead: usize,
+    /// Of the `dead`, those that had been welcomed.
+    dead_welcomed: usize,
     /// How connections ended: `close 1008`, `http 503`, `connect: ...`.
     ends: BTreeMap<String, u64>,
 }
@@ -421,6 +423,7 @@ impl Gen {
                 connected: 0,
                 welcomed: 0,
                 dead: 0,
+                dead_welcomed: 0,
                 ends: BTreeMap::new(),
             },
             buf: vec![0; 256 << 10],
@@ -433,9 +436,14 @@ impl Gen {
         })
     }
 
+    /// Clients that were welcomed or ended (or both).
+    fn settled(&self) -> usize {
+        self.tally.welcomed + self.tally.dead - self.tally.dead_welcomed
+    }
+
     /// Clients between connect and welcome.
     fn in_progress(&self) -> usize {
-        self.started - self.tally.welcomed - self.tally.dead
+        self.started.saturating_sub(self.settled())
     }
 
     fn start_connect(&mut self) {
@@ -487,6 +495,9 @@ impl Gen {
             return;
         }
         c.phase = Phase::Dead;
+        if c.welcomed {
+            self.tally.dead_welcomed += 1;
+        }
         c.stream = None; // closing the fd takes it out of epoll
         c.hs = None;
         c.conn = None;
@@ -741,7 +752,7 @@ fn run(o: &Opts) -> io::Result<()> {
     }
     let ramp_secs = secs(t0.elapsed());
     let ramp_end = Instant::now();
-    let everyone = |g: &Gen| g.tally.welcomed + g.tally.dead >= o.clients;
+    let everyone = |g: &Gen| g.settled() >= o.clients;
     if o.scenario == Scenario::Storm {
         let go = ramp_end + Duration::from_secs_f64(o.after_ramp);
         while Instant::now() < go || (!g.clients[0].welcomed && Instant::now() < join_deadline) {
@@ -1056,6 +1067,7 @@ mod tests {
             connected: 0,
             welcomed: 0,
             dead: 0,
+            dead_welcomed: 0,
             ends: BTreeMap::new(),
         };
         let mut next = [0u32; 2];
