@@ -145,12 +145,14 @@ METRICS = {
         ("server CPU (kernel share)", lambda k, s: f"{num(med(k, s, 'srv_cpu_pct'), '%')} ({num(med(k, s, 'srv_kernel_pct'), '%')} kernel)", None),
         ("latency", lat, ("p99_ms", True)),
         ("lost", lost, None),
+        ("deliveries per generator read", lambda k, s: spread(k, s, "deliv_per_read", "", 2), None),
     ],
     "saturation": [
         ("deliveries/s", lambda k, s: spread(k, s, "deliv_s"), ("deliv_s", False)),
-        ("server CPU per delivery", lambda k, s: num(med(k, s, "srv_us_per_deliv"), " µs", 2), ("srv_us_per_deliv", True)),
+        ("server CPU per delivery", lambda k, s: spread(k, s, "srv_us_per_deliv", " µs", 2), ("srv_us_per_deliv", True)),
         ("latency", lat, ("p99_ms", True)),
         ("lost", lost, None),
+        ("deliveries per generator read", lambda k, s: spread(k, s, "deliv_per_read", "", 2), None),
     ],
     "storm": [
         ("connected / welcomed", lambda k, s: f"{num(med(k, s, 'connected'))} / {num(med(k, s, 'welcomed'))}", None),

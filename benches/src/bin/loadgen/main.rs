@@ -230,6 +230,9 @@ struct Tally {
     received: u64,
     /// Of those, received while the window was open.
     in_window: u64,
+    /// Reads that returned data on open connections while the window was
+    /// open: deliveries per read show how much the server sends at once.
+    reads_in_window: u64,
     window_open: bool,
     /// Sequence numbers skipped (counted as they are found; `lost` is the total).
     gaps: u64,
@@ -415,6 +418,7 @@ impl Gen {
                 counting: true,
                 received: 0,
                 in_window: 0,
+                reads_in_window: 0,
                 window_open: false,
                 gaps: 0,
                 reordered: 0,
@@ -590,6 +594,9 @@ impl Gen {
                 }
                 Ok(n) => {
                     conn.receive(&self.buf[..n]);
+                    if self.tally.window_open {
+                        self.tally.reads_in_window += 1;
+                    }
                     if n < self.buf.len() {
                         break;
                     }
@@ -902,14 +909,15 @@ fn run(o: &Opts) -> io::Result<()> {
     let t = &g.tally;
     let lost = expected.saturating_sub(t.received);
     let deliv_s = t.in_window as f64 / elapsed;
+    let per_read = t.in_window as f64 / t.reads_in_window.max(1) as f64;
     let h = &t.hist;
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
         "sent {sent} in {elapsed:.2} s ({unsent} not sent: sender gone) to {recipients} recipients; drained {drained:.2} s more"
     );
     println!(
-        "received {} of {expected}: lost {lost} (sequence gaps seen {}, duplicates/out of order {}, stray {}), {:.0} deliveries/s in the window",
-        t.received, t.gaps, t.reordered, t.stray, deliv_s
+        "received {} of {expected}: lost {lost} (sequence gaps seen {}, duplicates/out of order {}, stray {}), {:.0} deliveries/s in the window, {:.2} per read",
+        t.received, t.gaps, t.reordered, t.stray, deliv_s, per_read
     );
     println!(
         "latency ms: p50 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3} ({} samples)",
@@ -932,7 +940,7 @@ fn run(o: &Opts) -> io::Result<()> {
     let mut r = String::new();
     let _ = write!(
         r,
-        "RESULT scenario={} server={} clients={} connected={} welcomed={} ended={} sent={sent} expected={expected} received={} lost={lost} deliv_s={deliv_s:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} ramp_s={ramp_secs:.2} joined_s={joined_secs:.2} gen_join_pct={gen_join_pct:.0} gen_join_wait_pct={gen_join_wait:.0} window_s={elapsed:.2}",
+        "RESULT scenario={} server={} clients={} connected={} welcomed={} ended={} sent={sent} expected={expected} received={} lost={lost} deliv_s={deliv_s:.0} deliv_per_read={per_read:.2} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} ramp_s={ramp_secs:.2} joined_s={joined_secs:.2} gen_join_pct={gen_join_pct:.0} gen_join_wait_pct={gen_join_wait:.0} window_s={elapsed:.2}",
         o.name, o.label, o.clients, t.connected, t.welcomed, t.dead, t.received,
         ms(h.quantile(0.5)), ms(h.quantile(0.99)), ms(h.max())
     );
@@ -1059,6 +1067,7 @@ mod tests {
             counting: true,
             received: 0,
             in_window: 0,
+            reads_in_window: 0,
             window_open: true,
             gaps: 0,
             reordered: 0,
