@@ -817,9 +817,8 @@ impl Connection {
             }
             plain
         } else {
-            data
+            data.freeze()
         };
-        let data = data.freeze();
         if opcode == Opcode::Text {
             self.utf8
                 .finish()

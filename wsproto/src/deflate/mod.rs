@@ -257,7 +257,7 @@ impl Slot {
         &mut self,
         compressed: &[u8],
         max: usize,
-    ) -> Result<bytes::BytesMut, ProtocolError> {
+    ) -> Result<bytes::Bytes, ProtocolError> {
         self.compressed = false;
         #[cfg(feature = "deflate")]
         if let Some(c) = self.codec.as_mut() {
