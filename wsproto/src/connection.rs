@@ -904,6 +904,24 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues a message framed (and compressed) once for many connections
+    /// (deflate hook: the compressed form goes out only where it is valid;
+    /// see [`PreparedMessage`](crate::deflate::PreparedMessage)).
+    ///
+    /// # Errors
+    ///
+    /// As [`send_text`](Self::send_text).
+    pub fn send_prepared(&mut self, msg: &deflate::PreparedMessage) -> Result<(), Error> {
+        self.check_sendable()?;
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::FragmentOrder("a fragmented message is unfinished").into());
+        }
+        let compressed = self.deflate.prepared(msg);
+        let mask = self.masks.as_mut().map(|m| m.next_key());
+        msg.write(&mut self.output, compressed, mask);
+        Ok(())
+    }
+
     /// Queues one fragment of a message: the first with [`Opcode::Text`] or
     /// [`Opcode::Binary`], the rest with [`Opcode::Continuation`], the last
     /// with `fin` set. Control frames may be sent in between. Text fragments

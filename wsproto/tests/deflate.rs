@@ -466,3 +466,74 @@ proptest! {
         }
     }
 }
+
+/// A prepared message goes out compressed wherever that is valid, plain
+/// elsewhere, and a connection that keeps context stays in step with its
+/// peer around it.
+#[test]
+fn prepared_message_to_many_connections() {
+    use wsproto::deflate::PreparedMessage;
+    // Unlike CHAT: a back-reference into it would not decode to CHAT.
+    let text = "zebra quartz vexing jumpy fog, ".repeat(30);
+    let msg = PreparedMessage::text(&text, 6, 32);
+    assert!(msg.is_compressed());
+    let base = DeflateParams::default();
+    let peers = [
+        (Role::Server, Some(base.clone()), true),
+        (
+            Role::Server,
+            Some(DeflateParams {
+                send_no_context_takeover: true,
+                ..base.clone()
+            }),
+            true,
+        ),
+        (
+            Role::Server,
+            Some(DeflateParams {
+                send_window_bits: 8,
+                ..base.clone()
+            }),
+            false,
+        ),
+        (
+            Role::Server,
+            Some(DeflateParams {
+                send_window_bits: 9,
+                ..base.clone()
+            }),
+            false,
+        ),
+        (Role::Server, None, false),
+        (Role::Client, Some(base.clone()), true),
+    ];
+    for (role, params, compressed) in peers {
+        let (mut c, mut s) = pair(base.clone(), base.clone(), Config::default());
+        if let Some(p) = &params {
+            // The sender's own parameters; its peer inflates with 15 bits.
+            let sender = if role == Role::Server { &mut s } else { &mut c };
+            *sender = Connection::new(role, Config::default());
+            sender.enable_deflate(p.clone());
+        } else if role == Role::Server {
+            s = Connection::new(Role::Server, Config::default());
+        }
+        let (tx, rx) = if role == Role::Server {
+            (&mut s, &mut c)
+        } else {
+            (&mut c, &mut s)
+        };
+        tx.send_text(CHAT).unwrap();
+        tx.send_prepared(&msg).unwrap();
+        tx.send_text(CHAT).unwrap();
+        let wire = tx.take_output();
+        let f = frames(&wire, role);
+        assert_eq!(f[1].0.rsv == 0b100, compressed, "{role:?} {params:?}");
+        if role == Role::Server && !compressed {
+            assert_eq!(f[1].1, text.as_bytes());
+        }
+        rx.receive(&wire);
+        for want in [CHAT, text.as_str(), CHAT] {
+            assert_eq!(rx.next_event().unwrap(), Some(Event::Text(want.into())));
+        }
+    }
+}

@@ -74,6 +74,20 @@ impl Codec {
         !self.send_moved && self.params.compresses()
     }
 
+    pub(crate) fn send_window_bits(&self) -> u8 {
+        self.params.send_window_bits
+    }
+
+    /// Makes the compressor start afresh (a message compressed elsewhere
+    /// went out in between).
+    pub(crate) fn forget(&mut self) {
+        if let Some(z) = self.tx.as_mut() {
+            if !self.params.send_no_context_takeover {
+                z.reset();
+            }
+        }
+    }
+
     pub(crate) fn split_sender(&mut self) -> Codec {
         let mut sender = Codec::new(self.params.clone());
         sender.tx = self.tx.take();

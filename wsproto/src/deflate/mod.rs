@@ -25,11 +25,13 @@
 #[cfg(feature = "deflate")]
 mod codec;
 mod negotiate;
+mod prepared;
 
 #[cfg(feature = "deflate")]
 pub(crate) use codec::Codec;
 pub(crate) use negotiate::negotiate as negotiate_offers;
 pub use negotiate::{offer_header, parse_answer, DeflateAccept};
+pub use prepared::PreparedMessage;
 
 use crate::error::ProtocolError;
 use crate::frame::{FrameHeader, Opcode};
@@ -276,6 +278,26 @@ impl Slot {
         #[cfg(feature = "deflate")]
         if let Some(c) = self.codec.as_mut() {
             return c.compress(payload);
+        }
+        None
+    }
+
+    /// Which form of a prepared message to send: its compressed frame if
+    /// we compress with a window at least as large as it was made with.
+    /// Sending it with context takeover resets our compressor: the peer's
+    /// window then holds bytes ours never saw.
+    #[allow(unused_variables)]
+    pub(crate) fn prepared<'m>(
+        &mut self,
+        msg: &'m PreparedMessage,
+    ) -> Option<(&'m bytes::Bytes, usize)> {
+        #[cfg(feature = "deflate")]
+        if let Some(c) = self.codec.as_mut().filter(|c| c.sends()) {
+            let form = msg.compressed_for(c.send_window_bits());
+            if form.is_some() {
+                c.forget();
+            }
+            return form;
         }
         None
     }
