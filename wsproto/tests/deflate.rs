@@ -255,21 +255,30 @@ fn context_takeover_shrinks_repeats_and_no_takeover_does_not() {
             ..DeflateParams::default()
         };
         let (mut c, mut s) = pair(p.clone(), p, Config::default());
+        // Over NO_CONTEXT_MIN_SIZE, so compressed either way.
+        let msg = CHAT.repeat(3);
         let mut sizes = Vec::new();
         for _ in 0..3 {
-            c.send_text(CHAT).unwrap();
+            c.send_text(&msg).unwrap();
             let wire = c.take_output();
+            assert_eq!(frames(&wire, Role::Client)[0].0.rsv, 0b100);
             sizes.push(wire.len());
             s.receive(&wire);
-            assert_eq!(s.next_event().unwrap(), Some(Event::Text(CHAT.into())));
+            assert_eq!(
+                s.next_event().unwrap(),
+                Some(Event::Text(msg.as_str().into()))
+            );
         }
         assert_eq!(sizes[2] < sizes[0] / 2, !nct, "{sizes:?}");
         // Idle: state without context takeover is freed, and comes back.
         c.shrink_buffers();
         s.shrink_buffers();
-        c.send_text(CHAT).unwrap();
+        c.send_text(&msg).unwrap();
         s.receive(&c.take_output());
-        assert_eq!(s.next_event().unwrap(), Some(Event::Text(CHAT.into())));
+        assert_eq!(
+            s.next_event().unwrap(),
+            Some(Event::Text(msg.as_str().into()))
+        );
     }
 }
 

@@ -113,10 +113,15 @@ impl Codec {
         // The 8-bit trap (RFC 7692 §7.1.2.1 lets a client ask for 8):
         // zlib-rs cannot make a raw deflater with a 256-byte window (its
         // constructor panics), so with 8 agreed nothing is compressed.
-        if !self.sends() || payload.len() < self.params.min_size {
+        let no_context = self.params.send_no_context_takeover;
+        let min = if no_context {
+            self.params.min_size.max(super::NO_CONTEXT_MIN_SIZE)
+        } else {
+            self.params.min_size
+        };
+        if !self.sends() || payload.len() < min {
             return None;
         }
-        let no_context = self.params.send_no_context_takeover;
         let bits = self.params.send_window_bits;
         let level = i32::from(self.params.level);
         let z = self.tx.get_or_insert_with(|| {
@@ -271,7 +276,9 @@ mod tests {
                 ..DeflateParams::default()
             };
             let (mut tx, mut rx) = pair(params);
-            let msg = b"{\"type\":\"message\",\"room\":\"lobby\",\"text\":\"hello hello hello\"}";
+            let msg = b"{\"type\":\"message\",\"room\":\"lobby\",\"text\":\"hello hello hello\"}"
+                .repeat(5);
+            let msg = &msg[..];
             let mut sizes = Vec::new();
             for _ in 0..3 {
                 let c = tx.compress(msg).expect("compresses").to_vec();
@@ -297,6 +304,13 @@ mod tests {
     fn tiny_and_incompressible_messages_go_out_as_they_are() {
         let (mut tx, mut rx) = pair(DeflateParams::default());
         assert!(tx.compress(b"hi").is_none());
+        // Without context takeover the floor is higher.
+        let (mut nct, _) = pair(DeflateParams {
+            send_no_context_takeover: true,
+            ..DeflateParams::default()
+        });
+        assert!(nct.compress(&[b'a'; 255]).is_none());
+        assert!(nct.compress(&[b'a'; 256]).is_some());
         let mut noise = vec![0u8; 4096];
         crate::random::fill(&mut noise);
         assert!(tx.compress(&noise).is_none());

@@ -65,8 +65,9 @@ impl PreparedMessage {
         frame::encode_frame(&mut plain, true, opcode, payload, None);
         #[cfg(feature = "deflate")]
         let compressed = {
+            // A fresh compressor used once: no context to take over, and
+            // none to reset afterwards.
             let params = super::DeflateParams {
-                send_no_context_takeover: true,
                 level: level.clamp(1, 9),
                 min_size,
                 ..super::DeflateParams::default()
