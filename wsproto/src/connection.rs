@@ -233,6 +233,7 @@ impl Connection {
     /// inflated, within [`Config::max_message_size`].
     ///
     /// ```
+    /// # if !wsproto::deflate::ENABLED { return; }
     /// use wsproto::{deflate::DeflateParams, Config, Connection, Event, Role};
     /// let mut client = Connection::new(Role::Client, Config::default());
     /// let mut server = Connection::new(Role::Server, Config::default());

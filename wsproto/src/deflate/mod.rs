@@ -36,6 +36,9 @@ pub use prepared::PreparedMessage;
 use crate::error::ProtocolError;
 use crate::frame::{FrameHeader, Opcode};
 
+/// True when built with the `deflate` feature (compression available).
+pub const ENABLED: bool = cfg!(feature = "deflate");
+
 /// What we want from permessage-deflate.
 ///
 /// Window sizes are in bits (a window of `1 << bits` bytes, 8..=15). The

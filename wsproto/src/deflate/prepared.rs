@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 /// (RFC 6455 §5.3 needs a fresh key per frame).
 ///
 /// ```
+/// # if !wsproto::deflate::ENABLED { return; }
 /// use wsproto::deflate::{DeflateParams, PreparedMessage};
 /// use wsproto::{Config, Connection, Event, Role};
 /// let text = "{\"room\":\"lobby\",\"text\":\"hello everyone\"}".repeat(10);

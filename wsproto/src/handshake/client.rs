@@ -211,6 +211,7 @@ impl ClientRequest {
     /// nothing is offered.
     ///
     /// ```
+    /// # if !wsproto::deflate::ENABLED { return Ok(()); }
     /// use wsproto::{deflate::DeflateConfig, handshake::ClientRequest};
     /// let req = ClientRequest::new("h", 80, "/")?.deflate(DeflateConfig::default());
     /// let bytes = String::from_utf8(req.to_bytes()).unwrap();

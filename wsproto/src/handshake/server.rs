@@ -88,6 +88,7 @@ impl Request {
     /// [`Connection::enable_deflate`](crate::Connection::enable_deflate).
     ///
     /// ```
+    /// # if !wsproto::deflate::ENABLED { return; }
     /// # use wsproto::handshake::{parse_request, ParsedRequest};
     /// use wsproto::{deflate::DeflateConfig, Connection, Config, Role};
     /// # let raw = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
