@@ -53,7 +53,16 @@ impl std::fmt::Debug for Codec {
 }
 
 impl Codec {
-    pub(crate) fn new(params: DeflateParams) -> Self {
+    pub(crate) fn new(mut params: DeflateParams) -> Self {
+        // The fields are public: whatever a caller put there, never hand
+        // zlib-rs a value its constructors panic on. A send window outside
+        // 9..=15 means no compression (8 is the RFC's own case), a receive
+        // window is read with at least 9 and at most 15 bits.
+        if !(9..=15).contains(&params.send_window_bits) {
+            params.send_window_bits = 8;
+        }
+        params.recv_window_bits = params.recv_window_bits.clamp(9, 15);
+        params.level = params.level.clamp(1, 9);
         Self {
             params,
             tx: None,
@@ -177,8 +186,9 @@ impl Codec {
     /// past `max` bytes.
     pub(crate) fn inflate(&mut self, data: &[u8], max: usize) -> Result<Bytes, ProtocolError> {
         // A window smaller than the sender's fails on a far distance; 9 is
-        // the least zlib ever sends with (it turns 8 into 9).
-        let bits = self.params.recv_window_bits.max(9);
+        // the least zlib ever sends with (it turns 8 into 9): `new` made
+        // this 9..=15.
+        let bits = self.params.recv_window_bits;
         let z = self.rx.get_or_insert_with(|| Inflate::new(false, bits));
         let mut out = Vec::new();
         // Room for a typical ratio at first, then doubling: a small frame
@@ -287,6 +297,21 @@ mod tests {
             }
             // With context takeover, repeats shrink to a back-reference.
             assert_eq!(sizes[1] < sizes[0], !nct, "{sizes:?}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_params_never_reach_a_panicking_constructor() {
+        for bits in [0, 7, 8, 16, 255] {
+            let p = DeflateParams {
+                send_window_bits: bits,
+                recv_window_bits: bits,
+                level: bits,
+                ..DeflateParams::default()
+            };
+            let (mut tx, mut rx) = pair(p);
+            assert!(tx.compress(&[b'a'; 1000]).is_none(), "{bits}");
+            let _ = rx.inflate(&[0xff; 8], 100);
         }
     }
 

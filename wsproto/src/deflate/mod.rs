@@ -215,7 +215,7 @@ impl Default for DeflateParams {
 impl DeflateParams {
     /// True if we compress outgoing messages (the agreed window is not 8).
     pub fn compresses(&self) -> bool {
-        self.send_window_bits >= 9
+        (9..=15).contains(&self.send_window_bits)
     }
 }
 
