@@ -2,35 +2,45 @@
 //! fuzzing server, echoing what it sends, then asks for the reports.
 //!
 //! ```sh
-//! cargo run --release --example autobahn_client -p wsproto -- --url ws://127.0.0.1:9001 --agent wsproto
+//! cargo run --release --example autobahn_client -p wsproto -- --url ws://127.0.0.1:9001 --agent wsproto [--deflate]
 //! ```
+//! With `--deflate` each case offers permessage-deflate with the
+//! `client_no_context_takeover` hint and `client_max_window_bits`, so the
+//! fuzzing server can accept it with each of its 13.x settings.
 //! (`AUTOBAHN_URL` / `AUTOBAHN_AGENT` from `test-client.sh` are used when the
 //! flags are absent.)
 
-use wsproto::{blocking, CloseCode, Config, Event};
+use wsproto::{blocking, deflate::DeflateConfig, CloseCode, Config, Event};
 
 fn main() {
     let mut url = std::env::var("AUTOBAHN_URL").unwrap_or_else(|_| "ws://127.0.0.1:9001".into());
     let mut agent = std::env::var("AUTOBAHN_AGENT").unwrap_or_else(|_| "wsproto".into());
+    let mut config = Config::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--deflate" {
+            config = config.deflate(DeflateConfig::default().no_context_takeover(true));
+            continue;
+        }
         match (arg.as_str(), args.next()) {
             ("--url", Some(u)) => url = u,
             ("--agent", Some(a)) => agent = a,
             _ => {
-                eprintln!("usage: autobahn_client [--url ws://HOST:PORT] [--agent NAME]");
+                eprintln!(
+                    "usage: autobahn_client [--url ws://HOST:PORT] [--agent NAME] [--deflate]"
+                );
                 std::process::exit(2);
             }
         }
     }
     let url = url.trim_end_matches('/').to_string();
-    if let Err(e) = run(&url, &agent) {
+    if let Err(e) = run(&url, &agent, &config) {
         eprintln!("autobahn_client: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(url: &str, agent: &str) -> Result<(), wsproto::Error> {
+fn run(url: &str, agent: &str, config: &Config) -> Result<(), wsproto::Error> {
     let (mut ws, _) = blocking::connect(&format!("{url}/getCaseCount"))?;
     let count: u32 = match ws.read()? {
         Event::Text(t) => t.parse().map_err(|_| wsproto::Error::Closed)?,
@@ -42,7 +52,7 @@ fn run(url: &str, agent: &str) -> Result<(), wsproto::Error> {
         let request = wsproto::handshake::ClientRequest::from_url(&case_url)?;
         let stream = std::net::TcpStream::connect(request.address())?;
         stream.set_nodelay(true)?;
-        let Ok((mut ws, _)) = blocking::client(stream, &request, Config::default()) else {
+        let Ok((mut ws, _)) = blocking::client(stream, &request, config.clone()) else {
             continue;
         };
         loop {

@@ -3,32 +3,43 @@
 //! 1000 and exits 0 once the closing handshake is done.
 //!
 //! ```sh
-//! cargo run --example client -p wsproto -- --url ws://127.0.0.1:9001/
+//! cargo run --example client -p wsproto -- --url ws://127.0.0.1:9001/ [--deflate]
 //! ```
+//! `--deflate` offers permessage-deflate (RFC 7692).
 
 use std::io::{BufRead, Write};
-use wsproto::{blocking, CloseCode, Event};
+use wsproto::{
+    blocking, deflate::DeflateConfig, handshake::ClientRequest, CloseCode, Config, Event,
+};
 
 fn main() {
     let mut url = "ws://127.0.0.1:9001/".to_string();
+    let mut config = Config::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--deflate" {
+            config = config.deflate(DeflateConfig::default());
+            continue;
+        }
         match (arg.as_str(), args.next()) {
             ("--url", Some(u)) => url = u,
             _ => {
-                eprintln!("usage: client [--url ws://HOST:PORT/PATH]");
+                eprintln!("usage: client [--url ws://HOST:PORT/PATH] [--deflate]");
                 std::process::exit(2);
             }
         }
     }
-    if let Err(e) = run(&url) {
+    if let Err(e) = run(&url, config) {
         eprintln!("client: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(url: &str) -> Result<(), wsproto::Error> {
-    let (ws, _) = blocking::connect(url)?;
+fn run(url: &str, config: Config) -> Result<(), wsproto::Error> {
+    let request = ClientRequest::from_url(url)?;
+    let stream = std::net::TcpStream::connect(request.address())?;
+    stream.set_nodelay(true)?;
+    let (ws, _) = blocking::client(stream, &request, config)?;
     let (mut reader, writer) = ws.split()?;
     // Stdin is read on its own thread so received messages print as they come.
     let sender = std::thread::spawn(move || -> Result<(), wsproto::Error> {

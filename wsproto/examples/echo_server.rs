@@ -7,25 +7,32 @@
 //! connections are served at once; past that, new ones are closed at once.
 //! Without these, every silent socket held a thread forever.
 //!
+//! With `--deflate` it accepts permessage-deflate offers (RFC 7692).
+//!
 //! ```sh
-//! cargo run --release --example echo_server -p wsproto -- --addr 127.0.0.1:9001
+//! cargo run --release --example echo_server -p wsproto -- --addr 127.0.0.1:9001 [--deflate]
 //! ```
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use wsproto::{blocking, Event};
+use wsproto::{blocking, deflate::DeflateConfig, Config, Event};
 
 const USAGE: &str =
-    "usage: echo_server [--addr HOST:PORT] [--handshake-timeout SECS] [--max-connections N]";
+    "usage: echo_server [--addr HOST:PORT] [--handshake-timeout SECS] [--max-connections N] [--deflate]";
 
 fn main() -> std::io::Result<()> {
     let mut addr = "127.0.0.1:9001".to_string();
     let mut handshake_timeout = Duration::from_secs(10);
     let mut max_connections = 512;
+    let mut config = Config::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--deflate" {
+            config = config.deflate(DeflateConfig::default());
+            continue;
+        }
         let value = args.next();
         match (arg.as_str(), value.as_deref()) {
             ("--addr", Some(a)) => addr = a.to_string(),
@@ -52,6 +59,7 @@ fn main() -> std::io::Result<()> {
             continue;
         }
         let slot = Slot::take(&live);
+        let config = config.clone();
         let _ = stream.set_nodelay(true);
         std::thread::spawn(move || {
             let _slot = slot;
@@ -60,7 +68,7 @@ fn main() -> std::io::Result<()> {
             if stream.set_read_timeout(Some(handshake_timeout)).is_err() {
                 return;
             }
-            let mut ws = match blocking::accept(stream) {
+            let mut ws = match blocking::accept_with(stream, config, &[]).map(|(ws, _)| ws) {
                 Ok(ws) => ws,
                 Err(e) => return eprintln!("echo_server: handshake: {e}"),
             };

@@ -124,9 +124,17 @@ pub fn accept_with<S: Transport>(
         match handshake::parse_request(&buf, &config) {
             ParsedRequest::Complete(req, len) => {
                 let protocol = req.select_protocol(protocols);
-                stream.write_all(&req.accept(protocol))?;
+                // deflate hook: accept an offer if the config allows.
+                let deflate = config
+                    .deflate
+                    .as_ref()
+                    .and_then(|d| req.negotiate_deflate(d));
+                stream.write_all(&req.accept_with_deflate(protocol, deflate.as_ref()))?;
                 stream.flush()?;
-                let ws = WebSocket::from_raw(stream, Role::Server, config, &buf[len..]);
+                let mut ws = WebSocket::from_raw(stream, Role::Server, config, &buf[len..]);
+                if let Some(d) = deflate {
+                    ws.conn.enable_deflate(d.params().clone());
+                }
                 return Ok((ws, req));
             }
             ParsedRequest::Reject(r) => {
@@ -186,6 +194,15 @@ pub fn client<S: Transport>(
     request: &ClientRequest,
     config: Config,
 ) -> Result<(WebSocket<S>, Response), Error> {
+    // deflate hook: offer what the config asks, unless the request does.
+    let with_offer;
+    let request = match &config.deflate {
+        Some(d) if request.deflate_offer().is_none() => {
+            with_offer = request.clone().deflate(d.clone());
+            &with_offer
+        }
+        _ => request,
+    };
     stream.write_all(&request.to_bytes())?;
     stream.flush()?;
     let mut buf = Vec::with_capacity(1024);
@@ -198,7 +215,10 @@ pub fn client<S: Transport>(
         }
         match request.parse_response(&buf, &config)? {
             ParsedResponse::Complete(resp, len) => {
-                let ws = WebSocket::from_raw(stream, Role::Client, config, &buf[len..]);
+                let mut ws = WebSocket::from_raw(stream, Role::Client, config, &buf[len..]);
+                if let Some(d) = &resp.deflate {
+                    ws.conn.enable_deflate(d.clone()); // deflate hook
+                }
                 return Ok((ws, resp));
             }
             ParsedResponse::NeedMore => scanned = buf.len(),
@@ -594,16 +614,15 @@ impl WebSocket<TcpStream> {
     /// # Errors
     ///
     /// If the socket cannot be cloned.
-    pub fn split(self) -> io::Result<(Reader, Writer)> {
+    pub fn split(mut self) -> io::Result<(Reader, Writer)> {
         let read_stream = self.stream.try_clone()?;
-        let role = self.conn.role();
-        let config = self.conn.config().clone();
         let mut timers = self.timers;
         timers.base_timeout = read_stream.read_timeout()?;
         let shared = Arc::new(Shared {
             half: Mutex::new(WriteHalf {
                 stream: self.stream,
-                conn: Connection::new(role, config),
+                // deflate hook: the writer takes the compressor.
+                conn: self.conn.split_sender(),
             }),
             owed: Mutex::new(Owed {
                 close_sent: timers.close_sent,

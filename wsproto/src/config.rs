@@ -1,5 +1,6 @@
 //! Limits and options for a connection and its handshake.
 
+use crate::deflate::DeflateConfig;
 use crate::handshake::OriginPolicy;
 
 /// Every limit a connection enforces. All are bounded by default.
@@ -43,6 +44,10 @@ pub struct Config {
     /// browser's page must come from the host it connects to. See
     /// [`OriginPolicy`] for the rules and why.
     pub origin_policy: OriginPolicy,
+    /// permessage-deflate (RFC 7692): what a server accepts or a client
+    /// offers through the [`blocking`](crate::blocking) functions; `None`
+    /// (the default) for no compression. Needs the `deflate` feature.
+    pub deflate: Option<DeflateConfig>,
 }
 
 impl Default for Config {
@@ -55,6 +60,7 @@ impl Default for Config {
             max_headers: 64,
             max_output_buffer: 16 << 20,
             origin_policy: OriginPolicy::same_host(),
+            deflate: None,
         }
     }
 }
@@ -112,6 +118,19 @@ impl Config {
     #[must_use]
     pub fn origin_policy(mut self, policy: OriginPolicy) -> Self {
         self.origin_policy = policy;
+        self
+    }
+
+    /// Sets [`deflate`](Self::deflate).
+    ///
+    /// ```
+    /// use wsproto::{deflate::DeflateConfig, Config};
+    /// let config = Config::default().deflate(DeflateConfig::default());
+    /// assert!(config.deflate.is_some());
+    /// ```
+    #[must_use]
+    pub fn deflate(mut self, deflate: DeflateConfig) -> Self {
+        self.deflate = Some(deflate);
         self
     }
 }

@@ -13,6 +13,7 @@
 
 use crate::close::{self, CloseCode, CloseFrame};
 use crate::config::Config;
+use crate::deflate::{self, DeflateParams};
 use crate::error::{Error, ProtocolError, UsageError};
 use crate::frame::{self, FrameHeader, Opcode, ParsedHeader, Role, MAX_CONTROL_PAYLOAD};
 use crate::mask::apply_mask;
@@ -180,6 +181,9 @@ pub struct Connection {
     /// The largest allocation `input` has had since it was last replaced:
     /// what a payload split off it would keep alive (see [`COPY_RATIO`]).
     input_alloc: usize,
+    /// permessage-deflate, when negotiated (all its state and rules live
+    /// in `crate::deflate`; the hooks here are marked "deflate hook").
+    deflate: deflate::Slot,
 }
 
 /// A payload is copied out of the receive buffer, rather than split off it,
@@ -217,7 +221,45 @@ impl Connection {
             lent_len: 0,
             lent: None,
             input_alloc: 0,
+            deflate: deflate::Slot::default(),
         }
+    }
+
+    /// Turns on permessage-deflate with what the handshake agreed
+    /// ([`Request::negotiate_deflate`](crate::handshake::Request::negotiate_deflate)
+    /// or [`Response::deflate`](crate::handshake::Response::deflate)); call
+    /// it before the first frame. The API stays the same: messages sent are
+    /// compressed when it pays, compressed messages received arrive
+    /// inflated, within [`Config::max_message_size`].
+    ///
+    /// ```
+    /// # if !wsproto::deflate::ENABLED { return; }
+    /// use wsproto::{deflate::DeflateParams, Config, Connection, Event, Role};
+    /// let mut client = Connection::new(Role::Client, Config::default());
+    /// let mut server = Connection::new(Role::Server, Config::default());
+    /// client.enable_deflate(DeflateParams::default());
+    /// server.enable_deflate(DeflateParams::default());
+    /// let text = "to be or not to be, ".repeat(50);
+    /// client.send_text(&text).unwrap();
+    /// assert!(client.pending_output().len() < 100); // 1000 bytes, compressed
+    /// server.receive(&client.take_output());
+    /// assert_eq!(server.next_event().unwrap(), Some(Event::Text(text.into())));
+    /// ```
+    pub fn enable_deflate(&mut self, params: DeflateParams) {
+        self.deflate.enable(params);
+    }
+
+    /// True if permessage-deflate is on.
+    pub fn deflate_enabled(&self) -> bool {
+        self.deflate.is_enabled()
+    }
+
+    /// A connection for the sending half of a split socket: same role and
+    /// limits, and this connection's compressor (this one keeps receiving).
+    pub(crate) fn split_sender(&mut self) -> Connection {
+        let mut sender = Connection::new(self.role, self.config.clone());
+        sender.deflate = self.deflate.split_sender();
+        sender
     }
 
     /// Our role.
@@ -484,7 +526,10 @@ impl Connection {
             match self.recv {
                 Recv::AwaitHeader => {
                     let receiver = self.role;
-                    let (header, header_len) = match frame::parse_header(&self.input, receiver, 0) {
+                    // deflate hook: RSV1 passes only when negotiated.
+                    let rsv = self.deflate.allowed_rsv();
+                    let (header, header_len) = match frame::parse_header(&self.input, receiver, rsv)
+                    {
                         Ok(ParsedHeader::Complete(h, n)) => (h, n),
                         Ok(ParsedHeader::NeedMore) => {
                             return Ok(self.eof_event().map(Polled::Event))
@@ -518,7 +563,11 @@ impl Connection {
                     // A whole unfragmented message (check_frame has ruled
                     // out a fragmented one in progress) stays where it is;
                     // the caller decides whether to split it off or lend it.
-                    if header.fin && matches!(header.opcode, Opcode::Text | Opcode::Binary) {
+                    // (deflate hook: not a compressed one, which is inflated first.)
+                    if header.fin
+                        && matches!(header.opcode, Opcode::Text | Opcode::Binary)
+                        && !self.deflate.receiving_compressed()
+                    {
                         if header.opcode == Opcode::Text {
                             self.utf8.finish().map_err(|e| {
                                 self.fail(ProtocolError::InvalidUtf8 { offset: e.offset })
@@ -605,6 +654,10 @@ impl Connection {
 
     /// True if `header` carries text (a Text frame or its continuation).
     fn is_text(&self, header: &FrameHeader) -> bool {
+        // deflate hook: compressed bytes are checked once inflated.
+        if self.deflate.receiving_compressed() {
+            return false;
+        }
         match header.opcode {
             Opcode::Text => true,
             Opcode::Continuation => self
@@ -624,6 +677,9 @@ impl Connection {
                 max: self.config.max_frame_size,
             });
         }
+        // deflate hook: RSV1 only on the first frame of a data message
+        // (RFC 7692 §6.1).
+        self.deflate.on_frame(h)?;
         let max_msg = self.config.max_message_size;
         match (h.opcode, &self.partial) {
             // RFC 6455 §5.4: continuation frames only continue a message.
@@ -750,7 +806,20 @@ impl Connection {
     // quarter of the per-frame cost for small messages.
     #[inline(always)]
     fn finish_message(&mut self, opcode: Opcode, data: BytesMut) -> Result<Event, ProtocolError> {
-        let data = data.freeze();
+        // deflate hook: inflate within max_message_size (1009 past it),
+        // then check the text (RFC 7692 §6.2).
+        let data = if self.deflate.receiving_compressed() {
+            let plain = self.deflate.inflate(&data, self.config.max_message_size)?;
+            if opcode == Opcode::Text {
+                self.utf8 = Utf8Validator::new();
+                self.utf8
+                    .feed(&plain)
+                    .map_err(|e| ProtocolError::InvalidUtf8 { offset: e.offset })?;
+            }
+            plain
+        } else {
+            data.freeze()
+        };
         if opcode == Opcode::Text {
             self.utf8
                 .finish()
@@ -826,7 +895,31 @@ impl Connection {
         if self.sending_fragmented.is_some() {
             return Err(UsageError::FragmentOrder("a fragmented message is unfinished").into());
         }
+        // deflate hook: compressed when it pays, with RSV1 (RFC 7692 §6).
+        if let Some(compressed) = self.deflate.compress(payload) {
+            let mask = self.masks.as_mut().map(|m| m.next_key());
+            deflate::encode_compressed_frame(&mut self.output, opcode, compressed, mask);
+            return Ok(());
+        }
         self.write_frame(true, opcode, payload);
+        Ok(())
+    }
+
+    /// Queues a message framed (and compressed) once for many connections
+    /// (deflate hook: the compressed form goes out only where it is valid;
+    /// see [`PreparedMessage`](crate::deflate::PreparedMessage)).
+    ///
+    /// # Errors
+    ///
+    /// As [`send_text`](Self::send_text).
+    pub fn send_prepared(&mut self, msg: &deflate::PreparedMessage) -> Result<(), Error> {
+        self.check_sendable()?;
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::FragmentOrder("a fragmented message is unfinished").into());
+        }
+        let compressed = self.deflate.prepared(msg);
+        let mask = self.masks.as_mut().map(|m| m.next_key());
+        msg.write(&mut self.output, compressed, mask);
         Ok(())
     }
 
@@ -994,6 +1087,8 @@ impl Connection {
         if self.output.is_empty() {
             self.output = BytesMut::new();
         }
+        // deflate hook: without context takeover nothing is kept.
+        self.deflate.shrink();
     }
 }
 

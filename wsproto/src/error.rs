@@ -90,6 +90,17 @@ pub enum ProtocolError {
         /// The configured limit.
         max: usize,
     },
+    /// RFC 7692 §6.1: RSV1 ("compressed") on a control frame.
+    #[error("peer set RSV1 (compressed) on a {0:?} frame; control frames are never compressed")]
+    CompressedControlFrame(Opcode),
+    /// RFC 7692 §6.1: RSV1 on a continuation frame (it belongs on the
+    /// first frame of a message only).
+    #[error("peer set RSV1 (compressed) on a continuation frame")]
+    CompressedContinuation,
+    /// RFC 7692 §7.2.2: a compressed message is not a valid deflate stream
+    /// (zlib's reason). Answered with 1007.
+    #[error("peer sent a compressed message that does not inflate: {0}")]
+    InvalidCompressedData(&'static str),
     /// A message exceeds [`Config::max_fragments`](crate::Config::max_fragments).
     #[error("peer sent a message of more than {max} fragments")]
     TooManyFragments {
@@ -108,9 +119,9 @@ impl ProtocolError {
     /// ```
     pub fn close_code(&self) -> CloseCode {
         match self {
-            Self::InvalidUtf8 { .. } | Self::InvalidCloseReason { .. } => {
-                CloseCode::INVALID_PAYLOAD
-            }
+            Self::InvalidUtf8 { .. }
+            | Self::InvalidCloseReason { .. }
+            | Self::InvalidCompressedData(_) => CloseCode::INVALID_PAYLOAD,
             Self::FrameTooLarge { .. }
             | Self::MessageTooLarge { .. }
             | Self::TooManyFragments { .. } => CloseCode::MESSAGE_TOO_BIG,
@@ -198,6 +209,17 @@ pub enum HandshakeError {
     /// Client side: the server chose a subprotocol or extension we did not offer.
     #[error("server selected {0:?}, which was not offered")]
     NotOffered(String),
+    /// Client side: the server's permessage-deflate answer is one RFC 7692
+    /// §7.1 says to fail the connection on (an unknown, repeated or invalid
+    /// parameter, a window larger than asked, a requested
+    /// `server_no_context_takeover` not granted).
+    #[error("invalid permessage-deflate answer {value:?}: {why}")]
+    DeflateAnswer {
+        /// What is wrong with it.
+        why: &'static str,
+        /// The extension as the server sent it (lossy, at most 100 bytes).
+        value: String,
+    },
     /// Client side: the URL could not be used; server side: an origin given
     /// to [`OriginPolicy::allow`](crate::handshake::OriginPolicy::allow) is
     /// not `scheme://host[:port]`. The caller is at fault.
@@ -348,6 +370,9 @@ mod tests {
             (P::FrameTooLarge { len: 9, max: 8 }, 1009),
             (P::MessageTooLarge { len: 9, max: 8 }, 1009),
             (P::TooManyFragments { max: 8 }, 1009),
+            (P::CompressedControlFrame(Opcode::Ping), 1002),
+            (P::CompressedContinuation, 1002),
+            (P::InvalidCompressedData("invalid block type"), 1007),
         ];
         for (err, code) in table {
             assert_eq!(err.close_code().as_u16(), code, "{err}");

@@ -71,11 +71,17 @@
 //! over the limit is answered with close 1009 before any memory is reserved
 //! for it.
 //!
+//! ## Compression
+//!
+//! permessage-deflate (RFC 7692), with the `deflate` feature (default):
+//! set [`Config::deflate`] and the [`blocking`] functions offer or accept
+//! it; see [`deflate`] for the sans-IO steps. Inflating is bounded by
+//! [`Config::max_message_size`].
+//!
 //! ## What it does not do (yet)
 //!
 //! - TLS: bring your own stream (`blocking::client` and `WebSocket::from_raw`
 //!   take any [`blocking::Transport`]).
-//! - permessage-deflate: offered extensions are parsed, never accepted.
 //! - An async adapter: the [`Connection`] core is ready for one.
 
 #![deny(missing_docs)]
@@ -86,6 +92,7 @@ pub mod blocking;
 pub mod close;
 mod config;
 mod connection;
+pub mod deflate;
 mod error;
 pub mod frame;
 pub mod handshake;

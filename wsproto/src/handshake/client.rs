@@ -4,6 +4,7 @@ use super::headers::{self, invalid, is_token, list_contains, lossy_prefix, trim,
 use super::origin::is_reg_name_byte;
 use super::{accept_key, head_end};
 use crate::config::Config;
+use crate::deflate::{DeflateConfig, DeflateParams};
 use crate::error::HandshakeError;
 use base64::Engine;
 
@@ -30,6 +31,7 @@ pub struct ClientRequest {
     key: String,
     protocols: Vec<String>,
     extra: Vec<(String, String)>,
+    deflate: Option<DeflateConfig>,
 }
 
 impl ClientRequest {
@@ -69,6 +71,7 @@ impl ClientRequest {
             key: base64::engine::general_purpose::STANDARD.encode(nonce),
             protocols: Vec::new(),
             extra: Vec::new(),
+            deflate: None,
         })
     }
 
@@ -202,6 +205,30 @@ impl ClientRequest {
         Ok(self)
     }
 
+    /// Offers permessage-deflate (RFC 7692) as `config` says; the answer is
+    /// checked by [`parse_response`](Self::parse_response), which puts what
+    /// was agreed in [`Response::deflate`]. Without the `deflate` feature
+    /// nothing is offered.
+    ///
+    /// ```
+    /// # if !wsproto::deflate::ENABLED { return Ok(()); }
+    /// use wsproto::{deflate::DeflateConfig, handshake::ClientRequest};
+    /// let req = ClientRequest::new("h", 80, "/")?.deflate(DeflateConfig::default());
+    /// let bytes = String::from_utf8(req.to_bytes()).unwrap();
+    /// assert!(bytes.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"));
+    /// # Ok::<(), wsproto::HandshakeError>(())
+    /// ```
+    #[must_use]
+    pub fn deflate(mut self, config: DeflateConfig) -> Self {
+        self.deflate = cfg!(feature = "deflate").then_some(config);
+        self
+    }
+
+    /// The permessage-deflate offer made, if any.
+    pub fn deflate_offer(&self) -> Option<&DeflateConfig> {
+        self.deflate.as_ref()
+    }
+
     /// The `Sec-WebSocket-Key` sent.
     pub fn key(&self) -> &str {
         &self.key
@@ -228,6 +255,11 @@ impl ClientRequest {
                 "Sec-WebSocket-Protocol: {}\r\n",
                 self.protocols.join(", ")
             ));
+        }
+        if let Some(d) = &self.deflate {
+            out.push_str("Sec-WebSocket-Extensions: ");
+            out.push_str(&crate::deflate::offer_header(d));
+            out.push_str("\r\n");
         }
         for (n, v) in &self.extra {
             out.push_str(&format!("{n}: {v}\r\n"));
@@ -338,15 +370,15 @@ impl ClientRequest {
         {
             extensions.extend(headers::parse_extensions(v)?);
         }
-        if let Some(ext) = extensions.first() {
-            return Err(HandshakeError::NotOffered(ext.name.clone()));
-        }
+        // RFC 7692 §7.1: check permessage-deflate's answer against our offer.
+        let deflate = crate::deflate::parse_answer(&extensions, self.deflate.as_ref())?;
         Ok(ParsedResponse::Complete(
             Response {
                 status,
                 protocol,
                 extensions,
                 headers,
+                deflate,
             },
             end,
         ))
@@ -393,10 +425,14 @@ pub struct Response {
     pub status: u16,
     /// The subprotocol the server selected.
     pub protocol: Option<String>,
-    /// The extensions the server accepted (none, since none are offered yet).
+    /// The extensions the server accepted (at most permessage-deflate,
+    /// and only if offered).
     pub extensions: Vec<Extension>,
     /// Every header as sent.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// What was agreed for permessage-deflate, if the server accepted our
+    /// offer: for [`Connection::enable_deflate`](crate::Connection::enable_deflate).
+    pub deflate: Option<DeflateParams>,
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod origin;
 mod server;
 
 pub use client::{ClientRequest, ParsedResponse, Response};
+pub(crate) use headers::lossy_prefix;
 pub use headers::{parse_extensions, parse_protocols, Extension};
 pub use origin::OriginPolicy;
 pub use server::{parse_request, ParsedRequest, Rejection, Request, RequestTarget};

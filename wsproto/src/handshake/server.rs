@@ -4,6 +4,7 @@ use super::headers::{self, invalid, list_contains, trim, Extension};
 use super::origin::split_host_port;
 use super::{accept_key, bare_lf, head_end, http_response};
 use crate::config::Config;
+use crate::deflate::{DeflateAccept, DeflateConfig};
 use crate::error::HandshakeError;
 use base64::Engine;
 
@@ -58,7 +59,8 @@ impl Request {
 
     /// The `101 Switching Protocols` answer, with `protocol` (which should
     /// come from [`select_protocol`](Self::select_protocol)) if given.
-    /// No extensions are accepted.
+    /// No extensions are accepted (see
+    /// [`accept_with_deflate`](Self::accept_with_deflate)).
     ///
     /// A `protocol` the client did not offer is left out: RFC 6455 §4.2.2
     /// allows only an offered one (the client must fail the connection on
@@ -75,6 +77,46 @@ impl Request {
     /// assert!(!String::from_utf8(answer).unwrap().contains("Set-Cookie"));
     /// ```
     pub fn accept(&self, protocol: Option<&str>) -> Vec<u8> {
+        self.accept_with_deflate(protocol, None)
+    }
+
+    /// permessage-deflate (RFC 7692 §5.1): the first of the client's offers
+    /// that `config` accepts, or `None` (none made, none well-formed, or
+    /// the `deflate` feature is off). Pass it to
+    /// [`accept_with_deflate`](Self::accept_with_deflate) and its
+    /// [`params`](DeflateAccept::params) to
+    /// [`Connection::enable_deflate`](crate::Connection::enable_deflate).
+    ///
+    /// ```
+    /// # if !wsproto::deflate::ENABLED { return; }
+    /// # use wsproto::handshake::{parse_request, ParsedRequest};
+    /// use wsproto::{deflate::DeflateConfig, Connection, Config, Role};
+    /// # let raw = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    /// # Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+    /// # Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+    /// # let ParsedRequest::Complete(req, _) = parse_request(raw, &Default::default()) else { panic!() };
+    /// let deflate = req.negotiate_deflate(&DeflateConfig::default());
+    /// let answer = String::from_utf8(req.accept_with_deflate(None, deflate.as_ref())).unwrap();
+    /// assert!(answer.contains("\r\nSec-WebSocket-Extensions: permessage-deflate\r\n"));
+    /// let mut conn = Connection::new(Role::Server, Config::default());
+    /// if let Some(d) = deflate {
+    ///     conn.enable_deflate(d.params().clone());
+    /// }
+    /// ```
+    pub fn negotiate_deflate(&self, config: &DeflateConfig) -> Option<DeflateAccept> {
+        if !cfg!(feature = "deflate") {
+            return None;
+        }
+        crate::deflate::negotiate_offers(&self.extensions, config)
+    }
+
+    /// As [`accept`](Self::accept), answering the permessage-deflate offer
+    /// that [`negotiate_deflate`](Self::negotiate_deflate) accepted.
+    pub fn accept_with_deflate(
+        &self,
+        protocol: Option<&str>,
+        deflate: Option<&DeflateAccept>,
+    ) -> Vec<u8> {
         let protocol = protocol.filter(|p| self.protocols.iter().any(|o| o == p));
         let mut out = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
@@ -83,6 +125,11 @@ impl Request {
         if let Some(p) = protocol {
             out.push_str("Sec-WebSocket-Protocol: ");
             out.push_str(p);
+            out.push_str("\r\n");
+        }
+        if let Some(d) = deflate {
+            out.push_str("Sec-WebSocket-Extensions: ");
+            out.push_str(d.response());
             out.push_str("\r\n");
         }
         out.push_str("\r\n");
