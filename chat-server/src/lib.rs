@@ -15,10 +15,13 @@
 //!   stack (about 3.4 KiB of RSS per idle client at 10,000 clients);
 //! - one flusher that drains the queues of clients whose socket was full.
 //!
-//! Sends never block: a broadcast is framed once and written straight to
-//! each socket with `MSG_DONTWAIT`, queueing (in a byte-bounded queue) only
-//! what does not fit; presence notices go through the flusher, which
-//! coalesces bursts into one `sendmsg` per client.
+//! Sends never block: a broadcast is framed once and queued for each
+//! member; a reactor corks its sends while it handles one wake-up's events
+//! and then writes each client once, everything owed in one `sendmsg`
+//! (self-clocked batching, no timer), so a busy server makes fewer, fuller
+//! writes. Only what the socket does not take stays queued (byte-bounded)
+//! for the flusher. Above `presence_limit` members the room sends a
+//! `presence` count once a second instead of a notice per join or leave.
 //!
 //! Modules: `session` reads one connection (its `wsproto::Connection`,
 //! timers, rate limits) and dispatches requests to the `room` (members,
@@ -105,6 +108,10 @@ pub struct Config {
     pub thread_stack: usize,
     /// Threads reading upgraded connections (epoll).
     pub reactor_threads: usize,
+    /// Members up to which the room sends `joined`/`left`/`renamed` to
+    /// everyone; above it a `presence` count at most once a second and a
+    /// paged online list (DESIGN.md, "Presence that scales").
+    pub presence_limit: usize,
     /// Log one line per connect / disconnect / error to stderr.
     pub log: bool,
     /// Which pages may open the WebSocket (`--allowed-origin`): by default
@@ -134,6 +141,7 @@ impl Default for Config {
             control_per_sec: 20,
             thread_stack: 128 << 10,
             reactor_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+            presence_limit: 500,
             log: true,
             origin_policy: wsproto::handshake::OriginPolicy::same_host(),
         }
@@ -187,6 +195,21 @@ impl ShutdownHandle {
     /// Connections open now (handshaking or upgraded).
     pub fn connections(&self) -> usize {
         self.0.live.load(Ordering::Acquire)
+    }
+
+    /// `sendmsg` calls made to WebSocket clients so far. Sends are corked
+    /// per wake-up, so under load this grows far slower than the frames
+    /// sent (for tests and measurements).
+    ///
+    /// ```no_run
+    /// let mut config = chat_server::Config::default();
+    /// config.addr = ([127, 0, 0, 1], 0).into();
+    /// let running = chat_server::Server::bind(config)?.spawn()?;
+    /// assert_eq!(running.handle().socket_writes(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn socket_writes(&self) -> u64 {
+        self.0.flusher.writes()
     }
 }
 
@@ -245,6 +268,7 @@ impl Server {
                 config.history,
                 config.max_text,
                 config.max_queue_bytes,
+                config.presence_limit,
                 config.log,
             ),
             flusher: Flusher::start()?,
