@@ -63,6 +63,10 @@ use wsproto::CloseCode;
 
 pub use room::REPLY_MAX_BYTES;
 
+/// Accept-queue length asked of the kernel (capped by
+/// `net.core.somaxconn`, 4096 by default since Linux 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Everything the server can be told; the defaults are DESIGN.md's table.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -258,6 +262,11 @@ impl Server {
     /// When the address cannot be bound or a thread cannot start.
     pub fn bind(config: Config) -> io::Result<Self> {
         let listener = TcpListener::bind(config.addr)?;
+        // std listens with a backlog of 128: a join storm (every client of
+        // a restarted server coming back at once, thousands a second)
+        // overflows it between two accept passes, and each dropped SYN
+        // costs its client a one-second retransmit (issue 11).
+        sys::set_backlog(&listener, LISTEN_BACKLOG)?;
         listener.set_nonblocking(true)?;
         let reactors = (0..config.reactor_threads.max(1))
             .map(|_| reactor::Reactor::new())

@@ -139,6 +139,19 @@ pub(crate) fn send_iov(fd: &impl AsRawFd, bufs: &[&Bytes]) -> io::Result<usize> 
     }
 }
 
+/// Sets the accept-queue length of a listening socket: calling `listen`
+/// again on a listening socket only changes its backlog (listen(2)). The
+/// kernel caps it at `net.core.somaxconn`.
+pub(crate) fn set_backlog(listener: &impl AsRawFd, backlog: u32) -> io::Result<()> {
+    let backlog = backlog.min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: the fd is a listening socket open for as long as it is
+    // borrowed; listen has no memory arguments.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The open-file limit as (soft, hard).
 pub(crate) fn fd_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {

@@ -334,7 +334,7 @@ impl StormClient {
                         let s = t.as_str();
                         if s.starts_with(r#"{"type":"welcome""#) {
                             self.welcomed = true;
-                        } else if s.starts_with(r#"{"type":"message""#) {
+                        } else if s.contains(r#""type":"message""#) {
                             self.received += 1;
                             let v: Value = serde_json::from_str(s).unwrap();
                             let sent: u64 = v["text"].as_str().unwrap().parse().unwrap();
