@@ -228,11 +228,11 @@ impl Client {
         self.queue(frame, true)
     }
 
-    /// Queues a pre-framed message for the flusher instead of writing now:
-    /// for presence notices, which arrive in bursts (a thousand joins fan
-    /// out a million notices) and are cheaper coalesced, many per
-    /// `sendmsg`. Order with [`send`](Self::send) is kept: a later `send`
-    /// sees a non-empty queue and appends behind.
+    /// Queues a pre-framed message without writing now even on an uncorked
+    /// thread (the flusher writes it, coalesced with whatever follows): for
+    /// presence notices, which arrive in bursts. On a corked thread it is
+    /// the same as [`send`](Self::send). Order with `send` is kept: a later
+    /// `send` sees a non-empty queue and appends behind.
     pub(crate) fn send_deferred(self: &Arc<Self>, frame: Bytes) -> Sent {
         self.queue(frame, false)
     }
@@ -270,7 +270,7 @@ impl Client {
         });
         if write_now && !corked && q.bufs.is_empty() {
             self.flusher.count_write();
-            match sys::send_iov(&self.stream, &[&frame]) {
+            match sys::send_iov(&self.stream, [&frame]) {
                 Ok(n) if n == frame.len() => return Sent::Ok,
                 Ok(n) => {
                     q.front_started = n > 0;
@@ -500,10 +500,8 @@ impl Client {
     /// rule. Returns true when nothing is left for the flusher.
     fn flush_locked(&self, q: &mut Inner) -> bool {
         while !q.bufs.is_empty() {
-            let (a, b) = q.bufs.as_slices();
-            let iov: Vec<&Bytes> = a.iter().chain(b).take(sys::MAX_IOV).collect();
             self.flusher.count_write();
-            match sys::send_iov(&self.stream, &iov) {
+            match sys::send_iov(&self.stream, &q.bufs) {
                 Ok(0) => break,
                 Ok(mut n) => {
                     q.bytes -= n;

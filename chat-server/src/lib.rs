@@ -364,8 +364,9 @@ impl Server {
             .collect();
         log!(
             shared,
-            "chat: shutting down, closing {} connections with 1001",
-            clients.len()
+            "chat: shutting down, closing {} connections with 1001 ({} sendmsg calls to clients since start)",
+            clients.len(),
+            shared.flusher.writes()
         );
         for c in &clients {
             c.close(CloseCode::GOING_AWAY, "server shutting down");
