@@ -347,20 +347,22 @@ impl Room {
 
     /// Sends member `id` a page of the online list: at most `limit` nicks
     /// after the nick `after` (by key), as many as one reply holds, and
-    /// whether more follow. Returns the membership version it shows.
+    /// whether more follow. Returns the membership version it shows, or
+    /// `None` when the room is over the presence limit (its members are not
+    /// told of each change, so a `who` there is never a catch-up).
     pub fn who(
         &self,
         id: MemberId,
         client: &Arc<Client>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<u64, Refusal> {
+    ) -> Result<Option<u64>, Refusal> {
         let st = self.lock();
         st.owned(id, client)?;
         let after = after.map(nick_key);
         let (page, more) = st.users_page(after.as_deref(), limit, self.reply_max - 64);
         let users = format!(r#"{{"type":"users","users":{page},"more":{more}}}"#);
-        let version = st.version;
+        let version = self.notices(st.members.len()).then_some(st.version);
         drop(st);
         client.send(Client::frame_text(&users));
         Ok(version)

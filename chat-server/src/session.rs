@@ -409,11 +409,13 @@ impl Session {
                 let version = room.who(id, client, after.as_deref(), limit)?;
                 // The rate check came first (cheap on floods); a `who` whose
                 // answer tells this client of changes it would have been
-                // told about anyway (joined/left/renamed) is free.
-                if self.users_seen != Some(version) {
+                // told about anyway (joined/left/renamed) is free. Above
+                // the presence limit nobody is told, and a churning room
+                // would make every page free: then each `who` costs a token.
+                if version.is_some() && self.users_seen != version {
                     self.rate.bucket.refund();
                 }
-                self.users_seen = Some(version);
+                self.users_seen = version;
                 Ok(())
             }
             Request::History { before, limit } => room.history(id, client, before, limit),

@@ -211,6 +211,40 @@ fn presence_above_the_limit_is_a_count_and_who_pages() {
     }
 }
 
+/// A `who` after a change is free only where members are told of changes
+/// one by one: above the limit a churning room would make every page free
+/// (each up to 500 nicks), so there every `who` costs a rate token.
+#[test]
+fn who_above_the_limit_is_rate_limited_even_while_the_room_churns() {
+    let server = start(|c| {
+        c.presence_limit = 1;
+        c.rate_burst = 3;
+        c.rate_per_sec = 1;
+    });
+    let (mut a, _) = Client::join(server.addr, "a");
+    let mut others = Vec::new();
+    let mut limited = false;
+    for i in 0..6 {
+        // A join changes the list (and its version) before each `who`.
+        others.push(Client::join(server.addr, &format!("b{i}")).0);
+        a.send(json!({"type": "who"}));
+        loop {
+            let v = a.recv();
+            match v["type"].as_str() {
+                Some("presence") => continue,
+                Some("users") => break,
+                Some("error") => {
+                    assert_eq!(v["code"], "rate_limited", "{v}");
+                    limited = true;
+                    break;
+                }
+                _ => panic!("{v}"),
+            }
+        }
+    }
+    assert!(limited, "six pages in a churning big room were all free");
+}
+
 // ---------------------------------------------------------------------------
 // The join-storm driver (issue 11 item 3), run by hand against a server
 // pinned to another core:
