@@ -17,15 +17,24 @@
 //!   at the closing deadline, whichever comes first.
 //!
 //! A broadcast is framed once; every recipient gets a clone of the same
-//! [`Bytes`]. When a client's queue is empty the sender writes straight to
-//! the socket with `MSG_DONTWAIT`, so a message to a reading client costs
-//! one `sendmsg` and wakes no thread. Only what does not fit in the
-//! kernel's socket buffer is queued, and queued buffers leave in one
-//! `sendmsg` with an iovec per buffer.
+//! [`Bytes`].
+//!
+//! **Corking** (one write per client per wake-up, issue 11). A thread that
+//! handles a batch of socket events (a reactor) first calls [`cork`]:
+//! until the returned guard drops, every send on that thread only queues
+//! the frame and notes the client; the guard then writes each noted client
+//! once, all its queued frames in one `sendmsg` (an iovec per frame). There
+//! is no timer: the batch is whatever arrived while the thread was busy, so
+//! an idle server answers at once and a busy one writes less often but
+//! more per write (self-clocked). Without a cork (a thread that sends one
+//! thing) a send to an empty queue is written at once with `MSG_DONTWAIT`.
+//! Only what does not fit in the kernel's socket buffer stays queued, for
+//! the flusher thread to write when the socket turns writable.
 
 use crate::flusher::{Drain, Flusher};
 use crate::sys;
 use bytes::{Bytes, BytesMut};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -102,6 +111,8 @@ struct Inner {
     front_started: bool,
     /// Registered with the flusher.
     registered: bool,
+    /// Noted by a thread's [`cork`], which writes the queue when it drops.
+    corked: bool,
 }
 
 /// What became of a send.
@@ -174,6 +185,7 @@ impl Client {
                 bytes: 0,
                 front_started: false,
                 registered: false,
+                corked: false,
             }),
             open: AtomicBool::new(true),
             max_queue,
@@ -216,11 +228,11 @@ impl Client {
         self.queue(frame, true)
     }
 
-    /// Queues a pre-framed message for the flusher instead of writing now:
-    /// for presence notices, which arrive in bursts (a thousand joins fan
-    /// out a million notices) and are cheaper coalesced, many per
-    /// `sendmsg`. Order with [`send`](Self::send) is kept: a later `send`
-    /// sees a non-empty queue and appends behind.
+    /// Queues a pre-framed message without writing now even on an uncorked
+    /// thread (the flusher writes it, coalesced with whatever follows): for
+    /// presence notices, which arrive in bursts. On a corked thread it is
+    /// the same as [`send`](Self::send). Order with `send` is kept: a later
+    /// `send` sees a non-empty queue and appends behind.
     pub(crate) fn send_deferred(self: &Arc<Self>, frame: Bytes) -> Sent {
         self.queue(frame, false)
     }
@@ -246,8 +258,19 @@ impl Client {
         if q.phase != Phase::Open {
             return Sent::Closed;
         }
-        if write_now && q.bufs.is_empty() {
-            match sys::send_iov(&self.stream, &[&frame]) {
+        let corked = CORK.with(|c| match &mut *c.borrow_mut() {
+            Some(noted) => {
+                if !q.corked {
+                    q.corked = true;
+                    noted.push(Arc::clone(self));
+                }
+                true
+            }
+            None => false,
+        });
+        if write_now && !corked && q.bufs.is_empty() {
+            self.flusher.count_write();
+            match sys::send_iov(&self.stream, [&frame]) {
                 Ok(n) if n == frame.len() => return Sent::Ok,
                 Ok(n) => {
                     q.front_started = n > 0;
@@ -279,9 +302,24 @@ impl Client {
             }
             return Sent::Overflow;
         }
-        self.register(&mut q);
+        if !corked {
+            self.register(&mut q);
+        }
         q.check(self.max_queue, self.is_open());
         Sent::Ok
+    }
+
+    /// Writes what a cork held back: one `sendmsg` for the whole queue
+    /// (unless the flusher already waits for the socket to drain it).
+    fn uncork(self: &Arc<Self>) {
+        let mut q = self.lock();
+        q.corked = false;
+        if q.registered || q.bufs.is_empty() {
+            return;
+        }
+        if !self.flush_locked(&mut q) {
+            self.register(&mut q);
+        }
     }
 
     /// Starts the closing handshake: queues a Close with `code` and `reason`
@@ -383,6 +421,46 @@ impl Client {
     }
 }
 
+thread_local! {
+    /// The clients a corked thread has queued for; `None` when not corked.
+    static CORK: RefCell<Option<Vec<Arc<Client>>>> = const { RefCell::new(None) };
+}
+
+/// Holds back this thread's writes until dropped (see the module docs):
+/// then every client sent to meanwhile gets one write. Nested corks are
+/// folded into the outermost.
+#[must_use = "the writes leave when the guard drops"]
+pub(crate) struct Cork {
+    outermost: bool,
+}
+
+/// Corks this thread's sends until the guard drops.
+pub(crate) fn cork() -> Cork {
+    let outermost = CORK.with(|c| {
+        let mut c = c.borrow_mut();
+        let fresh = c.is_none();
+        if fresh {
+            *c = Some(Vec::new());
+        }
+        fresh
+    });
+    Cork { outermost }
+}
+
+impl Drop for Cork {
+    fn drop(&mut self) {
+        if !self.outermost {
+            return;
+        }
+        // Uncorking sends nothing new, but take the list out first anyway:
+        // nothing may borrow the cell while a client's lock is held.
+        let noted = CORK.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        for client in noted {
+            client.uncork();
+        }
+    }
+}
+
 impl Drain for Client {
     /// POLLOUT only with bytes queued: asking for it on an empty queue
     /// would spin.
@@ -422,9 +500,8 @@ impl Client {
     /// rule. Returns true when nothing is left for the flusher.
     fn flush_locked(&self, q: &mut Inner) -> bool {
         while !q.bufs.is_empty() {
-            let (a, b) = q.bufs.as_slices();
-            let iov: Vec<&Bytes> = a.iter().chain(b).take(sys::MAX_IOV).collect();
-            match sys::send_iov(&self.stream, &iov) {
+            self.flusher.count_write();
+            match sys::send_iov(&self.stream, &q.bufs) {
                 Ok(0) => break,
                 Ok(mut n) => {
                     q.bytes -= n;

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,9 @@ pub(crate) struct Flusher {
     wake_tx: UnixStream,
     wake_rx: UnixStream,
     stop: AtomicBool,
+    /// `sendmsg` calls made by this server's clients (for tests and
+    /// measurements: one per client per wake-up is the goal).
+    writes: AtomicU64,
 }
 
 impl Flusher {
@@ -41,6 +44,7 @@ impl Flusher {
             wake_tx,
             wake_rx,
             stop: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
         });
         let f = Arc::clone(&flusher);
         std::thread::Builder::new()
@@ -54,6 +58,16 @@ impl Flusher {
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         let _ = (&self.wake_tx).write(&[1]);
+    }
+
+    /// Counts one `sendmsg` to a client socket.
+    pub(crate) fn count_write(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `sendmsg` calls to client sockets so far.
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     /// Watches `client` until it reports nothing left to do.

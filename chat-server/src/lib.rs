@@ -15,10 +15,13 @@
 //!   stack (about 3.4 KiB of RSS per idle client at 10,000 clients);
 //! - one flusher that drains the queues of clients whose socket was full.
 //!
-//! Sends never block: a broadcast is framed once and written straight to
-//! each socket with `MSG_DONTWAIT`, queueing (in a byte-bounded queue) only
-//! what does not fit; presence notices go through the flusher, which
-//! coalesces bursts into one `sendmsg` per client.
+//! Sends never block: a broadcast is framed once and queued for each
+//! member; a reactor corks its sends while it handles one wake-up's events
+//! and then writes each client once, everything owed in one `sendmsg`
+//! (self-clocked batching, no timer), so a busy server makes fewer, fuller
+//! writes. Only what the socket does not take stays queued (byte-bounded)
+//! for the flusher. Above `presence_limit` members the room sends a
+//! `presence` count once a second instead of a notice per join or leave.
 //!
 //! Modules: `session` reads one connection (its `wsproto::Connection`,
 //! timers, rate limits) and dispatches requests to the `room` (members,
@@ -59,6 +62,10 @@ use room::Room;
 use wsproto::CloseCode;
 
 pub use room::REPLY_MAX_BYTES;
+
+/// Accept-queue length asked of the kernel (capped by
+/// `net.core.somaxconn`, 4096 by default since Linux 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Everything the server can be told; the defaults are DESIGN.md's table.
 #[derive(Debug, Clone)]
@@ -105,6 +112,10 @@ pub struct Config {
     pub thread_stack: usize,
     /// Threads reading upgraded connections (epoll).
     pub reactor_threads: usize,
+    /// Members up to which the room sends `joined`/`left`/`renamed` to
+    /// everyone; above it a `presence` count at most once a second and a
+    /// paged online list (DESIGN.md, "Presence that scales").
+    pub presence_limit: usize,
     /// Log one line per connect / disconnect / error to stderr.
     pub log: bool,
     /// Which pages may open the WebSocket (`--allowed-origin`): by default
@@ -134,6 +145,7 @@ impl Default for Config {
             control_per_sec: 20,
             thread_stack: 128 << 10,
             reactor_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+            presence_limit: 500,
             log: true,
             origin_policy: wsproto::handshake::OriginPolicy::same_host(),
         }
@@ -188,6 +200,21 @@ impl ShutdownHandle {
     pub fn connections(&self) -> usize {
         self.0.live.load(Ordering::Acquire)
     }
+
+    /// `sendmsg` calls made to WebSocket clients so far. Sends are corked
+    /// per wake-up, so under load this grows far slower than the frames
+    /// sent (for tests and measurements).
+    ///
+    /// ```no_run
+    /// let mut config = chat_server::Config::default();
+    /// config.addr = ([127, 0, 0, 1], 0).into();
+    /// let running = chat_server::Server::bind(config)?.spawn()?;
+    /// assert_eq!(running.handle().socket_writes(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn socket_writes(&self) -> u64 {
+        self.0.flusher.writes()
+    }
 }
 
 /// A server running on its own thread (for tests and embedding).
@@ -235,7 +262,11 @@ impl Server {
     /// When the address cannot be bound or a thread cannot start.
     pub fn bind(config: Config) -> io::Result<Self> {
         let listener = TcpListener::bind(config.addr)?;
-        sys::set_backlog(&listener, 4096)?;
+        // std listens with a backlog of 128: a join storm (every client of
+        // a restarted server coming back at once, thousands a second)
+        // overflows it between two accept passes, and each dropped SYN
+        // costs its client a one-second retransmit (issue 11).
+        sys::set_backlog(&listener, LISTEN_BACKLOG)?;
         listener.set_nonblocking(true)?;
         let reactors = (0..config.reactor_threads.max(1))
             .map(|_| reactor::Reactor::new())
@@ -246,6 +277,7 @@ impl Server {
                 config.history,
                 config.max_text,
                 config.max_queue_bytes,
+                config.presence_limit,
                 config.log,
             ),
             flusher: Flusher::start()?,
@@ -332,8 +364,9 @@ impl Server {
             .collect();
         log!(
             shared,
-            "chat: shutting down, closing {} connections with 1001",
-            clients.len()
+            "chat: shutting down, closing {} connections with 1001 ({} sendmsg calls to clients since start)",
+            clients.len(),
+            shared.flusher.writes()
         );
         for c in &clients {
             c.close(CloseCode::GOING_AWAY, "server shutting down");

@@ -29,6 +29,9 @@ OPTIONS:
   --control-burst N          Ping/Pong frames a client may send at once, then
                              the refill below; past it, close 1008 [default: 40]
   --control-per-sec N        Ping/Pong refill per second, 1-1000000 [default: 20]
+  --presence-limit N         members up to which joined/left/renamed go to everyone;
+                             above, a presence count each second and paged who;
+                             0-100000 [default: 500]
   --reactor-threads N        threads reading WebSockets, 1-64 [default: cores, max 4]
   --allowed-origin ORIGIN    also accept WebSockets from pages of ORIGIN (scheme://host[:port];
                              repeatable; * allows any) [default: same host:port only]
@@ -121,6 +124,9 @@ mod range {
     /// A rate of 0 would refuse every frame; past a million per second the
     /// limit limits nothing.
     pub const RATE: (u64, u64) = (1, 1_000_000);
+    /// 0 sends only counts; the ceiling keeps the welcome's full list
+    /// (up to the limit) within a bounded reply, where it is cut to a page.
+    pub const PRESENCE_LIMIT: (u64, u64) = (0, 100_000);
     /// More reactors than cores only add contention.
     pub const REACTORS: (u64, u64) = (1, 64);
 
@@ -168,6 +174,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--ping-interval" => c.ping_interval = secs(range::PING_SECS)?,
             "--pong-timeout" => c.pong_timeout = secs(range::PONG_SECS)?,
             "--rate-burst" => c.rate_burst = num(range::RATE)? as u32,
+            "--presence-limit" => c.presence_limit = num(range::PRESENCE_LIMIT)? as usize,
             "--reactor-threads" => c.reactor_threads = num(range::REACTORS)? as usize,
             "--rate-per-sec" => c.rate_per_sec = num(range::RATE)? as u32,
             "--control-burst" => c.control_burst = num(range::RATE)? as u32,

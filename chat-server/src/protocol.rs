@@ -26,8 +26,9 @@ pub enum Request {
     Nick { nick: String },
     /// A one-to-one message.
     Private { to: String, text: String },
-    /// Ask for the online list.
-    Who,
+    /// Ask for a page of the online list: up to `limit` nicks sorted by
+    /// case-folded nick ([`nick_key`]), starting after the nick `after`.
+    Who { after: Option<String>, limit: usize },
 }
 
 /// The stable error codes, in the order they are checked.
@@ -88,6 +89,9 @@ impl Refusal {
 /// Default and bounds of `history.limit` (DESIGN.md).
 pub const HISTORY_LIMIT_DEFAULT: usize = 50;
 pub const HISTORY_LIMIT_MAX: usize = 100;
+/// Default and bounds of `who.limit` (DESIGN.md, "Presence that scales").
+pub const WHO_LIMIT_DEFAULT: usize = 100;
+pub const WHO_LIMIT_MAX: usize = 500;
 /// Nicknames are 1-32 Unicode scalar values.
 pub const NICK_MAX_CHARS: usize = 32;
 
@@ -125,7 +129,14 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
         "nick" => Ok(Request::Nick {
             nick: string(&obj, "nick")?,
         }),
-        "who" => Ok(Request::Who),
+        "who" => Ok(Request::Who {
+            after: opt_string(&obj, "after")?,
+            // Clamped like `history.limit` (DESIGN.md, "Presence that
+            // scales": "clamped to 1-500").
+            limit: opt_integer(&obj, "limit")?.map_or(WHO_LIMIT_DEFAULT, |l| {
+                l.clamp(1, WHO_LIMIT_MAX as i128) as usize
+            }),
+        }),
         "history" => {
             // Out-of-range integers are clamped, not refused (DESIGN.md:
             // "clamped to 1-100"): a negative `before` has nothing before
@@ -439,6 +450,23 @@ mod tests {
     }
 
     #[test]
+    fn who_pages_are_clamped() {
+        let who = |json: &str| match parse(json) {
+            Ok(Request::Who { after, limit }) => (after, limit),
+            other => panic!("{json}: {other:?}"),
+        };
+        assert_eq!(who(r#"{"type":"who"}"#), (None, 100));
+        assert_eq!(who(r#"{"type":"who","limit":0}"#), (None, 1));
+        assert_eq!(who(r#"{"type":"who","limit":1e3}"#).1, 500);
+        assert_eq!(
+            who(r#"{"type":"who","room":"lobby","after":"bob","limit":7}"#),
+            (Some("bob".into()), 7)
+        );
+        assert_eq!(code(r#"{"type":"who","after":3}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"who","limit":"9"}"#), ErrorCode::BadRequest);
+    }
+
+    #[test]
     fn nesting_is_bounded_before_parsing() {
         assert_eq!(nesting_depth(br#"{"a":"[[[[\"{{{{"}"#), 1);
         assert_eq!(nesting_depth(b"[[[]]]"), 3);
@@ -448,7 +476,13 @@ mod tests {
             code(r#"{"type":"who","x":[[[[[[[[[1]]]]]]]]]}"#),
             ErrorCode::BadJson
         );
-        assert_eq!(parse(r#"{"type":"who","x":[[1]]}"#).unwrap(), Request::Who);
+        assert_eq!(
+            parse(r#"{"type":"who","x":[[1]]}"#).unwrap(),
+            Request::Who {
+                after: None,
+                limit: WHO_LIMIT_DEFAULT
+            }
+        );
     }
 
     fn history(json: &str) -> (Option<u64>, usize) {

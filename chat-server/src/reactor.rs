@@ -3,6 +3,7 @@
 //! [`Session`] (a `Connection` whose buffers are released while idle) and
 //! its `Client`.
 
+use crate::client;
 use crate::session::Session;
 use crate::sys::{self, Epoll};
 use crate::Shared;
@@ -76,10 +77,17 @@ impl Reactor {
             if shared.stop.load(Ordering::Acquire) && sessions.is_empty() {
                 return;
             }
-            let wait = due
+            let mut wait = due
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(500));
-            for ev in self.epoll.wait(&mut events, wait) {
+            if shared.room.presence_pending() {
+                wait = wait.min(Duration::from_millis(100));
+            }
+            let ready = self.epoll.wait(&mut events, wait);
+            // Everything this wake-up sends leaves when the cork drops: one
+            // write per client however many events fanned out to it.
+            let _cork = client::cork();
+            for ev in ready {
                 let token = ev.u64;
                 if token == WAKE {
                     let mut sink = [0u8; 64];
@@ -106,6 +114,7 @@ impl Reactor {
                 }
             }
             let now = Instant::now();
+            shared.room.tick(now);
             if now >= due {
                 due = now + Duration::from_secs(1);
                 let mut ended = Vec::new();

@@ -4,14 +4,29 @@
 //! once while holding it, and handed to each member with a non-blocking
 //! send ([`Client::send`]), so every member sees room events in the same order
 //! and a slow member costs the others nothing but a queue push.
+//!
+//! Presence scales (DESIGN.md, "Presence that scales"): `joined`, `left`
+//! and `renamed` go to every member only while the room has at most
+//! `presence_limit` members, counted after the change. Above it a join
+//! costs O(1) sends instead of O(members) (a restart's 10,000 returning
+//! clients would otherwise queue 50 million notices): members get a
+//! `presence` count, at most one per second while the count moves, and
+//! read the list in pages (`who` with `after`/`limit`, sorted by
+//! case-folded nick).
 
 use crate::client::{close_replaced, Client};
-use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal};
+use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal, WHO_LIMIT_DEFAULT};
 use bytes::Bytes;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The shortest gap between two `presence` counts (DESIGN.md: "at most one
+/// per second").
+pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 
 /// Largest payload of a reply to a client's own request (`welcome`,
 /// `history`): DESIGN.md, "Replies are bounded". It holds the newest
@@ -39,6 +54,11 @@ pub struct Room {
     /// Payload bound of a reply: [`REPLY_MAX_BYTES`], or less when the
     /// per-client queue is small, so one reply never trips it.
     reply_max: usize,
+    /// Members up to which presence notices are sent one by one.
+    presence_limit: usize,
+    /// A count change waits for [`PRESENCE_EVERY`] to pass: lets the
+    /// reactors skip [`Room::tick`]'s lock while nothing waits.
+    presence_pending: AtomicBool,
     log: bool,
 }
 
@@ -47,12 +67,15 @@ struct State {
     next_id: u64,
     next_member: u64,
     members: BTreeMap<MemberId, Member>,
-    by_nick: HashMap<String, MemberId>,
+    /// Ordered by key, which is the order of the online list.
+    by_nick: BTreeMap<String, MemberId>,
     by_token: HashMap<String, MemberId>,
     /// Bumped whenever the online list changes (join, leave, rename).
     version: u64,
     /// Room messages, oldest first, each as its JSON object text.
     history: VecDeque<(u64, Arc<str>)>,
+    /// When the last `presence` count went out, and the count it told.
+    presence_sent: Option<(Instant, usize)>,
 }
 
 /// A nick in the room, with the one connection that acts for it.
@@ -64,7 +87,13 @@ struct Member {
 }
 
 impl Room {
-    pub fn new(history_len: usize, max_text: usize, max_queue: usize, log: bool) -> Self {
+    pub fn new(
+        history_len: usize,
+        max_text: usize,
+        max_queue: usize,
+        presence_limit: usize,
+        log: bool,
+    ) -> Self {
         Self {
             state: Mutex::new(State {
                 next_id: 1,
@@ -73,8 +102,54 @@ impl Room {
             history_len,
             max_text,
             reply_max: REPLY_MAX_BYTES.min(max_queue / 2),
+            presence_limit,
+            presence_pending: AtomicBool::new(false),
             log,
         }
+    }
+
+    /// True while a `presence` count waits for its second to pass; the
+    /// reactors then call [`tick`](Self::tick) at least every 100 ms.
+    pub fn presence_pending(&self) -> bool {
+        self.presence_pending.load(Ordering::Acquire)
+    }
+
+    /// Sends the waiting `presence` count once [`PRESENCE_EVERY`] has
+    /// passed since the last one.
+    pub fn tick(&self, now: Instant) {
+        if !self.presence_pending() {
+            return;
+        }
+        let mut st = self.lock();
+        if st
+            .presence_sent
+            .is_some_and(|(at, _)| now.saturating_duration_since(at) < PRESENCE_EVERY)
+        {
+            return;
+        }
+        self.presence_pending.store(false, Ordering::Release);
+        st.send_presence(now);
+    }
+
+    /// The member count changed from `before`: above the limit (before or
+    /// after), members learn the new count now if none went out in the last
+    /// second, else at the next [`tick`](Self::tick) that is due.
+    fn presence_changed(&self, st: &mut State, before: usize) {
+        if before.max(st.members.len()) <= self.presence_limit {
+            return;
+        }
+        let now = Instant::now();
+        match st.presence_sent {
+            Some((at, _)) if now.saturating_duration_since(at) < PRESENCE_EVERY => {
+                self.presence_pending.store(true, Ordering::Release);
+            }
+            _ => st.send_presence(now),
+        }
+    }
+
+    /// Whether one-by-one notices go out with `members` in the room.
+    fn notices(&self, members: usize) -> bool {
+        members <= self.presence_limit
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -135,11 +210,23 @@ impl Room {
             old.close(close_replaced(), "replaced");
         }
         let member = &st.members[&id];
+        // Under the limit the welcome lists everyone (v1), as far as half a
+        // reply holds; above it, or when cut, the first page and the total.
+        let total = st.members.len();
+        let (page, cut) = if self.notices(total) {
+            st.users_page(None, usize::MAX, self.reply_max / 2)
+        } else {
+            st.users_page(None, WHO_LIMIT_DEFAULT, self.reply_max / 2)
+        };
+        let users_total = if cut || !self.notices(total) {
+            format!(r#","users_total":{total}"#)
+        } else {
+            String::new()
+        };
         let head = format!(
-            r#"{{"type":"welcome","nick":{},"token":{},"users":{},"history":["#,
+            r#"{{"type":"welcome","nick":{},"token":{},"users":{page}{users_total},"history":["#,
             json!(member.nick),
             json!(member.token),
-            users_json(&st.users()),
         );
         let eligible = st
             .history
@@ -162,11 +249,14 @@ impl Room {
                 }
             }
             None => {
-                let joined = json!({"type": "joined", "nick": member.nick, "ts": now_ms()});
-                st.broadcast_deferred(&joined.to_string(), Some(id));
                 if self.log {
                     eprintln!("chat: {} joined as {:?}", client.label(), member.nick);
                 }
+                if self.notices(total) {
+                    let joined = json!({"type": "joined", "nick": member.nick, "ts": now_ms()});
+                    st.broadcast_deferred(&joined.to_string(), Some(id));
+                }
+                self.presence_changed(&mut st, total - 1);
             }
         }
         Ok(Joined {
@@ -243,20 +333,36 @@ impl Room {
         st.by_nick.insert(key, id);
         st.version += 1;
         let msg = json!({"type": "renamed", "from": old, "to": nick, "ts": now_ms()});
-        st.broadcast(&msg.to_string(), None);
+        if self.notices(st.members.len()) {
+            st.broadcast(&msg.to_string(), None);
+        } else {
+            // Above the limit only the renamer hears of it: its ack.
+            client.send(Client::frame_text(&msg.to_string()));
+        }
         if self.log {
             eprintln!("chat: {} renamed {old:?} to {nick:?}", client.label());
         }
         Ok(())
     }
 
-    /// Sends the online list to member `id`; returns the membership version
-    /// it shows.
-    pub fn who(&self, id: MemberId, client: &Arc<Client>) -> Result<u64, Refusal> {
+    /// Sends member `id` a page of the online list: at most `limit` nicks
+    /// after the nick `after` (by key), as many as one reply holds, and
+    /// whether more follow. Returns the membership version it shows, or
+    /// `None` when the room is over the presence limit (its members are not
+    /// told of each change, so a `who` there is never a catch-up).
+    pub fn who(
+        &self,
+        id: MemberId,
+        client: &Arc<Client>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<u64>, Refusal> {
         let st = self.lock();
         st.owned(id, client)?;
-        let users = format!(r#"{{"type":"users","users":{}}}"#, users_json(&st.users()));
-        let version = st.version;
+        let after = after.map(nick_key);
+        let (page, more) = st.users_page(after.as_deref(), limit, self.reply_max - 64);
+        let users = format!(r#"{{"type":"users","users":{page},"more":{more}}}"#);
+        let version = self.notices(st.members.len()).then_some(st.version);
         drop(st);
         client.send(Client::frame_text(&users));
         Ok(version)
@@ -301,8 +407,12 @@ impl Room {
         st.by_nick.remove(&nick_key(&member.nick));
         st.by_token.remove(&member.token);
         st.version += 1;
-        let msg = json!({"type": "left", "nick": member.nick, "ts": now_ms()});
-        st.broadcast_deferred(&msg.to_string(), None);
+        let after = st.members.len();
+        if self.notices(after) {
+            let msg = json!({"type": "left", "nick": member.nick, "ts": now_ms()});
+            st.broadcast_deferred(&msg.to_string(), None);
+        }
+        self.presence_changed(&mut st, after + 1);
         if self.log {
             eprintln!("chat: {} left as {:?}", client.label(), member.nick);
         }
@@ -369,8 +479,46 @@ impl State {
         id
     }
 
-    fn users(&self) -> Vec<&str> {
-        self.members.values().map(|m| m.nick.as_str()).collect()
+    /// The online list from the first key after `after`: a JSON array of
+    /// at most `limit` nicks within `budget` bytes (at least one, so paging
+    /// makes progress), and whether more follow.
+    fn users_page(&self, after: Option<&str>, limit: usize, budget: usize) -> (String, bool) {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out = String::from("[");
+        let mut taken = 0;
+        let mut more = false;
+        for id in self
+            .by_nick
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(_, id)| id)
+        {
+            let Some(m) = self.members.get(id) else {
+                continue;
+            };
+            let nick = serde_json::to_string(&m.nick).unwrap_or_else(|_| "\"\"".into());
+            if taken == limit || (taken > 0 && out.len() + 1 + nick.len() + 1 > budget) {
+                more = true;
+                break;
+            }
+            if taken > 0 {
+                out.push(',');
+            }
+            out.push_str(&nick);
+            taken += 1;
+        }
+        out.push(']');
+        (out, more)
+    }
+
+    /// Tells every member the member count (`presence`, DESIGN.md).
+    fn send_presence(&mut self, now: Instant) {
+        let users = self.members.len();
+        if self.presence_sent.is_some_and(|(_, told)| told == users) {
+            return;
+        }
+        self.presence_sent = Some((now, users));
+        let msg = format!(r#"{{"type":"presence","room":"lobby","users":{users}}}"#);
+        self.broadcast_deferred(&msg, None);
     }
 
     /// Frames `json` once and sends the same bytes to every member but
@@ -394,12 +542,6 @@ impl State {
             }
         }
     }
-}
-
-/// The online list as a JSON array, serialized straight from the borrowed
-/// names (no intermediate `Value` with a copy of each).
-fn users_json(users: &[&str]) -> String {
-    serde_json::to_string(users).unwrap_or_else(|_| "[]".into())
 }
 
 /// Milliseconds since the Unix epoch.

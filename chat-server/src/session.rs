@@ -176,7 +176,10 @@ pub(crate) fn start(
         _live: live,
     };
     s.conn.receive(early);
-    s.process();
+    {
+        let _cork = crate::client::cork();
+        s.process();
+    }
     s.conn.shrink_buffers();
     let reactor = &shared.reactors[(id as usize) % shared.reactors.len()];
     reactor.adopt(s);
@@ -402,15 +405,17 @@ impl Session {
             Request::Message { text } => room.message(id, client, &text),
             Request::Private { to, text } => room.private(id, client, &to, &text),
             Request::Nick { nick } => room.rename(id, client, &nick),
-            Request::Who => {
-                let version = room.who(id, client)?;
+            Request::Who { after, limit } => {
+                let version = room.who(id, client, after.as_deref(), limit)?;
                 // The rate check came first (cheap on floods); a `who` whose
                 // answer tells this client of changes it would have been
-                // told about anyway (joined/left/renamed) is free.
-                if self.users_seen != Some(version) {
+                // told about anyway (joined/left/renamed) is free. Above
+                // the presence limit nobody is told, and a churning room
+                // would make every page free: then each `who` costs a token.
+                if version.is_some() && self.users_seen != version {
                     self.rate.bucket.refund();
                 }
-                self.users_seen = Some(version);
+                self.users_seen = version;
                 Ok(())
             }
             Request::History { before, limit } => room.history(id, client, before, limit),

@@ -97,22 +97,27 @@ pub(crate) fn pollfd(fd: RawFd, events: libc::c_short) -> PollFd {
     }
 }
 
-/// Writes `bufs` (at most [`MAX_IOV`] of them) with one non-blocking
-/// `sendmsg`; `Ok(n)` is the byte count taken (0 when the socket buffer is
-/// full).
-pub(crate) fn send_iov(fd: &impl AsRawFd, bufs: &[&Bytes]) -> io::Result<usize> {
-    let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_IOV];
-    let count = bufs.len().min(MAX_IOV);
+/// Writes the first [`MAX_IOV`] of `bufs` with one non-blocking `sendmsg`;
+/// `Ok(n)` is the byte count taken (0 when the socket buffer is full).
+pub(crate) fn send_iov<'a>(
+    fd: &impl AsRawFd,
+    bufs: impl IntoIterator<Item = &'a Bytes>,
+) -> io::Result<usize> {
+    // Only the slots used are written: zeroing all 1024 (16 KiB) on every
+    // call cost more than a one-frame send's own user-space work.
+    let mut iov = [std::mem::MaybeUninit::<libc::iovec>::uninit(); MAX_IOV];
+    let mut count = 0;
     for (slot, buf) in iov.iter_mut().zip(bufs) {
-        slot.iov_base = buf.as_ptr() as *mut libc::c_void;
-        slot.iov_len = buf.len();
+        slot.write(libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        });
+        count += 1;
     }
     // SAFETY: an all-zero msghdr is valid (no name, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
+    // The kernel reads only the first `count` slots, all written above.
+    msg.msg_iov = iov.as_mut_ptr().cast::<libc::iovec>();
     msg.msg_iovlen = count as _;
     loop {
         // SAFETY: the fd is open for as long as `fd` is borrowed; every
@@ -139,14 +144,14 @@ pub(crate) fn send_iov(fd: &impl AsRawFd, bufs: &[&Bytes]) -> io::Result<usize> 
     }
 }
 
-/// Re-arms a listening socket with a backlog of `n` (Linux caps it at
-/// `net.core.somaxconn`): std listens with 128, which a burst of connects
-/// overflows while the acceptor starts handshake threads, and each connect
-/// that finds the queue full waits for a SYN retransmit (1 s).
-pub(crate) fn set_backlog(listener: &std::net::TcpListener, n: libc::c_int) -> io::Result<()> {
-    // SAFETY: listen(2) on a socket that is already listening only updates
-    // its backlog; the descriptor is valid for the borrow.
-    if unsafe { libc::listen(listener.as_raw_fd(), n) } != 0 {
+/// Sets the accept-queue length of a listening socket: calling `listen`
+/// again on a listening socket only changes its backlog (listen(2)). The
+/// kernel caps it at `net.core.somaxconn`.
+pub(crate) fn set_backlog(listener: &impl AsRawFd, backlog: u32) -> io::Result<()> {
+    let backlog = backlog.min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: the fd is a listening socket open for as long as it is
+    // borrowed; listen has no memory arguments.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
