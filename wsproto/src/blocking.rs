@@ -57,6 +57,15 @@ pub trait Transport: Read + Write {
         let _ = timeout;
         Ok(())
     }
+
+    /// True if `write_vectored` writes several buffers in one call (a
+    /// `writev`), rather than std's default of writing only the first.
+    /// [`WebSocket::send`] then hands a server's large payload to the
+    /// stream as it is, after its frame header, instead of copying it.
+    /// (std's own `Write::is_write_vectored` is not stable yet.)
+    fn writes_vectored(&self) -> bool {
+        false
+    }
 }
 
 impl Transport for TcpStream {
@@ -66,6 +75,10 @@ impl Transport for TcpStream {
 
     fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         TcpStream::set_write_timeout(self, timeout)
+    }
+
+    fn writes_vectored(&self) -> bool {
+        true
     }
 }
 
@@ -78,6 +91,10 @@ impl Transport for std::os::unix::net::UnixStream {
     fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         std::os::unix::net::UnixStream::set_write_timeout(self, timeout)
     }
+
+    fn writes_vectored(&self) -> bool {
+        true
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -87,6 +104,10 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 
     fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         (**self).set_write_timeout(timeout)
+    }
+
+    fn writes_vectored(&self) -> bool {
+        (**self).writes_vectored()
     }
 }
 
@@ -407,6 +428,56 @@ fn write_out<W: Write>(stream: &mut W, conn: &mut Connection) -> Result<(), Erro
     Ok(())
 }
 
+/// Writes the pending output, then `head` and `payload`, with vectored
+/// writes: the payload goes to the stream from where it is, never copied.
+/// If the stream fails part-way, the unwritten rest of the frame is queued
+/// on the connection (as `write_out` leaves its bytes queued), so a later
+/// flush completes the frame and the framing is never broken.
+fn write_out_vectored<W: Write>(
+    stream: &mut W,
+    conn: &mut Connection,
+    head: &[u8],
+    payload: &[u8],
+) -> Result<(), Error> {
+    let (mut head_done, mut payload_done) = (0, 0);
+    loop {
+        let pending = conn.pending_output();
+        let pending_len = pending.len();
+        if pending_len == 0 && head_done == head.len() && payload_done == payload.len() {
+            break;
+        }
+        let bufs = [
+            io::IoSlice::new(pending),
+            io::IoSlice::new(&head[head_done..]),
+            io::IoSlice::new(&payload[payload_done..]),
+        ];
+        let err = match stream.write_vectored(&bufs) {
+            Ok(0) => io::Error::from(io::ErrorKind::WriteZero),
+            Ok(n) => {
+                let from_pending = n.min(pending_len);
+                conn.consume_output(from_pending);
+                let from_head = (n - from_pending).min(head.len() - head_done);
+                head_done += from_head;
+                payload_done += n - from_pending - from_head;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => e,
+        };
+        conn.queue_framed(&head[head_done..]);
+        conn.queue_framed(&payload[payload_done..]);
+        return Err(err.into());
+    }
+    stream.flush()?;
+    Ok(())
+}
+
+/// Smallest payload [`WebSocket::send`] writes vectored rather than
+/// copying into the output buffer. Below it a copy costs less than the
+/// kernel's walk over a second iovec (a judgment, not measured here: a
+/// 1 KiB copy is ~30 ns).
+const VECTORED_MIN: usize = 1 << 10;
+
 /// A WebSocket over a blocking stream.
 ///
 /// ```no_run
@@ -475,6 +546,30 @@ impl<S: Transport> WebSocket<S> {
     ///
     /// [`Error::Closed`] once a Close was sent or received, [`Error::Io`].
     pub fn send(&mut self, message: impl Into<Message>) -> Result<(), Error> {
+        let message = message.into();
+        // A server's large payload goes to a vectored stream as it is, after
+        // its header: the caller's `Bytes` is shared, never copied. (A
+        // client must mask, which is a copy anyway.)
+        let payload: &[u8] = match &message {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+        };
+        if self.conn.role() == Role::Server
+            && payload.len() >= VECTORED_MIN
+            && self.stream.writes_vectored()
+        {
+            let opcode = match message {
+                Message::Text(_) => Opcode::Text,
+                Message::Binary(_) => Opcode::Binary,
+            };
+            let (head, head_len) = self.conn.unmasked_message_header(opcode, payload.len())?;
+            return write_out_vectored(
+                &mut self.stream,
+                &mut self.conn,
+                &head[..head_len],
+                payload,
+            );
+        }
         self.write(message)?;
         self.flush()
     }

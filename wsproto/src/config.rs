@@ -43,6 +43,39 @@ pub struct Config {
     /// browser's page must come from the host it connects to. See
     /// [`OriginPolicy`] for the rules and why.
     pub origin_policy: OriginPolicy,
+    /// Where a client's masking keys come from: the OS CSPRNG by default.
+    /// See [`MaskKeys`] for the reproducible sources and when they are safe.
+    pub mask_keys: MaskKeys,
+}
+
+/// The source of a client's masking keys (RFC 6455 §5.3).
+///
+/// A browser-facing client must keep the default: §5.3 requires a fresh,
+/// unpredictable key per frame so that script-chosen payloads cannot be
+/// made to look like another protocol on the wire (§10.3, cache poisoning of
+/// intermediaries). The other sources make a client's output reproducible
+/// byte for byte, for tests, benchmarks and fuzzing.
+///
+/// ```
+/// use wsproto::{Config, Connection, MaskKeys, Role};
+/// let config = Config::default().mask_keys(MaskKeys::Seeded(7));
+/// let mut a = Connection::new(Role::Client, config.clone());
+/// let mut b = Connection::new(Role::Client, config);
+/// a.send_text("same bytes").unwrap();
+/// b.send_text("same bytes").unwrap();
+/// assert_eq!(a.pending_output(), b.pending_output());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MaskKeys {
+    /// Fresh keys from the operating system's CSPRNG (fetched 256 at a time).
+    #[default]
+    Random,
+    /// A deterministic sequence (SplitMix64) from this seed: a different key
+    /// per frame, the same sequence for the same seed. Predictable.
+    Seeded(u64),
+    /// The same key for every frame. Predictable.
+    Fixed([u8; 4]),
 }
 
 impl Default for Config {
@@ -55,6 +88,7 @@ impl Default for Config {
             max_headers: 64,
             max_output_buffer: 16 << 20,
             origin_policy: OriginPolicy::same_host(),
+            mask_keys: MaskKeys::Random,
         }
     }
 }
@@ -112,6 +146,20 @@ impl Config {
     #[must_use]
     pub fn origin_policy(mut self, policy: OriginPolicy) -> Self {
         self.origin_policy = policy;
+        self
+    }
+
+    /// Sets [`mask_keys`](Self::mask_keys).
+    ///
+    /// ```
+    /// use wsproto::{Config, Connection, MaskKeys, Role};
+    /// let mut client = Connection::new(Role::Client, Config::default().mask_keys(MaskKeys::Fixed([1, 2, 3, 4])));
+    /// client.send_binary(&[0; 4]).unwrap();
+    /// assert_eq!(client.pending_output(), [0x82, 0x84, 1, 2, 3, 4, 1, 2, 3, 4]);
+    /// ```
+    #[must_use]
+    pub fn mask_keys(mut self, keys: MaskKeys) -> Self {
+        self.mask_keys = keys;
         self
     }
 }

@@ -12,13 +12,13 @@
 //! is returned, so an I/O layer only ever has to flush.
 
 use crate::close::{self, CloseCode, CloseFrame};
-use crate::config::Config;
+use crate::config::{Config, MaskKeys};
 use crate::error::{Error, ProtocolError, UsageError};
 use crate::frame::{self, FrameHeader, Opcode, ParsedHeader, Role, MAX_CONTROL_PAYLOAD};
 use crate::mask::apply_mask;
 use crate::message::Text;
 use crate::utf8::Utf8Validator;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::io::{self, Read};
 
 /// Something the peer did, in order of arrival.
@@ -170,7 +170,7 @@ pub struct Connection {
     /// Opcode of the fragmented message we are sending, if one is unfinished.
     sending_fragmented: Option<Opcode>,
     eof: bool,
-    masks: Option<Box<MaskSource>>,
+    masks: Option<MaskSource>,
     /// Bytes at the front of `input` lent out by `next_event_ref`; dropped
     /// from the buffer at the next call.
     lent_len: usize,
@@ -201,6 +201,7 @@ const COPY_RATIO: usize = 8;
 impl Connection {
     /// A connection in the open state, right after a successful handshake.
     pub fn new(role: Role, config: Config) -> Self {
+        let masks = (role == Role::Client).then(|| MaskSource::new(config.mask_keys));
         Self {
             role,
             config,
@@ -213,7 +214,7 @@ impl Connection {
             output: BytesMut::new(),
             sending_fragmented: None,
             eof: false,
-            masks: (role == Role::Client).then(|| Box::new(MaskSource::new())),
+            masks,
             lent_len: 0,
             lent: None,
             input_alloc: 0,
@@ -821,6 +822,126 @@ impl Connection {
         self.send_message(Opcode::Binary, data)
     }
 
+    /// Appends a text message's frame straight to `dst`, a buffer the
+    /// caller owns (a `Vec<u8>`, a `BytesMut`, any [`BufMut`]): the payload
+    /// is copied once, masked while it is copied for a client, and never
+    /// passes through the connection's own output buffer.
+    ///
+    /// Anything already pending (an automatic Pong, a Close echo, frames
+    /// queued by [`send_text`](Self::send_text)) is moved to `dst` first,
+    /// so the frames stay in order; the caller then writes `dst` out.
+    ///
+    /// ```
+    /// use wsproto::{Config, Connection, Event, Role};
+    /// let mut server = Connection::new(Role::Server, Config::default());
+    /// let mut wire: Vec<u8> = Vec::with_capacity(64);
+    /// server.send_text_into("hello", &mut wire).unwrap();
+    /// server.send_binary_into(&[1, 2], &mut wire).unwrap();
+    /// assert_eq!(wire, b"\x81\x05hello\x82\x02\x01\x02");
+    /// assert!(server.pending_output().is_empty());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after a Close was sent or received,
+    /// [`UsageError::FragmentOrder`] while a fragmented send is unfinished.
+    /// (Never [`Error::OutputFull`]: the caller's buffer is the caller's
+    /// to bound.)
+    #[inline]
+    pub fn send_text_into<B: BufMut + ?Sized>(
+        &mut self,
+        text: &str,
+        dst: &mut B,
+    ) -> Result<(), Error> {
+        self.send_message_into(Opcode::Text, text.as_bytes(), dst)
+    }
+
+    /// As [`send_text_into`](Self::send_text_into), for a binary message.
+    ///
+    /// ```
+    /// use wsproto::{Config, Connection, MaskKeys, Role};
+    /// let config = Config::default().mask_keys(MaskKeys::Fixed([0x37, 0xfa, 0x21, 0x3d]));
+    /// let mut client = Connection::new(Role::Client, config);
+    /// let mut wire = Vec::new();
+    /// client.send_binary_into(b"Hello", &mut wire).unwrap();
+    /// // Masked while copied (RFC 6455 §5.7's example, as a binary frame).
+    /// assert_eq!(wire, b"\x82\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`send_text_into`](Self::send_text_into).
+    #[inline]
+    pub fn send_binary_into<B: BufMut + ?Sized>(
+        &mut self,
+        data: &[u8],
+        dst: &mut B,
+    ) -> Result<(), Error> {
+        self.send_message_into(Opcode::Binary, data, dst)
+    }
+
+    #[inline]
+    fn send_message_into<B: BufMut + ?Sized>(
+        &mut self,
+        opcode: Opcode,
+        payload: &[u8],
+        dst: &mut B,
+    ) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(Error::Closed);
+        }
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::FragmentOrder("a fragmented message is unfinished").into());
+        }
+        if !self.output.is_empty() {
+            self.move_output_into(dst);
+        }
+        let mask = self.masks.as_mut().map(MaskSource::next_key);
+        frame::encode_frame_into(dst, true, opcode, payload, mask);
+        Ok(())
+    }
+
+    /// Moves everything pending to `dst` (frames queued before a
+    /// `send_*_into` go out before it).
+    #[cold]
+    fn move_output_into<B: BufMut + ?Sized>(&mut self, dst: &mut B) {
+        dst.put_slice(&self.output);
+        self.output.clear();
+    }
+
+    /// The header of a whole unmasked message of `len` bytes, for a writer
+    /// that sends the payload itself (vectored, the caller's `Bytes` shared
+    /// rather than copied); the same checks as
+    /// [`send_binary`](Self::send_binary). Only for the server role: a
+    /// client's payload must be masked, which means copying it.
+    pub(crate) fn unmasked_message_header(
+        &mut self,
+        opcode: Opcode,
+        len: usize,
+    ) -> Result<([u8; frame::MAX_HEADER_LEN], usize), Error> {
+        debug_assert!(self.masks.is_none(), "only a server sends unmasked frames");
+        self.check_sendable()?;
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::FragmentOrder("a fragmented message is unfinished").into());
+        }
+        let header = FrameHeader {
+            fin: true,
+            rsv: 0,
+            opcode,
+            mask: None,
+            payload_len: len as u64,
+        };
+        let mut head = [0; frame::MAX_HEADER_LEN];
+        let n = header.encode(&mut head);
+        Ok((head, n))
+    }
+
+    /// Queues bytes that are already framed: the unwritten rest of a frame
+    /// a vectored write could not finish, so a later flush completes it.
+    pub(crate) fn queue_framed(&mut self, bytes: &[u8]) {
+        self.output.extend_from_slice(bytes);
+    }
+
     fn send_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Error> {
         self.check_sendable()?;
         if self.sending_fragmented.is_some() {
@@ -940,7 +1061,7 @@ impl Connection {
 
     #[inline]
     fn write_frame(&mut self, fin: bool, opcode: Opcode, payload: &[u8]) {
-        let mask = self.masks.as_mut().map(|m| m.next_key());
+        let mask = self.masks.as_mut().map(MaskSource::next_key);
         frame::encode_frame(&mut self.output, fin, opcode, payload, mask);
     }
 
@@ -997,11 +1118,47 @@ impl Connection {
     }
 }
 
+/// Where a client's masking keys come from ([`MaskKeys`]).
+#[derive(Debug)]
+enum MaskSource {
+    Random(Box<KeyPool>),
+    Seeded(u64),
+    Fixed([u8; 4]),
+}
+
+impl MaskSource {
+    fn new(keys: MaskKeys) -> Self {
+        match keys {
+            MaskKeys::Random => Self::Random(Box::new(KeyPool::new())),
+            MaskKeys::Seeded(seed) => Self::Seeded(seed),
+            MaskKeys::Fixed(key) => Self::Fixed(key),
+        }
+    }
+
+    #[inline]
+    fn next_key(&mut self) -> [u8; 4] {
+        match self {
+            Self::Random(pool) => pool.next_key(),
+            Self::Seeded(state) => {
+                // SplitMix64 (Steele, Lea, Flood 2014): a full-period
+                // sequence, good enough to vary keys reproducibly.
+                *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = *state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                let [a, b, c, d, ..] = (z ^ (z >> 31)).to_le_bytes();
+                [a, b, c, d]
+            }
+            Self::Fixed(key) => *key,
+        }
+    }
+}
+
 /// Masking keys from the OS CSPRNG, fetched 256 at a time so a client pays
 /// one `getrandom` call per 256 frames rather than one per frame
 /// (RFC 6455 §5.3: keys must be unpredictable).
 #[derive(Debug)]
-struct MaskSource {
+struct KeyPool {
     pool: [u8; MASK_POOL],
     pos: usize,
 }
@@ -1011,7 +1168,7 @@ struct MaskSource {
 /// most of the cost of sending small masked frames.
 const MASK_POOL: usize = 1024;
 
-impl MaskSource {
+impl KeyPool {
     fn new() -> Self {
         Self {
             pool: [0; MASK_POOL],
@@ -1019,6 +1176,7 @@ impl MaskSource {
         }
     }
 
+    #[inline]
     fn next_key(&mut self) -> [u8; 4] {
         if self.pos == self.pool.len() {
             crate::random::fill(&mut self.pool);

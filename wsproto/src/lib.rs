@@ -96,7 +96,7 @@ pub mod utf8;
 
 pub use bytes::Bytes;
 pub use close::{CloseCode, CloseFrame};
-pub use config::Config;
+pub use config::{Config, MaskKeys};
 pub use connection::{Connection, Event, EventRef, State};
 pub use error::{Error, HandshakeError, ProtocolError, UsageError};
 pub use frame::{Opcode, Role};
