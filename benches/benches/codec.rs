@@ -7,7 +7,7 @@
 
 use benches::{
     copy_unmask_baseline, copy_xor, decode_workloads, memcpy_baseline, MemStream, Rng, Workload,
-    SIZES, TOTAL_PAYLOAD,
+    TOTAL_PAYLOAD,
 };
 use criterion::{
     black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput,

@@ -127,6 +127,41 @@ enum Recv {
     },
 }
 
+/// Where `receive` stands in the frame structure of the bytes it has
+/// appended to `Connection::input`. It unmasks every payload while copying
+/// it in (a fused copy+xor, one pass over memory), so `poll` finds the
+/// payloads in `input` already unmasked and only parses, checks and
+/// validates. It follows the same header rules as `poll`
+/// ([`Connection::allowed_rsv`]), so both always agree on where frames are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// The next byte belongs to a frame header, of which the last `have`
+    /// bytes of `input` are the start.
+    Header { have: usize },
+    /// Inside a payload: `left` more bytes, masked with `key` (if any)
+    /// from payload offset `done`.
+    Payload {
+        key: Option<[u8; 4]>,
+        done: usize,
+        left: u64,
+    },
+    /// At a header the parser rejects: `poll` fails the connection there,
+    /// so what follows is appended as it is.
+    Stopped,
+}
+
+/// Length of a frame header from its second byte (RFC 6455 §5.2): 2, plus
+/// 2 or 8 for an extended length, plus 4 for a masking key.
+#[inline]
+fn header_len(b1: u8) -> usize {
+    let ext = match b1 & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
+}
+
 /// A fragmented message being reassembled.
 #[derive(Debug)]
 struct Partial {
@@ -158,6 +193,8 @@ pub struct Connection {
     config: Config,
     state: State,
     input: BytesMut,
+    /// How far `receive` has unmasked what it appended to `input`.
+    scan: Scan,
     /// Where a data frame that spans several reads is assembled: its own
     /// buffer, sized once from the announced length, or the fragmented
     /// message's buffer for a continuation. This avoids growing (and
@@ -207,6 +244,7 @@ impl Connection {
             config,
             state: State::Open,
             input: BytesMut::new(),
+            scan: Scan::Header { have: 0 },
             sink: BytesMut::new(),
             recv: Recv::AwaitHeader,
             partial: None,
@@ -260,8 +298,137 @@ impl Connection {
         let taken = self.append_payload(bytes);
         let rest = &bytes[taken..];
         if !rest.is_empty() {
-            self.input.extend_from_slice(rest);
+            self.input.reserve(rest.len());
             self.input_alloc = self.input_alloc.max(self.input.capacity());
+            self.scan_copy(rest);
+        }
+    }
+
+    /// The RSV bits a negotiated extension owns (RFC 6455 §5.2); both
+    /// header parsers (`scan_*` and `poll`) must use the same.
+    #[inline]
+    fn allowed_rsv(&self) -> u8 {
+        0
+    }
+
+    /// Appends `src` to `input`, unmasking each payload while copying it.
+    #[inline]
+    fn scan_copy(&mut self, mut src: &[u8]) {
+        while !src.is_empty() {
+            match self.scan {
+                Scan::Payload { key, done, left } => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(src.len());
+                    match key {
+                        Some(key) => frame::put_masked_at(&mut self.input, &src[..n], key, done),
+                        None => self.input.extend_from_slice(&src[..n]),
+                    }
+                    src = &src[n..];
+                    self.scan = Self::after_payload(key, done + n, left - n as u64);
+                }
+                Scan::Header { have: 0 } => {
+                    // The usual case: the whole header is in `src`.
+                    match frame::parse_header(src, self.role, self.allowed_rsv()) {
+                        Ok(ParsedHeader::Complete(h, n)) => {
+                            self.input.extend_from_slice(&src[..n]);
+                            src = &src[n..];
+                            self.scan = Self::after_payload(h.mask, 0, h.payload_len);
+                        }
+                        Ok(ParsedHeader::NeedMore) => {
+                            self.input.extend_from_slice(src);
+                            self.scan = Scan::Header { have: src.len() };
+                            src = &[];
+                        }
+                        Err(_) => self.scan = Scan::Stopped,
+                    }
+                }
+                Scan::Header { have } => {
+                    // A header split across two receives: complete it in
+                    // `input` (its length is known from its second byte),
+                    // then parse it there.
+                    let start = self.input.len() - have;
+                    let b1 = if have >= 2 {
+                        self.input[start + 1]
+                    } else {
+                        src[0]
+                    };
+                    let need = header_len(b1).max(have + 1);
+                    let take = (need - have).min(src.len());
+                    self.input.extend_from_slice(&src[..take]);
+                    src = &src[take..];
+                    self.scan = Scan::Header { have: have + take };
+                    self.rescan_header(start);
+                }
+                Scan::Stopped => {
+                    self.input.extend_from_slice(src);
+                    src = &[];
+                }
+            }
+        }
+    }
+
+    /// Parses the header that starts at `input[start..]` (all of which is
+    /// header bytes) and moves the scan past it if it is complete.
+    fn rescan_header(&mut self, start: usize) {
+        match frame::parse_header(&self.input[start..], self.role, self.allowed_rsv()) {
+            Ok(ParsedHeader::Complete(h, n)) => {
+                debug_assert_eq!(start + n, self.input.len());
+                self.scan = Self::after_payload(h.mask, 0, h.payload_len);
+            }
+            Ok(ParsedHeader::NeedMore) => {
+                self.scan = Scan::Header {
+                    have: self.input.len() - start,
+                }
+            }
+            Err(_) => self.scan = Scan::Stopped,
+        }
+    }
+
+    /// The scan state once `done` payload bytes are through, `left` to go.
+    #[inline]
+    fn after_payload(key: Option<[u8; 4]>, done: usize, left: u64) -> Scan {
+        if left == 0 {
+            Scan::Header { have: 0 }
+        } else {
+            Scan::Payload { key, done, left }
+        }
+    }
+
+    /// As [`scan_copy`](Self::scan_copy), for bytes a reader put straight
+    /// into `input[from..]`: unmasks their payloads in place, while they
+    /// are still in cache from the read.
+    fn scan_in_place(&mut self, from: usize) {
+        let end = self.input.len();
+        let mut pos = from;
+        while pos < end {
+            match self.scan {
+                Scan::Payload { key, done, left } => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(end - pos);
+                    if let Some(key) = key {
+                        apply_mask(&mut self.input[pos..pos + n], key, done);
+                    }
+                    pos += n;
+                    self.scan = Self::after_payload(key, done + n, left - n as u64);
+                }
+                Scan::Header { have } => {
+                    let start = pos - have;
+                    match frame::parse_header(
+                        &self.input[start..end],
+                        self.role,
+                        self.allowed_rsv(),
+                    ) {
+                        Ok(ParsedHeader::Complete(h, n)) => {
+                            pos = start + n;
+                            self.scan = Self::after_payload(h.mask, 0, h.payload_len);
+                        }
+                        Ok(ParsedHeader::NeedMore) => {
+                            self.scan = Scan::Header { have: end - start };
+                            pos = end;
+                        }
+                        Err(_) => self.scan = Scan::Stopped,
+                    }
+                }
+                Scan::Stopped => pos = end,
+            }
         }
     }
 
@@ -272,9 +439,24 @@ impl Connection {
     fn append_payload(&mut self, bytes: &[u8]) -> usize {
         let take = self.payload_remaining().min(bytes.len());
         if take > 0 {
-            let start = self.sink.len();
-            self.sink.extend_from_slice(&bytes[..take]);
-            self.commit_payload(start);
+            if let Recv::AwaitPayload {
+                header,
+                received,
+                validated,
+            } = self.recv
+            {
+                match header.mask {
+                    Some(key) => {
+                        frame::put_masked_at(&mut self.sink, &bytes[..take], key, received)
+                    }
+                    None => self.sink.extend_from_slice(&bytes[..take]),
+                }
+                self.recv = Recv::AwaitPayload {
+                    header,
+                    received: received + take,
+                    validated,
+                };
+            }
         }
         take
     }
@@ -357,7 +539,8 @@ impl Connection {
             self.input_alloc = self.input_alloc.max(self.input.capacity());
             let result = reader.read(&mut self.input[start..]);
             let n = *result.as_ref().unwrap_or(&0);
-            self.input.truncate(start + n);
+            self.input.truncate(start + n.min(max));
+            self.scan_in_place(start);
             result
         };
         if matches!(result, Ok(0)) && max > 0 {
@@ -440,7 +623,7 @@ impl Connection {
                 let bytes = &self.input[..len];
                 Ok(Some({
                     // SAFETY: `poll` returns `TextInInput(len)` only after
-                    // `unmask_and_validate` fed exactly these bytes to the
+                    // `validate_text` fed exactly these bytes to the
                     // UTF-8 validator and `finish` accepted the end of the
                     // message; the buffer is not touched until the borrow
                     // ends. Covered by tests/connection.rs (borrowed_events_*).
@@ -485,13 +668,15 @@ impl Connection {
             match self.recv {
                 Recv::AwaitHeader => {
                     let receiver = self.role;
-                    let (header, header_len) = match frame::parse_header(&self.input, receiver, 0) {
-                        Ok(ParsedHeader::Complete(h, n)) => (h, n),
-                        Ok(ParsedHeader::NeedMore) => {
-                            return Ok(self.eof_event().map(Polled::Event))
-                        }
-                        Err(e) => return Err(self.fail(e)),
-                    };
+                    let allowed_rsv = self.allowed_rsv();
+                    let (header, header_len) =
+                        match frame::parse_header(&self.input, receiver, allowed_rsv) {
+                            Ok(ParsedHeader::Complete(h, n)) => (h, n),
+                            Ok(ParsedHeader::NeedMore) => {
+                                return Ok(self.eof_event().map(Polled::Event))
+                            }
+                            Err(e) => return Err(self.fail(e)),
+                        };
                     if let Err(e) = self.check_frame(&header) {
                         return Err(self.fail(e));
                     }
@@ -513,7 +698,7 @@ impl Connection {
                     // off, or copied if small: `take_input`), without
                     // parking in AwaitPayload.
                     if len > 0 {
-                        self.unmask_and_validate(&header, 0, len)
+                        self.validate_text(&header, 0, len)
                             .map_err(|e| self.fail(e))?;
                     }
                     // A whole unfragmented message (check_frame has ruled
@@ -599,9 +784,21 @@ impl Connection {
             received: 0,
             validated: 0,
         };
-        let buffered = self.input.split_to(have);
-        let taken = self.append_payload(&buffered);
-        debug_assert_eq!(taken, have);
+        // The scan has unmasked the buffered part and stands inside this
+        // payload; the rest bypasses `input` (streamed into the sink,
+        // unmasked there), so the scan resumes at the next header.
+        debug_assert_eq!(
+            self.scan,
+            Self::after_payload(header.mask, have, header.payload_len - have as u64)
+        );
+        self.scan = Scan::Header { have: 0 };
+        self.sink.extend_from_slice(&self.input[..have]);
+        self.input.advance(have);
+        self.recv = Recv::AwaitPayload {
+            header,
+            received: have,
+            validated: 0,
+        };
     }
 
     /// True if `header` carries text (a Text frame or its continuation).
@@ -662,20 +859,17 @@ impl Connection {
         }
     }
 
-    /// Unmasks payload bytes `done..avail` in place and, for text, validates
-    /// them now, so invalid UTF-8 fails even inside a partial frame.
+    /// Validates payload bytes `done..avail` (already unmasked by the scan)
+    /// if they are text, so invalid UTF-8 fails even inside a partial frame.
     #[inline]
-    fn unmask_and_validate(
+    fn validate_text(
         &mut self,
         header: &FrameHeader,
         done: usize,
         avail: usize,
     ) -> Result<(), ProtocolError> {
         let is_text = self.is_text(header);
-        let fresh = &mut self.input[done..avail];
-        if let Some(key) = header.mask {
-            apply_mask(fresh, key, done);
-        }
+        let fresh = &self.input[done..avail];
         if is_text {
             self.utf8
                 .feed(fresh)
@@ -778,6 +972,7 @@ impl Connection {
         self.state = State::Closed;
         self.partial = None;
         self.input = BytesMut::new();
+        self.scan = Scan::Header { have: 0 };
         self.input_alloc = 0;
         self.sink = BytesMut::new();
         err
@@ -792,6 +987,7 @@ impl Connection {
         self.state = State::Closed;
         self.partial = None;
         self.input = BytesMut::new();
+        self.scan = Scan::Header { have: 0 };
         self.input_alloc = 0;
         self.sink = BytesMut::new();
         Some(Event::Close(CloseFrame {

@@ -338,15 +338,21 @@ pub fn encode_frame_into<B: BufMut + ?Sized>(
     dst.put_slice(&head[..head_len]);
     match mask {
         None => dst.put_slice(payload),
-        Some(key) => put_masked(dst, payload, key),
+        Some(key) => put_masked_at(dst, payload, key, 0),
     }
 }
 
-/// Appends `src` masked with `key` (from payload offset 0) to `dst`,
-/// writing straight into its spare capacity: one read of `src`, one write
-/// of `dst`, no zero-fill first.
+/// Appends `src` masked with `key` to `dst`, `offset` bytes into the
+/// payload, writing straight into `dst`'s spare capacity: one read of
+/// `src`, one write of `dst`, no zero-fill first. (Masking and unmasking
+/// are the same XOR.)
 #[inline]
-pub(crate) fn put_masked<B: BufMut + ?Sized>(dst: &mut B, src: &[u8], key: [u8; 4]) {
+pub(crate) fn put_masked_at<B: BufMut + ?Sized>(
+    dst: &mut B,
+    src: &[u8],
+    key: [u8; 4],
+    offset: usize,
+) {
     assert!(
         dst.remaining_mut() >= src.len(),
         "encode_frame_into: the buffer has no room for the payload"
@@ -360,7 +366,7 @@ pub(crate) fn put_masked<B: BufMut + ?Sized>(dst: &mut B, src: &[u8], key: [u8; 
         // (`copy_masked_uninit` writes every one of the first `n`).
         #[allow(unsafe_code)]
         let slot = unsafe { &mut chunk.as_uninit_slice_mut()[..n] };
-        mask::copy_masked_uninit(slot, &src[done..done + n], key, done);
+        mask::copy_masked_uninit(slot, &src[done..done + n], key, offset + done);
         // SAFETY: the first `n` bytes of `chunk_mut` were just written.
         #[allow(unsafe_code)]
         unsafe {
