@@ -56,6 +56,7 @@ fn run(url: &str) -> Result<(), wsproto::Error> {
                 eprintln!("client: closed with {} {:?}", frame.code, frame.reason);
                 break Err(wsproto::Error::Closed);
             }
+            Ok(_) => {}
             Err(e) => break Err(e),
         }
     };

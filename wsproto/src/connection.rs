@@ -22,7 +22,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::io::{self, Read};
 
 /// Something the peer did, in order of arrival.
+///
+/// Non-exhaustive: an extension may add events (match with a `_` arm).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A whole text message (validated UTF-8).
     Text(Text),
@@ -46,6 +49,7 @@ pub enum Event {
 /// reference count per message. The borrow ends at the next call on the
 /// connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventRef<'a> {
     /// A whole text message (validated UTF-8).
     Text(&'a str),
@@ -100,6 +104,7 @@ enum Polled {
 
 /// Where the closing handshake stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum State {
     /// Messages flow both ways.
     Open,
@@ -187,6 +192,29 @@ struct Partial {
 /// }
 /// assert_eq!(server.next_event().unwrap(), None); // needs more bytes
 /// ```
+// Receive-path invariants. Every method keeps them between calls, and
+// `debug_check_invariants` checks them whenever `poll` returns (debug
+// builds, so the tests and the fuzz targets check them too):
+//
+// 1. Every payload byte in `input` is already unmasked: `receive` unmasks
+//    while copying (`scan_copy`), `receive_from` right after its read
+//    (`scan_in_place`). `scan` says where the end of `input` stands in the
+//    frame structure; `Scan::Header { have }` has `have` (< 14) header
+//    bytes at the end of `input`. `poll` and the scan parse with the same
+//    rules (`allowed_rsv`), so they agree on every frame boundary.
+// 2. `input` starts at a frame header unless `recv` is `AwaitPayload`
+//    (then it holds only bytes after the streamed frame, which `receive`
+//    put there once the frame was complete).
+// 3. `AwaitPayload { header, received, validated }` streams a data frame
+//    (never a control frame): `validated <= received <= payload_len`, and
+//    the sink holds the `received` bytes, unmasked, after any earlier
+//    fragments of the message. With `AwaitHeader` the sink is empty.
+// 4. While a fragmented message is being reassembled (`partial`), its
+//    bytes are in `partial.data`, or in the sink while a continuation
+//    streams; in total at most `max_message_size`.
+// 5. The first `lent_len` bytes of `input` are lent out by
+//    `next_event_ref` and are dropped at the next call; `input_alloc` is at
+//    least `input`'s capacity.
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
@@ -573,7 +601,9 @@ impl Connection {
     /// connection is then closed.
     pub fn next_event(&mut self) -> Result<Option<Event>, ProtocolError> {
         self.release_lent();
-        Ok(match self.poll()? {
+        let polled = self.poll();
+        self.debug_check_invariants();
+        Ok(match polled? {
             None => None,
             Some(Polled::Event(event)) => Some(event),
             Some(Polled::TextInInput(len)) => Some(Event::Text(Text::from_validated(
@@ -612,7 +642,9 @@ impl Connection {
     /// As [`next_event`](Self::next_event).
     pub fn next_event_ref(&mut self) -> Result<Option<EventRef<'_>>, ProtocolError> {
         self.release_lent();
-        match self.poll()? {
+        let polled = self.poll();
+        self.debug_check_invariants();
+        match polled? {
             None => Ok(None),
             Some(Polled::BinaryInInput(len)) => {
                 self.lent_len = len;
@@ -633,6 +665,41 @@ impl Connection {
             }
             Some(Polled::Event(event)) => Ok(Some(EventRef::from(&*self.lent.insert(event)))),
         }
+    }
+
+    /// Checks the receive-path invariants (see the comment on
+    /// [`Connection`]) in debug builds; compiled out in release.
+    #[inline]
+    fn debug_check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        if let Scan::Header { have } = self.scan {
+            assert!(have < frame::MAX_HEADER_LEN && have <= self.input.len());
+        }
+        match self.recv {
+            Recv::AwaitHeader => assert!(self.sink.is_empty(), "sink left over"),
+            Recv::AwaitPayload {
+                header,
+                received,
+                validated,
+            } => {
+                assert!(!header.opcode.is_control(), "a control frame streamed");
+                assert!(validated <= received && received as u64 <= header.payload_len);
+                assert!(self.sink.len() >= received);
+            }
+        }
+        if let Some(p) = &self.partial {
+            let streaming = matches!(self.recv, Recv::AwaitPayload { header, .. } if header.opcode == Opcode::Continuation);
+            let held = if streaming {
+                self.sink.len()
+            } else {
+                p.data.len()
+            };
+            assert!(p.frames >= 1 && held <= self.config.max_message_size);
+        }
+        assert!(self.lent_len <= self.input.len());
+        assert!(self.input_alloc >= self.input.capacity() || self.input.is_empty());
     }
 
     /// Takes the first `len` bytes of the input to keep: copied if they are
@@ -975,6 +1042,7 @@ impl Connection {
         self.scan = Scan::Header { have: 0 };
         self.input_alloc = 0;
         self.sink = BytesMut::new();
+        self.recv = Recv::AwaitHeader;
         err
     }
 
@@ -990,6 +1058,7 @@ impl Connection {
         self.scan = Scan::Header { have: 0 };
         self.input_alloc = 0;
         self.sink = BytesMut::new();
+        self.recv = Recv::AwaitHeader;
         Some(Event::Close(CloseFrame {
             code: CloseCode::ABNORMAL,
             reason: String::new(),

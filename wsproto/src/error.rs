@@ -107,14 +107,31 @@ impl ProtocolError {
     /// assert_eq!(ProtocolError::InvalidUtf8 { offset: 3 }.close_code(), CloseCode::INVALID_PAYLOAD);
     /// ```
     pub fn close_code(&self) -> CloseCode {
+        // No `_` arm: a new variant must choose its code here.
         match self {
+            // RFC 6455 §7.4.1: 1007, "data within a message that was not
+            // consistent with the type of the message".
             Self::InvalidUtf8 { .. } | Self::InvalidCloseReason { .. } => {
                 CloseCode::INVALID_PAYLOAD
             }
+            // RFC 6455 §7.4.1: 1009, "a message that is too big for it to
+            // process".
             Self::FrameTooLarge { .. }
             | Self::MessageTooLarge { .. }
             | Self::TooManyFragments { .. } => CloseCode::MESSAGE_TOO_BIG,
-            _ => CloseCode::PROTOCOL_ERROR,
+            // RFC 6455 §7.4.1: 1002, a protocol error.
+            Self::ReservedBits(_)
+            | Self::UnknownOpcode(_)
+            | Self::FragmentedControlFrame(_)
+            | Self::ControlFrameTooLong { .. }
+            | Self::UnmaskedFrame
+            | Self::MaskedFrame
+            | Self::NonMinimalLength { .. }
+            | Self::LengthMsbSet(_)
+            | Self::UnexpectedContinuation
+            | Self::ExpectedContinuation(_)
+            | Self::CloseTooShort
+            | Self::InvalidCloseCode(_) => CloseCode::PROTOCOL_ERROR,
         }
     }
 }

@@ -36,7 +36,7 @@
 //!             Event::Text(t) => ws.send(t)?,
 //!             Event::Binary(b) => ws.send(b)?,
 //!             Event::Close(_) => return Ok(()), // the echo is already sent
-//!             Event::Ping(_) | Event::Pong(_) => {}
+//!             _ => {} // Ping, Pong (already answered), and future events
 //!         }
 //!     }
 //! });

@@ -35,7 +35,7 @@ fn echo(ws: Result<WebSocket<TcpStream>, Error>) -> Result<Vec<Event>, Error> {
             Event::Text(t) => ws.send(t)?,
             Event::Binary(b) => ws.send(b)?,
             Event::Close(_) => return Ok(seen),
-            Event::Ping(_) | Event::Pong(_) => {}
+            _ => {}
         }
     }
 }
