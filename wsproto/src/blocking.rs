@@ -15,8 +15,8 @@
 
 use crate::close::{self, CloseCode};
 use crate::config::Config;
-use crate::connection::{Connection, Event, State};
-use crate::error::{Error, HandshakeError};
+use crate::connection::{Connection, Event, EventRef, State};
+use crate::error::{Error, HandshakeError, ProtocolError};
 use crate::frame::{self, Opcode, ParsedHeader, Role};
 use crate::handshake::{self, ClientRequest, ParsedRequest, ParsedResponse, Request, Response};
 use crate::mask::apply_mask;
@@ -27,25 +27,30 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-/// Bytes asked of the transport per read.
-const READ_CHUNK: usize = 16 << 10;
-
 /// How long a client waits for the server to close TCP after the closing
 /// handshake (RFC 6455 §7.1.1: the server closes first).
 const CLIENT_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// A byte stream a [`WebSocket`] runs on. Timeouts are optional: the default
-/// methods do nothing, so `impl Transport for MyStream {}` is enough for a
-/// stream without them (keepalive and read timeouts then cannot fire).
+/// A byte stream a [`WebSocket`] runs on. Timeouts are optional:
+/// `impl Transport for MyStream {}` is enough for a stream without them,
+/// and [`AnyStream`] wraps any `Read + Write` (a TLS stream from another
+/// crate) without writing even that.
+///
+/// Without read timeouts, [`WebSocket::set_keepalive`] and
+/// [`WebSocket::set_idle_timeout`] make `read` fail with
+/// `io::ErrorKind::Unsupported`, and a client does not wait for the server
+/// to close the transport after the closing handshake (RFC 6455 §7.1.1's
+/// wait must be bounded, and only a read timeout can bound it).
 pub trait Transport: Read + Write {
     /// Bounds how long one `read` may block (`None`: forever).
     ///
     /// # Errors
     ///
-    /// Whatever the stream reports.
+    /// Whatever the stream reports; by default `io::ErrorKind::Unsupported`
+    /// (a stream without timeouts).
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let _ = timeout;
-        Ok(())
+        Err(io::ErrorKind::Unsupported.into())
     }
 
     /// Bounds how long one `write` may block (`None`: forever).
@@ -110,6 +115,44 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
         (**self).writes_vectored()
     }
 }
+
+/// Any `Read + Write` stream as a [`Transport`] without timeouts: a TLS
+/// stream from another crate, an in-memory pipe.
+///
+/// ```
+/// use std::io::Cursor;
+/// use wsproto::blocking::{AnyStream, WebSocket};
+/// use wsproto::{Config, Event, Role};
+/// // A server's unmasked "hi", then nothing: any Read + Write will do.
+/// let stream = AnyStream(Cursor::new(b"\x81\x02hi".to_vec()));
+/// let mut ws = WebSocket::from_raw(stream, Role::Client, Config::default(), &[]);
+/// assert_eq!(ws.read()?, Event::Text("hi".into()));
+/// # Ok::<(), wsproto::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct AnyStream<S>(pub S);
+
+impl<S: Read> Read for AnyStream<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<S: Write> Write for AnyStream<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<S: Read + Write> Transport for AnyStream<S> {}
 
 /// Accepts a WebSocket on `stream` with the default [`Config`] and no
 /// subprotocols.
@@ -277,19 +320,35 @@ enum Done {
     Closing(Instant),
 }
 
-/// The read loop shared by [`WebSocket`] and [`Reader`].
-fn read_event<S: Transport>(
+/// Takes the next event (or notes the one lent) and says whether it is
+/// the Close.
+type NextEvent<T> = fn(&mut Connection) -> Result<Option<(T, bool)>, ProtocolError>;
+
+/// The next owned event and whether it is the Close.
+fn next_owned(conn: &mut Connection) -> Result<Option<(Event, bool)>, ProtocolError> {
+    let event = conn.next_event()?;
+    Ok(event.map(|e| {
+        let close = matches!(e, Event::Close(_));
+        (e, close)
+    }))
+}
+
+/// The read loop shared by [`WebSocket`] and [`Reader`]: `next` takes the
+/// next event from the connection (owned, or only noted when it is lent)
+/// and says whether it is the Close.
+fn read_event<S: Transport, T>(
     conn: &mut Connection,
     stream: &mut S,
     timers: &mut Timers,
     duty: &mut dyn FnMut(Duty, &mut Connection, &mut S) -> Result<Done, Error>,
-) -> Result<Event, Error> {
+    next: NextEvent<T>,
+) -> Result<T, Error> {
     let entered = Instant::now();
     loop {
-        let owed = match conn.next_event() {
-            Ok(Some(event)) => {
+        let owed = match next(conn) {
+            Ok(Some((event, is_close))) => {
                 let flushed = duty(Duty::Flush, conn, stream);
-                if let Event::Close(_) = event {
+                if is_close {
                     // The peer's Close is news even if our echo cannot be
                     // written (the peer may have shut down already).
                     if conn.role() == Role::Client {
@@ -338,7 +397,8 @@ fn read_event<S: Transport>(
             stream.set_read_timeout(timers.base_timeout)?;
             timers.applied = None;
         }
-        match conn.receive_from(stream, READ_CHUNK) {
+        let read_size = conn.config().read_size;
+        match conn.receive_from(stream, read_size) {
             Ok(_) => {
                 timers.last_heard = Some(Instant::now());
                 timers.ping_sent = None;
@@ -537,7 +597,59 @@ impl<S: Transport> WebSocket<S> {
             &mut self.stream,
             &mut self.timers,
             &mut duty,
+            next_owned,
         )
+    }
+
+    /// As [`read`](Self::read), with the payload borrowed from the
+    /// connection until the next call (see [`Connection::next_event_ref`]):
+    /// a message that arrived in one frame is handed out from the receive
+    /// buffer, with no allocation and no reference count.
+    ///
+    /// ```
+    /// use std::io::Cursor;
+    /// use wsproto::blocking::{AnyStream, WebSocket};
+    /// use wsproto::{Config, EventRef, Role};
+    /// let wire = b"\x81\x02hi\x82\x01\x07".to_vec();
+    /// let mut ws = WebSocket::from_raw(AnyStream(Cursor::new(wire)), Role::Client, Config::default(), &[]);
+    /// assert_eq!(ws.read_ref()?, EventRef::Text("hi"));
+    /// assert_eq!(ws.read_ref()?, EventRef::Binary(&[7]));
+    /// # Ok::<(), wsproto::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub fn read_ref(&mut self) -> Result<EventRef<'_>, Error> {
+        let closed_at = self.timers.close_sent;
+        let mut duty = |d: Duty, c: &mut Connection, s: &mut S| -> Result<Done, Error> {
+            match d {
+                Duty::Flush => {}
+                Duty::Ping if c.state() != State::Open => {
+                    return Ok(Done::Closing(closed_at.unwrap_or_else(Instant::now)));
+                }
+                Duty::Ping => c.ping(b"")?,
+                Duty::GiveUp => c.close(CloseCode::INTERNAL_ERROR, "keepalive timeout")?,
+            }
+            write_out(s, c)?;
+            Ok(Done::Sent)
+        };
+        // The event stays lent by the connection; only its kind comes out
+        // of the loop, and `relend` hands the same event out again.
+        let text = read_event(
+            &mut self.conn,
+            &mut self.stream,
+            &mut self.timers,
+            &mut duty,
+            |c| {
+                let event = c.next_event_ref()?;
+                Ok(event.map(|e| {
+                    let close = matches!(e, EventRef::Close(_));
+                    (matches!(e, EventRef::Text(_)), close)
+                }))
+            },
+        )?;
+        Ok(self.conn.relend(text))
     }
 
     /// Sends a message (queues it and flushes).
@@ -574,17 +686,24 @@ impl<S: Transport> WebSocket<S> {
         self.flush()
     }
 
-    /// Queues a message without flushing (batch several, then [`flush`](Self::flush)).
+    /// Queues a message without flushing (batch several, then
+    /// [`flush`](Self::flush)); once
+    /// [`Config::write_high_water`] bytes are queued it flushes by itself.
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`], or [`Error::OutputFull`] past
-    /// [`Config::max_output_buffer`].
+    /// [`Error::Closed`], [`Error::Io`] from the automatic flush (the
+    /// message stays queued), or [`Error::OutputFull`] if
+    /// [`Config::max_output_buffer`] is set below the high-water mark.
     pub fn write(&mut self, message: impl Into<Message>) -> Result<(), Error> {
         match message.into() {
             Message::Text(t) => self.conn.send_text(&t),
             Message::Binary(b) => self.conn.send_binary(&b),
+        }?;
+        if self.conn.pending_output().len() >= self.conn.config().write_high_water {
+            self.flush()?;
         }
+        Ok(())
     }
 
     /// Sends one fragment of a message (see [`Connection::send_fragment`]).
@@ -970,6 +1089,7 @@ impl Reader {
             &mut self.stream,
             &mut self.timers,
             &mut duty,
+            next_owned,
         )
     }
 

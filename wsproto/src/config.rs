@@ -13,6 +13,8 @@ use crate::handshake::OriginPolicy;
 /// | [`max_headers`](Self::max_headers) | 64 | HTTP 431 / [`HandshakeError::TooManyHeaders`](crate::HandshakeError::TooManyHeaders) |
 /// | [`max_output_buffer`](Self::max_output_buffer) | 16 MiB | [`Error::OutputFull`](crate::Error::OutputFull) on the next send |
 /// | [`origin_policy`](Self::origin_policy) | same host | HTTP 403 / [`HandshakeError::OriginRefused`](crate::HandshakeError::OriginRefused) |
+/// | [`read_size`](Self::read_size) | 16 KiB | (blocking adapter) bytes asked per read |
+/// | [`write_high_water`](Self::write_high_water) | 64 KiB | (blocking adapter) `write` flushes by itself |
 ///
 /// Every size is checked against the length the peer *announces*, before any
 /// memory is reserved for it.
@@ -46,6 +48,14 @@ pub struct Config {
     /// Where a client's masking keys come from: the OS CSPRNG by default.
     /// See [`MaskKeys`] for the reproducible sources and when they are safe.
     pub mask_keys: MaskKeys,
+    /// Bytes the [`blocking`](crate::blocking) adapter asks of the stream
+    /// per read: larger reads mean fewer system calls for large messages,
+    /// smaller ones less memory per idle connection.
+    pub read_size: usize,
+    /// The [`blocking`](crate::blocking) adapter's `write` flushes by
+    /// itself once this many bytes are queued, so batching writes never
+    /// runs into [`max_output_buffer`](Self::max_output_buffer).
+    pub write_high_water: usize,
 }
 
 /// The source of a client's masking keys (RFC 6455 §5.3).
@@ -89,6 +99,8 @@ impl Default for Config {
             max_output_buffer: 16 << 20,
             origin_policy: OriginPolicy::same_host(),
             mask_keys: MaskKeys::Random,
+            read_size: 16 << 10,
+            write_high_water: 64 << 10,
         }
     }
 }
@@ -160,6 +172,30 @@ impl Config {
     #[must_use]
     pub fn mask_keys(mut self, keys: MaskKeys) -> Self {
         self.mask_keys = keys;
+        self
+    }
+
+    /// Sets [`read_size`](Self::read_size) (at least 1 byte).
+    ///
+    /// ```
+    /// let config = wsproto::Config::default().read_size(64 << 10);
+    /// assert_eq!(config.read_size, 64 << 10);
+    /// ```
+    #[must_use]
+    pub fn read_size(mut self, bytes: usize) -> Self {
+        self.read_size = bytes.max(1);
+        self
+    }
+
+    /// Sets [`write_high_water`](Self::write_high_water).
+    ///
+    /// ```
+    /// let config = wsproto::Config::default().write_high_water(1 << 20);
+    /// assert_eq!(config.write_high_water, 1 << 20);
+    /// ```
+    #[must_use]
+    pub fn write_high_water(mut self, bytes: usize) -> Self {
+        self.write_high_water = bytes;
         self
     }
 }

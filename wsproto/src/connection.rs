@@ -667,6 +667,28 @@ impl Connection {
         }
     }
 
+    /// The event the last [`next_event_ref`](Self::next_event_ref) lent,
+    /// again (for a caller whose borrow had to end, such as the blocking
+    /// read loop); `text` is whether that event was [`EventRef::Text`].
+    pub(crate) fn relend(&self, text: bool) -> EventRef<'_> {
+        if let Some(event) = &self.lent {
+            return EventRef::from(event);
+        }
+        let bytes = &self.input[..self.lent_len];
+        if !text {
+            return EventRef::Binary(bytes);
+        }
+        // SAFETY: with no owned event lent, the last `next_event_ref`
+        // lent exactly these `lent_len` bytes of the input, and `text` says
+        // it lent them as `EventRef::Text`, which it does only after the
+        // UTF-8 validator accepted them (see `next_event_ref`); nothing
+        // has touched the input since (every method that changes the
+        // input starts with `release_lent`, which also ends the loan).
+        // Covered by tests/blocking.rs (read_ref_*).
+        #[allow(unsafe_code)]
+        EventRef::Text(unsafe { std::str::from_utf8_unchecked(bytes) })
+    }
+
     /// Checks the receive-path invariants (see the comment on
     /// [`Connection`]) in debug builds; compiled out in release.
     #[inline]
