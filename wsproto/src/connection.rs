@@ -136,8 +136,8 @@ enum Recv {
 /// appended to `Connection::input`. It unmasks every payload while copying
 /// it in (a fused copy+xor, one pass over memory), so `poll` finds the
 /// payloads in `input` already unmasked and only parses, checks and
-/// validates. It follows the same header rules as `poll`
-/// ([`Connection::allowed_rsv`]), so both always agree on where frames are.
+/// validates. It reads headers by their layout alone ([`header_layout`]):
+/// `poll` checks every rule, and stops at the first header that breaks one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scan {
     /// The next byte belongs to a frame header, of which the last `have`
@@ -150,9 +150,6 @@ enum Scan {
         done: usize,
         left: u64,
     },
-    /// At a header the parser rejects: `poll` fails the connection there,
-    /// so what follows is appended as it is.
-    Stopped,
 }
 
 /// Length of a frame header from its second byte (RFC 6455 §5.2): 2, plus
@@ -165,6 +162,33 @@ fn header_len(b1: u8) -> usize {
         _ => 0,
     };
     2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
+}
+
+/// The layout of the frame header at the start of `buf`, if it is all
+/// there: its length, the payload length and the masking key. Only the
+/// layout (RFC 6455 §5.2): `poll` checks the rules, and fails the
+/// connection at the first header that breaks one, before it looks at
+/// anything after it; so for the scan, reading any header by its layout
+/// alone is enough.
+#[inline]
+fn header_layout(buf: &[u8]) -> Option<(usize, u64, Option<[u8; 4]>)> {
+    let b1 = *buf.get(1)?;
+    let n = header_len(b1);
+    let head = buf.get(..n)?;
+    let (len, key_at) = match b1 & 0x7F {
+        126 => (u64::from(u16::from_be_bytes([head[2], head[3]])), 4),
+        127 => {
+            let mut be = [0; 8];
+            be.copy_from_slice(&head[2..10]);
+            (u64::from_be_bytes(be), 10)
+        }
+        len => (u64::from(len), 2),
+    };
+    let key = (b1 & 0x80 != 0).then(|| {
+        let k = &head[key_at..key_at + 4];
+        [k[0], k[1], k[2], k[3]]
+    });
+    Some((n, len, key))
 }
 
 /// A fragmented message being reassembled.
@@ -200,8 +224,9 @@ struct Partial {
 //    while copying (`scan_copy`), `receive_from` right after its read
 //    (`scan_in_place`). `scan` says where the end of `input` stands in the
 //    frame structure; `Scan::Header { have }` has `have` (< 14) header
-//    bytes at the end of `input`. `poll` and the scan parse with the same
-//    rules (`allowed_rsv`), so they agree on every frame boundary.
+//    bytes at the end of `input`. The scan reads headers by their layout
+//    only; `poll` checks them and fails the connection at the first bad
+//    one, so the two agree on every frame boundary `poll` ever reaches.
 // 2. `input` starts at a frame header unless `recv` is `AwaitPayload`
 //    (then it holds only bytes after the streamed frame, which `receive`
 //    put there once the frame was complete).
@@ -332,8 +357,7 @@ impl Connection {
         }
     }
 
-    /// The RSV bits a negotiated extension owns (RFC 6455 §5.2); both
-    /// header parsers (`scan_*` and `poll`) must use the same.
+    /// The RSV bits a negotiated extension owns (RFC 6455 §5.2).
     #[inline]
     fn allowed_rsv(&self) -> u8 {
         0
@@ -355,18 +379,14 @@ impl Connection {
                 }
                 Scan::Header { have: 0 } => {
                     // The usual case: the whole header is in `src`.
-                    match frame::parse_header(src, self.role, self.allowed_rsv()) {
-                        Ok(ParsedHeader::Complete(h, n)) => {
-                            self.input.extend_from_slice(&src[..n]);
-                            src = &src[n..];
-                            self.scan = Self::after_payload(h.mask, 0, h.payload_len);
-                        }
-                        Ok(ParsedHeader::NeedMore) => {
-                            self.input.extend_from_slice(src);
-                            self.scan = Scan::Header { have: src.len() };
-                            src = &[];
-                        }
-                        Err(_) => self.scan = Scan::Stopped,
+                    if let Some((n, len, key)) = header_layout(src) {
+                        self.input.extend_from_slice(&src[..n]);
+                        src = &src[n..];
+                        self.scan = Self::after_payload(key, 0, len);
+                    } else {
+                        self.input.extend_from_slice(src);
+                        self.scan = Scan::Header { have: src.len() };
+                        src = &[];
                     }
                 }
                 Scan::Header { have } => {
@@ -386,29 +406,22 @@ impl Connection {
                     self.scan = Scan::Header { have: have + take };
                     self.rescan_header(start);
                 }
-                Scan::Stopped => {
-                    self.input.extend_from_slice(src);
-                    src = &[];
-                }
             }
         }
     }
 
-    /// Parses the header that starts at `input[start..]` (all of which is
+    /// Reads the header that starts at `input[start..]` (all of which is
     /// header bytes) and moves the scan past it if it is complete.
     fn rescan_header(&mut self, start: usize) {
-        match frame::parse_header(&self.input[start..], self.role, self.allowed_rsv()) {
-            Ok(ParsedHeader::Complete(h, n)) => {
+        self.scan = match header_layout(&self.input[start..]) {
+            Some((n, len, key)) => {
                 debug_assert_eq!(start + n, self.input.len());
-                self.scan = Self::after_payload(h.mask, 0, h.payload_len);
+                Self::after_payload(key, 0, len)
             }
-            Ok(ParsedHeader::NeedMore) => {
-                self.scan = Scan::Header {
-                    have: self.input.len() - start,
-                }
-            }
-            Err(_) => self.scan = Scan::Stopped,
-        }
+            None => Scan::Header {
+                have: self.input.len() - start,
+            },
+        };
     }
 
     /// The scan state once `done` payload bytes are through, `left` to go.
@@ -439,23 +452,14 @@ impl Connection {
                 }
                 Scan::Header { have } => {
                     let start = pos - have;
-                    match frame::parse_header(
-                        &self.input[start..end],
-                        self.role,
-                        self.allowed_rsv(),
-                    ) {
-                        Ok(ParsedHeader::Complete(h, n)) => {
-                            pos = start + n;
-                            self.scan = Self::after_payload(h.mask, 0, h.payload_len);
-                        }
-                        Ok(ParsedHeader::NeedMore) => {
-                            self.scan = Scan::Header { have: end - start };
-                            pos = end;
-                        }
-                        Err(_) => self.scan = Scan::Stopped,
+                    if let Some((n, len, key)) = header_layout(&self.input[start..end]) {
+                        pos = start + n;
+                        self.scan = Self::after_payload(key, 0, len);
+                    } else {
+                        self.scan = Scan::Header { have: end - start };
+                        pos = end;
                     }
                 }
-                Scan::Stopped => pos = end,
             }
         }
     }
