@@ -152,6 +152,10 @@ enum Scan {
     },
 }
 
+/// Payloads up to this size are copied with their header in one go and
+/// unmasked in place, in L1, rather than copied and unmasked in one pass.
+const SMALL_FRAME: u64 = 64;
+
 /// Length of a frame header from its second byte (RFC 6455 §5.2): 2, plus
 /// 2 or 8 for an extended length, plus 4 for a masking key.
 #[inline]
@@ -380,6 +384,19 @@ impl Connection {
                 Scan::Header { have: 0 } => {
                     // The usual case: the whole header is in `src`.
                     if let Some((n, len, key)) = header_layout(src) {
+                        let end = n.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+                        if len <= SMALL_FRAME && end <= src.len() {
+                            // A whole small frame: one copy, then unmask the
+                            // few payload bytes in place while in L1 (for
+                            // small frames the per-copy cost dominates).
+                            let at = self.input.len() + n;
+                            self.input.extend_from_slice(&src[..end]);
+                            if let Some(key) = key {
+                                apply_mask(&mut self.input[at..], key, 0);
+                            }
+                            src = &src[end..];
+                            continue;
+                        }
                         self.input.extend_from_slice(&src[..n]);
                         src = &src[n..];
                         self.scan = Self::after_payload(key, 0, len);

@@ -342,6 +342,9 @@ pub fn encode_frame_into<B: BufMut + ?Sized>(
     }
 }
 
+/// Payloads up to this size are masked into a stack buffer first.
+const SMALL_MASKED: usize = 64;
+
 /// Appends `src` masked with `key` to `dst`, `offset` bytes into the
 /// payload, writing straight into `dst`'s spare capacity: one read of
 /// `src`, one write of `dst`, no zero-fill first. (Masking and unmasking
@@ -353,6 +356,16 @@ pub(crate) fn put_masked_at<B: BufMut + ?Sized>(
     key: [u8; 4],
     offset: usize,
 ) {
+    // A small payload is masked on the stack and appended in one call: for
+    // a 16-byte payload the generic loop below (`chunk_mut`, the
+    // uninitialized view, `advance_mut`) cost more than the XOR itself.
+    if src.len() <= SMALL_MASKED {
+        let mut tmp = [0u8; SMALL_MASKED];
+        let tmp = &mut tmp[..src.len()];
+        mask::copy_masked(tmp, src, key, offset);
+        dst.put_slice(tmp);
+        return;
+    }
     assert!(
         dst.remaining_mut() >= src.len(),
         "encode_frame_into: the buffer has no room for the payload"
