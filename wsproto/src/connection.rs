@@ -370,6 +370,19 @@ impl Connection {
     /// Appends `src` to `input`, unmasking each payload while copying it.
     #[inline]
     fn scan_copy(&mut self, mut src: &[u8]) {
+        if self.scan == (Scan::Header { have: 0 }) {
+            if let Some((_, len, _)) = header_layout(src) {
+                if len <= SMALL_FRAME {
+                    // Small frames: one copy of the whole piece, then
+                    // unmask in place while it is in cache; per frame, a
+                    // copy call costs more than the second pass saves.
+                    let from = self.input.len();
+                    self.input.extend_from_slice(src);
+                    self.scan_in_place(from);
+                    return;
+                }
+            }
+        }
         while !src.is_empty() {
             match self.scan {
                 Scan::Payload { key, done, left } => {
