@@ -74,7 +74,8 @@
 //! ## What it does not do (yet)
 //!
 //! - TLS: bring your own stream (`blocking::client` and `WebSocket::from_raw`
-//!   take any [`blocking::Transport`]).
+//!   take any [`blocking::Transport`]; [`blocking::AnyStream`] makes one of
+//!   any `Read + Write`).
 //! - permessage-deflate: offered extensions are parsed, never accepted.
 //! - An async adapter: the [`Connection`] core is ready for one.
 
