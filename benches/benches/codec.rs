@@ -7,7 +7,7 @@
 
 use benches::{
     copy_unmask_baseline, copy_xor, decode_workloads, memcpy_baseline, MemStream, Rng, Workload,
-    SIZES, TOTAL_PAYLOAD,
+    TOTAL_PAYLOAD,
 };
 use criterion::{
     black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput,
@@ -246,6 +246,16 @@ fn decode(c: &mut Criterion) {
 }
 
 // ---- encode ----------------------------------------------------------------
+// Every column appends whole frames to a caller-owned `Vec<u8>` (cleared, not
+// freed, between iterations): that buffer is what any writer must produce
+// before the bytes go to a socket.
+
+/// The encode payload sizes (issue 12's table).
+const ENCODE_SIZES: [usize; 4] = [16, 1 << 10, 16 << 10, 1 << 20];
+
+/// The fixed masking key of every masked column, so all of them do the same
+/// work on the same bytes.
+const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// Binary messages of `size` bytes, about [`TOTAL_PAYLOAD`] in all.
 fn encode_messages(size: usize) -> Vec<bytes::Bytes> {
@@ -266,59 +276,71 @@ fn out_capacity(msgs: &[bytes::Bytes]) -> usize {
     msgs.iter().map(|m| m.len() + 14).sum()
 }
 
-/// wsproto, message level: `send_binary` appends frames to the connection's
-/// output buffer; the caller takes the whole output at the end.
-fn encode_wsproto(conn: &mut wsproto::Connection, msgs: &[bytes::Bytes]) -> usize {
+/// A wsproto connection whose client keys are reproducible (a fixed seed).
+fn wsproto_conn(client: bool) -> wsproto::Connection {
+    use wsproto::{Config, Connection, MaskKeys, Role};
+    let role = if client { Role::Client } else { Role::Server };
+    Connection::new(role, Config::default().mask_keys(MaskKeys::Seeded(1)))
+}
+
+/// wsproto `Connection`, frames appended straight to the caller's buffer
+/// (`send_binary_into`).
+fn encode_wsproto(conn: &mut wsproto::Connection, msgs: &[bytes::Bytes], out: &mut Vec<u8>) {
+    out.clear();
+    for m in msgs {
+        conn.send_binary_into(m, out).expect("an open connection");
+    }
+}
+
+/// wsproto `Connection` the old way: `send_binary` into the connection's
+/// own buffer, then the caller copies `pending_output` out.
+fn encode_wsproto_send(conn: &mut wsproto::Connection, msgs: &[bytes::Bytes], out: &mut Vec<u8>) {
+    out.clear();
     for m in msgs {
         conn.send_binary(m).expect("room in the output buffer");
     }
     let n = conn.pending_output().len();
-    black_box(conn.pending_output());
+    out.extend_from_slice(conn.pending_output());
     conn.consume_output(n);
-    n
 }
 
-fn encode_wsproto_frame(
-    out: &mut bytes::BytesMut,
-    msgs: &[bytes::Bytes],
-    mask: Option<[u8; 4]>,
-) -> usize {
+/// wsproto's stateless frame encoder, `frame::encode_frame_into`.
+fn encode_wsproto_frame(msgs: &[bytes::Bytes], mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
     out.clear();
     for m in msgs {
-        wsproto::frame::encode_frame(out, true, wsproto::Opcode::Binary, m, mask);
+        wsproto::frame::encode_frame_into(out, true, wsproto::Opcode::Binary, m, mask);
     }
-    out.len()
 }
 
-fn encode_tungstenite(client: bool, msgs: &[bytes::Bytes], buf: Vec<u8>) -> Vec<u8> {
-    use tungstenite::protocol::{Role, WebSocket};
-    let role = if client { Role::Client } else { Role::Server };
-    let mut ws = WebSocket::from_raw_socket(MemStream::writer(buf), role, None);
+/// tungstenite at frame level: `Frame::format` into the `Vec` (`io::Write`).
+fn encode_tungstenite_frame(msgs: &[bytes::Bytes], mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tungstenite::protocol::frame::Frame;
+    out.clear();
     for m in msgs {
-        ws.write(tungstenite::Message::Binary(m.clone()))
-            .expect("in-memory write");
+        let mut frame = Frame::message(m.clone(), OpCode::Data(Data::Binary), true);
+        frame.header_mut().mask = mask;
+        frame.format(out).expect("a Vec takes every write");
     }
-    ws.flush().expect("in-memory flush");
-    std::mem::take(&mut ws.get_mut().written)
 }
 
-fn encode_fws(
-    rt: &tokio::runtime::Runtime,
-    client: bool,
-    msgs: &[bytes::Bytes],
-    buf: Vec<u8>,
-) -> Vec<u8> {
-    use fastwebsockets::{Frame, Payload, Role, WebSocket};
-    let role = if client { Role::Client } else { Role::Server };
-    rt.block_on(async {
-        let mut ws = WebSocket::after_handshake(AsyncMem(MemStream::writer(buf)), role);
-        for m in msgs {
-            ws.write_frame(Frame::binary(Payload::Borrowed(m)))
-                .await
-                .expect("in-memory write");
+/// fastwebsockets at frame level: `Frame::fmt_head`, then the payload copied
+/// after it (and masked in place with `fastwebsockets::unmask`: its public
+/// API has no fused copy+mask).
+fn encode_fws_frame(msgs: &[bytes::Bytes], mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
+    use fastwebsockets::{Frame, OpCode, Payload};
+    out.clear();
+    let mut head = [0u8; 16];
+    for m in msgs {
+        let mut frame = Frame::new(true, OpCode::Binary, mask, Payload::Borrowed(m));
+        let n = frame.fmt_head(&mut head);
+        out.extend_from_slice(&head[..n]);
+        let start = out.len();
+        out.extend_from_slice(m);
+        if let Some(key) = mask {
+            fastwebsockets::unmask(&mut out[start..], key);
         }
-        std::mem::take(&mut ws.into_inner().0.written)
-    })
+    }
 }
 
 /// Decodes `wire` as the peer of `client` and checks it holds `msgs`.
@@ -337,9 +359,7 @@ fn check_encoded(name: &str, wire: &[u8], client: bool, msgs: &[bytes::Bytes]) {
 }
 
 fn encode(c: &mut Criterion) {
-    use wsproto::{Config, Connection, Role};
-    let rt = runtime();
-    for size in SIZES {
+    for size in ENCODE_SIZES {
         let msgs = encode_messages(size);
         let total: u64 = msgs.iter().map(|m| m.len() as u64).sum();
         let cap = out_capacity(&msgs);
@@ -349,26 +369,21 @@ fn encode(c: &mut Criterion) {
             } else {
                 "server_unmasked"
             };
-            let key = [0x37, 0xfa, 0x21, 0x3d];
-            let mut conn = Connection::new(
-                if client { Role::Client } else { Role::Server },
-                Config::default(),
-            );
-            let mut out = bytes::BytesMut::with_capacity(cap);
+            let mask = client.then_some(KEY);
+            let mut conn = wsproto_conn(client);
+            let mut out = Vec::with_capacity(cap);
             // Check every column once before timing it.
-            {
-                let mut probe = Connection::new(conn.role(), Config::default());
-                for m in &msgs {
-                    probe.send_binary(m).expect("room in the output buffer");
-                }
-                check_encoded("wsproto", probe.pending_output(), client, &msgs);
-                encode_wsproto_frame(&mut out, &msgs, client.then_some(key));
-                check_encoded("wsproto_frame", &out, client, &msgs);
-                let wire = encode_tungstenite(client, &msgs, Vec::new());
-                check_encoded("tungstenite", &wire, client, &msgs);
-                let wire = encode_fws(&rt, client, &msgs, Vec::new());
-                check_encoded("fastwebsockets", &wire, client, &msgs);
-            }
+            encode_wsproto(&mut wsproto_conn(client), &msgs, &mut out);
+            check_encoded("wsproto", &out, client, &msgs);
+            encode_wsproto_send(&mut wsproto_conn(client), &msgs, &mut out);
+            check_encoded("wsproto_send", &out, client, &msgs);
+            encode_wsproto_frame(&msgs, mask, &mut out);
+            check_encoded("wsproto_frame", &out, client, &msgs);
+            encode_tungstenite_frame(&msgs, mask, &mut out);
+            check_encoded("tungstenite_frame", &out, client, &msgs);
+            encode_fws_frame(&msgs, mask, &mut out);
+            check_encoded("fastwebsockets_frame", &out, client, &msgs);
+
             let mut group = c.benchmark_group(format!("encode/{role}/{size}"));
             configure(&mut group);
             group.throughput(Throughput::Bytes(total));
@@ -387,24 +402,26 @@ fn encode(c: &mut Criterion) {
                 b.iter(|| {
                     let mut at = 0;
                     for m in &msgs {
-                        copy_xor(&mut dst[at..at + m.len()], m, key);
+                        copy_xor(&mut dst[at..at + m.len()], m, KEY);
                         at += m.len();
                     }
                     black_box(&dst);
                 })
             });
-            group.bench_function("wsproto", |b| b.iter(|| encode_wsproto(&mut conn, &msgs)));
+            group.bench_function("wsproto", |b| {
+                b.iter(|| encode_wsproto(&mut conn, &msgs, black_box(&mut out)))
+            });
+            group.bench_function("wsproto_send", |b| {
+                b.iter(|| encode_wsproto_send(&mut conn, &msgs, black_box(&mut out)))
+            });
             group.bench_function("wsproto_frame", |b| {
-                b.iter(|| encode_wsproto_frame(&mut out, &msgs, client.then_some(key)))
+                b.iter(|| encode_wsproto_frame(&msgs, mask, black_box(&mut out)))
             });
-            // The peers write into an in-memory sink whose buffer is reused
-            // across iterations, as wsproto's output buffer is.
-            let mut sink = Vec::with_capacity(cap);
-            group.bench_function("tungstenite", |b| {
-                b.iter(|| sink = encode_tungstenite(client, &msgs, std::mem::take(&mut sink)))
+            group.bench_function("tungstenite_frame", |b| {
+                b.iter(|| encode_tungstenite_frame(&msgs, mask, black_box(&mut out)))
             });
-            group.bench_function("fastwebsockets", |b| {
-                b.iter(|| sink = encode_fws(&rt, client, &msgs, std::mem::take(&mut sink)))
+            group.bench_function("fastwebsockets_frame", |b| {
+                b.iter(|| encode_fws_frame(&msgs, mask, black_box(&mut out)))
             });
             group.finish();
         }

@@ -344,6 +344,8 @@ impl Session {
                         self.why = format!("client closed: {} {:?}", f.code, f.reason);
                     }
                 }
+                // wsproto's Event is non-exhaustive; nothing else exists yet.
+                Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => {
                     self.why = format!("protocol error: {e} (close {})", e.close_code());

@@ -138,6 +138,8 @@ pub fn drive(
                         Event::Binary(b) => assert!(b.len() <= limits.max_message_size),
                         Event::Ping(p) | Event::Pong(p) => assert!(p.len() <= 125),
                         Event::Close(_) => saw_close = true,
+                        // Event is non-exhaustive; nothing else exists yet.
+                        _ => {}
                     }
                     events.push(e);
                 }

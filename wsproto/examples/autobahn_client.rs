@@ -61,6 +61,7 @@ fn run(url: &str, agent: &str, config: &Config) -> Result<(), wsproto::Error> {
                 Ok(Event::Binary(b)) => ws.send(b),
                 Ok(Event::Ping(_) | Event::Pong(_)) => Ok(()),
                 Ok(Event::Close(_)) | Err(_) => break,
+                Ok(_) => Ok(()),
             };
             if sent.is_err() {
                 break;

@@ -67,6 +67,7 @@ fn run(url: &str, config: Config) -> Result<(), wsproto::Error> {
                 eprintln!("client: closed with {} {:?}", frame.code, frame.reason);
                 break Err(wsproto::Error::Closed);
             }
+            Ok(_) => {}
             Err(e) => break Err(e),
         }
     };

@@ -83,6 +83,7 @@ fn main() -> std::io::Result<()> {
                     // The library has answered the close; dropping the
                     // stream closes TCP (RFC 6455 §7.1.1: the server first).
                     Ok(Event::Close(_)) | Err(_) => break,
+                    Ok(_) => Ok(()),
                 };
                 if result.is_err() {
                     break;

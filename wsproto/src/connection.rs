@@ -12,18 +12,21 @@
 //! is returned, so an I/O layer only ever has to flush.
 
 use crate::close::{self, CloseCode, CloseFrame};
-use crate::config::Config;
+use crate::config::{Config, MaskKeys};
 use crate::deflate::{self, DeflateParams};
 use crate::error::{Error, ProtocolError, UsageError};
 use crate::frame::{self, FrameHeader, Opcode, ParsedHeader, Role, MAX_CONTROL_PAYLOAD};
 use crate::mask::apply_mask;
 use crate::message::Text;
 use crate::utf8::Utf8Validator;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::io::{self, Read};
 
 /// Something the peer did, in order of arrival.
+///
+/// Non-exhaustive: an extension may add events (match with a `_` arm).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A whole text message (validated UTF-8).
     Text(Text),
@@ -47,6 +50,7 @@ pub enum Event {
 /// reference count per message. The borrow ends at the next call on the
 /// connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventRef<'a> {
     /// A whole text message (validated UTF-8).
     Text(&'a str),
@@ -101,6 +105,7 @@ enum Polled {
 
 /// Where the closing handshake stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum State {
     /// Messages flow both ways.
     Open,
@@ -128,6 +133,69 @@ enum Recv {
     },
 }
 
+/// Where `receive` stands in the frame structure of the bytes it has
+/// appended to `Connection::input`. It unmasks every payload while copying
+/// it in (a fused copy+xor, one pass over memory), so `poll` finds the
+/// payloads in `input` already unmasked and only parses, checks and
+/// validates. It reads headers by their layout alone ([`header_layout`]):
+/// `poll` checks every rule, and stops at the first header that breaks one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// The next byte belongs to a frame header, of which the last `have`
+    /// bytes of `input` are the start.
+    Header { have: usize },
+    /// Inside a payload: `left` more bytes, masked with `key` (if any)
+    /// from payload offset `done`.
+    Payload {
+        key: Option<[u8; 4]>,
+        done: usize,
+        left: u64,
+    },
+}
+
+/// Payloads up to this size are copied with their header in one go and
+/// unmasked in place, in L1, rather than copied and unmasked in one pass.
+const SMALL_FRAME: u64 = 64;
+
+/// Length of a frame header from its second byte (RFC 6455 §5.2): 2, plus
+/// 2 or 8 for an extended length, plus 4 for a masking key.
+#[inline]
+fn header_len(b1: u8) -> usize {
+    let ext = match b1 & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
+}
+
+/// The layout of the frame header at the start of `buf`, if it is all
+/// there: its length, the payload length and the masking key. Only the
+/// layout (RFC 6455 §5.2): `poll` checks the rules, and fails the
+/// connection at the first header that breaks one, before it looks at
+/// anything after it; so for the scan, reading any header by its layout
+/// alone is enough.
+#[inline]
+fn header_layout(buf: &[u8]) -> Option<(usize, u64, Option<[u8; 4]>)> {
+    let b1 = *buf.get(1)?;
+    let n = header_len(b1);
+    let head = buf.get(..n)?;
+    let (len, key_at) = match b1 & 0x7F {
+        126 => (u64::from(u16::from_be_bytes([head[2], head[3]])), 4),
+        127 => {
+            let mut be = [0; 8];
+            be.copy_from_slice(&head[2..10]);
+            (u64::from_be_bytes(be), 10)
+        }
+        len => (u64::from(len), 2),
+    };
+    let key = (b1 & 0x80 != 0).then(|| {
+        let k = &head[key_at..key_at + 4];
+        [k[0], k[1], k[2], k[3]]
+    });
+    Some((n, len, key))
+}
+
 /// A fragmented message being reassembled.
 #[derive(Debug)]
 struct Partial {
@@ -153,12 +221,38 @@ struct Partial {
 /// }
 /// assert_eq!(server.next_event().unwrap(), None); // needs more bytes
 /// ```
+// Receive-path invariants. Every method keeps them between calls, and
+// `debug_check_invariants` checks them whenever `poll` returns (debug
+// builds, so the tests and the fuzz targets check them too):
+//
+// 1. Every payload byte in `input` is already unmasked: `receive` unmasks
+//    while copying (`scan_copy`), `receive_from` right after its read
+//    (`scan_in_place`). `scan` says where the end of `input` stands in the
+//    frame structure; `Scan::Header { have }` has `have` (< 14) header
+//    bytes at the end of `input`. The scan reads headers by their layout
+//    only; `poll` checks them and fails the connection at the first bad
+//    one, so the two agree on every frame boundary `poll` ever reaches.
+// 2. `input` starts at a frame header unless `recv` is `AwaitPayload`
+//    (then it holds only bytes after the streamed frame, which `receive`
+//    put there once the frame was complete).
+// 3. `AwaitPayload { header, received, validated }` streams a data frame
+//    (never a control frame): `validated <= received <= payload_len`, and
+//    the sink holds the `received` bytes, unmasked, after any earlier
+//    fragments of the message. With `AwaitHeader` the sink is empty.
+// 4. While a fragmented message is being reassembled (`partial`), its
+//    bytes are in `partial.data`, or in the sink while a continuation
+//    streams; in total at most `max_message_size`.
+// 5. The first `lent_len` bytes of `input` are lent out by
+//    `next_event_ref` and are dropped at the next call; `input_alloc` is at
+//    least `input`'s capacity.
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
     config: Config,
     state: State,
     input: BytesMut,
+    /// How far `receive` has unmasked what it appended to `input`.
+    scan: Scan,
     /// Where a data frame that spans several reads is assembled: its own
     /// buffer, sized once from the announced length, or the fragmented
     /// message's buffer for a continuation. This avoids growing (and
@@ -171,7 +265,7 @@ pub struct Connection {
     /// Opcode of the fragmented message we are sending, if one is unfinished.
     sending_fragmented: Option<Opcode>,
     eof: bool,
-    masks: Option<Box<MaskSource>>,
+    masks: Option<MaskSource>,
     /// Bytes at the front of `input` lent out by `next_event_ref`; dropped
     /// from the buffer at the next call.
     lent_len: usize,
@@ -205,11 +299,13 @@ const COPY_RATIO: usize = 8;
 impl Connection {
     /// A connection in the open state, right after a successful handshake.
     pub fn new(role: Role, config: Config) -> Self {
+        let masks = (role == Role::Client).then(|| MaskSource::new(config.mask_keys));
         Self {
             role,
             config,
             state: State::Open,
             input: BytesMut::new(),
+            scan: Scan::Header { have: 0 },
             sink: BytesMut::new(),
             recv: Recv::AwaitHeader,
             partial: None,
@@ -217,7 +313,7 @@ impl Connection {
             output: BytesMut::new(),
             sending_fragmented: None,
             eof: false,
-            masks: (role == Role::Client).then(|| Box::new(MaskSource::new())),
+            masks,
             lent_len: 0,
             lent: None,
             input_alloc: 0,
@@ -301,8 +397,143 @@ impl Connection {
         let taken = self.append_payload(bytes);
         let rest = &bytes[taken..];
         if !rest.is_empty() {
-            self.input.extend_from_slice(rest);
+            self.input.reserve(rest.len());
             self.input_alloc = self.input_alloc.max(self.input.capacity());
+            self.scan_copy(rest);
+        }
+    }
+
+    /// The RSV bits a negotiated extension owns (RFC 6455 §5.2).
+    #[inline]
+    fn allowed_rsv(&self) -> u8 {
+        // deflate hook: RSV1 passes only when negotiated.
+        self.deflate.allowed_rsv()
+    }
+
+    /// Appends `src` to `input`, unmasking each payload while copying it.
+    #[inline]
+    fn scan_copy(&mut self, mut src: &[u8]) {
+        if self.scan == (Scan::Header { have: 0 }) {
+            if let Some((_, len, _)) = header_layout(src) {
+                if len <= SMALL_FRAME {
+                    // Small frames: one copy of the whole piece, then
+                    // unmask in place while it is in cache; per frame, a
+                    // copy call costs more than the second pass saves.
+                    let from = self.input.len();
+                    self.input.extend_from_slice(src);
+                    self.scan_in_place(from);
+                    return;
+                }
+            }
+        }
+        while !src.is_empty() {
+            match self.scan {
+                Scan::Payload { key, done, left } => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(src.len());
+                    match key {
+                        Some(key) => frame::put_masked_at(&mut self.input, &src[..n], key, done),
+                        None => self.input.extend_from_slice(&src[..n]),
+                    }
+                    src = &src[n..];
+                    self.scan = Self::after_payload(key, done + n, left - n as u64);
+                }
+                Scan::Header { have: 0 } => {
+                    // The usual case: the whole header is in `src`.
+                    if let Some((n, len, key)) = header_layout(src) {
+                        let end = n.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+                        if len <= SMALL_FRAME && end <= src.len() {
+                            // A whole small frame: one copy, then unmask the
+                            // few payload bytes in place while in L1 (for
+                            // small frames the per-copy cost dominates).
+                            let at = self.input.len() + n;
+                            self.input.extend_from_slice(&src[..end]);
+                            if let Some(key) = key {
+                                apply_mask(&mut self.input[at..], key, 0);
+                            }
+                            src = &src[end..];
+                            continue;
+                        }
+                        self.input.extend_from_slice(&src[..n]);
+                        src = &src[n..];
+                        self.scan = Self::after_payload(key, 0, len);
+                    } else {
+                        self.input.extend_from_slice(src);
+                        self.scan = Scan::Header { have: src.len() };
+                        src = &[];
+                    }
+                }
+                Scan::Header { have } => {
+                    // A header split across two receives: complete it in
+                    // `input` (its length is known from its second byte),
+                    // then parse it there.
+                    let start = self.input.len() - have;
+                    let b1 = if have >= 2 {
+                        self.input[start + 1]
+                    } else {
+                        src[0]
+                    };
+                    let need = header_len(b1).max(have + 1);
+                    let take = (need - have).min(src.len());
+                    self.input.extend_from_slice(&src[..take]);
+                    src = &src[take..];
+                    self.scan = Scan::Header { have: have + take };
+                    self.rescan_header(start);
+                }
+            }
+        }
+    }
+
+    /// Reads the header that starts at `input[start..]` (all of which is
+    /// header bytes) and moves the scan past it if it is complete.
+    fn rescan_header(&mut self, start: usize) {
+        self.scan = match header_layout(&self.input[start..]) {
+            Some((n, len, key)) => {
+                debug_assert_eq!(start + n, self.input.len());
+                Self::after_payload(key, 0, len)
+            }
+            None => Scan::Header {
+                have: self.input.len() - start,
+            },
+        };
+    }
+
+    /// The scan state once `done` payload bytes are through, `left` to go.
+    #[inline]
+    fn after_payload(key: Option<[u8; 4]>, done: usize, left: u64) -> Scan {
+        if left == 0 {
+            Scan::Header { have: 0 }
+        } else {
+            Scan::Payload { key, done, left }
+        }
+    }
+
+    /// As [`scan_copy`](Self::scan_copy), for bytes a reader put straight
+    /// into `input[from..]`: unmasks their payloads in place, while they
+    /// are still in cache from the read.
+    fn scan_in_place(&mut self, from: usize) {
+        let end = self.input.len();
+        let mut pos = from;
+        while pos < end {
+            match self.scan {
+                Scan::Payload { key, done, left } => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(end - pos);
+                    if let Some(key) = key {
+                        apply_mask(&mut self.input[pos..pos + n], key, done);
+                    }
+                    pos += n;
+                    self.scan = Self::after_payload(key, done + n, left - n as u64);
+                }
+                Scan::Header { have } => {
+                    let start = pos - have;
+                    if let Some((n, len, key)) = header_layout(&self.input[start..end]) {
+                        pos = start + n;
+                        self.scan = Self::after_payload(key, 0, len);
+                    } else {
+                        self.scan = Scan::Header { have: end - start };
+                        pos = end;
+                    }
+                }
+            }
         }
     }
 
@@ -313,9 +544,24 @@ impl Connection {
     fn append_payload(&mut self, bytes: &[u8]) -> usize {
         let take = self.payload_remaining().min(bytes.len());
         if take > 0 {
-            let start = self.sink.len();
-            self.sink.extend_from_slice(&bytes[..take]);
-            self.commit_payload(start);
+            if let Recv::AwaitPayload {
+                header,
+                received,
+                validated,
+            } = self.recv
+            {
+                match header.mask {
+                    Some(key) => {
+                        frame::put_masked_at(&mut self.sink, &bytes[..take], key, received)
+                    }
+                    None => self.sink.extend_from_slice(&bytes[..take]),
+                }
+                self.recv = Recv::AwaitPayload {
+                    header,
+                    received: received + take,
+                    validated,
+                };
+            }
         }
         take
     }
@@ -398,7 +644,8 @@ impl Connection {
             self.input_alloc = self.input_alloc.max(self.input.capacity());
             let result = reader.read(&mut self.input[start..]);
             let n = *result.as_ref().unwrap_or(&0);
-            self.input.truncate(start + n);
+            self.input.truncate(start + n.min(max));
+            self.scan_in_place(start);
             result
         };
         if matches!(result, Ok(0)) && max > 0 {
@@ -431,7 +678,9 @@ impl Connection {
     /// connection is then closed.
     pub fn next_event(&mut self) -> Result<Option<Event>, ProtocolError> {
         self.release_lent();
-        Ok(match self.poll()? {
+        let polled = self.poll();
+        self.debug_check_invariants();
+        Ok(match polled? {
             None => None,
             Some(Polled::Event(event)) => Some(event),
             Some(Polled::TextInInput(len)) => Some(Event::Text(Text::from_validated(
@@ -470,7 +719,9 @@ impl Connection {
     /// As [`next_event`](Self::next_event).
     pub fn next_event_ref(&mut self) -> Result<Option<EventRef<'_>>, ProtocolError> {
         self.release_lent();
-        match self.poll()? {
+        let polled = self.poll();
+        self.debug_check_invariants();
+        match polled? {
             None => Ok(None),
             Some(Polled::BinaryInInput(len)) => {
                 self.lent_len = len;
@@ -481,7 +732,7 @@ impl Connection {
                 let bytes = &self.input[..len];
                 Ok(Some({
                     // SAFETY: `poll` returns `TextInInput(len)` only after
-                    // `unmask_and_validate` fed exactly these bytes to the
+                    // `validate_text` fed exactly these bytes to the
                     // UTF-8 validator and `finish` accepted the end of the
                     // message; the buffer is not touched until the borrow
                     // ends. Covered by tests/connection.rs (borrowed_events_*).
@@ -491,6 +742,63 @@ impl Connection {
             }
             Some(Polled::Event(event)) => Ok(Some(EventRef::from(&*self.lent.insert(event)))),
         }
+    }
+
+    /// The event the last [`next_event_ref`](Self::next_event_ref) lent,
+    /// again (for a caller whose borrow had to end, such as the blocking
+    /// read loop); `text` is whether that event was [`EventRef::Text`].
+    pub(crate) fn relend(&self, text: bool) -> EventRef<'_> {
+        if let Some(event) = &self.lent {
+            return EventRef::from(event);
+        }
+        let bytes = &self.input[..self.lent_len];
+        if !text {
+            return EventRef::Binary(bytes);
+        }
+        // SAFETY: with no owned event lent, the last `next_event_ref`
+        // lent exactly these `lent_len` bytes of the input, and `text` says
+        // it lent them as `EventRef::Text`, which it does only after the
+        // UTF-8 validator accepted them (see `next_event_ref`); nothing
+        // has touched the input since (every method that changes the
+        // input starts with `release_lent`, which also ends the loan).
+        // Covered by tests/blocking.rs (read_ref_*).
+        #[allow(unsafe_code)]
+        EventRef::Text(unsafe { std::str::from_utf8_unchecked(bytes) })
+    }
+
+    /// Checks the receive-path invariants (see the comment on
+    /// [`Connection`]) in debug builds; compiled out in release.
+    #[inline]
+    fn debug_check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        if let Scan::Header { have } = self.scan {
+            assert!(have < frame::MAX_HEADER_LEN && have <= self.input.len());
+        }
+        match self.recv {
+            Recv::AwaitHeader => assert!(self.sink.is_empty(), "sink left over"),
+            Recv::AwaitPayload {
+                header,
+                received,
+                validated,
+            } => {
+                assert!(!header.opcode.is_control(), "a control frame streamed");
+                assert!(validated <= received && received as u64 <= header.payload_len);
+                assert!(self.sink.len() >= received);
+            }
+        }
+        if let Some(p) = &self.partial {
+            let streaming = matches!(self.recv, Recv::AwaitPayload { header, .. } if header.opcode == Opcode::Continuation);
+            let held = if streaming {
+                self.sink.len()
+            } else {
+                p.data.len()
+            };
+            assert!(p.frames >= 1 && held <= self.config.max_message_size);
+        }
+        assert!(self.lent_len <= self.input.len());
+        assert!(self.input_alloc >= self.input.capacity() || self.input.is_empty());
     }
 
     /// Takes the first `len` bytes of the input to keep: copied if they are
@@ -526,16 +834,15 @@ impl Connection {
             match self.recv {
                 Recv::AwaitHeader => {
                     let receiver = self.role;
-                    // deflate hook: RSV1 passes only when negotiated.
-                    let rsv = self.deflate.allowed_rsv();
-                    let (header, header_len) = match frame::parse_header(&self.input, receiver, rsv)
-                    {
-                        Ok(ParsedHeader::Complete(h, n)) => (h, n),
-                        Ok(ParsedHeader::NeedMore) => {
-                            return Ok(self.eof_event().map(Polled::Event))
-                        }
-                        Err(e) => return Err(self.fail(e)),
-                    };
+                    let allowed_rsv = self.allowed_rsv();
+                    let (header, header_len) =
+                        match frame::parse_header(&self.input, receiver, allowed_rsv) {
+                            Ok(ParsedHeader::Complete(h, n)) => (h, n),
+                            Ok(ParsedHeader::NeedMore) => {
+                                return Ok(self.eof_event().map(Polled::Event))
+                            }
+                            Err(e) => return Err(self.fail(e)),
+                        };
                     if let Err(e) = self.check_frame(&header) {
                         return Err(self.fail(e));
                     }
@@ -557,7 +864,7 @@ impl Connection {
                     // off, or copied if small: `take_input`), without
                     // parking in AwaitPayload.
                     if len > 0 {
-                        self.unmask_and_validate(&header, 0, len)
+                        self.validate_text(&header, 0, len)
                             .map_err(|e| self.fail(e))?;
                     }
                     // A whole unfragmented message (check_frame has ruled
@@ -647,9 +954,21 @@ impl Connection {
             received: 0,
             validated: 0,
         };
-        let buffered = self.input.split_to(have);
-        let taken = self.append_payload(&buffered);
-        debug_assert_eq!(taken, have);
+        // The scan has unmasked the buffered part and stands inside this
+        // payload; the rest bypasses `input` (streamed into the sink,
+        // unmasked there), so the scan resumes at the next header.
+        debug_assert_eq!(
+            self.scan,
+            Self::after_payload(header.mask, have, header.payload_len - have as u64)
+        );
+        self.scan = Scan::Header { have: 0 };
+        self.sink.extend_from_slice(&self.input[..have]);
+        self.input.advance(have);
+        self.recv = Recv::AwaitPayload {
+            header,
+            received: have,
+            validated: 0,
+        };
     }
 
     /// True if `header` carries text (a Text frame or its continuation).
@@ -717,20 +1036,17 @@ impl Connection {
         }
     }
 
-    /// Unmasks payload bytes `done..avail` in place and, for text, validates
-    /// them now, so invalid UTF-8 fails even inside a partial frame.
+    /// Validates payload bytes `done..avail` (already unmasked by the scan)
+    /// if they are text, so invalid UTF-8 fails even inside a partial frame.
     #[inline]
-    fn unmask_and_validate(
+    fn validate_text(
         &mut self,
         header: &FrameHeader,
         done: usize,
         avail: usize,
     ) -> Result<(), ProtocolError> {
         let is_text = self.is_text(header);
-        let fresh = &mut self.input[done..avail];
-        if let Some(key) = header.mask {
-            apply_mask(fresh, key, done);
-        }
+        let fresh = &self.input[done..avail];
         if is_text {
             self.utf8
                 .feed(fresh)
@@ -846,8 +1162,10 @@ impl Connection {
         self.state = State::Closed;
         self.partial = None;
         self.input = BytesMut::new();
+        self.scan = Scan::Header { have: 0 };
         self.input_alloc = 0;
         self.sink = BytesMut::new();
+        self.recv = Recv::AwaitHeader;
         err
     }
 
@@ -860,8 +1178,10 @@ impl Connection {
         self.state = State::Closed;
         self.partial = None;
         self.input = BytesMut::new();
+        self.scan = Scan::Header { have: 0 };
         self.input_alloc = 0;
         self.sink = BytesMut::new();
+        self.recv = Recv::AwaitHeader;
         Some(Event::Close(CloseFrame {
             code: CloseCode::ABNORMAL,
             reason: String::new(),
@@ -888,6 +1208,133 @@ impl Connection {
     /// As [`send_text`](Self::send_text).
     pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Error> {
         self.send_message(Opcode::Binary, data)
+    }
+
+    /// Appends a text message's frame straight to `dst`, a buffer the
+    /// caller owns (a `Vec<u8>`, a `BytesMut`, any [`BufMut`]): the payload
+    /// is copied once, masked while it is copied for a client, and never
+    /// passes through the connection's own output buffer.
+    ///
+    /// Anything already pending (an automatic Pong, a Close echo, frames
+    /// queued by [`send_text`](Self::send_text)) is moved to `dst` first,
+    /// so the frames stay in order; the caller then writes `dst` out.
+    ///
+    /// ```
+    /// use wsproto::{Config, Connection, Event, Role};
+    /// let mut server = Connection::new(Role::Server, Config::default());
+    /// let mut wire: Vec<u8> = Vec::with_capacity(64);
+    /// server.send_text_into("hello", &mut wire).unwrap();
+    /// server.send_binary_into(&[1, 2], &mut wire).unwrap();
+    /// assert_eq!(wire, b"\x81\x05hello\x82\x02\x01\x02");
+    /// assert!(server.pending_output().is_empty());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after a Close was sent or received,
+    /// [`UsageError::FragmentOrder`] while a fragmented send is unfinished.
+    /// (Never [`Error::OutputFull`]: the caller's buffer is the caller's
+    /// to bound.)
+    #[inline]
+    pub fn send_text_into<B: BufMut + ?Sized>(
+        &mut self,
+        text: &str,
+        dst: &mut B,
+    ) -> Result<(), Error> {
+        self.send_message_into(Opcode::Text, text.as_bytes(), dst)
+    }
+
+    /// As [`send_text_into`](Self::send_text_into), for a binary message.
+    ///
+    /// ```
+    /// use wsproto::{Config, Connection, MaskKeys, Role};
+    /// let config = Config::default().mask_keys(MaskKeys::Fixed([0x37, 0xfa, 0x21, 0x3d]));
+    /// let mut client = Connection::new(Role::Client, config);
+    /// let mut wire = Vec::new();
+    /// client.send_binary_into(b"Hello", &mut wire).unwrap();
+    /// // Masked while copied (RFC 6455 §5.7's example, as a binary frame).
+    /// assert_eq!(wire, b"\x82\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`send_text_into`](Self::send_text_into).
+    #[inline]
+    pub fn send_binary_into<B: BufMut + ?Sized>(
+        &mut self,
+        data: &[u8],
+        dst: &mut B,
+    ) -> Result<(), Error> {
+        self.send_message_into(Opcode::Binary, data, dst)
+    }
+
+    #[inline]
+    fn send_message_into<B: BufMut + ?Sized>(
+        &mut self,
+        opcode: Opcode,
+        payload: &[u8],
+        dst: &mut B,
+    ) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(Error::Closed);
+        }
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::FragmentOrder("a fragmented message is unfinished").into());
+        }
+        // deflate hook: a compressed message is built in `output` (the
+        // compressor owns that path), then moved out like anything pending.
+        if self.deflate.is_enabled() {
+            self.send_message(opcode, payload)?;
+            self.move_output_into(dst);
+            return Ok(());
+        }
+        if !self.output.is_empty() {
+            self.move_output_into(dst);
+        }
+        let mask = self.masks.as_mut().map(MaskSource::next_key);
+        frame::encode_frame_into(dst, true, opcode, payload, mask);
+        Ok(())
+    }
+
+    /// Moves everything pending to `dst` (frames queued before a
+    /// `send_*_into` go out before it).
+    #[cold]
+    fn move_output_into<B: BufMut + ?Sized>(&mut self, dst: &mut B) {
+        dst.put_slice(&self.output);
+        self.output.clear();
+    }
+
+    /// The header of a whole unmasked message of `len` bytes, for a writer
+    /// that sends the payload itself (vectored, the caller's `Bytes` shared
+    /// rather than copied); the same checks as
+    /// [`send_binary`](Self::send_binary). Only for the server role: a
+    /// client's payload must be masked, which means copying it.
+    pub(crate) fn unmasked_message_header(
+        &mut self,
+        opcode: Opcode,
+        len: usize,
+    ) -> Result<([u8; frame::MAX_HEADER_LEN], usize), Error> {
+        debug_assert!(self.masks.is_none(), "only a server sends unmasked frames");
+        self.check_sendable()?;
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::FragmentOrder("a fragmented message is unfinished").into());
+        }
+        let header = FrameHeader {
+            fin: true,
+            rsv: 0,
+            opcode,
+            mask: None,
+            payload_len: len as u64,
+        };
+        let mut head = [0; frame::MAX_HEADER_LEN];
+        let n = header.encode(&mut head);
+        Ok((head, n))
+    }
+
+    /// Queues bytes that are already framed: the unwritten rest of a frame
+    /// a vectored write could not finish, so a later flush completes it.
+    pub(crate) fn queue_framed(&mut self, bytes: &[u8]) {
+        self.output.extend_from_slice(bytes);
     }
 
     fn send_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Error> {
@@ -1033,7 +1480,7 @@ impl Connection {
 
     #[inline]
     fn write_frame(&mut self, fin: bool, opcode: Opcode, payload: &[u8]) {
-        let mask = self.masks.as_mut().map(|m| m.next_key());
+        let mask = self.masks.as_mut().map(MaskSource::next_key);
         frame::encode_frame(&mut self.output, fin, opcode, payload, mask);
     }
 
@@ -1092,11 +1539,47 @@ impl Connection {
     }
 }
 
+/// Where a client's masking keys come from ([`MaskKeys`]).
+#[derive(Debug)]
+enum MaskSource {
+    Random(Box<KeyPool>),
+    Seeded(u64),
+    Fixed([u8; 4]),
+}
+
+impl MaskSource {
+    fn new(keys: MaskKeys) -> Self {
+        match keys {
+            MaskKeys::Random => Self::Random(Box::new(KeyPool::new())),
+            MaskKeys::Seeded(seed) => Self::Seeded(seed),
+            MaskKeys::Fixed(key) => Self::Fixed(key),
+        }
+    }
+
+    #[inline]
+    fn next_key(&mut self) -> [u8; 4] {
+        match self {
+            Self::Random(pool) => pool.next_key(),
+            Self::Seeded(state) => {
+                // SplitMix64 (Steele, Lea, Flood 2014): a full-period
+                // sequence, good enough to vary keys reproducibly.
+                *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = *state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                let [a, b, c, d, ..] = (z ^ (z >> 31)).to_le_bytes();
+                [a, b, c, d]
+            }
+            Self::Fixed(key) => *key,
+        }
+    }
+}
+
 /// Masking keys from the OS CSPRNG, fetched 256 at a time so a client pays
 /// one `getrandom` call per 256 frames rather than one per frame
 /// (RFC 6455 §5.3: keys must be unpredictable).
 #[derive(Debug)]
-struct MaskSource {
+struct KeyPool {
     pool: [u8; MASK_POOL],
     pos: usize,
 }
@@ -1106,7 +1589,7 @@ struct MaskSource {
 /// most of the cost of sending small masked frames.
 const MASK_POOL: usize = 1024;
 
-impl MaskSource {
+impl KeyPool {
     fn new() -> Self {
         Self {
             pool: [0; MASK_POOL],
@@ -1114,6 +1597,7 @@ impl MaskSource {
         }
     }
 
+    #[inline]
     fn next_key(&mut self) -> [u8; 4] {
         if self.pos == self.pool.len() {
             crate::random::fill(&mut self.pool);

@@ -118,14 +118,36 @@ impl ProtocolError {
     /// assert_eq!(ProtocolError::InvalidUtf8 { offset: 3 }.close_code(), CloseCode::INVALID_PAYLOAD);
     /// ```
     pub fn close_code(&self) -> CloseCode {
+        // No `_` arm: a new variant must choose its code here.
         match self {
+            // RFC 6455 §7.4.1: 1007, "data within a message that was not
+            // consistent with the type of the message".
             Self::InvalidUtf8 { .. }
             | Self::InvalidCloseReason { .. }
-            | Self::InvalidCompressedData(_) => CloseCode::INVALID_PAYLOAD,
+            | Self::InvalidCompressedData(_) => {
+                CloseCode::INVALID_PAYLOAD
+            }
+            // RFC 6455 §7.4.1: 1009, "a message that is too big for it to
+            // process".
             Self::FrameTooLarge { .. }
             | Self::MessageTooLarge { .. }
             | Self::TooManyFragments { .. } => CloseCode::MESSAGE_TOO_BIG,
-            _ => CloseCode::PROTOCOL_ERROR,
+            // RFC 6455 §7.4.1: 1002, a protocol error.
+            Self::ReservedBits(_)
+            | Self::UnknownOpcode(_)
+            | Self::FragmentedControlFrame(_)
+            | Self::ControlFrameTooLong { .. }
+            | Self::UnmaskedFrame
+            | Self::MaskedFrame
+            | Self::NonMinimalLength { .. }
+            | Self::LengthMsbSet(_)
+            | Self::UnexpectedContinuation
+            | Self::ExpectedContinuation(_)
+            | Self::CloseTooShort
+            | Self::InvalidCloseCode(_)
+            // RFC 7692 §6.1: RSV1 only on the first frame of a data message.
+            | Self::CompressedControlFrame(_)
+            | Self::CompressedContinuation => CloseCode::PROTOCOL_ERROR,
         }
     }
 }
@@ -271,8 +293,60 @@ pub enum HandshakeError {
     UnexpectedEof,
 }
 
+/// Who caused a [`HandshakeError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The peer sent something wrong (a server answers it with
+    /// [`HandshakeError::status`]; a client gives up).
+    Peer,
+    /// The caller asked for an impossible request (a bad URL, host, path or
+    /// header); nothing was sent.
+    Caller,
+    /// The transport ended before the handshake did.
+    Transport,
+}
+
 impl HandshakeError {
-    /// The HTTP status a server answers this (request) error with:
+    /// Who is at fault: only a [`Fault::Peer`] error is answered with an
+    /// HTTP [`status`](Self::status).
+    ///
+    /// ```
+    /// use wsproto::{Fault, HandshakeError};
+    /// assert_eq!(HandshakeError::MethodNotAllowed("POST".into()).fault(), Fault::Peer);
+    /// assert_eq!(HandshakeError::InvalidPath("x y".into()).fault(), Fault::Caller);
+    /// assert_eq!(HandshakeError::UnexpectedEof.fault(), Fault::Transport);
+    /// ```
+    pub fn fault(&self) -> Fault {
+        // No `_` arm: a new variant must say who is at fault.
+        match self {
+            Self::MalformedHttp(_)
+            | Self::HeadTooLarge { .. }
+            | Self::TooManyHeaders { .. }
+            | Self::MethodNotAllowed(_)
+            | Self::HttpVersion(_)
+            | Self::MissingHeader(_)
+            | Self::InvalidHeader { .. }
+            | Self::InvalidTarget(_)
+            | Self::UnexpectedBody { .. }
+            | Self::OriginRefused { .. }
+            | Self::UnsupportedVersion(_)
+            | Self::Status { .. }
+            | Self::AcceptMismatch { .. }
+            | Self::NotOffered(_)
+            | Self::DeflateAnswer { .. } => Fault::Peer,
+            Self::InvalidUrl { .. }
+            | Self::InvalidHost(_)
+            | Self::InvalidPath(_)
+            | Self::InvalidHeaderName { .. }
+            | Self::InvalidHeaderValue { .. } => Fault::Caller,
+            Self::UnexpectedEof => Fault::Transport,
+        }
+    }
+
+    /// The HTTP status a server answers this (request) error with, for a
+    /// [`Fault::Peer`] error (check [`fault`](Self::fault) first; the others
+    /// are never answered):
     /// 403 for a refused origin, 405 for a wrong method, 426 for a wrong
     /// version, 431 for an oversized head, 400 for everything else.
     pub fn status(&self) -> u16 {

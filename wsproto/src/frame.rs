@@ -6,7 +6,7 @@
 
 use crate::error::ProtocolError;
 use crate::mask;
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 
 /// Longest possible frame header: 2 + 8 (length) + 4 (mask) bytes.
 pub const MAX_HEADER_LEN: usize = 14;
@@ -272,8 +272,9 @@ impl FrameHeader {
 }
 
 /// Appends one whole frame (header and payload, masked with `mask` if given)
-/// to `dst`. This is the one encoder the crate uses; it is public so that a
-/// server can frame a broadcast once and send the same bytes to every client.
+/// to `dst`. It is public so that a server can frame a broadcast once and
+/// send the same bytes to every client. For any other buffer type (a
+/// `Vec<u8>`, a chained buffer), see [`encode_frame_into`].
 ///
 /// ```
 /// use bytes::BytesMut;
@@ -290,6 +291,41 @@ pub fn encode_frame(
     payload: &[u8],
     mask: Option<[u8; 4]>,
 ) {
+    // One allocation for the whole frame, rather than `chunk_mut`'s
+    // 64-byte steps.
+    dst.reserve(MAX_HEADER_LEN + payload.len());
+    encode_frame_into(dst, fin, opcode, payload, mask);
+}
+
+/// Appends one whole frame to any [`BufMut`] (a caller's `Vec<u8>`, a
+/// `BytesMut`, ...) in one pass: the header, then the payload copied once,
+/// masked while it is copied when `mask` is given (the client role). This is
+/// the one encoder the crate uses.
+///
+/// A `Vec<u8>` that is reused keeps its capacity, so steady-state encoding
+/// allocates nothing.
+///
+/// ```
+/// use wsproto::frame::{encode_frame_into, Opcode};
+/// let mut out: Vec<u8> = Vec::new();
+/// encode_frame_into(&mut out, true, Opcode::Binary, &[1, 2, 3], None);
+/// // RFC 6455 §5.7: a masked "Hello" from a client, key 37 fa 21 3d.
+/// encode_frame_into(&mut out, true, Opcode::Text, b"Hello", Some([0x37, 0xfa, 0x21, 0x3d]));
+/// assert_eq!(out, b"\x82\x03\x01\x02\x03\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58");
+/// ```
+///
+/// # Panics
+///
+/// If `dst` cannot grow to hold the frame (a fixed-size buffer such as
+/// `&mut [u8]` that is too short), as [`BufMut::put_slice`] does.
+#[inline]
+pub fn encode_frame_into<B: BufMut + ?Sized>(
+    dst: &mut B,
+    fin: bool,
+    opcode: Opcode,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
     let header = FrameHeader {
         fin,
         rsv: 0,
@@ -299,15 +335,57 @@ pub fn encode_frame(
     };
     let mut head = [0; MAX_HEADER_LEN];
     let head_len = header.encode(&mut head);
-    dst.reserve(head_len + payload.len());
-    dst.extend_from_slice(&head[..head_len]);
+    dst.put_slice(&head[..head_len]);
     match mask {
-        None => dst.extend_from_slice(payload),
-        Some(key) => {
-            let start = dst.len();
-            dst.resize(start + payload.len(), 0);
-            mask::copy_masked(&mut dst[start..], payload, key, 0);
-        }
+        None => dst.put_slice(payload),
+        Some(key) => put_masked_at(dst, payload, key, 0),
+    }
+}
+
+/// Payloads up to this size are masked into a stack buffer first.
+const SMALL_MASKED: usize = 64;
+
+/// Appends `src` masked with `key` to `dst`, `offset` bytes into the
+/// payload, writing straight into `dst`'s spare capacity: one read of
+/// `src`, one write of `dst`, no zero-fill first. (Masking and unmasking
+/// are the same XOR.)
+#[inline]
+pub(crate) fn put_masked_at<B: BufMut + ?Sized>(
+    dst: &mut B,
+    src: &[u8],
+    key: [u8; 4],
+    offset: usize,
+) {
+    // A small payload is masked on the stack and appended in one call: for
+    // a 16-byte payload the generic loop below (`chunk_mut`, the
+    // uninitialized view, `advance_mut`) cost more than the XOR itself.
+    if src.len() <= SMALL_MASKED {
+        let mut tmp = [0u8; SMALL_MASKED];
+        let tmp = &mut tmp[..src.len()];
+        mask::copy_masked(tmp, src, key, offset);
+        dst.put_slice(tmp);
+        return;
+    }
+    assert!(
+        dst.remaining_mut() >= src.len(),
+        "encode_frame_into: the buffer has no room for the payload"
+    );
+    let mut done = 0;
+    while done < src.len() {
+        let chunk = dst.chunk_mut();
+        let n = chunk.len().min(src.len() - done);
+        // SAFETY: `as_uninit_slice_mut` lets us see the chunk as
+        // `MaybeUninit<u8>`; we only ever write initialized bytes into it
+        // (`copy_masked_uninit` writes every one of the first `n`).
+        #[allow(unsafe_code)]
+        let slot = unsafe { &mut chunk.as_uninit_slice_mut()[..n] };
+        mask::copy_masked_uninit(slot, &src[done..done + n], key, offset + done);
+        // SAFETY: the first `n` bytes of `chunk_mut` were just written.
+        #[allow(unsafe_code)]
+        unsafe {
+            dst.advance_mut(n)
+        };
+        done += n;
     }
 }
 

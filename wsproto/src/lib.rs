@@ -36,7 +36,7 @@
 //!             Event::Text(t) => ws.send(t)?,
 //!             Event::Binary(b) => ws.send(b)?,
 //!             Event::Close(_) => return Ok(()), // the echo is already sent
-//!             Event::Ping(_) | Event::Pong(_) => {}
+//!             _ => {} // Ping, Pong (already answered), and future events
 //!         }
 //!     }
 //! });
@@ -81,7 +81,8 @@
 //! ## What it does not do (yet)
 //!
 //! - TLS: bring your own stream (`blocking::client` and `WebSocket::from_raw`
-//!   take any [`blocking::Transport`]).
+//!   take any [`blocking::Transport`]; [`blocking::AnyStream`] makes one of
+//!   any `Read + Write`).
 //! - An async adapter: the [`Connection`] core is ready for one.
 
 #![deny(missing_docs)]
@@ -103,9 +104,9 @@ pub mod utf8;
 
 pub use bytes::Bytes;
 pub use close::{CloseCode, CloseFrame};
-pub use config::Config;
+pub use config::{Config, MaskKeys};
 pub use connection::{Connection, Event, EventRef, State};
-pub use error::{Error, HandshakeError, ProtocolError, UsageError};
+pub use error::{Error, Fault, HandshakeError, ProtocolError, UsageError};
 pub use frame::{Opcode, Role};
 pub use message::{Message, Text};
 

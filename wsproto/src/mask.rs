@@ -4,6 +4,8 @@
 //! resume at any byte offset into the payload, so a frame that arrives in
 //! pieces can be unmasked piece by piece as it comes in.
 
+use std::mem::MaybeUninit;
+
 /// XORs `buf` in place with the 4-byte masking `key`, starting at byte
 /// `offset` of the frame payload (`offset` is the number of payload bytes
 /// already processed; only `offset % 4` matters).
@@ -73,6 +75,38 @@ pub fn copy_masked(dst: &mut [u8], src: &[u8], key: [u8; 4], offset: usize) {
     }
 }
 
+/// As [`copy_masked`], into memory that may not be initialized yet: the
+/// spare capacity of an output buffer, so the payload is written once
+/// (no zero-fill pass before the masked copy).
+///
+/// # Panics
+///
+/// Panics if `dst.len() != src.len()` (a caller bug, never peer input).
+#[inline]
+pub(crate) fn copy_masked_uninit(
+    dst: &mut [MaybeUninit<u8>],
+    src: &[u8],
+    key: [u8; 4],
+    offset: usize,
+) {
+    assert_eq!(dst.len(), src.len(), "copy_masked_uninit: length mismatch");
+    let key = rotate_key(key, offset);
+    let key32 = u32::from_le_bytes(key);
+    let key64 = (u64::from(key32) << 32) | u64::from(key32);
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (dc, sc) in (&mut d).zip(&mut s) {
+        let word = u64::from_le_bytes([sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7]]);
+        let masked = (word ^ key64.to_le()).to_le_bytes();
+        for (o, b) in dc.iter_mut().zip(masked) {
+            o.write(b);
+        }
+    }
+    for (i, (db, sb)) in d.into_remainder().iter_mut().zip(s.remainder()).enumerate() {
+        db.write(sb ^ key[i % 4]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +139,14 @@ mod tests {
             let mut c = vec![0; data.len()];
             copy_masked(&mut c, &data, key, offset);
             prop_assert_eq!(&c, &b);
+            let mut u = vec![MaybeUninit::<u8>::uninit(); data.len()];
+            copy_masked_uninit(&mut u, &data, key, offset);
+            let u: Vec<u8> = u.iter().map(|b| {
+                // SAFETY: copy_masked_uninit wrote every byte (same length).
+                #[allow(unsafe_code)]
+                unsafe { b.assume_init() }
+            }).collect();
+            prop_assert_eq!(&u, &b);
         }
 
         #[test]

@@ -35,7 +35,7 @@ fn echo(ws: Result<WebSocket<TcpStream>, Error>) -> Result<Vec<Event>, Error> {
             Event::Text(t) => ws.send(t)?,
             Event::Binary(b) => ws.send(b)?,
             Event::Close(_) => return Ok(seen),
-            Event::Ping(_) | Event::Pong(_) => {}
+            _ => {}
         }
     }
 }
@@ -763,4 +763,148 @@ fn split_reader_owes_only_the_latest_pong() {
         },
     );
     assert_eq!(pings, 200);
+}
+
+// ---- issue 12: rough edges of the blocking API ------------------------------
+
+/// A scripted stream: hands out `script` in reads of at most the size asked
+/// (recording the largest), then blocks for up to `block` (a stream with no
+/// read timeout) before reporting end of stream.
+struct Scripted {
+    script: std::io::Cursor<Vec<u8>>,
+    block: Duration,
+    largest_read: usize,
+    written: Vec<u8>,
+}
+
+impl Scripted {
+    fn new(script: &[u8], block: Duration) -> Self {
+        Self {
+            script: std::io::Cursor::new(script.to_vec()),
+            block,
+            largest_read: 0,
+            written: Vec::new(),
+        }
+    }
+}
+
+impl Read for Scripted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.largest_read = self.largest_read.max(buf.len());
+        let n = self.script.read(buf)?;
+        if n == 0 {
+            thread::sleep(self.block);
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Scripted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.written.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl blocking::Transport for Scripted {}
+
+#[test]
+fn client_close_wait_is_bounded_without_read_timeouts() {
+    // The server's Close, then a stream that would block for 8 s: the
+    // client must not wait on it (it cannot bound that read).
+    let stream = Scripted::new(b"\x88\x02\x03\xe8", Duration::from_secs(8));
+    let mut ws = WebSocket::from_raw(stream, wsproto::Role::Client, Config::default(), &[]);
+    let start = Instant::now();
+    assert!(matches!(ws.read().unwrap(), Event::Close(f) if f.code == CloseCode::NORMAL));
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "waited {:?} for the server to close",
+        start.elapsed()
+    );
+    // The echo went out.
+    assert_eq!(&ws.get_ref().written[..2], b"\x88\x82");
+}
+
+#[test]
+fn read_size_comes_from_config() {
+    let mut wire = Vec::new();
+    for i in 0..50u8 {
+        wire.extend_from_slice(&[0x82, 126, 0x03, 0xe8]);
+        wire.extend(std::iter::repeat(i).take(1000));
+    }
+    let stream = Scripted::new(&wire, Duration::ZERO);
+    let config = Config::default().read_size(700);
+    let mut ws = WebSocket::from_raw(stream, wsproto::Role::Client, config, &[]);
+    for i in 0..50u8 {
+        assert_eq!(
+            ws.read().unwrap(),
+            Event::Binary(Bytes::from(vec![i; 1000]))
+        );
+    }
+    assert!(
+        ws.get_ref().largest_read <= 700,
+        "{}",
+        ws.get_ref().largest_read
+    );
+}
+
+#[test]
+fn read_ref_lends_each_event() {
+    let mut wire = b"\x81\x02hi\x82\x00\x01\x03abc\x80\x01d\x89\x01p".to_vec();
+    wire.extend_from_slice(b"\x81\x00\x88\x00");
+    let stream = blocking::AnyStream(std::io::Cursor::new(wire));
+    let mut ws = WebSocket::from_raw(stream, wsproto::Role::Client, Config::default(), &[]);
+    use wsproto::EventRef;
+    assert_eq!(ws.read_ref().unwrap(), EventRef::Text("hi"));
+    assert_eq!(ws.read_ref().unwrap(), EventRef::Binary(b""));
+    // Reassembled from two fragments: lent from an owned event.
+    assert_eq!(ws.read_ref().unwrap(), EventRef::Text("abcd"));
+    assert_eq!(ws.read_ref().unwrap(), EventRef::Ping(b"p"));
+    assert_eq!(ws.read_ref().unwrap(), EventRef::Text(""));
+    assert!(matches!(ws.read_ref().unwrap(), EventRef::Close(_)));
+    assert!(matches!(ws.read_ref(), Err(Error::Closed)));
+}
+
+#[test]
+fn write_flushes_itself_at_the_high_water_mark() {
+    // Read side unused: a Vec is Write only, so pair it with an empty reader.
+    struct Pair(std::io::Empty, Vec<u8>);
+    impl Read for Pair {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    impl Write for Pair {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.1.write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let config = Config::default().write_high_water(10_000);
+    let mut ws = WebSocket::from_raw(
+        blocking::AnyStream(Pair(std::io::empty(), Vec::new())),
+        wsproto::Role::Server,
+        config,
+        &[],
+    );
+    ws.write(vec![1u8; 4000]).unwrap();
+    ws.write(vec![2u8; 4000]).unwrap();
+    assert!(ws.get_ref().0 .1.is_empty(), "flushed below the mark");
+    ws.write(vec![3u8; 4000]).unwrap();
+    assert_eq!(
+        ws.get_ref().0 .1.len(),
+        3 * (4 + 4000),
+        "not flushed at the mark"
+    );
+    // Batching 20 MiB never meets the 16 MiB output limit.
+    for _ in 0..20 {
+        ws.write(vec![0u8; 1 << 20]).unwrap();
+    }
+    assert!(ws.connection().pending_output().is_empty());
 }

@@ -729,3 +729,75 @@ fn retained_small_messages_do_not_pin_receive_buffers() {
     );
     assert_eq!(kept.len(), N);
 }
+
+/// Feeds `wire` in pieces that end at `cuts`, each piece through
+/// `receive` (copied and unmasked in one pass) or `receive_from` (read
+/// into the buffer, unmasked in place) as `via_reader` says, reading at
+/// most `max_read` bytes at a time.
+fn feed_mixed(
+    wire: &[u8],
+    cuts: &[usize],
+    via_reader: &[bool],
+    max_read: usize,
+) -> (Vec<Event>, Option<ProtocolError>) {
+    let mut conn = Connection::new(Role::Server, Config::default());
+    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(wire.len())).collect();
+    cuts.sort_unstable();
+    cuts.push(wire.len());
+    let mut start = 0;
+    let mut out = Vec::new();
+    for (i, cut) in cuts.into_iter().enumerate() {
+        let piece = &wire[start..cut];
+        start = cut;
+        if via_reader.get(i).copied().unwrap_or(false) {
+            let mut reader = piece;
+            while !reader.is_empty() {
+                conn.receive_from(&mut reader, max_read).unwrap();
+                loop {
+                    match conn.next_event() {
+                        Ok(Some(e)) => out.push(e),
+                        Ok(None) => break,
+                        Err(e) => return (out, Some(e)),
+                    }
+                }
+            }
+            continue;
+        }
+        conn.receive(piece);
+        loop {
+            match conn.next_event() {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => break,
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+    (out, None)
+}
+
+proptest! {
+    // Issue 12: payloads are unmasked while `receive` copies them (or in
+    // place right after a read); how the bytes arrive must not matter,
+    // frames larger than a read (streamed) included.
+    #[test]
+    fn copy_and_read_paths_unmask_alike(
+        msgs in proptest::collection::vec(arb_msg(), 0..6),
+        big in proptest::collection::vec(any::<u8>(), 0..5000),
+        cuts in proptest::collection::vec(0usize..8000, 0..30),
+        via_reader in proptest::collection::vec(any::<bool>(), 0..31),
+        max_read in 1usize..3000,
+        garbage in proptest::collection::vec(any::<u8>(), 0..20),
+    ) {
+        let mut sender = Connection::new(Role::Client, Config::default());
+        for m in &msgs {
+            send(&mut sender, m);
+        }
+        sender.send_binary(&big).unwrap();
+        sender.ping(b"p").unwrap();
+        let mut wire = sender.take_output().to_vec();
+        wire.extend(&garbage);
+        let whole = feed_mixed(&wire, &[], &[], 1 << 20);
+        prop_assert_eq!(&whole, &feed_mixed(&wire, &cuts, &via_reader, max_read));
+        prop_assert_eq!(whole.0.len() >= msgs.len() + 2, true);
+    }
+}
