@@ -42,6 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use wsproto::close::encode_close_frame;
+use wsproto::deflate::{PreparedMessage, NO_CONTEXT_MIN_SIZE};
 use wsproto::frame::{encode_frame, Opcode};
 use wsproto::CloseCode;
 
@@ -56,6 +57,54 @@ pub(crate) const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 pub(crate) fn close_replaced() -> CloseCode {
     // 4000 is in the application range, so the conversion cannot fail.
     CloseCode::try_from(4000).unwrap_or(CloseCode::POLICY_VIOLATION)
+}
+
+/// zlib level of the compressed broadcast frames (zlib's default: the
+/// message is compressed once per broadcast, whatever the room's size).
+const DEFLATE_LEVEL: u8 = 6;
+
+/// One outgoing text message, framed once and compressed at most once
+/// (issue 13: "broadcast framed once, compressed once"): every recipient
+/// gets a clone of the same [`Bytes`], the compressed frame (RSV1 set,
+/// RFC 7692 §6) if it negotiated permessage-deflate, the plain one
+/// otherwise. The compressed frame is made without context, which is valid
+/// for every recipient because the server always answers
+/// `server_no_context_takeover` (RFC 7692 §7.1.1.1) and never compresses
+/// through its `Connection`; it is made with a 15-bit window, so a client
+/// that limited `server_max_window_bits` below 15 gets the plain frame.
+/// Texts under [`NO_CONTEXT_MIN_SIZE`] (most chat lines) are never
+/// compressed: without context they barely shrink (wsproto's measurement).
+pub(crate) struct Outgoing<'a> {
+    text: &'a str,
+    plain: Bytes,
+    /// Made on the first recipient that can take it.
+    prepared: Option<PreparedMessage>,
+}
+
+impl<'a> Outgoing<'a> {
+    pub(crate) fn text(text: &'a str) -> Self {
+        Self {
+            text,
+            plain: Client::frame_text(text),
+            prepared: None,
+        }
+    }
+
+    /// The frame `client` gets.
+    pub(crate) fn frame_for(&mut self, client: &Client) -> Bytes {
+        if let Some(bits) = client.deflate_window {
+            if self.text.len() >= NO_CONTEXT_MIN_SIZE {
+                let text = self.text;
+                let prepared = self.prepared.get_or_insert_with(|| {
+                    PreparedMessage::text(text, DEFLATE_LEVEL, NO_CONTEXT_MIN_SIZE)
+                });
+                if let Some(z) = prepared.compressed_frame(bits) {
+                    return z.clone();
+                }
+            }
+        }
+        self.plain.clone()
+    }
 }
 
 /// One client's socket, outgoing queue and lifecycle.
@@ -84,6 +133,9 @@ pub(crate) struct Client {
     max_queue: usize,
     log: bool,
     flusher: Arc<Flusher>,
+    /// The send window (`server_max_window_bits`) agreed when the client
+    /// negotiated permessage-deflate; `None` without it.
+    deflate_window: Option<u8>,
 }
 
 /// Where a client is in its life.
@@ -175,6 +227,7 @@ impl Client {
         max_queue: usize,
         log: bool,
         flusher: Arc<Flusher>,
+        deflate_window: Option<u8>,
     ) -> Self {
         Self {
             stream,
@@ -191,6 +244,7 @@ impl Client {
             max_queue,
             log,
             flusher,
+            deflate_window,
         }
     }
 
@@ -220,6 +274,12 @@ impl Client {
         let mut buf = BytesMut::with_capacity(payload.len() + 10);
         encode_frame(&mut buf, true, Opcode::Text, payload.as_bytes(), None);
         buf.freeze()
+    }
+
+    /// Frames `payload` for this client alone: compressed when it
+    /// negotiated permessage-deflate and the text is long enough to pay.
+    pub(crate) fn frame(&self, payload: &str) -> Bytes {
+        Outgoing::text(payload).frame_for(self)
     }
 
     /// Sends a pre-framed message now, queueing what the socket does not
@@ -561,7 +621,7 @@ mod tests {
         let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         let flusher = Flusher::start().unwrap();
-        let c = Client::new(s, "test".into(), max_queue, false, flusher);
+        let c = Client::new(s, "test".into(), max_queue, false, flusher, None);
         (Arc::new(c), peer)
     }
 

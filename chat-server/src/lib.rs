@@ -122,6 +122,12 @@ pub struct Config {
     /// only the server's own (same host:port), so another site the user
     /// visits cannot drive the room with the user's browser; 403 otherwise.
     pub origin_policy: wsproto::handshake::OriginPolicy,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it
+    /// (`--no-deflate` turns it off). The server always answers
+    /// `server_no_context_takeover`, so one compressed frame serves every
+    /// recipient of a broadcast, and asks `client_no_context_takeover`, so
+    /// an idle connection keeps no inflate window.
+    pub deflate: bool,
 }
 
 impl Default for Config {
@@ -148,6 +154,7 @@ impl Default for Config {
             presence_limit: 500,
             log: true,
             origin_policy: wsproto::handshake::OriginPolicy::same_host(),
+            deflate: true,
         }
     }
 }

@@ -35,6 +35,8 @@ OPTIONS:
   --reactor-threads N        threads reading WebSockets, 1-64 [default: cores, max 4]
   --allowed-origin ORIGIN    also accept WebSockets from pages of ORIGIN (scheme://host[:port];
                              repeatable; * allows any) [default: same host:port only]
+  --no-deflate               do not negotiate permessage-deflate compression
+                             [default: negotiated when the client offers it]
   --quiet                    no per-connection log lines
   -h, --help                 this text
 
@@ -146,6 +148,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
         }
         if flag == "--quiet" {
             c.log = false;
+            continue;
+        }
+        if flag == "--no-deflate" {
+            c.deflate = false;
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;

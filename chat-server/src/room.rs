@@ -14,9 +14,8 @@
 //! read the list in pages (`who` with `after`/`limit`, sorted by
 //! case-folded nick).
 
-use crate::client::{close_replaced, Client};
+use crate::client::{close_replaced, Client, Outgoing};
 use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal, WHO_LIMIT_DEFAULT};
-use bytes::Bytes;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
@@ -236,7 +235,7 @@ impl Room {
         let budget = self.reply_max.saturating_sub(head.len() + TAIL_MAX);
         let (body, more) = newest_that_fit(eligible, usize::MAX, budget);
         let welcome = format!(r#"{head}{body}],"more":{more}}}"#);
-        client.send(Client::frame_text(&welcome));
+        client.send(client.frame(&welcome));
         match old {
             Some(old) => {
                 if self.log {
@@ -305,10 +304,11 @@ impl Room {
             return Ok(());
         };
         let msg = json!({"type": "private", "id": msg_id, "ts": now_ms(), "from": from.nick, "to": dest.nick, "text": text});
-        let frame = Client::frame_text(&msg.to_string());
-        from.client.send(frame.clone());
+        let text = msg.to_string();
+        let mut out = Outgoing::text(&text);
+        from.client.send(out.frame_for(&from.client));
         if target != id {
-            dest.client.send(frame);
+            dest.client.send(out.frame_for(&dest.client));
         }
         Ok(())
     }
@@ -337,7 +337,7 @@ impl Room {
             st.broadcast(&msg.to_string(), None);
         } else {
             // Above the limit only the renamer hears of it: its ack.
-            client.send(Client::frame_text(&msg.to_string()));
+            client.send(client.frame(&msg.to_string()));
         }
         if self.log {
             eprintln!("chat: {} renamed {old:?} to {nick:?}", client.label());
@@ -364,7 +364,7 @@ impl Room {
         let users = format!(r#"{{"type":"users","users":{page},"more":{more}}}"#);
         let version = self.notices(st.members.len()).then_some(st.version);
         drop(st);
-        client.send(Client::frame_text(&users));
+        client.send(client.frame(&users));
         Ok(version)
     }
 
@@ -390,7 +390,7 @@ impl Room {
         let (body, more) = newest_that_fit(eligible, limit, budget);
         drop(st);
         let msg = format!(r#"{HEAD}{body}],"more":{more}}}"#);
-        client.send(Client::frame_text(&msg));
+        client.send(client.frame(&msg));
         Ok(())
     }
 
@@ -524,10 +524,10 @@ impl State {
     /// Frames `json` once and sends the same bytes to every member but
     /// `except`, written directly where the socket has room.
     fn broadcast(&self, json: &str, except: Option<MemberId>) {
-        let frame: Bytes = Client::frame_text(json);
+        let mut out = Outgoing::text(json);
         for (id, m) in &self.members {
             if Some(*id) != except {
-                m.client.send(frame.clone());
+                m.client.send(out.frame_for(&m.client));
             }
         }
     }
@@ -535,10 +535,10 @@ impl State {
     /// As [`broadcast`](Self::broadcast), but through the flusher, which
     /// coalesces bursts (presence notices).
     fn broadcast_deferred(&self, json: &str, except: Option<MemberId>) {
-        let frame: Bytes = Client::frame_text(json);
+        let mut out = Outgoing::text(json);
         for (id, m) in &self.members {
             if Some(*id) != except {
-                m.client.send_deferred(frame.clone());
+                m.client.send_deferred(out.frame_for(&m.client));
             }
         }
     }

@@ -12,6 +12,7 @@ use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wsproto::deflate::DeflateParams;
 use wsproto::{CloseCode, Connection, Event, Role, State};
 
 /// The wsproto limits for a chat connection. `max_output_buffer` is moot
@@ -144,14 +145,23 @@ pub(crate) fn start(
     id: u64,
     early: &[u8],
     live: LiveGuard,
+    deflate: Option<DeflateParams>,
 ) {
     let cfg = &shared.config;
+    // The compressed frames of `client::Outgoing` need a window the client
+    // allows; the `Connection` compresses nothing (it only inflates, bounded
+    // by max_message_size: 1009 past it, RFC 7692 via wsproto).
+    let send_window = deflate
+        .as_ref()
+        .filter(|p| p.compresses())
+        .map(|p| p.send_window_bits);
     let client = Arc::new(Client::new(
         stream,
         addr.to_string(),
         cfg.max_queue_bytes,
         cfg.log,
         Arc::clone(&shared.flusher),
+        send_window,
     ));
     shared
         .clients
@@ -175,6 +185,9 @@ pub(crate) fn start(
         client,
         _live: live,
     };
+    if let Some(params) = deflate {
+        s.conn.enable_deflate(params);
+    }
     s.conn.receive(early);
     {
         let _cork = crate::client::cork();

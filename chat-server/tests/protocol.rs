@@ -459,13 +459,17 @@ fn http_routes_and_handshake_rejections() {
     assert!(raw(a, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 400 "));
     let big = upgrade_request(&format!("X-Pad: {}\r\n", "a".repeat(9000)));
     assert!(raw(a, big.as_bytes()).starts_with("HTTP/1.1 431 "));
-    // permessage-deflate is ignored, not accepted.
+    // permessage-deflate is accepted, without server context (issue 13;
+    // tests/deflate.rs has the rest).
     let ok = raw(
         a,
         upgrade_request("Sec-WebSocket-Extensions: permessage-deflate\r\n").as_bytes(),
     );
     assert!(
-        ok.starts_with("HTTP/1.1 101 ") && !ok.contains("Sec-WebSocket-Extensions"),
+        ok.starts_with("HTTP/1.1 101 ")
+            && ok.contains(
+                "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover"
+            ),
         "{ok}"
     );
     // Slowloris: an unfinished head is dropped after the handshake timeout.

@@ -86,6 +86,16 @@ try {
   await lineWith(b, "hello from alice 👋 émoji").waitFor(T);
   check(true, "room message reaches the other user, emoji intact");
 
+  // Issue 13: Chromium offers permessage-deflate and chat-server accepts;
+  // a long line (over NO_CONTEXT_MIN_SIZE) then arrives compressed.
+  const longLine = "compressible chat line ".repeat(30).trim();
+  await a.fill("#msg-input", longLine);
+  await a.press("#msg-input", "Enter");
+  await lineWith(b, longLine).waitFor(T);
+  const exts = await Promise.all([a, b].map((p) => p.evaluate(() => state.ws.extensions)));
+  check(exts.every((e) => e.includes("permessage-deflate") && e.includes("server_no_context_takeover")),
+    `browser negotiated permessage-deflate (${exts[0]}) and a long line arrives through it`);
+
   await b.fill("#msg-input", XSS);
   await b.press("#msg-input", "Enter");
   const xssLine = lineWith(a, XSS).last();

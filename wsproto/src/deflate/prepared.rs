@@ -99,6 +99,41 @@ impl PreparedMessage {
         self.compressed.is_some()
     }
 
+    /// The unmasked uncompressed frame: the bytes a server sends a
+    /// connection without permessage-deflate when it writes frames itself
+    /// instead of through [`Connection::send_prepared`](crate::Connection::send_prepared).
+    ///
+    /// ```
+    /// use wsproto::deflate::PreparedMessage;
+    /// let msg = PreparedMessage::text("hi", 6, 256);
+    /// assert_eq!(&msg.plain_frame()[..], b"\x81\x02hi");
+    /// ```
+    pub fn plain_frame(&self) -> &Bytes {
+        &self.plain_frame
+    }
+
+    /// The unmasked compressed frame (RSV1 set), if one was made and it is
+    /// valid for a connection that agreed a send window of
+    /// `send_window_bits` (`DeflateParams::send_window_bits`): the bytes a
+    /// server that writes frames itself sends such a connection. It was
+    /// made without context, so any number of connections may get it; a
+    /// connection whose own compressor keeps context must reset it after
+    /// (what `send_prepared` does), and one that never compresses through
+    /// its `Connection`, or agreed `server_no_context_takeover`, need not.
+    ///
+    /// ```
+    /// # if !wsproto::deflate::ENABLED { return; }
+    /// use wsproto::deflate::PreparedMessage;
+    /// let msg = PreparedMessage::text(&"chat ".repeat(100), 6, 256);
+    /// let z = msg.compressed_frame(15).unwrap();
+    /// assert!(z.len() < msg.plain_frame().len());
+    /// assert_eq!(z[0], 0xC1); // FIN, RSV1, text
+    /// assert!(msg.compressed_frame(10).is_none()); // made with a 15-bit window
+    /// ```
+    pub fn compressed_frame(&self, send_window_bits: u8) -> Option<&Bytes> {
+        self.compressed_for(send_window_bits).map(|(f, _)| f)
+    }
+
     /// The compressed form for a connection whose compressor has a window
     /// of `window_bits`, if there is one it may send.
     #[cfg_attr(not(feature = "deflate"), allow(dead_code))]
