@@ -495,6 +495,27 @@ fn wait_for_server_close<S: Transport>(stream: &mut S) {
     }
 }
 
+/// A whole (unsplit) socket's timer duties: it owns the stream, so it
+/// writes what the connection owes at once. After our Close no keepalive
+/// Ping goes out; the wait for the peer's Close is bounded from `closed_at`.
+fn own_duty<S: Transport>(
+    closed_at: Option<Instant>,
+    d: Duty,
+    c: &mut Connection,
+    s: &mut S,
+) -> Result<Done, Error> {
+    match d {
+        Duty::Flush => {}
+        Duty::Ping if c.state() != State::Open => {
+            return Ok(Done::Closing(closed_at.unwrap_or_else(Instant::now)));
+        }
+        Duty::Ping => c.ping(b"")?,
+        Duty::GiveUp => c.close(CloseCode::INTERNAL_ERROR, "keepalive timeout")?,
+    }
+    write_out(s, c)?;
+    Ok(Done::Sent)
+}
+
 fn write_out<W: Write>(stream: &mut W, conn: &mut Connection) -> Result<(), Error> {
     while !conn.pending_output().is_empty() {
         match stream.write(conn.pending_output()) {
@@ -600,18 +621,7 @@ impl<S: Transport> WebSocket<S> {
     /// (`TimedOut` for an [idle timeout](Self::set_idle_timeout)).
     pub fn read(&mut self) -> Result<Event, Error> {
         let closed_at = self.timers.close_sent;
-        let mut duty = |d: Duty, c: &mut Connection, s: &mut S| -> Result<Done, Error> {
-            match d {
-                Duty::Flush => {}
-                Duty::Ping if c.state() != State::Open => {
-                    return Ok(Done::Closing(closed_at.unwrap_or_else(Instant::now)));
-                }
-                Duty::Ping => c.ping(b"")?,
-                Duty::GiveUp => c.close(CloseCode::INTERNAL_ERROR, "keepalive timeout")?,
-            }
-            write_out(s, c)?;
-            Ok(Done::Sent)
-        };
+        let mut duty = |d: Duty, c: &mut Connection, s: &mut S| own_duty(closed_at, d, c, s);
         read_event(
             &mut self.conn,
             &mut self.stream,
@@ -642,18 +652,7 @@ impl<S: Transport> WebSocket<S> {
     /// As [`read`](Self::read).
     pub fn read_ref(&mut self) -> Result<EventRef<'_>, Error> {
         let closed_at = self.timers.close_sent;
-        let mut duty = |d: Duty, c: &mut Connection, s: &mut S| -> Result<Done, Error> {
-            match d {
-                Duty::Flush => {}
-                Duty::Ping if c.state() != State::Open => {
-                    return Ok(Done::Closing(closed_at.unwrap_or_else(Instant::now)));
-                }
-                Duty::Ping => c.ping(b"")?,
-                Duty::GiveUp => c.close(CloseCode::INTERNAL_ERROR, "keepalive timeout")?,
-            }
-            write_out(s, c)?;
-            Ok(Done::Sent)
-        };
+        let mut duty = |d: Duty, c: &mut Connection, s: &mut S| own_duty(closed_at, d, c, s);
         // The event stays lent by the connection; only its kind comes out
         // of the loop, and `relend` hands the same event out again.
         let text = read_event(
