@@ -3,7 +3,9 @@
 //! per broadcast), the plain form for clients that cannot take it, and the
 //! bounded inflate (1009). Every read is bounded.
 
-use chat_server::{Config, Running, Server};
+mod common;
+
+use common::*;
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,16 +16,6 @@ use wsproto::blocking::{self, Transport, WebSocket};
 use wsproto::deflate::DeflateConfig;
 use wsproto::handshake::ClientRequest;
 use wsproto::{Error, Event};
-
-const WAIT: Duration = Duration::from_secs(5);
-
-fn start(tune: impl FnOnce(&mut Config)) -> Running {
-    let mut c = Config::default();
-    c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    c.log = false;
-    tune(&mut c);
-    Server::bind(c).unwrap().spawn().unwrap()
-}
 
 /// The 101 (or other) response head to an upgrade offering `extensions`.
 fn upgrade_head(addr: SocketAddr, extensions: &str) -> String {

@@ -3,30 +3,15 @@
 //! bare-LF heads and bodies smuggled into an upgrade. One server per test,
 //! every read bounded.
 
-use chat_server::{Config, Running, Server};
+mod common;
+
+use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use wsproto::blocking::WebSocket;
 use wsproto::handshake::OriginPolicy;
 use wsproto::{Event, Role};
-
-const WAIT: Duration = Duration::from_secs(5);
-
-fn start(tune: impl FnOnce(&mut Config)) -> Running {
-    let mut c = Config::default();
-    c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    c.log = false;
-    tune(&mut c);
-    Server::bind(c).unwrap().spawn().unwrap()
-}
-
-fn upgrade(target: &str, host: &str, extra: &str) -> String {
-    format!(
-        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    )
-}
 
 /// Sends `request`; returns the socket, the response head and whatever
 /// came after it, once the head is in (or the server closed, or `WAIT`).

@@ -3,91 +3,19 @@
 //! a replaced session that stops acting, free `who` after a change, and
 //! logs that a peer cannot forge. Over 127.0.0.1, every read bounded.
 
-use chat_server::{Config, Running, Server};
-use serde_json::{json, Value};
+mod common;
+
+use common::*;
+use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wsproto::blocking::{self, WebSocket};
-use wsproto::{CloseCode, Event};
-
-const WAIT: Duration = Duration::from_secs(5);
+use wsproto::CloseCode;
 
 /// DESIGN.md, "Replies are bounded".
 const REPLY_MAX: usize = 256 << 10;
-
-fn start(tune: impl FnOnce(&mut Config)) -> Running {
-    let mut c = Config::default();
-    c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    c.log = false;
-    tune(&mut c);
-    Server::bind(c).unwrap().spawn().unwrap()
-}
-
-struct Client {
-    ws: WebSocket<TcpStream>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Self {
-        let (mut ws, _) = blocking::connect(&format!("ws://{addr}/ws")).unwrap();
-        ws.set_idle_timeout(Some(WAIT));
-        Self { ws }
-    }
-
-    fn join(addr: SocketAddr, nick: &str) -> (Self, Value) {
-        let mut c = Self::connect(addr);
-        c.send(json!({"type": "join", "nick": nick}));
-        let w = c.recv();
-        assert_eq!(w["type"], "welcome", "{w}");
-        (c, w)
-    }
-
-    fn send(&mut self, v: Value) {
-        self.ws.send(v.to_string()).unwrap();
-    }
-
-    /// The next JSON message and its payload size.
-    fn recv_sized(&mut self) -> (Value, usize) {
-        loop {
-            match self.ws.read() {
-                Ok(Event::Text(t)) => {
-                    return (serde_json::from_str(t.as_str()).unwrap(), t.as_str().len())
-                }
-                Ok(Event::Ping(_) | Event::Pong(_)) => {}
-                other => panic!("expected a message, got {other:?}"),
-            }
-        }
-    }
-
-    fn recv(&mut self) -> Value {
-        self.recv_sized().0
-    }
-
-    fn recv_type(&mut self, kind: &str) -> Value {
-        for _ in 0..10_000 {
-            let v = self.recv();
-            if v["type"] == kind {
-                return v;
-            }
-        }
-        panic!("no {kind} message");
-    }
-
-    /// Reads until the server's Close; returns its code.
-    fn expect_close(&mut self) -> u16 {
-        for _ in 0..100_000 {
-            match self.ws.read() {
-                Ok(Event::Close(f)) => return f.code.as_u16(),
-                Ok(_) => {}
-                Err(e) => panic!("expected a close, got {e}"),
-            }
-        }
-        panic!("no close");
-    }
-}
 
 /// A raw socket past the upgrade, for clients no library would be.
 fn raw_upgraded(addr: SocketAddr) -> TcpStream {

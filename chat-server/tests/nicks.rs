@@ -2,20 +2,16 @@
 //! item 9), and the clamping of `history`/`since` integers (item 11). One
 //! server per test, in-process on port 0; every read is bounded.
 
-use chat_server::{Config, Running, Server};
+mod common;
+
+use common::WAIT;
 use serde_json::{json, Value};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 use wsproto::blocking::{self, WebSocket};
 use wsproto::Event;
 
-const WAIT: Duration = Duration::from_secs(5);
-
-fn start() -> Running {
-    let mut c = Config::default();
-    c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    c.log = false;
-    Server::bind(c).unwrap().spawn().unwrap()
+fn start() -> chat_server::Running {
+    common::start(|_| {})
 }
 
 struct Client(WebSocket<TcpStream>);

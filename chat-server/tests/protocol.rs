@@ -1,71 +1,18 @@
 //! Protocol tests over real sockets on 127.0.0.1: one server per test,
 //! started in-process on port 0 with short timeouts. Every read is bounded.
 
-use chat_server::{Config, Running, Server};
+mod common;
+
+use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-use wsproto::blocking::{self, WebSocket};
 use wsproto::{CloseCode, Event};
 
-const WAIT: Duration = Duration::from_secs(5);
-
-fn start(tune: impl FnOnce(&mut Config)) -> Running {
-    let mut c = Config::default();
-    c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    c.log = false;
-    tune(&mut c);
-    Server::bind(c).unwrap().spawn().unwrap()
-}
-
-struct Client {
-    ws: WebSocket<TcpStream>,
-}
-
 impl Client {
-    fn connect(addr: SocketAddr) -> Self {
-        let (mut ws, _) = blocking::connect(&format!("ws://{addr}/ws")).unwrap();
-        ws.set_idle_timeout(Some(WAIT));
-        Self { ws }
-    }
-
-    fn join(addr: SocketAddr, nick: &str) -> (Self, Value) {
-        let mut c = Self::connect(addr);
-        c.send(json!({"type": "join", "nick": nick}));
-        let w = c.recv();
-        assert_eq!(w["type"], "welcome", "{w}");
-        (c, w)
-    }
-
-    fn send(&mut self, v: Value) {
-        self.ws.send(v.to_string()).unwrap();
-    }
-
     fn send_raw(&mut self, s: &str) {
         self.ws.send(s).unwrap();
-    }
-
-    /// The next JSON message (pings are answered by the adapter).
-    fn recv(&mut self) -> Value {
-        loop {
-            match self.ws.read() {
-                Ok(Event::Text(t)) => return serde_json::from_str(t.as_str()).unwrap(),
-                Ok(Event::Ping(_) | Event::Pong(_)) => {}
-                other => panic!("expected a message, got {other:?}"),
-            }
-        }
-    }
-
-    /// The next message of type `kind`, skipping others (bounded).
-    fn recv_type(&mut self, kind: &str) -> Value {
-        for _ in 0..10_000 {
-            let v = self.recv();
-            if v["type"] == kind {
-                return v;
-            }
-        }
-        panic!("no {kind} message");
     }
 
     fn error(&mut self, msg: Value) -> String {
@@ -74,18 +21,6 @@ impl Client {
         assert_eq!(v["type"], "error", "{v}");
         assert!(v["message"].is_string());
         v["code"].as_str().unwrap().to_owned()
-    }
-
-    /// Reads until the server's Close; returns its code.
-    fn expect_close(&mut self) -> u16 {
-        for _ in 0..100_000 {
-            match self.ws.read() {
-                Ok(Event::Close(f)) => return f.code.as_u16(),
-                Ok(_) => {}
-                Err(e) => panic!("expected a close, got {e}"),
-            }
-        }
-        panic!("no close");
     }
 }
 
@@ -104,10 +39,7 @@ fn raw_bytes(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 }
 
 fn upgrade_request(extra: &str) -> String {
-    format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    )
+    upgrade("/ws", "x", extra)
 }
 
 #[test]

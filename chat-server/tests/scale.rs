@@ -7,7 +7,9 @@
 //! join-storm driver of issue 11 item 3: N clients connecting at a set rate,
 //! then a fan-out measured one second after the ramp.
 
-use chat_server::{Config, Running, Server};
+mod common;
+
+use common::*;
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,16 +18,6 @@ use std::time::{Duration, Instant};
 use wsproto::blocking::{self, WebSocket};
 use wsproto::handshake::{ClientRequest, ParsedResponse};
 use wsproto::{Connection, Event, Role};
-
-const WAIT: Duration = Duration::from_secs(5);
-
-fn start(tune: impl FnOnce(&mut Config)) -> Running {
-    let mut c = Config::default();
-    c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    c.log = false;
-    tune(&mut c);
-    Server::bind(c).unwrap().spawn().unwrap()
-}
 
 struct Client {
     ws: WebSocket<TcpStream>,
