@@ -634,3 +634,24 @@ fn the_rooms_reply_is_bounded_and_pages() {
     assert_eq!(seen.len(), 1001);
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
 }
+
+#[test]
+fn room_flags_are_in_help_and_bounded() {
+    use std::process::Command;
+    const BIN: &str = env!("CARGO_BIN_EXE_chat-server");
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--max-rooms-per-user", "--max-rooms "] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    for args in [
+        ["--max-rooms", "0"],
+        ["--max-rooms-per-user", "0"],
+        ["--max-rooms-per-user", "10001"],
+        ["--max-rooms", "many"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(args[0]));
+    }
+}
