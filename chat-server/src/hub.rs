@@ -400,13 +400,20 @@ impl Hub {
     pub(crate) fn rooms(&self, client: &Arc<Client>, after: Option<&str>) {
         const HEAD: &str = r#"{"type":"rooms","rooms":["#;
         let budget = self.ctx.reply_max.saturating_sub(HEAD.len() + 16);
-        let reg = self.lock();
+        // A snapshot of the map, so no room lock is taken under the
+        // registry's (a busy room's broadcast would hold up every join).
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let rooms: Vec<(String, Arc<Room>)> = self
+            .lock()
+            .rooms
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(name, room)| (name.clone(), Arc::clone(room)))
+            .collect();
         let mut out = String::from(HEAD);
         let mut used = 0;
         let mut more = false;
         let mut first = true;
-        for (name, room) in reg.rooms.range::<str, _>((start, Bound::Unbounded)) {
+        for (name, room) in &rooms {
             let (users, topic) = room.summary();
             let entry = format!(
                 r#"{{"name":{},"users":{users},"topic":{}}}"#,
@@ -425,7 +432,6 @@ impl Hub {
             used += cost;
             first = false;
         }
-        drop(reg);
         out.push_str(&format!(r#"],"more":{more}}}"#));
         client.send(client.frame(&out));
     }
