@@ -452,8 +452,7 @@ impl Session {
         let client = &self.client;
         // The seat of the request's room: present (checked above) for every
         // request that uses one.
-        let name = req.room().map(str::to_owned);
-        let seat = name.as_deref().and_then(|n| self.rooms.get_mut(n));
+        let seat = req.room().and_then(|n| self.rooms.get_mut(n));
         match req {
             Request::Join { .. } => Ok(()),
             Request::Message { text, .. } => match seat {
