@@ -89,6 +89,8 @@ impl Hub {
             l.log,
         ));
         let mut reg = Registry::default();
+        // store hook: the rooms a store kept (those with messages or a
+        // topic) are created here too, each with its topic and recent ring.
         reg.rooms
             .insert(LOBBY.into(), Arc::new(Room::new(LOBBY, Arc::clone(&ctx))));
         Self {
@@ -255,6 +257,8 @@ impl Hub {
                             ),
                         ));
                     }
+                    // store hook: a new room (persisted once it gets a
+                    // message or a topic, through those hooks).
                     let room = Arc::new(Room::new(name, Arc::clone(&self.ctx)));
                     reg.rooms.insert(name.to_owned(), Arc::clone(&room));
                     room
