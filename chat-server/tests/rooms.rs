@@ -662,3 +662,65 @@ fn room_flags_are_in_help_and_bounded() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(args[0]));
     }
 }
+
+/// Sessions entering, leaving, talking, renaming and quitting at once in
+/// shared rooms: no deadlock (every reply comes within the read timeout),
+/// and afterwards the room list agrees with who is left.
+#[test]
+fn concurrent_enter_leave_message_rename_stay_consistent() {
+    let server = start(|c| {
+        c.rate_burst = 100_000;
+        c.rate_per_sec = 100_000;
+    });
+    let addr = server.addr;
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let (mut c, _) = Client::join(addr, &format!("w{w}"));
+                for i in 0..60 {
+                    let room = format!("r{}", (i + w) % 4);
+                    c.send(json!({"type": "enter", "room": room}));
+                    c.recv_type("entered");
+                    c.send(json!({"type": "message", "room": room, "text": format!("{w}/{i}")}));
+                    c.send(json!({"type": "nick", "nick": format!("w{w}-{}", i % 2)}));
+                    c.send(json!({"type": "leave", "room": room}));
+                    c.recv_type("left_room");
+                }
+                // Half stay in one room, half quit.
+                if w % 2 == 0 {
+                    c.send(json!({"type": "enter", "room": "stay"}));
+                    c.recv_type("entered");
+                    Some(c)
+                } else {
+                    None
+                }
+            })
+        })
+        .collect();
+    let stayed: Vec<Client> = workers
+        .into_iter()
+        .filter_map(|h| h.join().unwrap())
+        .collect();
+    let (mut obs, _) = Client::join(addr, "observer");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        obs.send(json!({"type": "rooms"}));
+        let rooms = obs.recv_type("rooms")["rooms"].as_array().unwrap().clone();
+        let users = |name: &str| {
+            rooms
+                .iter()
+                .find(|r| r["name"] == name)
+                .map(|r| r["users"].clone())
+        };
+        // r0-r3 hold messages, so they are kept (empty); quitters are gone.
+        if users("stay") == Some(json!(3))
+            && users("lobby") == Some(json!(4))
+            && (0..4).all(|i| users(&format!("r{i}")) == Some(json!(0)))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rooms:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stayed);
+}
