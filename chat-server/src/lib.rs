@@ -1,4 +1,4 @@
-//! A one-room WebSocket chat server built on `wsproto`.
+//! A WebSocket chat server with rooms, built on `wsproto`.
 //!
 //! One TCP port serves the page (`GET /`), the chat WebSocket (`GET /ws`)
 //! and `GET /healthz`; the JSON protocol, limits and fan-out policy are the
@@ -24,8 +24,9 @@
 //! `presence` count once a second instead of a notice per join or leave.
 //!
 //! Modules: `session` reads one connection (its `wsproto::Connection`,
-//! timers, rate limits) and dispatches requests to the `room` (members,
-//! nicks, history, fan-out); everything sent to a connection, and the end
+//! timers, rate limits) and dispatches requests to the `hub` (nicks,
+//! tokens, the room map, private messages) or straight to a `room` it is
+//! in (members, topic, fan-out; its `history` ring); everything sent to a connection, and the end
 //! of its life, goes through its `client::Client`, which holds the one
 //! byte bound and the "nothing after our Close" rule; `reactor` and
 //! `flusher` are the threads that wait on sockets; `sys` holds every libc
@@ -40,7 +41,9 @@
 
 mod client;
 mod flusher;
+mod history;
 mod http;
+mod hub;
 pub mod protocol;
 mod reactor;
 mod room;
@@ -58,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use client::Client;
 use flusher::Flusher;
-use room::Room;
+use hub::Hub;
 use wsproto::CloseCode;
 
 pub use room::REPLY_MAX_BYTES;
@@ -116,6 +119,13 @@ pub struct Config {
     /// everyone; above it a `presence` count at most once a second and a
     /// paged online list (DESIGN.md, "Presence that scales").
     pub presence_limit: usize,
+    /// Rooms one session may be in at once, `lobby` included
+    /// (`--max-rooms-per-user`); past it, `too_many_rooms`.
+    pub max_rooms_per_user: usize,
+    /// Rooms the server holds, `lobby` included (`--max-rooms`); a new
+    /// room past it is `too_many_rooms`. Rooms with messages or a topic are
+    /// kept when empty, so this bounds their memory too.
+    pub max_rooms: usize,
     /// Log one line per connect / disconnect / error to stderr.
     pub log: bool,
     /// Which pages may open the WebSocket (`--allowed-origin`): by default
@@ -152,6 +162,8 @@ impl Default for Config {
             thread_stack: 128 << 10,
             reactor_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
             presence_limit: 500,
+            max_rooms_per_user: 20,
+            max_rooms: 1000,
             log: true,
             origin_policy: wsproto::handshake::OriginPolicy::same_host(),
             deflate: true,
@@ -163,7 +175,9 @@ impl Default for Config {
 #[derive(Debug)]
 struct Shared {
     config: Config,
-    room: Room,
+    /// Every room and member (named `room` since v1's single room; the
+    /// reactors tick its presence counts).
+    room: Hub,
     flusher: Arc<Flusher>,
     /// Connections counted against `max_connections`.
     live: AtomicUsize,
@@ -280,13 +294,15 @@ impl Server {
             .collect::<io::Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
             reactors,
-            room: Room::new(
-                config.history,
-                config.max_text,
-                config.max_queue_bytes,
-                config.presence_limit,
-                config.log,
-            ),
+            room: Hub::new(hub::Limits {
+                history: config.history,
+                max_text: config.max_text,
+                max_queue: config.max_queue_bytes,
+                presence_limit: config.presence_limit,
+                max_rooms: config.max_rooms,
+                max_rooms_per_user: config.max_rooms_per_user,
+                log: config.log,
+            }),
             flusher: Flusher::start()?,
             live: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),

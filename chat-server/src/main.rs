@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const HELP: &str = "\
-chat-server: a one-room WebSocket chat (page at /, WebSocket at /ws, /healthz)
+chat-server: a WebSocket chat with rooms (page at /, WebSocket at /ws, /healthz)
 
 USAGE: chat-server [OPTIONS]
 
@@ -32,6 +32,10 @@ OPTIONS:
   --presence-limit N         members up to which joined/left/renamed go to everyone;
                              above, a presence count each second and paged who;
                              0-100000 [default: 500]
+  --max-rooms-per-user N     rooms one session may be in at once, lobby included,
+                             then too_many_rooms; 1-10000 [default: 20]
+  --max-rooms N              rooms the server holds, lobby included, then
+                             too_many_rooms; 1-1000000 [default: 1000]
   --reactor-threads N        threads reading WebSockets, 1-64 [default: cores, max 4]
   --allowed-origin ORIGIN    also accept WebSockets from pages of ORIGIN (scheme://host[:port];
                              repeatable; * allows any) [default: same host:port only]
@@ -129,6 +133,12 @@ mod range {
     /// 0 sends only counts; the ceiling keeps the welcome's full list
     /// (up to the limit) within a bounded reply, where it is cut to a page.
     pub const PRESENCE_LIMIT: (u64, u64) = (0, 100_000);
+    /// A session's rooms are walked on rename and leave; past ten thousand
+    /// no person follows them.
+    pub const ROOMS_PER_USER: (u64, u64) = (1, 10_000);
+    /// Empty rooms with messages are kept, each with its history ring: the
+    /// ceiling bounds that memory (with `--history`).
+    pub const ROOMS: (u64, u64) = (1, 1_000_000);
     /// More reactors than cores only add contention.
     pub const REACTORS: (u64, u64) = (1, 64);
 
@@ -181,6 +191,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--pong-timeout" => c.pong_timeout = secs(range::PONG_SECS)?,
             "--rate-burst" => c.rate_burst = num(range::RATE)? as u32,
             "--presence-limit" => c.presence_limit = num(range::PRESENCE_LIMIT)? as usize,
+            "--max-rooms-per-user" => c.max_rooms_per_user = num(range::ROOMS_PER_USER)? as usize,
+            "--max-rooms" => c.max_rooms = num(range::ROOMS)? as usize,
             "--reactor-threads" => c.reactor_threads = num(range::REACTORS)? as usize,
             "--rate-per-sec" => c.rate_per_sec = num(range::RATE)? as u32,
             "--control-burst" => c.control_burst = num(range::RATE)? as u32,

@@ -10,26 +10,66 @@ use unicode_normalization::UnicodeNormalization;
 use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 
 /// A request from a client, checked for shape (not yet for state).
+///
+/// `room` is the room named in a room-scoped request, as sent (checked
+/// later with [`check_room`], after `not_joined`); where the client may omit
+/// it, `None` means the lobby ([`Request::room`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// Enter a room (created on first entry), resuming after `since`.
+    Enter { room: String, since: Option<u64> },
     /// Ask for room history before an id.
-    History { before: Option<u64>, limit: usize },
+    History {
+        room: Option<String>,
+        before: Option<u64>,
+        limit: usize,
+    },
     /// Join (or resume) with a nickname.
     Join {
         nick: String,
         since: Option<u64>,
         token: Option<String>,
     },
+    /// Leave a room (the session stays joined).
+    Leave { room: String },
     /// A room message.
-    Message { text: String },
+    Message { room: Option<String>, text: String },
     /// Rename.
     Nick { nick: String },
     /// A one-to-one message.
     Private { to: String, text: String },
+    /// List the rooms (sorted by name), those after the name `after`.
+    Rooms { after: Option<String> },
+    /// Set a room's topic.
+    Topic { room: Option<String>, topic: String },
     /// Ask for a page of the online list: up to `limit` nicks sorted by
     /// case-folded nick ([`nick_key`]), starting after the nick `after`.
-    Who { after: Option<String>, limit: usize },
+    Who {
+        room: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    },
 }
+
+impl Request {
+    /// The room a room-scoped request is about (an omitted room is the
+    /// lobby); `None` for the others.
+    pub fn room(&self) -> Option<&str> {
+        match self {
+            Self::Enter { room, .. } | Self::Leave { room } => Some(room),
+            Self::History { room, .. }
+            | Self::Message { room, .. }
+            | Self::Topic { room, .. }
+            | Self::Who { room, .. } => Some(room.as_deref().unwrap_or(LOBBY)),
+            Self::Join { .. } | Self::Nick { .. } | Self::Private { .. } | Self::Rooms { .. } => {
+                None
+            }
+        }
+    }
+}
+
+/// The room a v1 client lives in.
+pub const LOBBY: &str = "lobby";
 
 /// The stable error codes, in the order they are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +79,9 @@ pub enum ErrorCode {
     BadRequest,
     UnknownType,
     NotJoined,
+    BadRoom,
+    NotInRoom,
+    TooManyRooms,
     AlreadyJoined,
     NickInvalid,
     NickTaken,
@@ -55,6 +98,9 @@ impl ErrorCode {
             Self::BadRequest => "bad_request",
             Self::UnknownType => "unknown_type",
             Self::NotJoined => "not_joined",
+            Self::BadRoom => "bad_room",
+            Self::NotInRoom => "not_in_room",
+            Self::TooManyRooms => "too_many_rooms",
             Self::AlreadyJoined => "already_joined",
             Self::NickInvalid => "nick_invalid",
             Self::NickTaken => "nick_taken",
@@ -92,6 +138,10 @@ pub const HISTORY_LIMIT_MAX: usize = 100;
 /// Default and bounds of `who.limit` (DESIGN.md, "Presence that scales").
 pub const WHO_LIMIT_DEFAULT: usize = 100;
 pub const WHO_LIMIT_MAX: usize = 500;
+/// Room names are 1-32 characters of `a-z 0-9 - _` (DESIGN.md v2, "Rooms").
+pub const ROOM_MAX_CHARS: usize = 32;
+/// A topic is 0-200 characters; longer is `too_long`.
+pub const TOPIC_MAX_CHARS: usize = 200;
 /// Nicknames are 1-32 Unicode scalar values.
 pub const NICK_MAX_CHARS: usize = 32;
 
@@ -120,7 +170,22 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             token: opt_string(&obj, "token")?,
         }),
         "message" => Ok(Request::Message {
+            room: opt_string(&obj, "room")?,
             text: text_field(&obj)?,
+        }),
+        "enter" => Ok(Request::Enter {
+            room: string(&obj, "room")?,
+            since: opt_integer(&obj, "since")?.map(clamp_id),
+        }),
+        "leave" => Ok(Request::Leave {
+            room: string(&obj, "room")?,
+        }),
+        "rooms" => Ok(Request::Rooms {
+            after: opt_string(&obj, "after")?,
+        }),
+        "topic" => Ok(Request::Topic {
+            room: opt_string(&obj, "room")?,
+            topic: string(&obj, "topic")?,
         }),
         "private" => Ok(Request::Private {
             to: string(&obj, "to")?,
@@ -130,6 +195,7 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             nick: string(&obj, "nick")?,
         }),
         "who" => Ok(Request::Who {
+            room: opt_string(&obj, "room")?,
             after: opt_string(&obj, "after")?,
             // Clamped like `history.limit` (DESIGN.md, "Presence that
             // scales": "clamped to 1-500").
@@ -145,12 +211,37 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             let limit = opt_integer(&obj, "limit")?.map_or(HISTORY_LIMIT_DEFAULT, |l| {
                 l.clamp(1, HISTORY_LIMIT_MAX as i128) as usize
             });
-            Ok(Request::History { before, limit })
+            Ok(Request::History {
+                room: opt_string(&obj, "room")?,
+                before,
+                limit,
+            })
         }
         other => Err(Refusal::new(
             ErrorCode::UnknownType,
             format!("unknown message type {:?}", truncate(other, 40)),
         )),
+    }
+}
+
+/// Checks a room name: 1-32 characters from `a-z 0-9 - _`, compared as
+/// given (DESIGN.md v2, "Rooms"); else `bad_room`.
+pub fn check_room(name: &str) -> Result<(), Refusal> {
+    let ok = !name.is_empty()
+        && name.len() <= ROOM_MAX_CHARS
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            ErrorCode::BadRoom,
+            format!(
+                "a room name is 1-{ROOM_MAX_CHARS} characters of a-z, 0-9, - and _ (got {:?})",
+                truncate(name, 40)
+            ),
+        ))
     }
 }
 
@@ -428,6 +519,7 @@ mod tests {
         assert_eq!(
             parse(r#"{"type":"history","limit":1000}"#).unwrap(),
             Request::History {
+                room: None,
                 before: None,
                 limit: 100
             }
@@ -435,6 +527,7 @@ mod tests {
         assert_eq!(
             parse(r#"{"type":"history","before":7,"limit":0}"#).unwrap(),
             Request::History {
+                room: None,
                 before: Some(7),
                 limit: 1
             }
@@ -450,9 +543,43 @@ mod tests {
     }
 
     #[test]
+    fn room_requests_and_names() {
+        assert_eq!(
+            parse(r#"{"type":"enter","room":"rust","since":4}"#).unwrap(),
+            Request::Enter {
+                room: "rust".into(),
+                since: Some(4)
+            }
+        );
+        assert_eq!(code(r#"{"type":"enter"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"leave"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"enter","room":5}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"topic"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"type":"message","room":[],"text":"x"}"#),
+            ErrorCode::BadRequest
+        );
+        let topic = parse(r#"{"type":"topic","topic":""}"#).unwrap();
+        assert_eq!(topic.room(), Some("lobby"));
+        let msg = parse(r#"{"type":"message","room":"x","text":"y"}"#).unwrap();
+        assert_eq!(msg.room(), Some("x"));
+        assert_eq!(parse(r#"{"type":"rooms"}"#).unwrap().room(), None);
+        for good in ["a", "lobby", "rust-lang_2", &"z".repeat(32)] {
+            assert!(check_room(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Rust", "a b", "é", "a.b", &"z".repeat(33), "a/b"] {
+            assert_eq!(
+                check_room(bad).unwrap_err().code,
+                ErrorCode::BadRoom,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn who_pages_are_clamped() {
         let who = |json: &str| match parse(json) {
-            Ok(Request::Who { after, limit }) => (after, limit),
+            Ok(Request::Who { after, limit, .. }) => (after, limit),
             other => panic!("{json}: {other:?}"),
         };
         assert_eq!(who(r#"{"type":"who"}"#), (None, 100));
@@ -479,6 +606,7 @@ mod tests {
         assert_eq!(
             parse(r#"{"type":"who","x":[[1]]}"#).unwrap(),
             Request::Who {
+                room: None,
                 after: None,
                 limit: WHO_LIMIT_DEFAULT
             }
@@ -487,7 +615,7 @@ mod tests {
 
     fn history(json: &str) -> (Option<u64>, usize) {
         match parse(json) {
-            Ok(Request::History { before, limit }) => (before, limit),
+            Ok(Request::History { before, limit, .. }) => (before, limit),
             other => panic!("{json}: {other:?}"),
         }
     }

@@ -1,25 +1,29 @@
-//! The room: members, nicknames, the history ring and fan-out.
+//! One room: its members (with the nick each shows), topic, history ring,
+//! presence and fan-out. The server-wide part (nick registry, tokens, the
+//! room map, private messages) is the [`Hub`](crate::hub::Hub).
 //!
-//! One mutex guards the whole room. A broadcast is serialized and framed
+//! One mutex per room guards that room alone, so a message takes only its
+//! room's lock: rooms never contend with each other, and the message path
+//! never touches a server-wide lock. A broadcast is serialized and framed
 //! once while holding it, and handed to each member with a non-blocking
-//! send ([`Client::send`]), so every member sees room events in the same order
-//! and a slow member costs the others nothing but a queue push.
+//! send ([`Client::send`]), so every member sees the room's events in the
+//! same order and a slow member costs the others nothing but a queue push.
+//! Lock order: the hub's registry, then a room; a room never calls back.
 //!
-//! Presence scales (DESIGN.md, "Presence that scales"): `joined`, `left`
-//! and `renamed` go to every member only while the room has at most
+//! Presence scales (DESIGN.md, "Presence that scales"), per room: `joined`,
+//! `left` and `renamed` go to every member only while the room has at most
 //! `presence_limit` members, counted after the change. Above it a join
-//! costs O(1) sends instead of O(members) (a restart's 10,000 returning
-//! clients would otherwise queue 50 million notices): members get a
-//! `presence` count, at most one per second while the count moves, and
-//! read the list in pages (`who` with `after`/`limit`, sorted by
-//! case-folded nick).
+//! costs O(1) sends instead of O(members): members get a `presence` count,
+//! at most one per second while the count moves, and read the list in
+//! pages (`who` with `after`/`limit`, sorted by case-folded nick).
 
-use crate::client::{close_replaced, Client, Outgoing};
-use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal, WHO_LIMIT_DEFAULT};
+use crate::client::{Client, Outgoing};
+use crate::history::{Bound as Hist, History, Stored};
+use crate::protocol::{nick_key, ErrorCode, Refusal, TOPIC_MAX_CHARS, WHO_LIMIT_DEFAULT};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,64 +32,41 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 
 /// Largest payload of a reply to a client's own request (`welcome`,
-/// `history`): DESIGN.md, "Replies are bounded". It holds the newest
-/// history messages that fit, and `"more":true` says older ones exist.
+/// `entered`, `history`, `users`, `rooms`): DESIGN.md, "Replies are
+/// bounded". It holds the newest history messages that fit, and
+/// `"more":true` says older ones exist.
 pub const REPLY_MAX_BYTES: usize = 256 << 10;
+
+/// The room every session enters on `join`; never forgotten.
+pub use crate::protocol::LOBBY;
 
 /// A member's handle, held by the session that joined it (or took it over).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MemberId(u64);
+pub struct MemberId(pub(crate) u64);
 
-/// What a good join gives the session.
-#[derive(Debug, Clone, Copy)]
-pub struct Joined {
-    pub id: MemberId,
-    /// The membership version of the `users` list in the welcome.
-    pub users_version: u64,
-}
-
-/// The single chat room.
+/// What every room shares (owned by the hub): limits and the one id
+/// counter of the server.
 #[derive(Debug)]
-pub struct Room {
-    state: Mutex<State>,
-    history_len: usize,
-    max_text: usize,
+pub(crate) struct Ctx {
+    pub history_len: usize,
+    pub max_text: usize,
     /// Payload bound of a reply: [`REPLY_MAX_BYTES`], or less when the
     /// per-client queue is small, so one reply never trips it.
-    reply_max: usize,
+    pub reply_max: usize,
     /// Members up to which presence notices are sent one by one.
-    presence_limit: usize,
-    /// A count change waits for [`PRESENCE_EVERY`] to pass: lets the
-    /// reactors skip [`Room::tick`]'s lock while nothing waits.
-    presence_pending: AtomicBool,
-    log: bool,
+    pub presence_limit: usize,
+    pub log: bool,
+    /// The next message id, server-wide (DESIGN.md v2: "one increasing
+    /// counter for the whole server"). Taken under the lock of the room
+    /// the message goes to, so within a room ids increase in broadcast and
+    /// history order.
+    next_id: AtomicU64,
+    /// Some room waits for [`PRESENCE_EVERY`] to send a count: lets the
+    /// reactors skip [`Hub::tick`](crate::hub::Hub::tick) while none does.
+    pub presence_pending: AtomicBool,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    next_id: u64,
-    next_member: u64,
-    members: BTreeMap<MemberId, Member>,
-    /// Ordered by key, which is the order of the online list.
-    by_nick: BTreeMap<String, MemberId>,
-    by_token: HashMap<String, MemberId>,
-    /// Bumped whenever the online list changes (join, leave, rename).
-    version: u64,
-    /// Room messages, oldest first, each as its JSON object text.
-    history: VecDeque<(u64, Arc<str>)>,
-    /// When the last `presence` count went out, and the count it told.
-    presence_sent: Option<(Instant, usize)>,
-}
-
-/// A nick in the room, with the one connection that acts for it.
-#[derive(Debug)]
-struct Member {
-    nick: String,
-    token: String,
-    client: Arc<Client>,
-}
-
-impl Room {
+impl Ctx {
     pub fn new(
         history_len: usize,
         max_text: usize,
@@ -94,61 +75,93 @@ impl Room {
         log: bool,
     ) -> Self {
         Self {
-            state: Mutex::new(State {
-                next_id: 1,
-                ..State::default()
-            }),
             history_len,
             max_text,
             reply_max: REPLY_MAX_BYTES.min(max_queue / 2),
             presence_limit,
-            presence_pending: AtomicBool::new(false),
             log,
+            next_id: AtomicU64::new(1),
+            presence_pending: AtomicBool::new(false),
         }
     }
 
-    /// True while a `presence` count waits for its second to pass; the
-    /// reactors then call [`tick`](Self::tick) at least every 100 ms.
-    pub fn presence_pending(&self) -> bool {
-        self.presence_pending.load(Ordering::Acquire)
+    /// A fresh message id (room and private messages share the counter).
+    pub fn take_id(&self) -> u64 {
+        // store hook: a persistent store reserves ids ahead in blocks here.
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends the waiting `presence` count once [`PRESENCE_EVERY`] has
-    /// passed since the last one.
-    pub fn tick(&self, now: Instant) {
-        if !self.presence_pending() {
-            return;
+    /// `too_long` for a text over `--max-text` characters.
+    pub fn check_len(&self, text: &str) -> Result<(), Refusal> {
+        // Byte length bounds the character count from above, so most texts
+        // skip the count.
+        if text.len() > self.max_text && text.chars().count() > self.max_text {
+            return Err(Refusal::new(
+                ErrorCode::TooLong,
+                format!("text is over {} characters", self.max_text),
+            ));
         }
-        let mut st = self.lock();
-        if st
-            .presence_sent
-            .is_some_and(|(at, _)| now.saturating_duration_since(at) < PRESENCE_EVERY)
-        {
-            return;
-        }
-        self.presence_pending.store(false, Ordering::Release);
-        st.send_presence(now);
+        Ok(())
     }
 
-    /// The member count changed from `before`: above the limit (before or
-    /// after), members learn the new count now if none went out in the last
-    /// second, else at the next [`tick`](Self::tick) that is due.
-    fn presence_changed(&self, st: &mut State, before: usize) {
-        if before.max(st.members.len()) <= self.presence_limit {
-            return;
-        }
-        let now = Instant::now();
-        match st.presence_sent {
-            Some((at, _)) if now.saturating_duration_since(at) < PRESENCE_EVERY => {
-                self.presence_pending.store(true, Ordering::Release);
-            }
-            _ => st.send_presence(now),
-        }
-    }
-
-    /// Whether one-by-one notices go out with `members` in the room.
     fn notices(&self, members: usize) -> bool {
         members <= self.presence_limit
+    }
+}
+
+/// One chat room.
+#[derive(Debug)]
+pub struct Room {
+    /// The room's name as a JSON string (names need no escaping: `a-z 0-9 - _`).
+    quoted: String,
+    ctx: Arc<Ctx>,
+    state: Mutex<State>,
+    /// This room's count waits for its second (see [`Ctx::presence_pending`]).
+    pending: AtomicBool,
+}
+
+#[derive(Debug)]
+struct State {
+    members: BTreeMap<MemberId, Seat>,
+    /// Ordered by key, which is the order of the online list.
+    by_nick: BTreeMap<String, MemberId>,
+    /// Bumped whenever the online list changes (enter, leave, rename).
+    version: u64,
+    history: History,
+    topic: String,
+    /// When the last `presence` count went out, and the count it told.
+    presence_sent: Option<(Instant, usize)>,
+}
+
+/// A member in this room: the nick it shows here and its connection.
+#[derive(Debug)]
+struct Seat {
+    nick: String,
+    client: Arc<Client>,
+}
+
+/// What a reply to entering describes: the `join`'s welcome, or an
+/// `entered`.
+pub(crate) enum Greeting<'a> {
+    Welcome { nick: &'a str, token: &'a str },
+    Entered,
+}
+
+impl Room {
+    pub(crate) fn new(name: &str, ctx: Arc<Ctx>) -> Self {
+        Self {
+            quoted: json!(name).to_string(),
+            state: Mutex::new(State {
+                members: BTreeMap::new(),
+                by_nick: BTreeMap::new(),
+                version: 0,
+                history: History::new(ctx.history_len),
+                topic: String::new(),
+                presence_sent: None,
+            }),
+            ctx,
+            pending: AtomicBool::new(false),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -157,191 +170,184 @@ impl Room {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins `client` as `nick`, or takes over the member that `token`
-    /// names when its nick matches. Sends the welcome, and `joined` to the
-    /// others (not for a takeover, which is silent). A takeover closes the
-    /// old connection with 4000 under the room lock: from then on its
-    /// requests are refused, since it no longer owns the member.
-    pub fn join(
+    /// Puts member `id` (showing `nick`, connected by `client`) in the room
+    /// if it is not there yet, and sends `client` the greeting: the room's
+    /// users, topic and the newest history with id > `since` that fits.
+    /// A new member's `joined` goes to the others. Returns the membership
+    /// version of the users list sent.
+    pub(crate) fn enter(
         &self,
-        client: &Arc<Client>,
+        id: MemberId,
         nick: &str,
+        client: &Arc<Client>,
         since: Option<u64>,
-        token: Option<&str>,
-    ) -> Result<Joined, Refusal> {
-        check_nick(nick)?;
-        let key = nick_key(nick);
+        greeting: Greeting<'_>,
+    ) -> u64 {
         let mut st = self.lock();
-        let resumed = token
-            .and_then(|t| st.by_token.get(t).copied())
-            .filter(|id| st.by_nick.get(&key) == Some(id));
-        let (id, old) = if let Some(id) = resumed {
-            let member = st
-                .members
-                .get_mut(&id)
-                .ok_or_else(|| Refusal::new(ErrorCode::NickTaken, "member vanished"))?;
-            let old = std::mem::replace(&mut member.client, Arc::clone(client));
-            (id, Some(old))
-        } else {
-            if st.by_nick.contains_key(&key) {
-                return Err(Refusal::new(
-                    ErrorCode::NickTaken,
-                    format!("the nickname {nick:?} is taken"),
-                ));
+        let new = match st.members.get_mut(&id) {
+            Some(seat) => {
+                // Entering again (or a takeover's welcome): a fresh
+                // greeting, nobody else told.
+                seat.client = Arc::clone(client);
+                false
             }
-            let id = MemberId(st.next_member);
-            st.next_member += 1;
-            let token = new_token();
-            st.by_nick.insert(key, id);
-            st.by_token.insert(token.clone(), id);
-            st.members.insert(
-                id,
-                Member {
-                    nick: nick.to_owned(),
-                    token,
-                    client: Arc::clone(client),
-                },
-            );
-            st.version += 1;
-            (id, None)
+            None => {
+                st.by_nick.insert(nick_key(nick), id);
+                st.members.insert(
+                    id,
+                    Seat {
+                        nick: nick.to_owned(),
+                        client: Arc::clone(client),
+                    },
+                );
+                st.version += 1;
+                true
+            }
         };
-        if let Some(old) = &old {
-            old.close(close_replaced(), "replaced");
-        }
-        let member = &st.members[&id];
-        // Under the limit the welcome lists everyone (v1), as far as half a
+        let ctx = &self.ctx;
+        // Under the limit the greeting lists everyone (v1), as far as half a
         // reply holds; above it, or when cut, the first page and the total.
         let total = st.members.len();
-        let (page, cut) = if self.notices(total) {
-            st.users_page(None, usize::MAX, self.reply_max / 2)
+        let limit = if ctx.notices(total) {
+            usize::MAX
         } else {
-            st.users_page(None, WHO_LIMIT_DEFAULT, self.reply_max / 2)
+            WHO_LIMIT_DEFAULT
         };
-        let users_total = if cut || !self.notices(total) {
+        let (page, cut) = st.users_page(None, limit, ctx.reply_max / 2);
+        let users_total = if cut || !ctx.notices(total) {
             format!(r#","users_total":{total}"#)
         } else {
             String::new()
         };
-        let head = format!(
-            r#"{{"type":"welcome","nick":{},"token":{},"users":{page}{users_total},"history":["#,
-            json!(member.nick),
-            json!(member.token),
-        );
-        let eligible = st
-            .history
-            .iter()
-            .rev()
-            .filter(|(id, _)| since.map_or(true, |s| *id > s));
-        let budget = self.reply_max.saturating_sub(head.len() + TAIL_MAX);
-        let (body, more) = newest_that_fit(eligible, usize::MAX, budget);
-        let welcome = format!(r#"{head}{body}],"more":{more}}}"#);
-        client.send(client.frame(&welcome));
-        match old {
-            Some(old) => {
-                if self.log {
-                    eprintln!(
-                        "chat: {} resumed {:?} from {}",
-                        client.label(),
-                        member.nick,
-                        old.label()
-                    );
-                }
+        let (room, topic) = (&self.quoted, json!(st.topic));
+        let head = match greeting {
+            Greeting::Welcome { nick, token } => format!(
+                r#"{{"type":"welcome","room":{room},"nick":{},"token":{},"topic":{topic},"users":{page}{users_total},"history":["#,
+                json!(nick),
+                json!(token),
+            ),
+            Greeting::Entered => format!(
+                r#"{{"type":"entered","room":{room},"topic":{topic},"users":{page}{users_total},"history":["#
+            ),
+        };
+        let bound = since.map_or(Hist::All, Hist::Since);
+        let budget = ctx.reply_max.saturating_sub(head.len() + TAIL_MAX);
+        let (body, more) = newest_that_fit(st.history.newest_first(bound), usize::MAX, budget);
+        let reply = format!(r#"{head}{body}],"more":{more}}}"#);
+        client.send(client.frame(&reply));
+        if new {
+            if ctx.notices(total) {
+                let joined = format!(
+                    r#"{{"type":"joined","room":{room},"nick":{},"ts":{}}}"#,
+                    json!(nick),
+                    now_ms()
+                );
+                st.broadcast_deferred(&joined, Some(id));
             }
-            None => {
-                if self.log {
-                    eprintln!("chat: {} joined as {:?}", client.label(), member.nick);
-                }
-                if self.notices(total) {
-                    let joined = json!({"type": "joined", "nick": member.nick, "ts": now_ms()});
-                    st.broadcast_deferred(&joined.to_string(), Some(id));
-                }
-                self.presence_changed(&mut st, total - 1);
-            }
+            self.presence_changed(&mut st, total - 1);
         }
-        Ok(Joined {
-            id,
-            users_version: st.version,
-        })
+        st.version
+    }
+
+    /// Points member `id` at its new connection (a takeover by token).
+    pub(crate) fn replace_client(&self, id: MemberId, client: &Arc<Client>) {
+        if let Some(seat) = self.lock().members.get_mut(&id) {
+            seat.client = Arc::clone(client);
+        }
+    }
+
+    /// Takes member `id` out and tells the others. True when the room is
+    /// now empty and holds nothing worth keeping (no message ever, no
+    /// topic): the hub then forgets it.
+    pub(crate) fn leave(&self, id: MemberId) -> bool {
+        let mut st = self.lock();
+        if let Some(seat) = st.members.remove(&id) {
+            st.by_nick.remove(&nick_key(&seat.nick));
+            st.version += 1;
+            let after = st.members.len();
+            if self.ctx.notices(after) {
+                let msg = format!(
+                    r#"{{"type":"left","room":{},"nick":{},"ts":{}}}"#,
+                    self.quoted,
+                    json!(seat.nick),
+                    now_ms()
+                );
+                st.broadcast_deferred(&msg, None);
+            }
+            self.presence_changed(&mut st, after + 1);
+        }
+        st.members.is_empty() && !st.history.is_used() && st.topic.is_empty()
+    }
+
+    /// Member `id` is now called `nick`: the room's list follows and every
+    /// member hears `renamed` (above the presence limit only the renamer,
+    /// as its ack).
+    pub(crate) fn rename(&self, id: MemberId, nick: &str, renamer: &Arc<Client>) {
+        let mut st = self.lock();
+        let Some(seat) = st.members.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut seat.nick, nick.to_owned());
+        st.by_nick.remove(&nick_key(&old));
+        st.by_nick.insert(nick_key(nick), id);
+        st.version += 1;
+        let msg = format!(
+            r#"{{"type":"renamed","room":{},"from":{},"to":{},"ts":{}}}"#,
+            self.quoted,
+            json!(old),
+            json!(nick),
+            now_ms()
+        );
+        if self.ctx.notices(st.members.len()) {
+            st.broadcast(&msg, None);
+        } else {
+            renamer.send(renamer.frame(&msg));
+        }
     }
 
     /// A room message from member `id`, sent by `client`.
     pub fn message(&self, id: MemberId, client: &Arc<Client>, text: &str) -> Result<(), Refusal> {
-        self.check_len(text)?;
+        self.ctx.check_len(text)?;
         let mut st = self.lock();
-        let from = st.owned(id, client)?.nick.clone();
-        let msg_id = st.take_id();
-        let msg: Arc<str> =
-            json!({"type": "message", "id": msg_id, "ts": now_ms(), "from": from, "text": text})
-                .to_string()
-                .into();
+        let from = quote(&st.owned(id, client)?.nick);
+        let msg_id = self.ctx.take_id();
+        let msg: Arc<str> = format!(
+            r#"{{"type":"message","room":{},"id":{msg_id},"ts":{},"from":{from},"text":{}}}"#,
+            self.quoted,
+            now_ms(),
+            quote(text)
+        )
+        .into();
         st.broadcast(&msg, None);
-        st.history.push_back((msg_id, msg));
-        while st.history.len() > self.history_len {
-            st.history.pop_front();
-        }
+        st.history.append(msg_id, msg);
         Ok(())
     }
 
-    /// A private message from member `id` to the member called `to`.
-    pub fn private(
+    /// Sets the topic (0-[`TOPIC_MAX_CHARS`] characters, any member) and
+    /// tells every member, the setter included.
+    pub fn set_topic(
         &self,
         id: MemberId,
         client: &Arc<Client>,
-        to: &str,
-        text: &str,
+        topic: &str,
     ) -> Result<(), Refusal> {
         let mut st = self.lock();
-        st.owned(id, client)?;
-        let Some(target) = st.by_nick.get(&nick_key(to)).copied() else {
+        let by = json!(st.owned(id, client)?.nick);
+        if topic.len() > TOPIC_MAX_CHARS && topic.chars().count() > TOPIC_MAX_CHARS {
             return Err(Refusal::new(
-                ErrorCode::UnknownUser,
-                format!("nobody called {to:?} is online"),
-            ));
-        };
-        self.check_len(text)?;
-        let msg_id = st.take_id();
-        let (Some(from), Some(dest)) = (st.members.get(&id), st.members.get(&target)) else {
-            return Ok(());
-        };
-        let msg = json!({"type": "private", "id": msg_id, "ts": now_ms(), "from": from.nick, "to": dest.nick, "text": text});
-        let text = msg.to_string();
-        let mut out = Outgoing::text(&text);
-        from.client.send(out.frame_for(&from.client));
-        if target != id {
-            dest.client.send(out.frame_for(&dest.client));
-        }
-        Ok(())
-    }
-
-    /// Renames member `id`; a case variant of one's own nick is allowed.
-    pub fn rename(&self, id: MemberId, client: &Arc<Client>, nick: &str) -> Result<(), Refusal> {
-        check_nick(nick)?;
-        let key = nick_key(nick);
-        let mut st = self.lock();
-        st.owned(id, client)?;
-        if st.by_nick.get(&key).is_some_and(|&owner| owner != id) {
-            return Err(Refusal::new(
-                ErrorCode::NickTaken,
-                format!("the nickname {nick:?} is taken"),
+                ErrorCode::TooLong,
+                format!("a topic is at most {TOPIC_MAX_CHARS} characters"),
             ));
         }
-        let Some(member) = st.members.get_mut(&id) else {
-            return Ok(());
-        };
-        let old = std::mem::replace(&mut member.nick, nick.to_owned());
-        st.by_nick.remove(&nick_key(&old));
-        st.by_nick.insert(key, id);
-        st.version += 1;
-        let msg = json!({"type": "renamed", "from": old, "to": nick, "ts": now_ms()});
-        if self.notices(st.members.len()) {
-            st.broadcast(&msg.to_string(), None);
-        } else {
-            // Above the limit only the renamer hears of it: its ack.
-            client.send(client.frame(&msg.to_string()));
-        }
-        if self.log {
-            eprintln!("chat: {} renamed {old:?} to {nick:?}", client.label());
-        }
+        // store hook: the room's topic is written through here.
+        st.topic = topic.to_owned();
+        let msg = format!(
+            r#"{{"type":"topic","room":{},"topic":{},"by":{by},"ts":{}}}"#,
+            self.quoted,
+            json!(topic),
+            now_ms()
+        );
+        st.broadcast(&msg, None);
         Ok(())
     }
 
@@ -360,9 +366,12 @@ impl Room {
         let st = self.lock();
         st.owned(id, client)?;
         let after = after.map(nick_key);
-        let (page, more) = st.users_page(after.as_deref(), limit, self.reply_max - 64);
-        let users = format!(r#"{{"type":"users","users":{page},"more":{more}}}"#);
-        let version = self.notices(st.members.len()).then_some(st.version);
+        let (page, more) = st.users_page(after.as_deref(), limit, self.ctx.reply_max - 96);
+        let users = format!(
+            r#"{{"type":"users","room":{},"users":{page},"more":{more}}}"#,
+            self.quoted
+        );
+        let version = self.ctx.notices(st.members.len()).then_some(st.version);
         drop(st);
         client.send(client.frame(&users));
         Ok(version)
@@ -378,56 +387,58 @@ impl Room {
         before: Option<u64>,
         limit: usize,
     ) -> Result<(), Refusal> {
-        const HEAD: &str = r#"{"type":"history","messages":["#;
+        let head = format!(r#"{{"type":"history","room":{},"messages":["#, self.quoted);
         let st = self.lock();
         st.owned(id, client)?;
-        let eligible = st
-            .history
-            .iter()
-            .rev()
-            .filter(|(id, _)| before.map_or(true, |b| *id < b));
-        let budget = self.reply_max.saturating_sub(HEAD.len() + TAIL_MAX);
-        let (body, more) = newest_that_fit(eligible, limit, budget);
+        let bound = before.map_or(Hist::All, Hist::Before);
+        let budget = self.ctx.reply_max.saturating_sub(head.len() + TAIL_MAX);
+        let (body, more) = newest_that_fit(st.history.newest_first(bound), limit, budget);
         drop(st);
-        let msg = format!(r#"{HEAD}{body}],"more":{more}}}"#);
+        let msg = format!(r#"{head}{body}],"more":{more}}}"#);
         client.send(client.frame(&msg));
         Ok(())
     }
 
-    /// Removes member `id` if `client` still owns it (a member taken over
-    /// by a resume belongs to the new connection), and tells the others.
-    pub fn leave(&self, id: MemberId, client: &Arc<Client>) {
-        let mut st = self.lock();
-        if st.owned(id, client).is_err() {
-            return;
-        }
-        let Some(member) = st.members.remove(&id) else {
-            return;
-        };
-        st.by_nick.remove(&nick_key(&member.nick));
-        st.by_token.remove(&member.token);
-        st.version += 1;
-        let after = st.members.len();
-        if self.notices(after) {
-            let msg = json!({"type": "left", "nick": member.nick, "ts": now_ms()});
-            st.broadcast_deferred(&msg.to_string(), None);
-        }
-        self.presence_changed(&mut st, after + 1);
-        if self.log {
-            eprintln!("chat: {} left as {:?}", client.label(), member.nick);
-        }
+    /// Members and topic, for the `rooms` list.
+    pub(crate) fn summary(&self) -> (usize, String) {
+        let st = self.lock();
+        (st.members.len(), st.topic.clone())
     }
 
-    fn check_len(&self, text: &str) -> Result<(), Refusal> {
-        // Byte length bounds the character count from above, so most texts
-        // skip the count.
-        if text.len() > self.max_text && text.chars().count() > self.max_text {
-            return Err(Refusal::new(
-                ErrorCode::TooLong,
-                format!("text is over {} characters", self.max_text),
-            ));
+    /// Sends the waiting `presence` count once [`PRESENCE_EVERY`] has
+    /// passed since the last one.
+    pub(crate) fn tick(&self, now: Instant) {
+        if !self.pending.load(Ordering::Acquire) {
+            return;
         }
-        Ok(())
+        let mut st = self.lock();
+        if st
+            .presence_sent
+            .is_some_and(|(at, _)| now.saturating_duration_since(at) < PRESENCE_EVERY)
+        {
+            // Still waiting: keep the reactors ticking.
+            self.ctx.presence_pending.store(true, Ordering::Release);
+            return;
+        }
+        self.pending.store(false, Ordering::Release);
+        st.send_presence(&self.quoted, now);
+    }
+
+    /// The member count changed from `before`: above the limit (before or
+    /// after), members learn the new count now if none went out in the last
+    /// second, else at the next [`tick`](Self::tick) that is due.
+    fn presence_changed(&self, st: &mut State, before: usize) {
+        if before.max(st.members.len()) <= self.ctx.presence_limit {
+            return;
+        }
+        let now = Instant::now();
+        match st.presence_sent {
+            Some((at, _)) if now.saturating_duration_since(at) < PRESENCE_EVERY => {
+                self.pending.store(true, Ordering::Release);
+                self.ctx.presence_pending.store(true, Ordering::Release);
+            }
+            _ => st.send_presence(&self.quoted, now),
+        }
     }
 }
 
@@ -438,7 +449,7 @@ const TAIL_MAX: usize = 16;
 /// `budget` bytes with their commas, but always at least one so paging
 /// makes progress) oldest first; true when older ones were left out.
 fn newest_that_fit<'a>(
-    mut newest_first: impl Iterator<Item = &'a (u64, Arc<str>)>,
+    mut newest_first: impl Iterator<Item = &'a Stored>,
     limit: usize,
     budget: usize,
 ) -> (String, bool) {
@@ -459,24 +470,20 @@ fn newest_that_fit<'a>(
 }
 
 impl State {
-    /// The member `id`, if `client` is the connection that acts for it: a
-    /// connection replaced by a takeover acts for nobody.
-    fn owned(&self, id: MemberId, client: &Arc<Client>) -> Result<&Member, Refusal> {
-        self.members
-            .get(&id)
-            .filter(|m| Arc::ptr_eq(&m.client, client))
-            .ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::NotJoined,
-                    "this connection was replaced by a newer one",
-                )
-            })
-    }
-
-    fn take_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
+    /// The seat of member `id`, if `client` is the connection that acts for
+    /// it: a connection replaced by a takeover acts for nobody.
+    fn owned(&self, id: MemberId, client: &Arc<Client>) -> Result<&Seat, Refusal> {
+        match self.members.get(&id) {
+            Some(seat) if Arc::ptr_eq(&seat.client, client) => Ok(seat),
+            Some(_) => Err(Refusal::new(
+                ErrorCode::NotJoined,
+                "this connection was replaced by a newer one",
+            )),
+            None => Err(Refusal::new(
+                ErrorCode::NotInRoom,
+                "you are not in this room; enter it first",
+            )),
+        }
     }
 
     /// The online list from the first key after `after`: a JSON array of
@@ -511,13 +518,13 @@ impl State {
     }
 
     /// Tells every member the member count (`presence`, DESIGN.md).
-    fn send_presence(&mut self, now: Instant) {
+    fn send_presence(&mut self, room: &str, now: Instant) {
         let users = self.members.len();
         if self.presence_sent.is_some_and(|(_, told)| told == users) {
             return;
         }
         self.presence_sent = Some((now, users));
-        let msg = format!(r#"{{"type":"presence","room":"lobby","users":{users}}}"#);
+        let msg = format!(r#"{{"type":"presence","room":{room},"users":{users}}}"#);
         self.broadcast_deferred(&msg, None);
     }
 
@@ -544,20 +551,14 @@ impl State {
     }
 }
 
+/// `s` as a JSON string.
+pub(crate) fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A 128-bit secret from the OS CSPRNG, hex-encoded.
-fn new_token() -> String {
-    let mut raw = [0u8; 16];
-    // A failing CSPRNG leaves zeros; the session id then still differs per
-    // session only through the map, so fall back to the clock mixed in.
-    if getrandom::getrandom(&mut raw).is_err() {
-        raw[..8].copy_from_slice(&now_ms().to_le_bytes());
-    }
-    raw.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -4,10 +4,11 @@
 //! [`Client`].
 
 use crate::client::{Client, Phase, Sent};
+use crate::hub::not_in_room;
 use crate::protocol::{self, ErrorCode, Refusal, Request};
-use crate::room::MemberId;
+use crate::room::{MemberId, Room};
 use crate::{log, Config, LiveGuard, Shared};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -114,18 +115,27 @@ pub(crate) struct Session {
     client: Arc<Client>,
     conn: Connection,
     member: Option<MemberId>,
+    /// The rooms this session's member is in, by name (kept in step with
+    /// the hub's registry by this session alone: only the member's owner
+    /// enters and leaves), so a room request takes no server-wide lock.
+    rooms: HashMap<String, Seat>,
     rate: RateLimit,
     /// Pings and Pongs from the client: each costs a reply or a wake-up,
     /// so a flood of them is closed 1008 like a flood of text.
     control: Bucket,
-    /// The room's membership version of the last `users` list this client
-    /// received (welcome or `who` reply).
-    users_seen: Option<u64>,
     join_deadline: Instant,
     next_ping: Instant,
     pong_due: Option<Instant>,
     why: String,
     _live: LiveGuard,
+}
+
+/// A room the session is in.
+struct Seat {
+    room: Arc<Room>,
+    /// The room's membership version of the last `users` list this client
+    /// received for it (welcome, `entered` or `who` reply).
+    users_seen: Option<u64>,
 }
 
 impl std::fmt::Debug for Session {
@@ -175,9 +185,9 @@ pub(crate) fn start(
         shared: Arc::clone(shared),
         conn: Connection::new(Role::Server, ws_config(cfg)),
         member: None,
+        rooms: HashMap::new(),
         rate: RateLimit::new(cfg),
         control: Bucket::new(cfg.control_burst, cfg.control_per_sec),
-        users_seen: None,
         join_deadline: now + cfg.join_timeout,
         next_ping: now + cfg.ping_interval,
         pong_due: None,
@@ -284,7 +294,7 @@ impl Session {
     /// finished (socket shut once its queue drains).
     pub(crate) fn end(self) {
         if let Some(id) = self.member {
-            self.shared.room.leave(id, &self.client);
+            self.shared.room.leave_all(id, &self.client);
         }
         self.client.finish();
         self.shared
@@ -396,17 +406,36 @@ impl Session {
         }
     }
 
+    /// Checks a request against the session's state, in the contract's
+    /// order (`not_joined`, `bad_room`, `not_in_room`, `too_many_rooms` (in
+    /// the hub), `already_joined`, then the request's own codes), and runs
+    /// it.
     fn dispatch(&mut self, text: &str) -> Result<(), Refusal> {
         let req = protocol::parse(text)?;
-        let room = &self.shared.room;
+        let hub = &self.shared.room;
         let id = match (&req, self.member) {
             (Request::Join { .. }, Some(_)) => {
                 return Err(Refusal::new(ErrorCode::AlreadyJoined, "already joined"))
             }
             (Request::Join { nick, since, token }, None) => {
-                let joined = room.join(&self.client, nick, *since, token.as_deref())?;
+                let joined = hub.join(&self.client, nick, *since, token.as_deref())?;
                 self.member = Some(joined.id);
-                self.users_seen = Some(joined.users_version);
+                self.rooms = joined
+                    .rooms
+                    .into_iter()
+                    .map(|(name, room)| {
+                        (
+                            name,
+                            Seat {
+                                room,
+                                users_seen: None,
+                            },
+                        )
+                    })
+                    .collect();
+                if let Some(lobby) = self.rooms.get_mut(protocol::LOBBY) {
+                    lobby.users_seen = Some(joined.users_version);
+                }
                 return Ok(());
             }
             (_, None) => {
@@ -414,26 +443,68 @@ impl Session {
             }
             (_, Some(id)) => id,
         };
+        if let Some(name) = req.room() {
+            protocol::check_room(name)?;
+            if !matches!(req, Request::Enter { .. }) && !self.rooms.contains_key(name) {
+                return Err(not_in_room());
+            }
+        }
         let client = &self.client;
+        // The seat of the request's room: present (checked above) for every
+        // request that uses one.
+        let seat = req.room().and_then(|n| self.rooms.get_mut(n));
         match req {
             Request::Join { .. } => Ok(()),
-            Request::Message { text } => room.message(id, client, &text),
-            Request::Private { to, text } => room.private(id, client, &to, &text),
-            Request::Nick { nick } => room.rename(id, client, &nick),
-            Request::Who { after, limit } => {
-                let version = room.who(id, client, after.as_deref(), limit)?;
+            Request::Message { text, .. } => match seat {
+                Some(seat) => seat.room.message(id, client, &text),
+                None => Err(not_in_room()),
+            },
+            Request::Topic { topic, .. } => match seat {
+                Some(seat) => seat.room.set_topic(id, client, &topic),
+                None => Err(not_in_room()),
+            },
+            Request::History { before, limit, .. } => match seat {
+                Some(seat) => seat.room.history(id, client, before, limit),
+                None => Err(not_in_room()),
+            },
+            Request::Who { after, limit, .. } => {
+                let Some(seat) = seat else {
+                    return Err(not_in_room());
+                };
+                let version = seat.room.who(id, client, after.as_deref(), limit)?;
                 // The rate check came first (cheap on floods); a `who` whose
                 // answer tells this client of changes it would have been
                 // told about anyway (joined/left/renamed) is free. Above
                 // the presence limit nobody is told, and a churning room
                 // would make every page free: then each `who` costs a token.
-                if version.is_some() && self.users_seen != version {
+                if version.is_some() && seat.users_seen != version {
                     self.rate.bucket.refund();
                 }
-                self.users_seen = version;
+                seat.users_seen = version;
                 Ok(())
             }
-            Request::History { before, limit } => room.history(id, client, before, limit),
+            Request::Enter { room, since } => {
+                let (entered, version) = hub.enter(id, client, &room, since)?;
+                self.rooms.insert(
+                    room,
+                    Seat {
+                        room: entered,
+                        users_seen: Some(version),
+                    },
+                );
+                Ok(())
+            }
+            Request::Leave { room } => {
+                hub.leave(id, client, &room)?;
+                self.rooms.remove(&room);
+                Ok(())
+            }
+            Request::Rooms { after } => {
+                hub.rooms(client, after.as_deref());
+                Ok(())
+            }
+            Request::Private { to, text } => hub.private(id, client, &to, &text),
+            Request::Nick { nick } => hub.rename(id, client, &nick),
         }
     }
 

@@ -77,7 +77,7 @@ fn join_presence_room_messages_and_who() {
     alice.send(json!({"type": "who"}));
     assert_eq!(
         alice.recv(),
-        json!({"type": "users", "users": ["alice", "bob"], "more": false})
+        json!({"type": "users", "room": "lobby", "users": ["alice", "bob"], "more": false})
     );
 
     bob.ws.close(CloseCode::NORMAL, "bye").unwrap();

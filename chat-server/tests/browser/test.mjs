@@ -1,7 +1,8 @@
 // Drives the chat page in headless Chromium: two users, a room message, a
 // private message, the online list kept from presence notices (no `who`
-// polling), a rename, reconnect backoff, and an XSS string that must show
-// as text.
+// polling), a rename, reconnect backoff, an XSS string that must show
+// as text, and two users in two rooms (unread counts, drafts, scroll,
+// topic, leaving, the collapsed room list at 390 px).
 // Usage: node test.mjs URL SCREENSHOT USER_DATA_DIR PLAYWRIGHT_CORE_INDEX
 import { createRequire } from "node:module";
 
@@ -192,6 +193,77 @@ try {
   check((await d.evaluate(() => window.__chat.attempt)) === 3, "backoff attempts keep growing across quick welcome-then-drop cycles");
   await d.close();
   await a.locator("#users li", { hasText: "dave" }).waitFor({ state: "detached", ...T });
+
+  // Rooms (issue 16): two users in two rooms. A room message stays in its
+  // room, an unread count shows on a room not in view, switching rooms
+  // keeps each room's draft and scroll, the topic line edits the topic,
+  // and below 700 px the room list collapses behind a button.
+  const inRoom = (page, room, text) =>
+    page.locator(`#messages .log[data-room="${room}"] .line`, { hasText: text });
+  const newRoom = async (page, name) => {
+    await page.click("#new-room-btn");
+    await page.fill("#new-room-input", name);
+    await page.press("#new-room-input", "Enter");
+    await page.locator("#room-list li.active", { hasText: name }).waitFor(T);
+  };
+  await newRoom(a, "rust");
+  await newRoom(b, "rust");
+  await newRoom(a, "go");
+  check((await a.locator("#room-list li").allTextContents()).map((t) => t.replace(/[×\d]/g, "")).join(",") === "go,lobby,rust",
+    "the room list shows every room entered, sorted");
+  await a.locator("#users li", { hasText: "alice2" }).waitFor(T);
+  check((await a.locator("#users li").count()) === 1, "the online list is the room's own (alone in go)");
+  await a.fill("#msg-input", "a draft for go");
+  await a.locator("#room-list li", { hasText: "rust" }).click();
+  check((await a.inputValue("#msg-input")) === "", "another room starts with its own (empty) draft");
+  await a.fill("#msg-input", "hello rust");
+  await a.press("#msg-input", "Enter");
+  await inRoom(b, "rust", "hello rust").waitFor(T);
+  check((await inRoom(b, "lobby", "hello rust").count()) === 0 && (await inRoom(a, "go", "hello rust").count()) === 0,
+    "a room message shows in that room only");
+  await b.locator("#room-list li", { hasText: "lobby" }).click();
+  await a.fill("#msg-input", "while you look at the lobby");
+  await a.press("#msg-input", "Enter");
+  const unread = b.locator("#room-list li", { hasText: "rust" }).locator(".unread");
+  await b.waitForFunction(() => {
+    const li = [...document.querySelectorAll("#room-list li")].find((l) => l.dataset.room === "rust");
+    return li && li.querySelector(".unread").textContent === "1";
+  }, null, T);
+  check(true, "a message in a room not in view raises its unread count");
+  await b.locator("#room-list li", { hasText: "rust" }).click();
+  await inRoom(b, "rust", "while you look at the lobby").waitFor(T);
+  check((await unread.textContent()) === "", "opening the room clears its unread count");
+  await a.locator("#room-list li", { hasText: "go" }).click();
+  check((await a.inputValue("#msg-input")) === "a draft for go", "switching back restores the room's draft");
+  // Scroll: a long lobby, scrolled up, survives a trip to another room.
+  await a.locator("#room-list li", { hasText: "lobby" }).click();
+  await a.evaluate(() => { for (let i = 0; i < 80; i++) notice(`filler line ${i}`); });
+  const lobbyLog = '#messages .log[data-room="lobby"]';
+  await a.$eval(lobbyLog, (e) => { e.scrollTop = 120; });
+  await a.locator("#room-list li", { hasText: "rust" }).click();
+  await a.locator("#room-list li", { hasText: "lobby" }).click();
+  check((await a.$eval(lobbyLog, (e) => e.scrollTop)) === 120, "switching rooms keeps each room's scroll position");
+  // Topic: b sets it from the topic line; a sees it in rust.
+  await b.fill("#topic-input", "all about <b>ownership</b>");
+  await b.press("#topic-input", "Enter");
+  await a.locator("#room-list li", { hasText: "rust" }).click();
+  await a.waitForFunction(() => document.getElementById("topic-input").value === "all about <b>ownership</b>", null, T);
+  await inRoom(a, "rust", "set the topic").waitFor(T);
+  check((await a.locator("#topic-bar b").count()) === 0, "a topic set by another user shows, as text");
+  // Leaving a room takes it out of the list; the other member sees `left`.
+  await a.locator("#room-list li", { hasText: "go" }).locator(".close").click();
+  await a.locator("#room-list li", { hasText: "go" }).waitFor({ state: "detached", ...T });
+  check(true, "leaving a room removes it from the list");
+  // Mobile width: the room list collapses behind ☰.
+  await b.setViewportSize({ width: 390, height: 720 });
+  check(!(await b.isVisible("#rooms-pane")) && (await b.isVisible("#rooms-toggle")), "below 700 px the room list is collapsed");
+  await b.screenshot({ path: screenshot.replace(/\.png$/, "-mobile.png") });
+  await b.click("#rooms-toggle");
+  await b.locator("#rooms-pane").waitFor(T);
+  await b.screenshot({ path: screenshot.replace(/\.png$/, "-mobile-rooms.png") });
+  await b.locator("#room-list li", { hasText: "lobby" }).click();
+  check(!(await b.isVisible("#rooms-pane")), "picking a room closes the collapsed list");
+  await b.setViewportSize({ width: 900, height: 560 });
 
   console.log(`frames sent by all pages: ${JSON.stringify(sentTypes)}`);
   check(!sentTypes.who && !sentTypes.history, "no page sent a request the user did not cause (no who, no history)");

@@ -1,0 +1,485 @@
+//! The server-wide part of the chat: who is online (nicks, unique ignoring
+//! case across the whole server), resume tokens, which rooms exist and which
+//! rooms each member is in, and private messages. One room's own state is a
+//! [`Room`].
+//!
+//! Locks: the registry mutex here is taken by the rare, server-wide
+//! requests (join, enter, leave, rename, private, rooms) and by a session's
+//! end; it is held while a room's lock is taken, never the other way
+//! round. Room messages, `who`, `history` and `topic` go straight to the
+//! room (the session keeps the rooms it is in), so the message hot path
+//! takes one room lock and no server-wide one.
+//!
+//! Lifecycles, each with one owner: a member (nick + token) lives from its
+//! `join` to the end of the session that owns it (a takeover hands it to a
+//! new session); a room lives from its first `enter` until its last member
+//! leaves, unless it holds messages or a topic (DESIGN.md v2, "Rooms"); the
+//! lobby always.
+
+use crate::client::{close_replaced, Client};
+use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal};
+use crate::room::{quote, Ctx, Greeting, MemberId, Room, LOBBY};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// The limits the hub is built with (from `Config`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub history: usize,
+    pub max_text: usize,
+    pub max_queue: usize,
+    pub presence_limit: usize,
+    pub max_rooms: usize,
+    pub max_rooms_per_user: usize,
+    pub log: bool,
+}
+
+/// Every room and every member of one server.
+#[derive(Debug)]
+pub struct Hub {
+    ctx: Arc<Ctx>,
+    reg: Mutex<Registry>,
+    max_rooms: usize,
+    max_rooms_per_user: usize,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next_member: u64,
+    members: HashMap<MemberId, Member>,
+    by_nick: HashMap<String, MemberId>,
+    by_token: HashMap<String, MemberId>,
+    /// Sorted by name: the order of the `rooms` list.
+    rooms: BTreeMap<String, Arc<Room>>,
+}
+
+/// A nick online, with the one connection that acts for it.
+#[derive(Debug)]
+struct Member {
+    nick: String,
+    token: String,
+    client: Arc<Client>,
+    rooms: BTreeSet<String>,
+}
+
+/// A room a session is in, as the session keeps it.
+pub(crate) type Entered = (String, Arc<Room>);
+
+/// What a good join gives the session.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    pub id: MemberId,
+    /// The lobby's membership version of the `users` list in the welcome.
+    pub users_version: u64,
+    /// Every room the member is in (the lobby, and after a takeover the
+    /// rooms the old connection had entered).
+    pub rooms: Vec<Entered>,
+}
+
+impl Hub {
+    pub(crate) fn new(l: Limits) -> Self {
+        let ctx = Arc::new(Ctx::new(
+            l.history,
+            l.max_text,
+            l.max_queue,
+            l.presence_limit,
+            l.log,
+        ));
+        let mut reg = Registry::default();
+        // store hook: the rooms a store kept (those with messages or a
+        // topic) are created here too, each with its topic and recent ring.
+        reg.rooms
+            .insert(LOBBY.into(), Arc::new(Room::new(LOBBY, Arc::clone(&ctx))));
+        Self {
+            ctx,
+            reg: Mutex::new(reg),
+            max_rooms: l.max_rooms.max(1),
+            max_rooms_per_user: l.max_rooms_per_user.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // Every update leaves the maps consistent before any call that could
+        // panic, so a poisoned lock still guards valid state.
+        self.reg.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while some room's `presence` count waits for its second to
+    /// pass; the reactors then call [`tick`](Self::tick) at least every
+    /// 100 ms.
+    pub fn presence_pending(&self) -> bool {
+        self.ctx.presence_pending.load(Ordering::Acquire)
+    }
+
+    /// Sends the waiting `presence` counts that are due.
+    pub fn tick(&self, now: Instant) {
+        if !self.ctx.presence_pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        // Rooms still waiting set the flag again.
+        let rooms: Vec<Arc<Room>> = self.lock().rooms.values().cloned().collect();
+        for room in rooms {
+            room.tick(now);
+        }
+    }
+
+    /// Joins `client` as `nick` and enters the lobby, or takes over the
+    /// member that `token` names when its nick matches (its rooms with it).
+    /// The welcome describes the lobby. A takeover closes the old
+    /// connection with 4000 under the registry lock: from then on its
+    /// requests are refused, since it no longer owns the member.
+    pub(crate) fn join(
+        &self,
+        client: &Arc<Client>,
+        nick: &str,
+        since: Option<u64>,
+        token: Option<&str>,
+    ) -> Result<Joined, Refusal> {
+        check_nick(nick)?;
+        let key = nick_key(nick);
+        let mut reg = self.lock();
+        let reg = &mut *reg;
+        let resumed = token
+            .and_then(|t| reg.by_token.get(t).copied())
+            .filter(|id| reg.by_nick.get(&key) == Some(id));
+        let (id, old) = if let Some(id) = resumed {
+            let member = reg
+                .members
+                .get_mut(&id)
+                .ok_or_else(|| Refusal::new(ErrorCode::NickTaken, "member vanished"))?;
+            let old = std::mem::replace(&mut member.client, Arc::clone(client));
+            (id, Some(old))
+        } else {
+            if reg.by_nick.contains_key(&key) {
+                return Err(taken(nick));
+            }
+            let id = MemberId(reg.next_member);
+            reg.next_member += 1;
+            let token = new_token();
+            reg.by_nick.insert(key, id);
+            reg.by_token.insert(token.clone(), id);
+            reg.members.insert(
+                id,
+                Member {
+                    nick: nick.to_owned(),
+                    token,
+                    client: Arc::clone(client),
+                    rooms: BTreeSet::new(),
+                },
+            );
+            (id, None)
+        };
+        if let Some(old) = &old {
+            old.close(close_replaced(), "replaced");
+        }
+        let member = reg
+            .members
+            .get_mut(&id)
+            .ok_or_else(|| Refusal::new(ErrorCode::NickTaken, "member vanished"))?;
+        member.rooms.insert(LOBBY.into());
+        let lobby = Arc::clone(&reg.rooms[LOBBY]);
+        // The welcome first (it must be the new connection's first
+        // message), then the other rooms follow the member to it.
+        let users_version = lobby.enter(
+            id,
+            &member.nick,
+            client,
+            since,
+            Greeting::Welcome {
+                nick: &member.nick,
+                token: &member.token,
+            },
+        );
+        let mut rooms = Vec::with_capacity(member.rooms.len());
+        for name in &member.rooms {
+            if let Some(room) = reg.rooms.get(name) {
+                if name != LOBBY {
+                    room.replace_client(id, client);
+                }
+                rooms.push((name.clone(), Arc::clone(room)));
+            }
+        }
+        if self.ctx.log {
+            match &old {
+                Some(old) => eprintln!(
+                    "chat: {} resumed {:?} from {}",
+                    client.label(),
+                    member.nick,
+                    old.label()
+                ),
+                None => eprintln!("chat: {} joined as {:?}", client.label(), member.nick),
+            }
+        }
+        Ok(Joined {
+            id,
+            users_version,
+            rooms,
+        })
+    }
+
+    /// Member `id` enters the room `name` (created on first entry), or
+    /// gets its `entered` again when it is already in. Returns the room and
+    /// the membership version of the users list sent.
+    pub(crate) fn enter(
+        &self,
+        id: MemberId,
+        client: &Arc<Client>,
+        name: &str,
+        since: Option<u64>,
+    ) -> Result<(Arc<Room>, u64), Refusal> {
+        let mut reg = self.lock();
+        let reg = &mut *reg;
+        let member = owned(&mut reg.members, id, client)?;
+        let room = if member.rooms.contains(name) {
+            Arc::clone(&reg.rooms[name])
+        } else {
+            if member.rooms.len() >= self.max_rooms_per_user {
+                return Err(Refusal::new(
+                    ErrorCode::TooManyRooms,
+                    format!(
+                        "you are in {} rooms, the most allowed; leave one first",
+                        member.rooms.len()
+                    ),
+                ));
+            }
+            let room = match reg.rooms.get(name) {
+                Some(room) => Arc::clone(room),
+                None => {
+                    if reg.rooms.len() >= self.max_rooms {
+                        return Err(Refusal::new(
+                            ErrorCode::TooManyRooms,
+                            format!(
+                                "the server holds {} rooms, the most allowed",
+                                reg.rooms.len()
+                            ),
+                        ));
+                    }
+                    // store hook: a new room (persisted once it gets a
+                    // message or a topic, through those hooks).
+                    let room = Arc::new(Room::new(name, Arc::clone(&self.ctx)));
+                    reg.rooms.insert(name.to_owned(), Arc::clone(&room));
+                    room
+                }
+            };
+            member.rooms.insert(name.to_owned());
+            room
+        };
+        let version = room.enter(id, &member.nick, client, since, Greeting::Entered);
+        Ok((room, version))
+    }
+
+    /// Member `id` leaves the room `name`; it gets `left_room`, the others
+    /// `left`. An empty room without messages or topic is forgotten.
+    pub(crate) fn leave(
+        &self,
+        id: MemberId,
+        client: &Arc<Client>,
+        name: &str,
+    ) -> Result<(), Refusal> {
+        let mut reg = self.lock();
+        let reg = &mut *reg;
+        let member = owned(&mut reg.members, id, client)?;
+        if !member.rooms.remove(name) {
+            return Err(not_in_room());
+        }
+        if let Some(room) = reg.rooms.get(name) {
+            if room.leave(id) && name != LOBBY {
+                // store hook: a forgotten room (it never had messages or a
+                // topic) has nothing stored.
+                reg.rooms.remove(name);
+            }
+        }
+        client.send(client.frame(&format!(r#"{{"type":"left_room","room":{}}}"#, quote(name))));
+        Ok(())
+    }
+
+    /// Removes member `id` if `client` still owns it (a member taken over
+    /// by a resume belongs to the new connection): out of every room, each
+    /// of which tells its members.
+    pub(crate) fn leave_all(&self, id: MemberId, client: &Arc<Client>) {
+        let mut reg = self.lock();
+        let reg = &mut *reg;
+        if owned(&mut reg.members, id, client).is_err() {
+            return;
+        }
+        let Some(member) = reg.members.remove(&id) else {
+            return;
+        };
+        reg.by_nick.remove(&nick_key(&member.nick));
+        reg.by_token.remove(&member.token);
+        for name in &member.rooms {
+            if let Some(room) = reg.rooms.get(name) {
+                if room.leave(id) && name != LOBBY {
+                    reg.rooms.remove(name);
+                }
+            }
+        }
+        if self.ctx.log {
+            eprintln!("chat: {} left as {:?}", client.label(), member.nick);
+        }
+    }
+
+    /// Renames member `id` server-wide; a case variant of one's own nick is
+    /// allowed. Each room the member is in hears `renamed` once; a member
+    /// in no room gets its ack without `room`.
+    pub(crate) fn rename(
+        &self,
+        id: MemberId,
+        client: &Arc<Client>,
+        nick: &str,
+    ) -> Result<(), Refusal> {
+        check_nick(nick)?;
+        let key = nick_key(nick);
+        let mut reg = self.lock();
+        let reg = &mut *reg;
+        owned(&mut reg.members, id, client)?;
+        if reg.by_nick.get(&key).is_some_and(|&owner| owner != id) {
+            return Err(taken(nick));
+        }
+        let member = owned(&mut reg.members, id, client)?;
+        let old = std::mem::replace(&mut member.nick, nick.to_owned());
+        reg.by_nick.remove(&nick_key(&old));
+        reg.by_nick.insert(key, id);
+        for name in &member.rooms {
+            if let Some(room) = reg.rooms.get(name) {
+                room.rename(id, nick, client);
+            }
+        }
+        if member.rooms.is_empty() {
+            client.send(client.frame(&format!(
+                r#"{{"type":"renamed","from":{},"to":{},"ts":{}}}"#,
+                quote(&old),
+                quote(nick),
+                crate::room::now_ms()
+            )));
+        }
+        if self.ctx.log {
+            eprintln!("chat: {} renamed {old:?} to {nick:?}", client.label());
+        }
+        Ok(())
+    }
+
+    /// A private message from member `id` to the member called `to`.
+    pub(crate) fn private(
+        &self,
+        id: MemberId,
+        client: &Arc<Client>,
+        to: &str,
+        text: &str,
+    ) -> Result<(), Refusal> {
+        let mut reg = self.lock();
+        let reg = &mut *reg;
+        owned(&mut reg.members, id, client)?;
+        let Some(target) = reg.by_nick.get(&nick_key(to)).copied() else {
+            return Err(Refusal::new(
+                ErrorCode::UnknownUser,
+                format!("nobody called {to:?} is online"),
+            ));
+        };
+        self.ctx.check_len(text)?;
+        let msg_id = self.ctx.take_id();
+        let (Some(from), Some(dest)) = (reg.members.get(&id), reg.members.get(&target)) else {
+            return Ok(());
+        };
+        let msg = format!(
+            r#"{{"type":"private","id":{msg_id},"ts":{},"from":{},"to":{},"text":{}}}"#,
+            crate::room::now_ms(),
+            quote(&from.nick),
+            quote(&dest.nick),
+            quote(text)
+        );
+        let mut out = crate::client::Outgoing::text(&msg);
+        from.client.send(out.frame_for(&from.client));
+        if target != id {
+            dest.client.send(out.frame_for(&dest.client));
+        }
+        Ok(())
+    }
+
+    /// Sends `client` the rooms after the name `after`, sorted by name, as
+    /// many as one reply holds, and whether more follow.
+    pub(crate) fn rooms(&self, client: &Arc<Client>, after: Option<&str>) {
+        const HEAD: &str = r#"{"type":"rooms","rooms":["#;
+        let budget = self.ctx.reply_max.saturating_sub(HEAD.len() + 16);
+        // A snapshot of the map, so no room lock is taken under the
+        // registry's (a busy room's broadcast would hold up every join).
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let rooms: Vec<(String, Arc<Room>)> = self
+            .lock()
+            .rooms
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(name, room)| (name.clone(), Arc::clone(room)))
+            .collect();
+        let mut out = String::from(HEAD);
+        let mut used = 0;
+        let mut more = false;
+        let mut first = true;
+        for (name, room) in &rooms {
+            let (users, topic) = room.summary();
+            let entry = format!(
+                r#"{{"name":{},"users":{users},"topic":{}}}"#,
+                quote(name),
+                quote(&topic)
+            );
+            let cost = entry.len() + usize::from(!first);
+            if !first && used + cost > budget {
+                more = true;
+                break;
+            }
+            if !first {
+                out.push(',');
+            }
+            out.push_str(&entry);
+            used += cost;
+            first = false;
+        }
+        out.push_str(&format!(r#"],"more":{more}}}"#));
+        client.send(client.frame(&out));
+    }
+}
+
+/// The member `id`, if `client` is the connection that acts for it: a
+/// connection replaced by a takeover acts for nobody.
+fn owned<'a>(
+    members: &'a mut HashMap<MemberId, Member>,
+    id: MemberId,
+    client: &Arc<Client>,
+) -> Result<&'a mut Member, Refusal> {
+    members
+        .get_mut(&id)
+        .filter(|m| Arc::ptr_eq(&m.client, client))
+        .ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::NotJoined,
+                "this connection was replaced by a newer one",
+            )
+        })
+}
+
+fn taken(nick: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::NickTaken,
+        format!("the nickname {nick:?} is taken"),
+    )
+}
+
+pub(crate) fn not_in_room() -> Refusal {
+    Refusal::new(
+        ErrorCode::NotInRoom,
+        "you are not in this room; enter it first",
+    )
+}
+
+/// A 128-bit secret from the OS CSPRNG, hex-encoded.
+fn new_token() -> String {
+    let mut raw = [0u8; 16];
+    // A failing CSPRNG leaves zeros; the session id then still differs per
+    // session only through the map, so fall back to the clock mixed in.
+    if getrandom::getrandom(&mut raw).is_err() {
+        raw[..8].copy_from_slice(&crate::room::now_ms().to_le_bytes());
+    }
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
