@@ -36,15 +36,14 @@ async fn echo(mut stream: TcpStream, _: common::Opts) {
         let Ok(frame) = ws.read_frame().await else {
             return;
         };
-        match frame.opcode {
-            OpCode::Text | OpCode::Binary => {
-                if ws.write_frame(frame).await.is_err() {
-                    return;
-                }
-            }
+        let data = match frame.opcode {
+            OpCode::Text | OpCode::Binary => true,
             // The reply went out before read_frame returned it.
             OpCode::Close => return,
-            _ => {}
+            _ => false,
+        };
+        if data && ws.write_frame(frame).await.is_err() {
+            return;
         }
     }
 }

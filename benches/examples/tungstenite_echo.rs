@@ -2,9 +2,10 @@
 //! (`benches/scripts/echo.sh`): text back as text, binary as binary, on a
 //! current-thread runtime. tungstenite answers pings and echoes the close.
 //!
-//! By default each echo is `send` (write and flush), as tokio-tungstenite's
-//! own examples do; `--batch` echoes every message already received with
-//! `feed` and flushes once, one write for what one read brought.
+//! By default each echo is `send` (write and flush). `--batch` feeds every
+//! message already received and flushes when no more is ready: one write for
+//! what one read brought. That is what `StreamExt::forward` does in the
+//! crate's own echo-server example, here without `split` and its lock.
 //!
 //! ```sh
 //! cargo run --release -p benches --example tungstenite_echo -- --addr 127.0.0.1:9002 [--batch]
