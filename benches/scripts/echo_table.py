@@ -107,6 +107,9 @@ def gen(key, server):
     if not v:
         return "–"
     out = f"{statistics.median(v):.0f}% (max {max(v):.0f}%)"
+    per = [float(r["gen_us_per_msg"]) for r in runs(key, server) if "gen_us_per_msg" in r]
+    if per:
+        out += f", {statistics.median(per):.2f} µs per message"
     demand = [float(r["gen_cpu_pct"]) + float(r.get("gen_wait_pct", 0)) for r in runs(key, server) if "gen_cpu_pct" in r]
     if max(demand) > 90:
         out += f", busy + waiting up to {max(demand):.0f}%"
@@ -118,7 +121,10 @@ def waits(key, server):
     g = [float(r["gen_wait_pct"]) for r in runs(key, server) if "gen_wait_pct" in r]
     if not w and not g:
         return "–"
-    return f"server {max(w, default=0):.0f}%, gen {max(g, default=0):.0f}%"
+    sw = max(w, default=0)
+    # A server of many threads waits for itself: the sum can pass 100%.
+    srv = f"server {sw:.0f}%" if sw <= 100 else f"server {sw:,.0f}% (sum over its threads)"
+    return f"{srv}, gen {max(g, default=0):.0f}%"
 
 
 def best_names(key):
@@ -135,7 +141,7 @@ METRICS = [
     ("÷ best peer, same run", lambda k, s: spread(ratios(k, s), "×", 2)),
     ("server CPU per message", lambda k, s: spread(vals(k, s, "srv_us_per_msg"), " µs", 2)),
     ("server CPU (kernel share)", lambda k, s: (
-        f"{spread(vals(k, s, 'srv_cpu_pct'), '%')} ({statistics.median(vals(k, s, 'srv_kernel_pct')):.0f}% kernel)"
+        f"{spread(vals(k, s, 'srv_cpu_pct'), '%')}, {statistics.median(vals(k, s, 'srv_kernel_pct')):.0f}% kernel"
         if vals(k, s, "srv_kernel_pct") else "–")),
     ("echoes per generator read", lambda k, s: spread(vals(k, s, "echoes_per_read"), "", 1)),
 ]

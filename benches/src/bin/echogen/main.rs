@@ -565,7 +565,8 @@ fn run(o: &Opts) -> io::Result<bool> {
         );
         let _ = write!(
             r,
-            " gen_cpu_pct={pct:.0} gen_wait_pct={gen_wait:.0} flagged={}",
+            " gen_cpu_pct={pct:.0} gen_wait_pct={gen_wait:.0} gen_us_per_msg={:.3} flagged={}",
+            cpu * 1e6 / in_window.max(1) as f64,
             u8::from(flagged)
         );
     }
