@@ -3,7 +3,9 @@
 //! its `FragmentCollector` (whole messages, as the other servers hand out),
 //! on a current-thread runtime. The library answers pings and echoes the
 //! close. Each echo is one `write_frame`, as the crate's own echo example
-//! does: its API has no buffered write to batch them.
+//! does. No batched mode: `write_frame` writes at once, and `read_frame` is
+//! not cancellation-safe (it consumes a header's first bytes before awaiting
+//! the rest), so it cannot be polled to see whether more is ready.
 //!
 //! The opening handshake is a minimal hand-written HTTP upgrade (RFC 6455
 //! §4.2) followed by `WebSocket::after_handshake`, to stay off hyper: it is
