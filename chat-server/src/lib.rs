@@ -406,6 +406,7 @@ impl Server {
     ///
     /// A fatal error on the listening socket.
     pub fn run(self) -> io::Result<()> {
+        let https_port = self.local_addr().port();
         let shared = self.shared;
         while !shared.stop.load(Ordering::Acquire) {
             // The timeout bounds how long a shutdown request waits.
@@ -415,7 +416,7 @@ impl Server {
                     let mut both = [pfd[0], sys::pollfd(r.as_raw_fd(), sys::POLLIN)];
                     sys::poll(&mut both, Duration::from_millis(100));
                     if both[1].revents != 0 {
-                        redirect_all(&shared, r);
+                        redirect_all(&shared, r, https_port);
                     }
                 }
                 None => {
@@ -512,8 +513,7 @@ fn refuse_busy(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
 /// Answers every connection waiting on `--redirect-http`'s port, each on
 /// a short-lived thread; past 64 at once the rest are dropped (they are
 /// not chat connections and must not cost more).
-fn redirect_all(shared: &Arc<Shared>, listener: &TcpListener) {
-    let https_port = shared.config.addr.port();
+fn redirect_all(shared: &Arc<Shared>, listener: &TcpListener, https_port: u16) {
     loop {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
