@@ -36,10 +36,11 @@
 //! TLS client's rustls connection lives under the same lock as its queue
 //! (it cannot be split): a write encrypts the queued frames as one batch
 //! (a TLS record per 16 KiB, not per frame) and sends the records with one
-//! `sendmsg`, so a corked wake-up still makes one write. What rustls holds
-//! encrypted is bounded by its own buffer limit (64 KiB) beyond the queue's
-//! bound. The reactor reads through [`Client::read`], which for TLS takes
-//! the lock; a plain client reads the socket without it.
+//! `sendmsg`, so a corked wake-up still makes one write. Encryption stops
+//! once 64 KiB of records wait for the socket (the rest stays queued as
+//! plaintext, under the byte bound), so TLS adds at most that to a slow
+//! client's memory. The reactor reads through [`Client::read`], which for
+//! TLS takes the lock; a plain client reads the socket without it.
 
 use crate::flusher::{Drain, Flusher};
 use crate::sys;
