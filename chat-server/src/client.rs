@@ -412,7 +412,7 @@ impl Client {
             }
             None => false,
         });
-        if write_now && !corked && q.bufs.is_empty() && q.tls.is_none() {
+        if write_now && !corked && q.bufs.is_empty() && !self.tls {
             self.flusher.count_write();
             match sys::send_iov(&self.stream, [&frame]) {
                 Ok(n) if n == frame.len() => return Sent::Ok,
@@ -429,7 +429,7 @@ impl Client {
             }
         }
         q.push(frame);
-        if write_now && !corked && q.tls.is_some() && !q.registered {
+        if write_now && !corked && self.tls && !q.registered {
             if let Err(()) = self.write_out(&mut q) {
                 self.shut(&mut q);
                 return Sent::Closed;
@@ -555,6 +555,9 @@ impl Client {
                 tls.close(&self.stream);
             }
         }
+        // The session's keys and buffers go now, not when the last
+        // `Arc<Client>` does (a reader after this sees the shut socket).
+        q.tls = None;
         q.clear();
         q.phase = Phase::Done;
         self.open.store(false, Ordering::Release);
@@ -683,10 +686,12 @@ impl Client {
 
     /// Writes as much of the queue as the socket takes: plain, one
     /// `sendmsg` per [`sys::MAX_IOV`] buffers; TLS, the queue encrypted as
-    /// one batch and the records sent with one `sendmsg` per 64 (rustls'
-    /// vectored write). `Err` when the socket failed.
+    /// one batch (up to 64 KiB of records) and sent with one `sendmsg`.
+    /// `Err` when the socket or the TLS session failed.
     fn write_out(&self, q: &mut Inner) -> Result<(), ()> {
-        if q.tls.is_some() {
+        // A TLS client never gets plaintext on its socket, even after its
+        // session state is gone.
+        if self.tls {
             return self.write_out_tls(q);
         }
         while !q.bufs.is_empty() {
@@ -711,6 +716,11 @@ impl Client {
                 return Ok(());
             };
             if !tls.wants_write() {
+                // Frames wait and nothing could be encrypted: the session
+                // can carry no more data; waiting would spin the flusher.
+                if taken == 0 && !q.bufs.is_empty() {
+                    return Err(());
+                }
                 return Ok(());
             }
             self.flusher.count_write();

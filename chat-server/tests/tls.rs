@@ -239,6 +239,35 @@ fn two_users_chat_over_wss_and_the_page_comes_over_https() {
     server.stop().unwrap();
 }
 
+/// TLS 1.2 clients are served too (the `tls12` feature), with the same
+/// page and chat.
+#[test]
+fn a_tls12_client_gets_the_page_and_chats() {
+    let ca = Ca::new("tls12 CA");
+    let files = write_pair(&temp_dir("tls12"), &ca.leaf());
+    let server = tls_server(files, |_| {});
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls12 = Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    assert!(https_get(server.addr, tls12.clone(), "/healthz").ends_with("\r\n\r\nok"));
+    let mut a = WsClient::join(server.addr, tls12.clone(), "twelve");
+    let mut b = WsClient::join(server.addr, ca.client_config(), "thirteen");
+    a.send(json!({"type": "message", "text": "from 1.2"}));
+    b.recv_text("from 1.2");
+    assert_eq!(
+        a.ws.get_ref().0.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    server.stop().unwrap();
+}
+
 /// The first bytes on the TLS port say what the peer speaks: an HTTP
 /// request gets a plain-text 400 a browser can show (as nginx does); other
 /// non-TLS bytes get rustls' alert and the socket is dropped.
