@@ -25,6 +25,7 @@ use wsproto::Event;
 /// A throwaway CA.
 struct Ca {
     cert: CertificateDer<'static>,
+    pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -37,6 +38,7 @@ impl Ca {
         let cert = params.self_signed(&key).unwrap();
         Self {
             cert: cert.der().clone(),
+            pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -502,4 +504,68 @@ fn redirect_http_answers_308_to_the_https_port() {
     let out = ask("GET / HTTP/1.1\r\nHost: a\"b<c\r\n\r\n");
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     server.stop().unwrap();
+}
+
+/// A Python with `websockets`: `WSPROTO_INTEROP_PYTHON` (CI sets it), else
+/// `python3` if it has the module; `None` (the test says so and passes)
+/// without one.
+fn python() -> Option<String> {
+    let candidates = std::env::var("WSPROTO_INTEROP_PYTHON")
+        .ok()
+        .into_iter()
+        .chain(["python3".to_string()]);
+    for py in candidates {
+        let ok = Command::new(&py)
+            .args(["-c", "import websockets.sync.client"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(py);
+        }
+    }
+    eprintln!("no Python with `websockets`: interop not run (set WSPROTO_INTEROP_PYTHON)");
+    None
+}
+
+/// Python's `ssl` + `websockets` (another TLS and WebSocket stack) joins
+/// and chats over wss, verifying the server against the test CA only.
+#[test]
+fn python_websockets_chats_over_wss() {
+    let Some(py) = python() else { return };
+    let ca = Ca::new("python CA");
+    let dir = temp_dir("python");
+    let files = write_pair(&dir, &ca.leaf());
+    let ca_file = dir.join("ca.pem");
+    let server = tls_server(files, |_| {});
+    let script = r#"
+import json, ssl, sys
+from websockets.sync.client import connect
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+with connect(sys.argv[1], ssl=ctx, open_timeout=10, close_timeout=10) as ws:
+    ws.send(json.dumps({"type": "join", "nick": "py"}))
+    while json.loads(ws.recv(timeout=10))["type"] != "welcome":
+        pass
+    ws.send(json.dumps({"type": "message", "text": "hello from python"}))
+    while True:
+        m = json.loads(ws.recv(timeout=10))
+        if m["type"] == "message":
+            print("got", m["text"], flush=True)
+            break
+"#;
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let out = Command::new(py)
+        .args(["-c", script])
+        .arg(format!("wss://localhost:{}/ws", server.addr.port()))
+        .arg(&ca_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("got hello from python"),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
