@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 COUNT=${1:-10000}
 RUNS=${2:-3}
+ulimit -n "$(ulimit -Hn)"
 cargo build -q --release -p chat-server -p benches --bin chat-server --bin tls_idle
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT

@@ -10,7 +10,9 @@
 //! as the only root, server name `localhost`). Prints one `RESULT` line:
 //! (RSS with the clients held − RSS before the first connect) ÷ count.
 //! Run with the server's `--ping-interval` above the run's length (the
-//! clients never answer a Ping) and `--max-connections` above the count.
+//! clients never answer a Ping), `--max-connections` above the count, and
+//! an open-file limit above it (`ulimit -n`; scripts/tls_idle.sh does all
+//! three).
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -71,21 +73,6 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for getrlimit to fill, then a valid
-    // argument to setrlimit (soft up to hard needs no privilege).
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 fn connect(addr: &str, tls: Option<&Arc<ClientConfig>>, nick: &str) -> WebSocket<Stream> {
     let sock = TcpStream::connect(addr).expect("connect");
     sock.set_nodelay(true).unwrap();
@@ -132,7 +119,6 @@ fn main() {
             _ => panic!("unknown option {flag}"),
         }
     }
-    raise_fd_limit();
     let tls = ca.map(|path| {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(&path).expect("--ca") {
