@@ -30,12 +30,25 @@
 //! thing) a send to an empty queue is written at once with `MSG_DONTWAIT`.
 //! Only what does not fit in the kernel's socket buffer stays queued, for
 //! the flusher thread to write when the socket turns writable.
+//!
+//! **TLS** (`wss://`, issue 14). The queue holds plaintext frames whatever
+//! the transport, so the byte bound and the Close rules are the same. A
+//! TLS client's rustls connection lives under the same lock as its queue
+//! (it cannot be split): a write encrypts the queued frames as one batch
+//! (a TLS record per 16 KiB, not per frame) and sends the records with one
+//! `sendmsg`, so a corked wake-up still makes one write. Encryption stops
+//! once 64 KiB of records wait for the socket (the rest stays queued as
+//! plaintext, under the byte bound), so TLS adds at most that to a slow
+//! client's memory. The reactor reads through [`Client::read`], which for
+//! TLS takes the lock; a plain client reads the socket without it.
 
 use crate::flusher::{Drain, Flusher};
 use crate::sys;
+use crate::tls::TlsConn;
 use bytes::{Bytes, BytesMut};
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,6 +120,19 @@ impl<'a> Outgoing<'a> {
     }
 }
 
+/// A connection's wire: the TCP socket, with TLS over it for `wss://`.
+#[derive(Debug)]
+pub(crate) struct Transport {
+    pub(crate) stream: TcpStream,
+    pub(crate) tls: Option<Box<TlsConn>>,
+}
+
+impl From<TcpStream> for Transport {
+    fn from(stream: TcpStream) -> Self {
+        Self { stream, tls: None }
+    }
+}
+
 /// One client's socket, outgoing queue and lifecycle.
 ///
 /// Invariants (checked by [`Inner::check`] after every change in debug
@@ -119,13 +145,16 @@ impl<'a> Outgoing<'a> {
 /// 4. [`Phase::Done`] holds an empty queue and a shut-down socket; no phase
 ///    goes back (Open -> Closing -> Done).
 /// 5. `open` mirrors `phase == Open` (the lock-free fast check).
-/// 6. `front_started` (part of the first buffer is on the wire) implies a
-///    non-empty queue.
+/// 6. `front_started` (part of the first buffer is on the wire, or in
+///    rustls' encrypted buffer) implies a non-empty queue.
 #[derive(Debug)]
 pub(crate) struct Client {
     /// The fd stays open as long as any `Arc<Client>` lives, so a send
     /// never reaches a reused descriptor.
     stream: TcpStream,
+    /// `inner.tls` is set (fixed at birth): a plain client reads without
+    /// the lock.
+    tls: bool,
     /// Log name (`ip:port`).
     label: String,
     inner: Mutex<Inner>,
@@ -165,6 +194,9 @@ struct Inner {
     registered: bool,
     /// Noted by a thread's [`cork`], which writes the queue when it drops.
     corked: bool,
+    /// The TLS session of a `wss://` client: reads and writes both go
+    /// through it, hence through this lock.
+    tls: Option<Box<TlsConn>>,
 }
 
 /// What became of a send.
@@ -190,6 +222,30 @@ impl Inner {
         }
         self.bytes += frame.len();
         self.bufs.push_back(frame);
+    }
+
+    /// Bytes wait to be written: queued frames, or TLS records rustls holds.
+    fn pending(&self) -> bool {
+        !self.bufs.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Drops the first `n` queued bytes (they were written or encrypted).
+    fn consume(&mut self, mut n: usize) {
+        self.bytes -= n;
+        while n > 0 {
+            let Some(front) = self.bufs.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.bufs.pop_front();
+                self.front_started = false;
+            } else {
+                *front = front.slice(n..);
+                self.front_started = true;
+                n = 0;
+            }
+        }
     }
 
     fn clear(&mut self) {
@@ -222,15 +278,17 @@ impl Inner {
 
 impl Client {
     pub(crate) fn new(
-        stream: TcpStream,
+        transport: Transport,
         label: String,
         max_queue: usize,
         log: bool,
         flusher: Arc<Flusher>,
         deflate_window: Option<u8>,
     ) -> Self {
+        let Transport { stream, tls } = transport;
         Self {
             stream,
+            tls: tls.is_some(),
             label,
             inner: Mutex::new(Inner {
                 phase: Phase::Open,
@@ -239,6 +297,7 @@ impl Client {
                 front_started: false,
                 registered: false,
                 corked: false,
+                tls,
             }),
             open: AtomicBool::new(true),
             max_queue,
@@ -248,9 +307,34 @@ impl Client {
         }
     }
 
-    /// The socket, for the reactor to read.
+    /// The socket, for the reactor to poll (reads go through
+    /// [`read`](Self::read)).
     pub(crate) fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// Reads what the socket has, as `Read::read` on it would (plaintext
+    /// for a TLS client). TLS output the read makes (alerts, key updates)
+    /// is written like queued bytes.
+    pub(crate) fn read(self: &Arc<Self>, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.tls {
+            return (&self.stream).read(buf);
+        }
+        let mut q = self.lock();
+        let Some(tls) = q.tls.as_mut() else {
+            return (&self.stream).read(buf);
+        };
+        let read = tls.read(&self.stream, buf);
+        if tls.wants_write() && q.phase != Phase::Done && !self.flush_locked(&mut q) {
+            self.register(&mut q);
+        }
+        read
+    }
+
+    /// The last [`read`](Self::read) filled the buffer and TLS may hold
+    /// more plaintext: read again now (the socket will not signal it).
+    pub(crate) fn more_to_read(&self) -> bool {
+        self.tls && self.lock().tls.as_ref().is_some_and(|t| t.more_to_read())
     }
 
     /// Log name (`ip:port`).
@@ -328,7 +412,7 @@ impl Client {
             }
             None => false,
         });
-        if write_now && !corked && q.bufs.is_empty() {
+        if write_now && !corked && q.bufs.is_empty() && !self.tls {
             self.flusher.count_write();
             match sys::send_iov(&self.stream, [&frame]) {
                 Ok(n) if n == frame.len() => return Sent::Ok,
@@ -345,6 +429,12 @@ impl Client {
             }
         }
         q.push(frame);
+        if write_now && !corked && self.tls && !q.registered {
+            if let Err(()) = self.write_out(&mut q) {
+                self.shut(&mut q);
+                return Sent::Closed;
+            }
+        }
         if q.bytes > self.max_queue {
             let pending = q.bytes;
             self.begin_close(
@@ -374,7 +464,7 @@ impl Client {
     fn uncork(self: &Arc<Self>) {
         let mut q = self.lock();
         q.corked = false;
-        if q.registered || q.bufs.is_empty() {
+        if q.registered || !q.pending() {
             return;
         }
         if !self.flush_locked(&mut q) {
@@ -460,6 +550,14 @@ impl Client {
 
     /// Shuts the socket down: the end of every path.
     fn shut(&self, q: &mut Inner) {
+        if q.phase != Phase::Done {
+            if let Some(tls) = q.tls.as_mut() {
+                tls.close(&self.stream);
+            }
+        }
+        // The session's keys and buffers go now, not when the last
+        // `Arc<Client>` does (a reader after this sees the shut socket).
+        q.tls = None;
         q.clear();
         q.phase = Phase::Done;
         self.open.store(false, Ordering::Release);
@@ -473,7 +571,7 @@ impl Client {
     }
 
     fn register(self: &Arc<Self>, q: &mut Inner) {
-        let waiting = !q.bufs.is_empty() || matches!(q.phase, Phase::Closing { .. });
+        let waiting = q.pending() || matches!(q.phase, Phase::Closing { .. });
         if !q.registered && waiting {
             q.registered = true;
             self.flusher.add(Arc::clone(self) as Arc<dyn Drain>);
@@ -526,7 +624,7 @@ impl Drain for Client {
     /// would spin.
     fn interest(&self) -> (RawFd, i16, Option<Instant>) {
         let q = self.lock();
-        let events = if q.bufs.is_empty() { 0 } else { sys::POLLOUT };
+        let events = if q.pending() { sys::POLLOUT } else { 0 };
         let deadline = match q.phase {
             Phase::Closing { deadline, .. } => Some(deadline),
             _ => None,
@@ -542,7 +640,7 @@ impl Drain for Client {
             self.flush_locked(&mut q)
         } else {
             match q.phase {
-                Phase::Open => q.bufs.is_empty(),
+                Phase::Open => !q.pending(),
                 Phase::Closing { .. } => false,
                 Phase::Done => true,
             }
@@ -555,44 +653,21 @@ impl Drain for Client {
 }
 
 impl Client {
-    /// Writes as much of the queue as the socket takes, in one `sendmsg`
-    /// per [`sys::MAX_IOV`] buffers, then applies the phase's shutdown
+    /// Writes as much of the queue as the socket takes (see
+    /// [`write_out`](Self::write_out)), then applies the phase's shutdown
     /// rule. Returns true when nothing is left for the flusher.
     fn flush_locked(&self, q: &mut Inner) -> bool {
-        while !q.bufs.is_empty() {
-            self.flusher.count_write();
-            match sys::send_iov(&self.stream, &q.bufs) {
-                Ok(0) => break,
-                Ok(mut n) => {
-                    q.bytes -= n;
-                    while n > 0 {
-                        let Some(front) = q.bufs.front_mut() else {
-                            break;
-                        };
-                        if n >= front.len() {
-                            n -= front.len();
-                            q.bufs.pop_front();
-                            q.front_started = false;
-                        } else {
-                            *front = front.slice(n..);
-                            q.front_started = true;
-                            n = 0;
-                        }
-                    }
-                }
-                Err(_) => {
-                    self.shut(q);
-                    return true;
-                }
-            }
+        if self.write_out(q).is_err() {
+            self.shut(q);
+            return true;
         }
         let done = match q.phase {
-            Phase::Open => q.bufs.is_empty(),
+            Phase::Open => !q.pending(),
             Phase::Closing {
                 deadline,
                 shutdown_on_drain,
             } => {
-                if (q.bufs.is_empty() && shutdown_on_drain) || Instant::now() >= deadline {
+                if (!q.pending() && shutdown_on_drain) || Instant::now() >= deadline {
                     self.shut(q);
                     true
                 } else {
@@ -608,6 +683,54 @@ impl Client {
         q.check(self.max_queue, self.is_open());
         done
     }
+
+    /// Writes as much of the queue as the socket takes: plain, one
+    /// `sendmsg` per [`sys::MAX_IOV`] buffers; TLS, the queue encrypted as
+    /// one batch (up to 64 KiB of records) and sent with one `sendmsg`.
+    /// `Err` when the socket or the TLS session failed.
+    fn write_out(&self, q: &mut Inner) -> Result<(), ()> {
+        // A TLS client never gets plaintext on its socket, even after its
+        // session state is gone.
+        if self.tls {
+            return self.write_out_tls(q);
+        }
+        while !q.bufs.is_empty() {
+            self.flusher.count_write();
+            match sys::send_iov(&self.stream, &q.bufs) {
+                Ok(0) => break,
+                Ok(n) => q.consume(n),
+                Err(_) => return Err(()),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_out_tls(&self, q: &mut Inner) -> Result<(), ()> {
+        loop {
+            let taken = match q.tls.as_mut() {
+                Some(tls) if !q.bufs.is_empty() => tls.encrypt(&q.bufs).map_err(|_| ())?,
+                _ => 0,
+            };
+            q.consume(taken);
+            let Some(tls) = q.tls.as_mut() else {
+                return Ok(());
+            };
+            if !tls.wants_write() {
+                // Frames wait and nothing could be encrypted: the session
+                // can carry no more data; waiting would spin the flusher.
+                if taken == 0 && !q.bufs.is_empty() {
+                    return Err(());
+                }
+                return Ok(());
+            }
+            self.flusher.count_write();
+            match tls.write_to(&self.stream) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => return Err(()),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -621,7 +744,7 @@ mod tests {
         let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         let flusher = Flusher::start().unwrap();
-        let c = Client::new(s, "test".into(), max_queue, false, flusher, None);
+        let c = Client::new(s.into(), "test".into(), max_queue, false, flusher, None);
         (Arc::new(c), peer)
     }
 

@@ -1,6 +1,10 @@
 //! The HTTP side of the one port: read the head (bounded in size and time),
 //! route it, and either answer (page, healthz, errors) or upgrade `/ws`.
+//! With TLS the same happens inside the TLS session, whose handshake shares
+//! the head's deadline; `--redirect-http` answers its own port here too.
 
+use crate::client::Transport;
+use crate::tls::{self, TlsConn};
 use crate::{log, session, LiveGuard, Shared};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -42,6 +46,73 @@ enum Head {
     Gone,
 }
 
+/// The HTTP phase's byte stream: the socket, or TLS over it. Reads are
+/// bounded by `deadline`, writes by [`WRITE_TIMEOUT`].
+struct Wire {
+    stream: TcpStream,
+    tls: Option<Box<TlsConn>>,
+    deadline: Instant,
+}
+
+/// How long one response may take to leave.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Wire {
+    fn new(stream: TcpStream, deadline: Instant) -> Self {
+        Self {
+            stream,
+            tls: None,
+            deadline,
+        }
+    }
+
+    /// Starts TLS if the server has it: `Err` when the connection is over
+    /// (answered or dropped; logged).
+    fn start_tls(&mut self, shared: &Shared, addr: SocketAddr) -> Result<(), ()> {
+        let Some(state) = &shared.tls else {
+            return Ok(());
+        };
+        match tls::accept(&self.stream, state.config(), self.deadline) {
+            tls::Accepted::Tls(t) => {
+                self.tls = Some(t);
+                Ok(())
+            }
+            tls::Accepted::PlainHttp => {
+                log!(shared, "chat: {addr} http 400 (plain HTTP on the TLS port)");
+                let body = "this port speaks TLS: use https://\n";
+                answer(self, &http_response(400, &[], body));
+                Err(())
+            }
+            tls::Accepted::Failed(why) => {
+                log!(shared, "chat: {addr} dropped: {why}");
+                Err(())
+            }
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(t) = &mut self.tls {
+            return t.blocking_read(&self.stream, buf, self.deadline);
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&self.stream).read(buf)
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.tls {
+            Some(t) => t.blocking_write_all(&self.stream, bytes, Instant::now() + WRITE_TIMEOUT),
+            None => {
+                self.stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                (&self.stream).write_all(bytes)
+            }
+        }
+    }
+}
+
 /// Serves one accepted connection to the end.
 pub(crate) fn serve(
     shared: &Arc<Shared>,
@@ -51,7 +122,12 @@ pub(crate) fn serve(
     live: LiveGuard,
 ) {
     let deadline = Instant::now() + shared.config.handshake_timeout;
-    let head = read_head(&stream, deadline, shared.config.max_header_bytes);
+    let mut wire = Wire::new(stream, deadline);
+    if wire.start_tls(shared, addr).is_err() {
+        return;
+    }
+    let stream = &mut wire;
+    let head = read_head(stream, shared.config.max_header_bytes);
     let (buf, end) = match head {
         Head::Complete { buf, end } => (buf, end),
         Head::TooLarge => {
@@ -60,13 +136,13 @@ pub(crate) fn serve(
                 "request head over {} bytes\n",
                 shared.config.max_header_bytes
             );
-            answer(&stream, &http_response(431, &[], &body));
+            answer(stream, &http_response(431, &[], &body));
             return;
         }
         Head::NotHttp => {
             log!(shared, "chat: {addr} http 400 (not an HTTP request)");
             let body = "not an HTTP/1.1 request (TLS to a plain-text port?)\n";
-            answer(&stream, &http_response(400, &[], body));
+            answer(stream, &http_response(400, &[], body));
             return;
         }
         Head::Gone => {
@@ -83,7 +159,7 @@ pub(crate) fn serve(
     if let Some(at) = bare_lf(&buf[..end]) {
         log!(shared, "chat: {addr} http 400 (bare LF at byte {at})");
         let body = "malformed HTTP request: lines must end in CRLF\n";
-        answer(&stream, &http_response(400, &[], body));
+        answer(stream, &http_response(400, &[], body));
         return;
     }
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -95,22 +171,19 @@ pub(crate) fn serve(
         ),
         Err(httparse::Error::TooManyHeaders) => {
             log!(shared, "chat: {addr} http 431 (too many headers)");
-            answer(&stream, &http_response(431, &[], "too many header lines\n"));
+            answer(stream, &http_response(431, &[], "too many header lines\n"));
             return;
         }
         Ok(httparse::Status::Partial) | Err(_) => {
             log!(shared, "chat: {addr} http 400 (malformed request)");
-            answer(
-                &stream,
-                &http_response(400, &[], "malformed HTTP request\n"),
-            );
+            answer(stream, &http_response(400, &[], "malformed HTTP request\n"));
             return;
         }
     };
     if method != "GET" {
         log!(shared, "chat: {addr} http 405 {:?}", truncate(&method, 20));
         answer(
-            &stream,
+            stream,
             &http_response(405, &["Allow: GET"], "only GET is served\n"),
         );
         return;
@@ -121,14 +194,14 @@ pub(crate) fn serve(
         Ok(t) => t.path,
         Err(e) => {
             log!(shared, "chat: {addr} http 400 ({e})");
-            answer(&stream, &http_response(400, &[], &format!("{e}\n")));
+            answer(stream, &http_response(400, &[], &format!("{e}\n")));
             return;
         }
     };
     match route {
-        "/" | "/index.html" => answer(&stream, &page_response()),
+        "/" | "/index.html" => answer(stream, &page_response()),
         "/healthz" => answer(
-            &stream,
+            stream,
             &http_response(200, &["Cache-Control: no-store"], "ok"),
         ),
         "/ws" => {
@@ -141,12 +214,24 @@ pub(crate) fn serve(
                         .deflate
                         .then(|| req.negotiate_deflate(&deflate_config()))
                         .flatten();
-                    if write_all(&stream, &req.accept_with_deflate(None, deflate.as_ref())).is_err()
+                    if stream
+                        .write_all(&req.accept_with_deflate(None, deflate.as_ref()))
+                        .is_err()
                     {
                         return;
                     }
                     let params = deflate.map(|d| d.params().clone());
-                    session::start(shared, stream, addr, id, &buf[end..], live, params);
+                    let mut early = buf[end..].to_vec();
+                    let Wire {
+                        stream, mut tls, ..
+                    } = wire;
+                    if let Some(t) = &mut tls {
+                        // What rustls decrypted already would wait for a
+                        // socket event that may never come.
+                        t.take_plaintext(&mut early);
+                    }
+                    let transport = Transport { stream, tls };
+                    session::start(shared, transport, addr, id, &early, live, params);
                 }
                 ParsedRequest::Reject(r) => {
                     // The error's message escapes what the peer sent ({:?}).
@@ -156,17 +241,17 @@ pub(crate) fn serve(
                         r.error.status(),
                         r.error
                     );
-                    answer(&stream, &r.response);
+                    answer(stream, &r.response);
                 }
                 ParsedRequest::NeedMore => {
                     log!(shared, "chat: {addr} http 400 (incomplete request)");
-                    answer(&stream, &http_response(400, &[], "incomplete request\n"));
+                    answer(stream, &http_response(400, &[], "incomplete request\n"));
                 }
             }
         }
         _ => {
             log!(shared, "chat: {addr} http 404 {:?}", truncate(route, 80));
-            answer(&stream, &http_response(404, &[], "not found\n"));
+            answer(stream, &http_response(404, &[], "not found\n"));
         }
     }
 }
@@ -202,16 +287,12 @@ fn bare_lf(head: &[u8]) -> Option<usize> {
     (0..head.len()).find(|&i| head[i] == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
-/// Reads the request head, at most `max` bytes, until `deadline`.
-fn read_head(stream: &TcpStream, deadline: Instant, max: usize) -> Head {
+/// Reads the request head, at most `max` bytes, until the wire's deadline.
+fn read_head(wire: &mut Wire, max: usize) -> Head {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 2048];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return Head::Gone;
-        }
-        let n = match (&*stream).read(&mut chunk) {
+        let n = match wire.read(&mut chunk) {
             Ok(0) => return Head::Gone,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -245,10 +326,14 @@ fn page_response() -> Vec<u8> {
 /// Writes a complete response, then closes gracefully: half-close, and read
 /// (briefly) what the client still sends, so the close does not turn into a
 /// reset that could destroy the answer before the client reads it.
-fn answer(stream: &TcpStream, response: &[u8]) {
-    if write_all(stream, response).is_err() {
+fn answer(wire: &mut Wire, response: &[u8]) {
+    if wire.write_all(response).is_err() {
         return;
     }
+    if let Some(t) = &mut wire.tls {
+        t.blocking_close(&wire.stream, Instant::now() + WRITE_TIMEOUT);
+    }
+    let stream = &wire.stream;
     let _ = stream.shutdown(Shutdown::Write);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut sink = [0u8; 1024];
@@ -261,17 +346,16 @@ fn answer(stream: &TcpStream, response: &[u8]) {
     }
 }
 
-fn write_all(mut stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(bytes)
-}
-
-/// The answer past `--max-connections`.
-pub(crate) fn refuse_busy(stream: TcpStream) {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let _ = read_head(&stream, deadline, 8 << 10);
+/// The answer past `--max-connections` (over TLS on a TLS port: the
+/// handshake and the head must both be done within 1 s).
+pub(crate) fn refuse_busy(shared: &Shared, stream: TcpStream, addr: SocketAddr) {
+    let mut wire = Wire::new(stream, Instant::now() + Duration::from_secs(1));
+    if wire.start_tls(shared, addr).is_err() {
+        return;
+    }
+    let _ = read_head(&mut wire, 8 << 10);
     answer(
-        &stream,
+        &mut wire,
         &http_response(
             503,
             &["Retry-After: 5"],
@@ -285,4 +369,72 @@ fn truncate(s: &str, max: usize) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
+}
+
+/// Answers one connection to `--redirect-http`'s port: a 308 (the method
+/// and body are kept, RFC 9110 §15.4.9) to the same host and target over
+/// `https://` on `https_port`. The host is the request's own (`Host`, or
+/// an absolute-form target), so the redirect goes where the client meant.
+pub(crate) fn redirect(stream: TcpStream, https_port: u16, timeout: Duration) {
+    let mut wire = Wire::new(stream, Instant::now() + timeout);
+    let (buf, end) = match read_head(&mut wire, 8 << 10) {
+        Head::Complete { buf, end } => (buf, end),
+        Head::Gone => return,
+        Head::TooLarge | Head::NotHttp => {
+            answer(&mut wire, &http_response(400, &[], "bad request\n"));
+            return;
+        }
+    };
+    let location = {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..end]) {
+            Ok(httparse::Status::Complete(_)) => {
+                let host = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("host"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok());
+                https_location(req.path.unwrap_or_default(), host, https_port)
+            }
+            _ => None,
+        }
+    };
+    let response = match location {
+        // wsproto's http_response has no phrase for 308.
+        Some(l) => {
+            let body = format!("moved to {l}\n");
+            format!(
+                "HTTP/1.1 308 Permanent Redirect\r\nLocation: {l}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                 Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        }
+        None => http_response(400, &[], "no usable Host or target\n"),
+    };
+    answer(&mut wire, &response);
+}
+
+/// `https://host[:port]target` for a request's target and `Host` header;
+/// `None` if either is unusable (a host with characters no host may hold,
+/// RFC 3986 §3.2.2, would let the peer write into our header).
+fn https_location(target: &str, host: Option<&str>, https_port: u16) -> Option<String> {
+    let target = RequestTarget::parse(target).ok()?;
+    let authority = target.authority.or(host)?.trim();
+    // Drop the port: the https port is ours.
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => &authority[..v6.find(']')? + 2],
+        None => authority.split(':').next()?,
+    };
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b);
+    if host.is_empty() || !host.bytes().all(ok) {
+        return None;
+    }
+    let port = match https_port {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    let query = target.query.map(|q| format!("?{q}")).unwrap_or_default();
+    Some(format!("https://{host}{port}{}{query}", target.path))
 }

@@ -49,6 +49,7 @@ mod reactor;
 mod room;
 mod session;
 mod sys;
+mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -65,6 +66,7 @@ use hub::Hub;
 use wsproto::CloseCode;
 
 pub use room::REPLY_MAX_BYTES;
+pub use tls::{TlsError, TlsFiles};
 
 /// Accept-queue length asked of the kernel (capped by
 /// `net.core.somaxconn`, 4096 by default since Linux 5.4).
@@ -138,6 +140,14 @@ pub struct Config {
     /// recipient of a broadcast, and asks `client_no_context_takeover`, so
     /// an idle connection keeps no inflate window.
     pub deflate: bool,
+    /// Serve `https://` and `wss://` with this certificate chain and key
+    /// (`--tls-cert`, `--tls-key`), reloaded on
+    /// [`ShutdownHandle::reload_tls`] (SIGHUP for the binary).
+    pub tls: Option<TlsFiles>,
+    /// Also listen on this port of the same address and answer every
+    /// request with a 308 to the same host and target over `https://`
+    /// (`--redirect-http`; needs `tls`).
+    pub redirect_http: Option<u16>,
 }
 
 impl Default for Config {
@@ -167,6 +177,8 @@ impl Default for Config {
             log: true,
             origin_policy: wsproto::handshake::OriginPolicy::same_host(),
             deflate: true,
+            tls: None,
+            redirect_http: None,
         }
     }
 }
@@ -189,6 +201,10 @@ struct Shared {
     clients: Mutex<HashMap<u64, Arc<Client>>>,
     /// The threads that read upgraded connections.
     reactors: Vec<Arc<reactor::Reactor>>,
+    /// The certificate in use, when serving TLS.
+    tls: Option<tls::TlsState>,
+    /// Threads answering `--redirect-http` (bounded like `refusing`).
+    redirecting: AtomicUsize,
 }
 
 macro_rules! log {
@@ -204,6 +220,8 @@ pub(crate) use log;
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    /// `--redirect-http`'s listener.
+    redirect: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -235,6 +253,29 @@ impl ShutdownHandle {
     /// ```
     pub fn socket_writes(&self) -> u64 {
         self.0.flusher.writes()
+    }
+
+    /// Loads the TLS certificate and key files again: new handshakes get
+    /// the new certificate, open connections keep theirs. On error the
+    /// certificate in use stays. Does nothing without TLS.
+    ///
+    /// # Errors
+    ///
+    /// A file cannot be read, holds no usable PEM block, or rustls refuses
+    /// the pair.
+    ///
+    /// ```no_run
+    /// let running = chat_server::Server::bind(chat_server::Config::default())?.spawn()?;
+    /// if let Err(e) = running.handle().reload_tls() {
+    ///     eprintln!("keeping the old certificate: {e}");
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        match &self.0.tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -280,9 +321,26 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// When the address cannot be bound or a thread cannot start.
+    /// When the address cannot be bound, a thread cannot start, or the TLS
+    /// files do not load (`io::ErrorKind::InvalidInput`, wrapping a
+    /// [`TlsError`]).
     pub fn bind(config: Config) -> io::Result<Self> {
+        let tls = match &config.tls {
+            Some(files) => Some(
+                tls::TlsState::load(files.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
         let listener = TcpListener::bind(config.addr)?;
+        let redirect = match config.redirect_http {
+            Some(port) => {
+                let l = TcpListener::bind(SocketAddr::new(config.addr.ip(), port))?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        };
         // std listens with a backlog of 128: a join storm (every client of
         // a restarted server coming back at once, thousands a second)
         // overflows it between two accept passes, and each dropped SYN
@@ -309,6 +367,8 @@ impl Server {
             stop: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             clients: Mutex::new(HashMap::new()),
+            tls,
+            redirecting: AtomicUsize::new(0),
             config,
         });
         for (i, r) in shared.reactors.iter().enumerate() {
@@ -318,7 +378,11 @@ impl Server {
                 .stack_size(512 << 10)
                 .spawn(move || r.run(&s))?;
         }
-        Ok(Self { listener, shared })
+        Ok(Self {
+            listener,
+            redirect,
+            shared,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -358,11 +422,23 @@ impl Server {
     ///
     /// A fatal error on the listening socket.
     pub fn run(self) -> io::Result<()> {
+        let https_port = self.local_addr().port();
         let shared = self.shared;
         while !shared.stop.load(Ordering::Acquire) {
             // The timeout bounds how long a shutdown request waits.
             let mut pfd = [sys::pollfd(self.listener.as_raw_fd(), sys::POLLIN)];
-            sys::poll(&mut pfd, Duration::from_millis(100));
+            match &self.redirect {
+                Some(r) => {
+                    let mut both = [pfd[0], sys::pollfd(r.as_raw_fd(), sys::POLLIN)];
+                    sys::poll(&mut both, Duration::from_millis(100));
+                    if both[1].revents != 0 {
+                        redirect_all(&shared, r, https_port);
+                    }
+                }
+                None => {
+                    sys::poll(&mut pfd, Duration::from_millis(100));
+                }
+            }
             loop {
                 match self.listener.accept() {
                     Ok((stream, addr)) => accept(&shared, stream, addr),
@@ -378,6 +454,7 @@ impl Server {
             }
         }
         drop(self.listener);
+        drop(self.redirect);
         let clients: Vec<Arc<Client>> = shared
             .clients
             .lock()
@@ -432,14 +509,48 @@ fn refuse_busy(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
         return;
     }
     let s = Arc::clone(shared);
+    // A TLS handshake needs more stack than a plain-text 503.
+    let stack = if shared.tls.is_some() {
+        shared.config.thread_stack
+    } else {
+        64 << 10
+    };
     let spawned = std::thread::Builder::new()
-        .stack_size(64 << 10)
+        .stack_size(stack)
         .spawn(move || {
-            http::refuse_busy(stream);
+            http::refuse_busy(&s, stream, addr);
             s.refusing.fetch_sub(1, Ordering::AcqRel);
         });
     if spawned.is_err() {
         shared.refusing.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers every connection waiting on `--redirect-http`'s port, each on
+/// a short-lived thread; past 64 at once the rest are dropped (they are
+/// not chat connections and must not cost more).
+fn redirect_all(shared: &Arc<Shared>, listener: &TcpListener, https_port: u16) {
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if shared.redirecting.fetch_add(1, Ordering::AcqRel) >= 64 {
+            shared.redirecting.fetch_sub(1, Ordering::AcqRel);
+            continue;
+        }
+        let s = Arc::clone(shared);
+        let timeout = shared.config.handshake_timeout;
+        let spawned = std::thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(move || {
+                http::redirect(stream, https_port, timeout);
+                s.redirecting.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            shared.redirecting.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -473,4 +584,18 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
 /// ```
 pub fn catch_stop_signals() -> &'static AtomicBool {
     sys::catch_stop_signals()
+}
+
+/// Catches SIGHUP: the returned flag turns true when it arrives (the
+/// handler only sets it; the caller resets it and calls
+/// [`ShutdownHandle::reload_tls`]).
+///
+/// ```no_run
+/// let hup = chat_server::catch_reload_signal();
+/// if hup.swap(false, std::sync::atomic::Ordering::AcqRel) {
+///     // reload
+/// }
+/// ```
+pub fn catch_reload_signal() -> &'static AtomicBool {
+    sys::catch_reload_signal()
 }

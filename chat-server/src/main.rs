@@ -1,6 +1,9 @@
 //! `chat-server`: the command line. Everything else is in the library.
 
-use chat_server::{catch_stop_signals, raise_fd_limit, Config, Server};
+use chat_server::{
+    catch_reload_signal, catch_stop_signals, raise_fd_limit, Config, Server, TlsFiles,
+};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -41,6 +44,12 @@ OPTIONS:
                              repeatable; * allows any) [default: same host:port only]
   --no-deflate               do not negotiate permessage-deflate compression
                              [default: negotiated when the client offers it]
+  --tls-cert FILE            serve https:// and wss:// with this PEM certificate chain
+                             (leaf first); needs --tls-key. SIGHUP reloads both files
+                             (open connections stay; a bad file keeps the old pair)
+  --tls-key FILE             the PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
+  --redirect-http PORT       also answer plain HTTP on PORT with a 308 to https://
+                             (needs --tls-cert)
   --quiet                    no per-connection log lines
   -h, --help                 this text
 
@@ -70,6 +79,13 @@ fn main() -> ExitCode {
         Err(e) => eprintln!("chat: warning: cannot raise the open-file limit: {e}"),
     }
     let signaled = catch_stop_signals();
+    // Without TLS, SIGHUP keeps its default (the process ends), as before.
+    let reload = config.tls.is_some().then(catch_reload_signal);
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
@@ -77,7 +93,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("chat: listening on http://{}/", server.local_addr());
+    eprintln!("chat: listening on {scheme}://{}/", server.local_addr());
     let running = match server.spawn() {
         Ok(r) => r,
         Err(e) => {
@@ -87,6 +103,12 @@ fn main() -> ExitCode {
     };
     while !signaled.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(100));
+        if reload.is_some_and(|r| r.swap(false, Ordering::AcqRel)) {
+            match running.handle().reload_tls() {
+                Ok(()) => eprintln!("chat: SIGHUP: TLS certificate reloaded"),
+                Err(e) => eprintln!("chat: SIGHUP: keeping the old TLS certificate: {e}"),
+            }
+        }
     }
     eprintln!("chat: signal received, shutting down");
     match running.stop() {
@@ -152,6 +174,7 @@ mod range {
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
     let mut c = Config::default();
+    let (mut cert, mut key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
             return Ok(None);
@@ -197,10 +220,28 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--rate-per-sec" => c.rate_per_sec = num(range::RATE)? as u32,
             "--control-burst" => c.control_burst = num(range::RATE)? as u32,
             "--control-per-sec" => c.control_per_sec = num(range::RATE)? as u32,
+            "--tls-cert" => cert = Some(value.into()),
+            "--tls-key" => key = Some(value.into()),
+            "--redirect-http" => c.redirect_http = Some(num((1, 65_535))? as u16),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
     // Flags that bound each other, checked once all are known (in any order).
+    c.tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+    };
+    if c.redirect_http.is_some() && c.tls.is_none() {
+        return Err("--redirect-http needs --tls-cert and --tls-key".into());
+    }
+    if c.redirect_http == Some(c.addr.port()) {
+        return Err(format!(
+            "--redirect-http: {} is the --addr port itself",
+            c.addr.port()
+        ));
+    }
     if c.max_text > c.max_message_bytes {
         return Err(format!(
             "--max-text: {} is more than --max-message-bytes {}; a text that long could never arrive",

@@ -101,6 +101,14 @@ impl Reactor {
                 // session this thread owns: end just that one.
                 let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     s.on_readable(&mut buf);
+                    // TLS: plaintext rustls decrypted beyond the buffer
+                    // gets no socket event of its own (bounded: rustls
+                    // holds at most a few records).
+                    let mut again = 0;
+                    while again < 64 && !s.is_over() && s.client().more_to_read() {
+                        s.on_readable(&mut buf);
+                        again += 1;
+                    }
                 }));
                 if ok.is_err() {
                     s.set_why("internal error (panic), dropped");

@@ -3,14 +3,14 @@
 //! the room. Everything it sends, and the end of its life, goes through its
 //! [`Client`].
 
-use crate::client::{Client, Phase, Sent};
+use crate::client::{Client, Phase, Sent, Transport};
 use crate::hub::not_in_room;
 use crate::protocol::{self, ErrorCode, Refusal, Request};
 use crate::room::{MemberId, Room};
 use crate::{log, Config, LiveGuard, Shared};
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wsproto::deflate::DeflateParams;
@@ -150,7 +150,7 @@ impl std::fmt::Debug for Session {
 /// to a reactor thread, and the handshake thread that calls this returns.
 pub(crate) fn start(
     shared: &Arc<Shared>,
-    stream: TcpStream,
+    stream: Transport,
     addr: SocketAddr,
     id: u64,
     early: &[u8],
@@ -229,7 +229,7 @@ impl Session {
 
     /// Reads what the socket has and acts on it.
     pub(crate) fn on_readable(&mut self, buf: &mut [u8]) {
-        match self.client.stream().read(buf) {
+        match self.client.read(buf) {
             Ok(0) => self.conn.receive_eof(),
             Ok(k) => self.conn.receive(&buf[..k]),
             Err(e)

@@ -1,6 +1,7 @@
 //! Every libc call of the chat server, each behind a safe function: epoll
 //! (the reactors), `poll` (the acceptor and the flusher), `sendmsg` (the
-//! vectored non-blocking send), the open-file limit and the stop signals.
+//! vectored non-blocking send), the open-file limit, the stop signals and
+//! SIGHUP (TLS certificate reload).
 //! Nothing outside this module writes `unsafe`.
 
 use bytes::Bytes;
@@ -103,6 +104,16 @@ pub(crate) fn send_iov<'a>(
     fd: &impl AsRawFd,
     bufs: impl IntoIterator<Item = &'a Bytes>,
 ) -> io::Result<usize> {
+    send_raw(fd, bufs.into_iter().map(|b| &b[..]))
+}
+
+/// [`send_iov`] for `io::IoSlice`s (what rustls hands its writer: TLS
+/// records to send).
+pub(crate) fn send_slices(fd: &impl AsRawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    send_raw(fd, bufs.iter().map(|b| &b[..]))
+}
+
+fn send_raw<'a>(fd: &impl AsRawFd, bufs: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
     // Only the slots used are written: zeroing all 1024 (16 KiB) on every
     // call cost more than a one-frame send's own user-space work.
     let mut iov = [std::mem::MaybeUninit::<libc::iovec>::uninit(); MAX_IOV];
@@ -121,7 +132,7 @@ pub(crate) fn send_iov<'a>(
     msg.msg_iovlen = count as _;
     loop {
         // SAFETY: the fd is open for as long as `fd` is borrowed; every
-        // iovec points into a live `Bytes` borrowed for this call, and
+        // iovec points into a live buffer borrowed for this call, and
         // sendmsg only reads them. MSG_DONTWAIT keeps the call from
         // blocking on a full buffer; MSG_NOSIGNAL turns a reset peer into
         // EPIPE instead of SIGPIPE.
@@ -211,6 +222,27 @@ pub(crate) fn catch_stop_signals() -> &'static AtomicBool {
         );
     }
     &STOP_SIGNALED
+}
+
+static RELOAD_SIGNALED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_reload_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe (signal-safety(7)).
+    RELOAD_SIGNALED.store(true, Ordering::Release);
+}
+
+/// Catches SIGHUP (reload the TLS certificate); the returned flag turns
+/// true when it arrives, for the caller to reset.
+pub(crate) fn catch_reload_signal() -> &'static AtomicBool {
+    // SAFETY: `on_reload_signal` only stores to an atomic, which is
+    // async-signal-safe; installing a handler has no other precondition.
+    unsafe {
+        libc::signal(
+            libc::SIGHUP,
+            on_reload_signal as *const () as libc::sighandler_t,
+        );
+    }
+    &RELOAD_SIGNALED
 }
 
 #[cfg(test)]
