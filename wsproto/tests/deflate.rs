@@ -546,3 +546,85 @@ fn prepared_message_to_many_connections() {
         }
     }
 }
+
+/// `blocking::WebSocket::send_prepared` and `Writer::send_prepared`: one
+/// prepared message goes compressed to a peer that negotiated deflate and
+/// plain to one that did not, and a context-keeping connection stays in
+/// step around it.
+#[test]
+fn blocking_send_prepared_to_deflate_and_plain_peers() {
+    use wsproto::deflate::PreparedMessage;
+    let text = "zebra quartz vexing jumpy fog, ".repeat(30);
+    let msg = PreparedMessage::text(&text, 6, 32);
+    assert!(msg.is_compressed());
+    for (deflate, split) in [(true, false), (false, false), (true, true)] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let msg = msg.clone();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let config = Config::default().deflate(DeflateConfig::default());
+            let (mut ws, _) = blocking::accept_with(stream, config, &[]).unwrap();
+            if split {
+                let (mut reader, writer) = ws.split().unwrap();
+                writer.send(CHAT).unwrap();
+                writer.send_prepared(&msg).unwrap();
+                writer.send(CHAT).unwrap();
+                while !matches!(reader.read(), Ok(Event::Close(_)) | Err(_)) {}
+            } else {
+                ws.send(CHAT).unwrap();
+                ws.send_prepared(&msg).unwrap();
+                ws.send(CHAT).unwrap();
+                while !matches!(ws.read(), Ok(Event::Close(_)) | Err(_)) {}
+            }
+        });
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // A raw reader on the client side, to see RSV1 on the wire.
+        let request = ClientRequest::from_url(&format!("ws://{addr}/")).unwrap();
+        let config = if deflate {
+            Config::default().deflate(DeflateConfig::default())
+        } else {
+            Config::default()
+        };
+        let counted = Counted(stream, 0);
+        let (mut ws, resp) =
+            blocking::client(blocking::AnyStream(counted), &request, config).unwrap();
+        assert_eq!(resp.deflate.is_some(), deflate);
+        for want in [CHAT, text.as_str(), CHAT] {
+            assert_eq!(ws.read().unwrap(), Event::Text(want.into()));
+        }
+        // The prepared text arrived compressed exactly when negotiated
+        // (all bytes read, handshake included: it may share a read with
+        // the first frames).
+        let read = ws.get_ref().0 .1;
+        assert_eq!(read < text.len(), deflate, "{read} bytes read");
+        ws.close(CloseCode::NORMAL, "").unwrap();
+        server.join().unwrap();
+    }
+}
+
+/// A stream that counts the bytes read from it.
+struct Counted(std::net::TcpStream, usize);
+
+impl std::io::Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1 += n;
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
