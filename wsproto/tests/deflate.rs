@@ -628,3 +628,84 @@ impl std::io::Write for Counted {
         self.0.flush()
     }
 }
+
+/// Fragments the caller sends are compressed as one message (RFC 7692
+/// §6.1): RSV1 on the first frame only, continuations compressed too, a
+/// ping between them untouched; both roles, with and without context
+/// takeover, empty fragments included, and messages before and after stay
+/// in step with the peer's window.
+#[test]
+fn user_fragmented_sends_are_compressed_across_fragments() {
+    let text = CHAT.repeat(40);
+    let b = text.as_bytes();
+    // Fragment boundaries (byte offsets) into `text`.
+    let splits: [&[usize]; 4] = [
+        &[100],
+        &[0, 1, 2, 1000, 1000, 3000],
+        &[b.len() / 2, b.len()], // an empty final fragment
+        &[7, 500, 501, 2222],
+    ];
+    for nct in [false, true] {
+        let params = DeflateParams {
+            send_no_context_takeover: nct,
+            recv_no_context_takeover: nct,
+            ..DeflateParams::default()
+        };
+        for sender in [Role::Client, Role::Server] {
+            let (mut c, mut s) = pair(params.clone(), params.clone(), Config::default());
+            let (tx, rx) = if sender == Role::Client {
+                (&mut c, &mut s)
+            } else {
+                (&mut s, &mut c)
+            };
+            for cuts in splits {
+                tx.send_text(CHAT).unwrap();
+                // The last fragment is the rest (empty after a cut at the end).
+                let bounds: Vec<usize> = cuts.iter().copied().chain([b.len()]).collect();
+                let mut at = 0;
+                for (i, &cut) in bounds.iter().enumerate() {
+                    let op = if i == 0 {
+                        Opcode::Text
+                    } else {
+                        Opcode::Continuation
+                    };
+                    tx.send_fragment(op, &b[at..cut], i == bounds.len() - 1)
+                        .unwrap();
+                    if i == 0 {
+                        tx.ping(b"between").unwrap();
+                    }
+                    at = cut;
+                }
+                let wire = tx.take_output();
+                let f = frames(&wire, sender);
+                // CHAT, then the fragments with a ping after the first.
+                let data: Vec<_> = f[1..]
+                    .iter()
+                    .filter(|(h, _)| h.opcode != Opcode::Ping)
+                    .collect();
+                assert_eq!(data[0].0.rsv, 0b100, "{cuts:?}");
+                assert!(data[1..].iter().all(|(h, _)| h.rsv == 0), "{cuts:?}");
+                assert!(data.last().unwrap().0.fin);
+                let on_wire: usize = data.iter().map(|(_, p)| p.len()).sum();
+                assert!(on_wire < b.len() / 2, "{cuts:?}: {on_wire} bytes");
+                rx.receive(&wire);
+                assert_eq!(rx.next_event().unwrap(), Some(Event::Text(CHAT.into())));
+                assert_eq!(
+                    rx.next_event().unwrap(),
+                    Some(Event::Ping(b"between"[..].into()))
+                );
+                assert_eq!(
+                    rx.next_event().unwrap(),
+                    Some(Event::Text(text.clone().into()))
+                );
+            }
+            // A whole message after them still inflates against the window.
+            tx.send_text(&text).unwrap();
+            rx.receive(&tx.take_output());
+            assert_eq!(
+                rx.next_event().unwrap(),
+                Some(Event::Text(text.clone().into()))
+            );
+        }
+    }
+}
