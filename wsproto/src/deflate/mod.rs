@@ -233,6 +233,7 @@ pub(crate) struct Slot {
     compressed: bool,
     /// The fragmented message being sent is compressed (decided on its
     /// first fragment).
+    #[cfg_attr(not(feature = "deflate"), allow(dead_code))]
     sending_compressed: bool,
 }
 
