@@ -18,6 +18,14 @@ use std::time::{Duration, Instant};
 /// epoll data of the wake-up socket (sessions use their connection id).
 const WAKE: u64 = u64::MAX;
 
+/// Clients written between two looks for newly arrived input while a
+/// wake-up's writes go out (see `client::flush_noted`).
+const WRITE_SLICE: usize = 16;
+
+/// At most this many such looks per wake-up, so that a steady stream of
+/// input cannot keep the loop from its timers.
+const MAX_REPOLLS: usize = 64;
+
 /// One reactor thread's shared half: the epoll set and the inbox of
 /// sessions handed over by handshake threads.
 #[derive(Debug)]
@@ -87,40 +95,19 @@ impl Reactor {
             // Everything this wake-up sends leaves when the cork drops: one
             // write per client however many events fanned out to it.
             let _cork = client::cork();
-            for ev in ready {
-                let token = ev.u64;
-                if token == WAKE {
-                    let mut sink = [0u8; 64];
-                    while matches!((&self.wake_rx).read(&mut sink), Ok(k) if k > 0) {}
-                    continue;
-                }
-                let Some(s) = sessions.get_mut(&token) else {
-                    continue;
-                };
-                // A bug in handling one client must not take down every
-                // session this thread owns: end just that one.
-                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    s.on_readable(&mut buf);
-                    // TLS: plaintext rustls decrypted beyond the buffer
-                    // gets no socket event of its own (bounded: rustls
-                    // holds at most a few records).
-                    let mut again = 0;
-                    while again < 64 && !s.is_over() && s.client().more_to_read() {
-                        s.on_readable(&mut buf);
-                        again += 1;
-                    }
-                }));
-                if ok.is_err() {
-                    s.set_why("internal error (panic), dropped");
-                }
-                if ok.is_err() || s.is_over() {
-                    if let Some(s) = sessions.remove(&token) {
-                        self.end(s);
-                    }
-                } else {
-                    due = due.min(s.next_timer());
+            self.on_events(ready, &mut sessions, &mut buf, &mut due);
+            // Write in slices and take in, between them, what arrived
+            // meanwhile: clients not yet written get it in the same write.
+            // Never a wait (timeout 0), and bounded so timers still run.
+            let mut repolls = 0;
+            while client::flush_noted(WRITE_SLICE) && repolls < MAX_REPOLLS {
+                repolls += 1;
+                let ready = self.epoll.ready_now(&mut events);
+                if !ready.is_empty() {
+                    self.on_events(ready, &mut sessions, &mut buf, &mut due);
                 }
             }
+            drop(_cork);
             let now = Instant::now();
             shared.room.tick(now);
             if now >= due {
@@ -138,6 +125,51 @@ impl Reactor {
                         self.end(s);
                     }
                 }
+            }
+        }
+    }
+
+    /// Handles one batch of ready events (reads, and the sends they make,
+    /// corked by the caller).
+    fn on_events(
+        &self,
+        ready: &[sys::EpollEvent],
+        sessions: &mut HashMap<u64, Session>,
+        buf: &mut [u8],
+        due: &mut Instant,
+    ) {
+        for ev in ready {
+            let token = ev.u64;
+            if token == WAKE {
+                let mut sink = [0u8; 64];
+                while matches!((&self.wake_rx).read(&mut sink), Ok(k) if k > 0) {}
+                continue;
+            }
+            let Some(s) = sessions.get_mut(&token) else {
+                continue;
+            };
+            // A bug in handling one client must not take down every
+            // session this thread owns: end just that one.
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                s.on_readable(buf);
+                // TLS: plaintext rustls decrypted beyond the buffer gets no
+                // socket event of its own (bounded: rustls holds at most a
+                // few records).
+                let mut again = 0;
+                while again < 64 && !s.is_over() && s.client().more_to_read() {
+                    s.on_readable(buf);
+                    again += 1;
+                }
+            }));
+            if ok.is_err() {
+                s.set_why("internal error (panic), dropped");
+            }
+            if ok.is_err() || s.is_over() {
+                if let Some(s) = sessions.remove(&token) {
+                    self.end(s);
+                }
+            } else {
+                *due = (*due).min(s.next_timer());
             }
         }
     }

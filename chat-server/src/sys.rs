@@ -75,6 +75,18 @@ impl Epoll {
     }
 }
 
+impl Epoll {
+    /// The events ready now, without waiting (timeout 0): what arrived
+    /// while the caller was busy.
+    pub(crate) fn ready_now<'a>(&self, events: &'a mut [EpollEvent]) -> &'a [EpollEvent] {
+        let cap = events.len().min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: as in `wait`: a live, writable buffer of at least `cap`
+        // entries, of which the kernel writes at most `cap`.
+        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), cap, 0) };
+        &events[..n.max(0) as usize]
+    }
+}
+
 /// An empty event slot for [`Epoll::wait`]'s buffer.
 pub(crate) fn epoll_event() -> EpollEvent {
     libc::epoll_event { events: 0, u64: 0 }

@@ -727,6 +727,38 @@ impl<S: Transport> WebSocket<S> {
         Ok(())
     }
 
+    /// Sends a message framed (and compressed) once for many connections
+    /// (see [`Connection::send_prepared`]): a server broadcasting to many
+    /// blocking connections frames and compresses it once, not once per
+    /// peer.
+    ///
+    /// ```
+    /// use std::net::{TcpListener, TcpStream};
+    /// use wsproto::blocking::WebSocket;
+    /// use wsproto::deflate::PreparedMessage;
+    /// use wsproto::{Config, Event, Role};
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let a = TcpStream::connect(listener.local_addr()?)?;
+    /// let (b, _) = listener.accept()?;
+    /// let mut server = WebSocket::from_raw(a, Role::Server, Config::default(), b"");
+    /// let mut client = WebSocket::from_raw(b, Role::Client, Config::default(), b"");
+    /// let msg = PreparedMessage::text("hello, room", 6, 256);
+    /// server.send_prepared(&msg)?;
+    /// assert_eq!(client.read()?, Event::Text("hello, room".into()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub fn send_prepared(
+        &mut self,
+        message: &crate::deflate::PreparedMessage,
+    ) -> Result<(), Error> {
+        self.conn.send_prepared(message)?;
+        self.flush()
+    }
+
     /// Sends one fragment of a message (see [`Connection::send_fragment`]).
     ///
     /// # Errors
@@ -1145,6 +1177,18 @@ impl Writer {
                 Message::Text(t) => w.conn.send_text(t)?,
                 Message::Binary(b) => w.conn.send_binary(b)?,
             }
+            write_out(&mut w.stream, &mut w.conn)
+        })
+    }
+
+    /// Sends a prepared message, as [`WebSocket::send_prepared`].
+    ///
+    /// # Errors
+    ///
+    /// As [`WebSocket::send`].
+    pub fn send_prepared(&self, message: &crate::deflate::PreparedMessage) -> Result<(), Error> {
+        self.shared.with_half(|w| {
+            w.conn.send_prepared(message)?;
             write_out(&mut w.stream, &mut w.conn)
         })
     }

@@ -1375,6 +1375,11 @@ impl Connection {
     /// with `fin` set. Control frames may be sent in between. Text fragments
     /// are not checked here; together they must form valid UTF-8.
     ///
+    /// With permessage-deflate, a message of several fragments is
+    /// compressed as one stream across them, RSV1 on the first (RFC 7692
+    /// §6.1); each fragment is compressed as it is given (a sync flush),
+    /// so it can be sent before the next one exists.
+    ///
     /// # Errors
     ///
     /// As [`send_text`](Self::send_text), and [`UsageError::FragmentOrder`]
@@ -1409,7 +1414,21 @@ impl Connection {
                 return Err(UsageError::FragmentOrder("control frames are never fragmented").into())
             }
         }
-        self.write_frame(fin, opcode, payload);
+        // deflate hook: the message is compressed across its fragments,
+        // RSV1 on the first (RFC 7692 §6.1).
+        let first = opcode != Opcode::Continuation;
+        match self.deflate.fragment(first, payload, fin) {
+            Ok(Some((compressed, rsv))) => {
+                let mask = self.masks.as_mut().map(MaskSource::next_key);
+                deflate::encode_frame_rsv(&mut self.output, fin, rsv, opcode, compressed, mask);
+            }
+            Ok(None) => self.write_frame(fin, opcode, payload),
+            Err(()) => {
+                return Err(Error::Io(std::io::Error::other(
+                    "permessage-deflate: the compressor failed inside a fragmented message",
+                )))
+            }
+        }
         Ok(())
     }
 

@@ -546,3 +546,166 @@ fn prepared_message_to_many_connections() {
         }
     }
 }
+
+/// `blocking::WebSocket::send_prepared` and `Writer::send_prepared`: one
+/// prepared message goes compressed to a peer that negotiated deflate and
+/// plain to one that did not, and a context-keeping connection stays in
+/// step around it.
+#[test]
+fn blocking_send_prepared_to_deflate_and_plain_peers() {
+    use wsproto::deflate::PreparedMessage;
+    let text = "zebra quartz vexing jumpy fog, ".repeat(30);
+    let msg = PreparedMessage::text(&text, 6, 32);
+    assert!(msg.is_compressed());
+    for (deflate, split) in [(true, false), (false, false), (true, true)] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let msg = msg.clone();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let config = Config::default().deflate(DeflateConfig::default());
+            let (mut ws, _) = blocking::accept_with(stream, config, &[]).unwrap();
+            if split {
+                let (mut reader, writer) = ws.split().unwrap();
+                writer.send(CHAT).unwrap();
+                writer.send_prepared(&msg).unwrap();
+                writer.send(CHAT).unwrap();
+                while !matches!(reader.read(), Ok(Event::Close(_)) | Err(_)) {}
+            } else {
+                ws.send(CHAT).unwrap();
+                ws.send_prepared(&msg).unwrap();
+                ws.send(CHAT).unwrap();
+                while !matches!(ws.read(), Ok(Event::Close(_)) | Err(_)) {}
+            }
+        });
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // A raw reader on the client side, to see RSV1 on the wire.
+        let request = ClientRequest::from_url(&format!("ws://{addr}/")).unwrap();
+        let config = if deflate {
+            Config::default().deflate(DeflateConfig::default())
+        } else {
+            Config::default()
+        };
+        let counted = Counted(stream, 0);
+        let (mut ws, resp) =
+            blocking::client(blocking::AnyStream(counted), &request, config).unwrap();
+        assert_eq!(resp.deflate.is_some(), deflate);
+        for want in [CHAT, text.as_str(), CHAT] {
+            assert_eq!(ws.read().unwrap(), Event::Text(want.into()));
+        }
+        // The prepared text arrived compressed exactly when negotiated
+        // (all bytes read, handshake included: it may share a read with
+        // the first frames).
+        let read = ws.get_ref().0 .1;
+        assert_eq!(read < text.len(), deflate, "{read} bytes read");
+        ws.close(CloseCode::NORMAL, "").unwrap();
+        server.join().unwrap();
+    }
+}
+
+/// A stream that counts the bytes read from it.
+struct Counted(std::net::TcpStream, usize);
+
+impl std::io::Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1 += n;
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Fragments the caller sends are compressed as one message (RFC 7692
+/// §6.1): RSV1 on the first frame only, continuations compressed too, a
+/// ping between them untouched; both roles, with and without context
+/// takeover, empty fragments included, and messages before and after stay
+/// in step with the peer's window.
+#[test]
+fn user_fragmented_sends_are_compressed_across_fragments() {
+    let text = CHAT.repeat(40);
+    let b = text.as_bytes();
+    // Fragment boundaries (byte offsets) into `text`.
+    let splits: [&[usize]; 4] = [
+        &[100],
+        &[0, 1, 2, 1000, 1000, 3000],
+        &[b.len() / 2, b.len()], // an empty final fragment
+        &[7, 500, 501, 2222],
+    ];
+    for nct in [false, true] {
+        let params = DeflateParams {
+            send_no_context_takeover: nct,
+            recv_no_context_takeover: nct,
+            ..DeflateParams::default()
+        };
+        for sender in [Role::Client, Role::Server] {
+            let (mut c, mut s) = pair(params.clone(), params.clone(), Config::default());
+            let (tx, rx) = if sender == Role::Client {
+                (&mut c, &mut s)
+            } else {
+                (&mut s, &mut c)
+            };
+            for cuts in splits {
+                tx.send_text(CHAT).unwrap();
+                // The last fragment is the rest (empty after a cut at the end).
+                let bounds: Vec<usize> = cuts.iter().copied().chain([b.len()]).collect();
+                let mut at = 0;
+                for (i, &cut) in bounds.iter().enumerate() {
+                    let op = if i == 0 {
+                        Opcode::Text
+                    } else {
+                        Opcode::Continuation
+                    };
+                    tx.send_fragment(op, &b[at..cut], i == bounds.len() - 1)
+                        .unwrap();
+                    if i == 0 {
+                        tx.ping(b"between").unwrap();
+                    }
+                    at = cut;
+                }
+                let wire = tx.take_output();
+                let f = frames(&wire, sender);
+                // CHAT, then the fragments with a ping after the first.
+                let data: Vec<_> = f[1..]
+                    .iter()
+                    .filter(|(h, _)| h.opcode != Opcode::Ping)
+                    .collect();
+                assert_eq!(data[0].0.rsv, 0b100, "{cuts:?}");
+                assert!(data[1..].iter().all(|(h, _)| h.rsv == 0), "{cuts:?}");
+                assert!(data.last().unwrap().0.fin);
+                let on_wire: usize = data.iter().map(|(_, p)| p.len()).sum();
+                assert!(on_wire < b.len() / 2, "{cuts:?}: {on_wire} bytes");
+                rx.receive(&wire);
+                assert_eq!(rx.next_event().unwrap(), Some(Event::Text(CHAT.into())));
+                assert_eq!(
+                    rx.next_event().unwrap(),
+                    Some(Event::Ping(b"between"[..].into()))
+                );
+                assert_eq!(
+                    rx.next_event().unwrap(),
+                    Some(Event::Text(text.clone().into()))
+                );
+            }
+            // A whole message after them still inflates against the window.
+            tx.send_text(&text).unwrap();
+            rx.receive(&tx.take_output());
+            assert_eq!(
+                rx.next_event().unwrap(),
+                Some(Event::Text(text.clone().into()))
+            );
+        }
+    }
+}

@@ -131,6 +131,66 @@ impl Codec {
         if !self.sends() || payload.len() < min {
             return None;
         }
+        let len = self.deflate_sync(payload);
+        let shrank = len.is_some_and(|len| {
+            len >= 4 && self.scratch[len - 4..len] == TAIL && len - 4 < payload.len()
+        });
+        if no_context || !shrank {
+            // Without context takeover every message starts afresh. And a
+            // message we do not send compressed is not in the peer's
+            // window, so our compressor must forget it too.
+            if let Some(z) = self.tx.as_mut() {
+                z.reset();
+            }
+        }
+        let len = len?;
+        shrank.then(|| &self.scratch[..len - 4])
+    }
+
+    /// Compresses one fragment of a message the caller fragments itself
+    /// (RFC 7692 §6.1: the message is compressed as a whole, then split;
+    /// here each fragment's bytes are deflated with a sync flush as they
+    /// come, so a fragment can leave before the next is known). Only the
+    /// last fragment drops the flush's `00 00 ff ff` (§7.2.1: the tail of
+    /// the message); inside a message it is an empty stored block, valid
+    /// deflate. The caller decided to compress on the first fragment and
+    /// must send every fragment of the message through here.
+    ///
+    /// `None` only if zlib fails, which with room for its output and
+    /// never an empty flush it does not.
+    pub(crate) fn compress_fragment(&mut self, payload: &[u8], fin: bool) -> Option<&[u8]> {
+        // No input, no call: a second sync flush in a row with nothing new
+        // is zlib's Z_BUF_ERROR, and the stream is already byte-aligned
+        // after the last flush (or fresh), so nothing is a valid fragment.
+        // Except the last: the receiver appends `00 00 ff ff` (LEN and
+        // NLEN of an empty stored block), so the message must end with a
+        // stored block's header — one zero byte (BFINAL 0, BTYPE 00, then
+        // padding to the byte).
+        if payload.is_empty() {
+            if fin && self.params.send_no_context_takeover {
+                if let Some(z) = self.tx.as_mut() {
+                    z.reset();
+                }
+            }
+            return Some(if fin { &[0] } else { &[] });
+        }
+        let len = self.deflate_sync(payload);
+        let len = match len {
+            Some(len) if fin && len >= 4 && self.scratch[len - 4..len] == TAIL => Some(len - 4),
+            Some(len) if fin && len > 0 => None, // a sync flush always ends with TAIL
+            other => other,
+        };
+        if fin && self.params.send_no_context_takeover || len.is_none() {
+            if let Some(z) = self.tx.as_mut() {
+                z.reset();
+            }
+        }
+        len.map(|len| &self.scratch[..len])
+    }
+
+    /// Deflates `payload` with a sync flush into `scratch`; the length
+    /// written, `None` if zlib failed.
+    fn deflate_sync(&mut self, payload: &[u8]) -> Option<usize> {
         let bits = self.params.send_window_bits;
         let level = i32::from(self.params.level);
         let z = self.tx.get_or_insert_with(|| {
@@ -149,18 +209,15 @@ impl Codec {
             self.scratch.resize(want, 0);
         }
         let (start_in, start_out) = (z.total_in(), z.total_out());
-        let mut ok = true;
         loop {
             let read = (z.total_in() - start_in) as usize;
             let written = (z.total_out() - start_out) as usize;
             let out = &mut self.scratch[written..];
             let room = out.len();
-            match z.compress(&payload[read..], out, DeflateFlush::SyncFlush) {
-                Ok(_) => {}
-                Err(_) => {
-                    ok = false;
-                    break;
-                }
+            if z.compress(&payload[read..], out, DeflateFlush::SyncFlush)
+                .is_err()
+            {
+                return None;
             }
             let produced = (z.total_out() - start_out) as usize - written;
             if (z.total_in() - start_in) as usize == payload.len() && produced < room {
@@ -169,16 +226,7 @@ impl Codec {
             let len = self.scratch.len();
             self.scratch.resize(len * 2, 0);
         }
-        let len = (z.total_out() - start_out) as usize;
-        let shrank =
-            ok && len >= 4 && self.scratch[len - 4..len] == TAIL && len - 4 < payload.len();
-        if no_context || !shrank {
-            // Without context takeover every message starts afresh. And a
-            // message we do not send compressed is not in the peer's
-            // window, so our compressor must forget it too.
-            z.reset();
-        }
-        shrank.then(|| &self.scratch[..len - 4])
+        Some((z.total_out() - start_out) as usize)
     }
 
     /// Inflates one message (RFC 7692 §7.2.2), appending the stripped

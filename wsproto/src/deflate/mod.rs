@@ -231,6 +231,10 @@ pub(crate) struct Slot {
     codec: Option<Box<Codec>>,
     /// The data message being received has RSV1 set on its first frame.
     compressed: bool,
+    /// The fragmented message being sent is compressed (decided on its
+    /// first fragment).
+    #[cfg_attr(not(feature = "deflate"), allow(dead_code))]
+    sending_compressed: bool,
 }
 
 impl Slot {
@@ -312,6 +316,49 @@ impl Slot {
         None
     }
 
+    /// One fragment of a message the caller fragments itself (RFC 7692
+    /// §6.1): `Ok(Some((payload, rsv)))` to send compressed (RSV1 on the
+    /// first fragment only), `Ok(None)` as it is. A message is compressed
+    /// as a whole or not at all, decided on its first fragment: a lone
+    /// final fragment is a whole message (`min_size` and "did it shrink"
+    /// apply); otherwise every fragmented message is compressed when we
+    /// compress at all, as its size is not known yet and its first bytes
+    /// may already have left.
+    ///
+    /// # Errors
+    ///
+    /// `Err(())` if the compressor failed inside a compressed message (it
+    /// does not with the output room and calls `Codec` makes).
+    #[allow(unused_variables)]
+    pub(crate) fn fragment(
+        &mut self,
+        first: bool,
+        payload: &[u8],
+        fin: bool,
+    ) -> Result<Option<(&[u8], u8)>, ()> {
+        #[cfg(feature = "deflate")]
+        if let Some(c) = self.codec.as_mut() {
+            if first && fin {
+                return Ok(c.compress(payload).map(|z| (z, RSV1)));
+            }
+            if first {
+                self.sending_compressed = c.sends();
+            }
+            if !self.sending_compressed {
+                return Ok(None);
+            }
+            if fin {
+                self.sending_compressed = false;
+            }
+            let rsv = if first { RSV1 } else { 0 };
+            return c
+                .compress_fragment(payload, fin)
+                .map(|z| Some((z, rsv)))
+                .ok_or(());
+        }
+        Ok(None)
+    }
+
     /// Which form of a prepared message to send: its compressed frame if
     /// we compress with a window at least as large as it was made with.
     /// Sending it with context takeover resets our compressor: the peer's
@@ -344,6 +391,7 @@ impl Slot {
                 .map(|c| Box::new(c.split_sender()))
                 .filter(|c| c.sends()),
             compressed: false,
+            sending_compressed: false,
         }
     }
 
@@ -373,9 +421,22 @@ pub(crate) fn encode_compressed_frame(
     payload: &[u8],
     mask: Option<[u8; 4]>,
 ) {
+    encode_frame_rsv(dst, true, RSV1, opcode, payload, mask);
+}
+
+/// Writes one frame with the given RSV bits (a fragment of a compressed
+/// message: RSV1 on the first, none on continuations).
+pub(crate) fn encode_frame_rsv(
+    dst: &mut bytes::BytesMut,
+    fin: bool,
+    rsv: u8,
+    opcode: Opcode,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
     let header = FrameHeader {
-        fin: true,
-        rsv: RSV1,
+        fin,
+        rsv,
         opcode,
         mask,
         payload_len: payload.len() as u64,

@@ -10,6 +10,7 @@
 //!         [--rate MSG_PER_S] [--window N] [--size BYTES] [--secs S]
 //!         [--ramp CONN_PER_S] [--outstanding N] [--sources N]
 //!         [--join-wait S] [--after-ramp S] [--settle S] [--drain S] [--slow N]
+//!         [--deflate]
 //! ```
 //!
 //! | scenario | default load |
@@ -32,6 +33,13 @@
 //! `/proc/self/stat`) is in it; above 90% of its core the run says
 //! `flagged=1`: the generator may have been the bottleneck.
 //!
+//! Message text is chat-like (words, not one repeated byte), so that with
+//! `--deflate` it compresses about as real chat does. `--deflate`: every
+//! client offers permessage-deflate with `client_no_context_takeover`
+//! (RFC 7692 §7.1.1.2), enables what the server answers, and inflates
+//! what it receives; the `RESULT` line says `deflate=1` and how many
+//! clients agreed (`deflate_clients`).
+//!
 //! Ports: one source address gives about 28k ephemeral ports toward one
 //! server port; above 20,000 clients (or with `--sources N`) clients bind to
 //! 127.0.0.1, 127.0.0.2, ... in turn (all of 127/8 is loopback on Linux).
@@ -46,6 +54,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+use wsproto::deflate::DeflateConfig;
 use wsproto::handshake::{ClientRequest, ParsedResponse};
 use wsproto::{Config, Connection, EventRef, HandshakeError, Role};
 
@@ -85,6 +94,8 @@ struct Opts {
     settle: f64,
     drain: f64,
     slow: usize,
+    /// Offer permessage-deflate.
+    deflate: bool,
 }
 
 fn main() {
@@ -142,6 +153,7 @@ fn parse_opts() -> Result<Opts, String> {
         settle: 1.0,
         drain: 5.0,
         slow: 0,
+        deflate: false,
     };
     match scenario {
         Scenario::Fanout => {}
@@ -153,6 +165,10 @@ fn parse_opts() -> Result<Opts, String> {
         Scenario::Slow => (o.clients, o.senders, o.size, o.slow) = (20, 1, 4096, 1),
     }
     while let Some(flag) = args.next() {
+        if flag == "--deflate" {
+            o.deflate = true;
+            continue;
+        }
         let v = args.next().ok_or(format!("{flag} needs a value"))?;
         let bad = || format!("{flag}: bad value {v:?}");
         match flag.as_str() {
@@ -398,8 +414,12 @@ struct Gen {
     /// Give idle connections' buffers back (many clients).
     shrink: bool,
     text: String,
+    /// Chat-like filler words; a message's padding is a slice of it.
     pad: String,
     started: usize,
+    deflate: bool,
+    /// Clients whose handshake agreed permessage-deflate.
+    deflate_clients: usize,
 }
 
 impl Gen {
@@ -435,8 +455,10 @@ impl Gen {
             unflushed: Vec::new(),
             shrink: o.clients >= 1000,
             text: String::with_capacity(o.size + 64),
-            pad: "x".repeat(o.size),
+            pad: filler(o.size + 4096),
             started: 0,
+            deflate: o.deflate,
+            deflate_clients: 0,
         })
     }
 
@@ -526,8 +548,14 @@ impl Gen {
         let res = match stream.take_error() {
             Ok(None) => (|| {
                 stream.set_nodelay(true)?;
-                let req = ClientRequest::new(&self.addr.ip().to_string(), self.addr.port(), "/ws")
-                    .map_err(io::Error::other)?;
+                let mut req =
+                    ClientRequest::new(&self.addr.ip().to_string(), self.addr.port(), "/ws")
+                        .map_err(io::Error::other)?;
+                if self.deflate {
+                    // What a lean client offers: it resets its compressor
+                    // per message (client_no_context_takeover).
+                    req = req.deflate(DeflateConfig::default().no_context_takeover(true));
+                }
                 // A ~200-byte request into an empty socket buffer is written whole.
                 stream.write_all(&req.to_bytes())?;
                 self.ep.modify(stream.as_raw_fd(), sys::IN, i as u64)?;
@@ -560,8 +588,12 @@ impl Gen {
         }
         match hs.req.parse_response(&hs.head, &Config::default()) {
             Ok(ParsedResponse::NeedMore) => {}
-            Ok(ParsedResponse::Complete(_, end)) => {
+            Ok(ParsedResponse::Complete(resp, end)) => {
                 let mut conn = Box::new(Connection::new(Role::Client, Config::default()));
+                if let Some(params) = resp.deflate {
+                    conn.enable_deflate(params);
+                    self.deflate_clients += 1;
+                }
                 conn.receive(&hs.head[end..]);
                 // A unique nick per client, whatever the run.
                 if let Err(e) = conn.send_text(&format!(r#"{{"type":"join","nick":"u{i}"}}"#)) {
@@ -678,8 +710,12 @@ impl Gen {
         self.text.clear();
         let _ = write!(self.text, r#"{{"type":"message","text":"{now} {s} {seq} "#);
         let head = self.text.len() - r#"{"type":"message","text":""#.len();
-        // Digits, spaces and x need no JSON escaping: the text is `size` bytes.
-        self.text.push_str(&self.pad[..size.saturating_sub(head)]);
+        // Digits, letters and spaces need no JSON escaping: the text is
+        // `size` bytes. The filler starts at a different word each time.
+        let n = size.saturating_sub(head);
+        let at = (seq as usize * 61 + s * 17) % (self.pad.len() - n).max(1);
+        let at = self.pad[..at].rfind(' ').map_or(0, |k| k + 1);
+        self.text.push_str(&self.pad[at..at + n]);
         self.text.push_str("\"}");
         if conn.send_text(&self.text).is_err() {
             return false;
@@ -703,6 +739,35 @@ impl Gen {
             .min()
             .unwrap_or(0)
     }
+}
+
+/// `len` bytes of chat-like text: lowercase words and spaces (no JSON
+/// escaping needed), skewed toward common words, as chat compresses.
+fn filler(len: usize) -> String {
+    const WORDS: &[&str] = &[
+        "the", "to", "and", "a", "you", "it", "is", "that", "of", "in", "for", "on", "this",
+        "with", "we", "be", "have", "are", "not", "just", "so", "but", "can", "do", "what", "was",
+        "if", "at", "about", "me", "my", "all", "like", "will", "get", "there", "know", "think",
+        "yes", "no", "ok", "lol", "thanks", "hey", "good", "time", "now", "today", "tomorrow",
+        "meeting", "deploy", "server", "build", "release", "review", "merge", "branch", "test",
+        "issue", "fixed", "broken", "again", "please", "sorry", "maybe", "later", "morning",
+        "coffee", "lunch", "weekend", "really", "great", "nice", "sure", "right", "here", "see",
+    ];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as usize
+    };
+    let mut s = String::with_capacity(len + 16);
+    while s.len() < len {
+        let w = WORDS[(next() % WORDS.len()).min(next() % WORDS.len())];
+        s.push_str(w);
+        s.push(' ');
+    }
+    s.truncate(len);
+    s
 }
 
 fn secs(d: Duration) -> f64 {
@@ -943,6 +1008,12 @@ fn run(o: &Opts) -> io::Result<()> {
         "RESULT scenario={} server={} clients={} connected={} welcomed={} ended={} sent={sent} expected={expected} received={} lost={lost} deliv_s={deliv_s:.0} deliv_per_read={per_read:.2} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} ramp_s={ramp_secs:.2} joined_s={joined_secs:.2} gen_join_pct={gen_join_pct:.0} gen_join_wait_pct={gen_join_wait:.0} window_s={elapsed:.2}",
         o.name, o.label, o.clients, t.connected, t.welcomed, t.dead, t.received,
         ms(h.quantile(0.5)), ms(h.quantile(0.99)), ms(h.max())
+    );
+    let _ = write!(
+        r,
+        " deflate={} deflate_clients={}",
+        u8::from(o.deflate),
+        g.deflate_clients
     );
     let closes: Vec<String> = t
         .ends
