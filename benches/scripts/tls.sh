@@ -56,39 +56,69 @@ taskset -c 0 "$server_bin" --addr "127.0.0.1:$wss_port" --max-connections 100000
 pids+=($!)
 sleep 0.5
 
+# CPU seconds (user + system) of a process so far, from /proc/PID/stat
+# (fields after the command name; utime and stime are the 12th and 13th).
+cpu() { awk '{ sub(/.*\) /, ""); print ($12 + $13) / 100 }' "/proc/$1/stat"; }
+
 results=$dir/results
 : >"$results"
 for run in $(seq "$RUNS"); do
     for scheme in ws wss; do
-        if [ $scheme = ws ]; then p=$ws_port; else p=$wss_port; fi
+        if [ $scheme = ws ]; then p=$ws_port; spid=${pids[0]}; else p=$wss_port; spid=${pids[1]}; fi
         url="$scheme://localhost:$p/"
-        hs=$(taskset -c 1 "$client_bin" handshakes --url "$url" --ca "$dir/ca.pem" --secs "$SECS")
-        e20=$(taskset -c 1 "$client_bin" echo --url "$url" --ca "$dir/ca.pem" --size 20 --secs "$SECS")
-        e16k=$(taskset -c 1 "$client_bin" echo --url "$url" --ca "$dir/ca.pem" --size 16384 --secs "$SECS")
-        echo "run $run $scheme: $hs | $e20 | $e16k"
-        printf '%s %s %s %s %s\n' "$run" "$scheme" \
-            "$(sed -E 's/.*: ([0-9]+)\/s/\1/' <<<"$hs")" \
-            "$(sed -E 's/.*: ([0-9]+) msg\/s.*/\1/' <<<"$e20")" \
-            "$(sed -E 's/.*msg\/s, ([0-9.]+) MB\/s/\1/' <<<"$e16k")" >>"$results"
-        # Let TIME_WAIT sockets and the server's threads settle.
-        sleep 1
+        for m in handshakes echo20 echo16k; do
+            case $m in
+                handshakes) args=(handshakes) ;;
+                echo20) args=(echo --size 20) ;;
+                echo16k) args=(echo --size 16384) ;;
+            esac
+            before=$(cpu "$spid")
+            out=$(taskset -c 1 "$client_bin" "${args[@]}" --url "$url" --ca "$dir/ca.pem" --secs "$SECS")
+            after=$(cpu "$spid")
+            echo "run $run $scheme: $out (server cpu +$before -> $after s)"
+            # run scheme measure count wall-s client-cpu-s server-cpu-s payload-bytes
+            python3 -c '
+import re, sys
+run, scheme, m, before, after, out = sys.argv[1:]
+n = int(re.search(r"(\d+) in", out).group(1))
+wall = float(re.search(r"in ([\d.]+) s", out).group(1))
+ccpu = float(re.search(r"cpu ([\d.]+) s", out).group(1))
+size = {"handshakes": 0, "echo20": 20, "echo16k": 16384}[m]
+print(run, scheme, m, n, wall, ccpu, float(after) - float(before), size)
+' "$run" "$scheme" "$m" "$before" "$after" "$out" >>"$results"
+            # Let TIME_WAIT sockets and the server's threads settle.
+            sleep 1
+        done
     done
 done
 
-python3 - "$results" <<'EOF'
+python3 -c '
 import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
-cols = ["handshakes/s", "echo 20 B msg/s", "echo 16 KiB MB/s"]
-by = {}
-for run, scheme, *vals in rows:
-    by.setdefault(scheme, []).append([float(v) for v in vals])
+med = statistics.median
+data = {}
+for line in open(sys.argv[1]):
+    run, scheme, m, n, wall, ccpu, scpu, size = line.split()
+    n, wall, ccpu, scpu, size = int(n), float(wall), float(ccpu), float(scpu), int(size)
+    data.setdefault(m, {}).setdefault(run, {})[scheme] = dict(
+        rate=n / wall, mbs=n * size / wall / 1e6,
+        server_us=scpu / n * 1e6, client_us=ccpu / n * 1e6)
+names = {"handshakes": "handshakes/s", "echo20": "echo 20 B, msg/s",
+         "echo16k": "echo 16 KiB, MB/s (payload one way)"}
 print()
-print("| measure | ws (median) | wss (median) | wss/ws (median of per-run ratios) |")
-print("|---|---|---|---|")
-for i, name in enumerate(cols):
-    ws = [r[i] for r in by["ws"]]
-    wss = [r[i] for r in by["wss"]]
+print("| measure | ws | wss | wss/ws | server CPU per op, ws -> wss | client CPU per op, ws -> wss |")
+print("|---|---|---|---|---|---|")
+for m, runs in data.items():
+    key = "mbs" if m == "echo16k" else "rate"
+    ws = [r["ws"][key] for r in runs.values()]
+    wss = [r["wss"][key] for r in runs.values()]
     ratios = [b / a for a, b in zip(ws, wss)]
-    print(f"| {name} | {statistics.median(ws):.0f} | {statistics.median(wss):.0f} | "
-          f"{statistics.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)}) |")
-EOF
+    def cpu(side, s):
+        return med([r[s][side] for r in runs.values()])
+    brackets = ", ".join("%.2f" % r for r in ratios)
+    print("| %s | %.0f | %.0f | %.2f (%s) | %.0f -> %.0f us | %.0f -> %.0f us |" % (
+        names[m], med(ws), med(wss), med(ratios), brackets,
+        cpu("server_us", "ws"), cpu("server_us", "wss"),
+        cpu("client_us", "ws"), cpu("client_us", "wss")))
+print()
+print("medians over runs; wss/ws is the median of the per-run ratios (each run in brackets)")
+' "$results"

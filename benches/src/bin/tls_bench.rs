@@ -13,6 +13,9 @@
 //! `echo`: one connection; batches of messages of `--size` bytes sent one
 //! `send` each, then their echoes read back. Prints messages/s and MB/s of
 //! payload one way.
+//!
+//! Each prints the client's CPU time (user + system) too: on a shared
+//! machine CPU time per operation moves less than the wall-clock rate.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,9 +23,7 @@ use wsproto::tls::rustls;
 use wsproto::{blocking, tls, Bytes, Config, Event};
 
 fn usage() -> ! {
-    eprintln!(
-        "usage: tls_bench handshakes|echo --url URL [--ca FILE] [--secs S] [--size BYTES]"
-    );
+    eprintln!("usage: tls_bench handshakes|echo --url URL [--ca FILE] [--secs S] [--size BYTES]");
     std::process::exit(2);
 }
 
@@ -53,6 +54,24 @@ fn main() {
     }
 }
 
+/// This process's CPU time so far (user + system), from /proc/self/stat:
+/// the machine is shared, so wall-clock rates move with others' load and
+/// CPU time per operation is the steadier figure.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the
+    // 1st, utime the 12th, stime the 13th (proc(5)).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // Clock ticks are 1/100 s on Linux (USER_HZ).
+    f.iter().sum::<f64>() / 100.0
+}
+
 fn handshakes(url: &str, tls: Arc<rustls::ClientConfig>, run: Duration) {
     let start = Instant::now();
     let mut n = 0u64;
@@ -63,7 +82,11 @@ fn handshakes(url: &str, tls: Arc<rustls::ClientConfig>, run: Duration) {
         n += 1;
     }
     let took = start.elapsed().as_secs_f64();
-    println!("handshakes {n} in {took:.2} s: {:.0}/s", n as f64 / took);
+    println!(
+        "handshakes {n} in {took:.2} s: {:.0}/s cpu {:.2} s",
+        n as f64 / took,
+        cpu_secs()
+    );
 }
 
 fn echo(url: &str, tls: Arc<rustls::ClientConfig>, size: usize, run: Duration) {
@@ -95,8 +118,9 @@ fn echo(url: &str, tls: Arc<rustls::ClientConfig>, size: usize, run: Duration) {
         n += batch as u64;
     }
     let took = start.elapsed().as_secs_f64();
+    let cpu = cpu_secs();
     println!(
-        "echo {size} B: {n} in {took:.2} s: {:.0} msg/s, {:.1} MB/s",
+        "echo {size} B: {n} in {took:.2} s: {:.0} msg/s, {:.1} MB/s cpu {cpu:.2} s",
         n as f64 / took,
         (n as f64 * size as f64) / took / 1e6
     );
