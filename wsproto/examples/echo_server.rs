@@ -33,7 +33,7 @@ const USAGE: &str = "usage: echo_server [--addr HOST:PORT] [--handshake-timeout 
 #[cfg(feature = "rustls")]
 type Tls = Option<Arc<wsproto::tls::rustls::ServerConfig>>;
 #[cfg(not(feature = "rustls"))]
-type Tls = Option<std::convert::Infallible>;
+type Tls = Option<Arc<std::convert::Infallible>>;
 
 fn main() -> std::io::Result<()> {
     let mut addr = "127.0.0.1:9001".to_string();
@@ -95,7 +95,7 @@ fn main() -> std::io::Result<()> {
                 #[cfg(feature = "rustls")]
                 Some(tls) => serve_tls(stream, config, tls),
                 #[cfg(not(feature = "rustls"))]
-                Some(never) => match never {},
+                Some(never) => match *never {},
             }
         });
     }

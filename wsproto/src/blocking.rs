@@ -383,7 +383,7 @@ fn read_some<S: Read>(stream: &mut S, buf: &mut Vec<u8>, limit: usize) -> Result
 /// Dials `url` over TCP and performs the client handshake with the default
 /// [`Config`]. The scheme decides: `ws://host[:port]/path` is plain TCP,
 /// `wss://` is TLS (the `rustls` feature) verified against Mozilla's roots
-/// ([`tls::client_config`](crate::tls::client_config)), with SNI and the
+/// (`tls::client_config`), with SNI and the
 /// host name checked.
 ///
 /// ```no_run

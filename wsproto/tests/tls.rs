@@ -219,8 +219,8 @@ fn refused(ca: &Ca, leaf: &Leaf) -> (Error, Error) {
     let client = blocking::connect_with_tls(&url, Config::default(), ca.client_config());
     let server = server.join().unwrap();
     (
-        client.err().expect("the client refused"),
-        server.err().expect("the server failed"),
+        client.expect_err("the client refused"),
+        server.expect_err("the server failed"),
     )
 }
 
@@ -284,7 +284,7 @@ fn plain_connect_verifies_against_mozilla_roots() {
     let (url, server) = serve(ca.leaf(&["localhost"], false).server_config(), |ws| {
         ws.map(|_| ())
     });
-    let err = blocking::connect(&url).err().expect("refused");
+    let err = blocking::connect(&url).expect_err("refused");
     assert!(
         matches!(err, Error::Tls(TlsError::UnknownIssuer)),
         "{err:?}"
@@ -359,7 +359,7 @@ fn bad_client(
         tcp.set_read_timeout(Some(timeout)).unwrap();
         let start = Instant::now();
         let result = blocking::accept_tls(tcp, config).map(|_| ());
-        (result.err().expect("the handshake failed"), start.elapsed())
+        (result.expect_err("the handshake failed"), start.elapsed())
     });
     let mut tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(LIMIT)).unwrap();
@@ -473,7 +473,6 @@ fn split_over_tls_40_mib_each_way_at_once() {
     let client_config = ca.client_config();
     thread::spawn(move || {
         let result = blocking::connect_with_tls(&url, Config::default(), client_config)
-            .map_err(Error::from)
             .and_then(|(ws, _)| send_and_read_40_mib(ws));
         let _ = tx.send(result);
     });

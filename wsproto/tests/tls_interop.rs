@@ -68,10 +68,8 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "wsproto-tls-interop-{tag}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("wsproto-tls-interop-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
