@@ -354,17 +354,22 @@ fn bad_client(
     let config = self_signed_localhost().server_config();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = thread::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_read_timeout(Some(timeout)).unwrap();
         let start = Instant::now();
         let result = blocking::accept_tls(tcp, config).map(|_| ());
-        (result.expect_err("the handshake failed"), start.elapsed())
+        let _ = tx.send((result.expect_err("the handshake failed"), start.elapsed()));
     });
     let mut tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(LIMIT)).unwrap();
     input(&mut tcp);
-    let (err, took) = server.join().unwrap();
+    // Bounded: a server that waits per read, not for the whole handshake,
+    // would wait here for ever.
+    let (err, took) = rx
+        .recv_timeout(LIMIT)
+        .unwrap_or_else(|_| panic!("the server still waits after {LIMIT:?}"));
     let mut back = Vec::new();
     let _ = tcp.read_to_end(&mut back);
     (err, took, back)
