@@ -536,3 +536,33 @@ fn ws_urls_stay_plain_tcp() {
 fn same_rustls(c: CertificateDer<'static>) -> Vec<CertificateDer<'static>> {
     vec![c]
 }
+
+/// A broken record after the handshake: the read fails with the TLS reason
+/// inside (`TlsError::find`), and every later read says the same.
+#[test]
+fn a_corrupt_record_after_the_handshake_is_a_typed_error() {
+    let ca = Ca::new("wsproto test CA");
+    let leaf = ca.leaf(&["localhost"], false);
+    let (url, server) = serve(leaf.server_config(), |ws| {
+        let mut ws = ws.unwrap();
+        assert_eq!(ws.read().unwrap(), Event::Text("go".into()));
+        // An application-data record whose ciphertext is garbage: it cannot
+        // decrypt (RFC 8446 §5.2: bad_record_mac).
+        let mut tcp = ws.get_ref().tcp();
+        tcp.write_all(&[23, 3, 3, 0, 32]).unwrap();
+        tcp.write_all(&[0x55; 32]).unwrap();
+        // Hold the connection until the client has read.
+        thread::sleep(Duration::from_millis(500));
+    });
+    let (mut ws, _) =
+        blocking::connect_with_tls(&url, Config::default(), ca.client_config()).unwrap();
+    ws.get_ref().set_read_timeout(Some(LIMIT)).unwrap();
+    ws.send("go").unwrap();
+    let err = ws.read().unwrap_err();
+    let tls = TlsError::find(&err).unwrap_or_else(|| panic!("not a TLS error: {err:?}"));
+    assert!(matches!(tls, TlsError::Peer(_)), "{tls:?}");
+    assert_eq!(tls.fault(), Fault::Peer);
+    let again = ws.read().unwrap_err();
+    assert!(TlsError::find(&again).is_some(), "{again:?}");
+    server.join().unwrap();
+}

@@ -425,8 +425,20 @@ impl Inner {
         st.tx = tx;
     }
 
-    /// Sends what the reader side queued (alerts, KeyUpdate answers) if no
-    /// writer is busy; a busy writer sends it before it lets go.
+    /// The reader's fatal alert (RFC 8446 §6.2: tell the peer why), if no
+    /// writer holds the socket: briefly, as the connection is over anyway.
+    /// Anything else the reader queues (a KeyUpdate answer) waits for the
+    /// next write: RFC 8446 §4.6.3 asks for it before our next application
+    /// data, not at once, so the reader never blocks on a full socket.
+    fn send_alert(&self) {
+        if let Some(_w) = try_lock(&self.writing) {
+            let _ = self.tcp.set_write_timeout(Some(CLOSE_NOTIFY_WAIT));
+            let _ = self.flush_tx();
+        }
+    }
+
+    /// After a write: sends what the reader queued meanwhile, if no other
+    /// writer is busy (a busy one sends it before it lets go).
     fn hand_off(&self) {
         loop {
             if lock(&self.state).tx.is_empty() {
@@ -454,15 +466,20 @@ impl Read for &TlsStream {
         let mut chunk = lock(&inner.reading);
         chunk.resize(READ_CHUNK, 0);
         loop {
-            let result = {
+            let (result, failed) = {
                 let mut st = lock(&inner.state);
-                st.feed().and_then(|()| st.conn.reader().read(buf))
+                let result = st.feed().and_then(|()| st.conn.reader().read(buf));
+                (result, st.failed.is_some())
             };
-            inner.hand_off();
             match result {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if failed {
+                        inner.send_alert();
+                    }
+                    return Err(e);
+                }
             }
             // No plaintext: wait for the socket, not holding the state, so
             // a writer can encrypt and send meanwhile. Its timeout is the
