@@ -140,6 +140,14 @@ impl ClientRequest {
     }
 
     /// True for a `wss://` URL: the request must go over TLS.
+    ///
+    /// ```
+    /// use wsproto::handshake::ClientRequest;
+    /// let req = ClientRequest::from_url("wss://[::1]/chat")?;
+    /// assert!(req.is_secure());
+    /// assert_eq!((req.host(), req.address().as_str()), ("::1", "[::1]:443"));
+    /// # Ok::<(), wsproto::HandshakeError>(())
+    /// ```
     pub fn is_secure(&self) -> bool {
         self.secure
     }

@@ -35,6 +35,41 @@
 //! - **PEM: `rustls-pki-types`' own parser** (`rustls-pemfile` is
 //!   unmaintained).
 //!
+//! Both ends on one machine, with a throwaway self-signed certificate
+//! (made here with the `rcgen` crate):
+//!
+//! ```
+//! use std::net::TcpListener;
+//! use wsproto::tls::{self, rustls};
+//! use wsproto::{blocking, Config, Event};
+//!
+//! let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+//! let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+//! let server_config = tls::server_config(vec![cert.cert.der().clone()], key.into())?;
+//!
+//! let listener = TcpListener::bind("127.0.0.1:0")?;
+//! let port = listener.local_addr()?.port();
+//! let server = std::thread::spawn(move || -> Result<(), wsproto::Error> {
+//!     let (tcp, _) = listener.accept()?;
+//!     let mut ws = blocking::accept_tls(tcp, server_config)?;
+//!     if let Event::Text(t) = ws.read()? {
+//!         ws.send(t)?;
+//!     }
+//!     Ok(())
+//! });
+//!
+//! // The client trusts that one certificate (a real one: Mozilla's roots,
+//! // with plain `blocking::connect`).
+//! let mut roots = rustls::RootCertStore::empty();
+//! roots.add(cert.cert.der().clone())?;
+//! let url = format!("wss://localhost:{port}/");
+//! let (mut ws, _) = blocking::connect_with_tls(&url, Config::default(), tls::client_config_with_roots(roots))?;
+//! ws.send("over TLS")?;
+//! assert_eq!(ws.read()?, Event::Text("over TLS".into()));
+//! server.join().unwrap()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ```no_run
 //! use wsproto::{blocking, tls, Config, Event};
 //! // Mozilla's roots plus a private CA:
