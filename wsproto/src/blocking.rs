@@ -155,7 +155,20 @@ impl<S: Write> Write for AnyStream<S> {
 impl<S: Read + Write> Transport for AnyStream<S> {}
 
 /// What [`connect`] dials: a TCP stream for `ws://`, TLS over TCP for
-/// `wss://` (the `rustls` feature). Both split ([`WebSocket::split`]).
+/// `wss://` (the `rustls` feature). Both split ([`WebSocket::split`]), and
+/// both have `TcpStream`'s timeout methods.
+///
+/// ```
+/// use std::net::{TcpListener, TcpStream};
+/// use std::time::Duration;
+/// use wsproto::blocking::MaybeTlsStream;
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let stream = MaybeTlsStream::from(TcpStream::connect(listener.local_addr()?)?);
+/// assert!(!stream.is_tls());
+/// stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+/// assert_eq!(stream.read_timeout()?, Some(Duration::from_secs(5)));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum MaybeTlsStream {
@@ -437,7 +450,8 @@ fn dial_tls(
 /// config `tls` (your own roots or CA, client certificates; build one with
 /// [`tls::provider`](crate::tls::provider) or use
 /// [`tls::client_config_with_ca`](crate::tls::client_config_with_ca)).
-/// A `ws://` URL ignores `tls`.
+/// A `ws://` URL ignores `tls`. A runnable example is in the `tls`
+/// module's docs.
 ///
 /// # Errors
 ///
