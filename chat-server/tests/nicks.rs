@@ -6,15 +6,15 @@ mod common;
 
 use common::WAIT;
 use serde_json::{json, Value};
-use std::net::{SocketAddr, TcpStream};
-use wsproto::blocking::{self, WebSocket};
+use std::net::SocketAddr;
+use wsproto::blocking::{self, MaybeTlsStream, WebSocket};
 use wsproto::Event;
 
 fn start() -> chat_server::Running {
     common::start(|_| {})
 }
 
-struct Client(WebSocket<TcpStream>);
+struct Client(WebSocket<MaybeTlsStream>);
 
 impl Client {
     fn connect(addr: SocketAddr) -> Self {

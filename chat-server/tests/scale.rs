@@ -15,12 +15,12 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
-use wsproto::blocking::{self, WebSocket};
+use wsproto::blocking::{self, MaybeTlsStream, WebSocket};
 use wsproto::handshake::{ClientRequest, ParsedResponse};
 use wsproto::{Connection, Event, Role};
 
 struct Client {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<MaybeTlsStream>,
 }
 
 impl Client {

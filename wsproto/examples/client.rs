@@ -4,17 +4,22 @@
 //!
 //! ```sh
 //! cargo run --example client -p wsproto -- --url ws://127.0.0.1:9001/ [--deflate]
+//! cargo run --example client -p wsproto --features rustls -- --url wss://localhost:9443/ [--ca ca.pem]
 //! ```
-//! `--deflate` offers permessage-deflate (RFC 7692).
+//! `--deflate` offers permessage-deflate (RFC 7692). A `wss://` URL (the
+//! `rustls` feature) is verified against Mozilla's roots, plus the CA
+//! certificates in `--ca FILE` (PEM) if given; the TLS version and cipher
+//! suite go to stderr.
 
 use std::io::{BufRead, Write};
-use wsproto::{
-    blocking, deflate::DeflateConfig, handshake::ClientRequest, CloseCode, Config, Event,
-};
+#[cfg(not(feature = "rustls"))]
+use wsproto::handshake::ClientRequest;
+use wsproto::{blocking, deflate::DeflateConfig, CloseCode, Config, Event};
 
 fn main() {
     let mut url = "ws://127.0.0.1:9001/".to_string();
     let mut config = Config::default();
+    let mut ca = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--deflate" {
@@ -23,23 +28,59 @@ fn main() {
         }
         match (arg.as_str(), args.next()) {
             ("--url", Some(u)) => url = u,
+            ("--ca", Some(f)) => ca = Some(f),
             _ => {
-                eprintln!("usage: client [--url ws://HOST:PORT/PATH] [--deflate]");
+                eprintln!("usage: client [--url ws[s]://HOST:PORT/PATH] [--ca FILE] [--deflate]");
                 std::process::exit(2);
             }
         }
     }
-    if let Err(e) = run(&url, config) {
+    if let Err(e) = run(&url, config, ca) {
         eprintln!("client: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(url: &str, config: Config) -> Result<(), wsproto::Error> {
+#[cfg(feature = "rustls")]
+fn dial(
+    url: &str,
+    config: Config,
+    ca: Option<String>,
+) -> Result<blocking::WebSocket<blocking::MaybeTlsStream>, wsproto::Error> {
+    let tls = match ca {
+        Some(file) => wsproto::tls::client_config_with_ca(file)?,
+        None => wsproto::tls::client_config(),
+    };
+    let (ws, _) = blocking::connect_with_tls(url, config, tls)?;
+    if let blocking::MaybeTlsStream::Tls(tls) = ws.get_ref() {
+        eprintln!(
+            "client: {:?} {:?}",
+            tls.protocol_version(),
+            tls.cipher_suite().map(|s| s.suite())
+        );
+    }
+    Ok(ws)
+}
+
+#[cfg(not(feature = "rustls"))]
+fn dial(
+    url: &str,
+    config: Config,
+    ca: Option<String>,
+) -> Result<blocking::WebSocket<std::net::TcpStream>, wsproto::Error> {
     let request = ClientRequest::from_url(url)?;
+    if request.is_secure() || ca.is_some() {
+        eprintln!("client: built without TLS: add `--features rustls`");
+        std::process::exit(2);
+    }
     let stream = std::net::TcpStream::connect(request.address())?;
     stream.set_nodelay(true)?;
     let (ws, _) = blocking::client(stream, &request, config)?;
+    Ok(ws)
+}
+
+fn run(url: &str, config: Config, ca: Option<String>) -> Result<(), wsproto::Error> {
+    let ws = dial(url, config, ca)?;
     let (mut reader, writer) = ws.split()?;
     // Stdin is read on its own thread so received messages print as they come.
     let sender = std::thread::spawn(move || -> Result<(), wsproto::Error> {

@@ -9,24 +9,38 @@
 //!
 //! With `--deflate` it accepts permessage-deflate offers (RFC 7692).
 //!
+//! With `--tls-cert FILE --tls-key FILE` (PEM; the `rustls` feature) it
+//! serves `wss://`: each connection's TLS version and cipher suite go to
+//! stderr. The TLS handshake counts against `--handshake-timeout` too.
+//!
 //! ```sh
 //! cargo run --release --example echo_server -p wsproto -- --addr 127.0.0.1:9001 [--deflate]
+//! cargo run --release --example echo_server -p wsproto --features rustls -- \
+//!     --addr 127.0.0.1:9443 --tls-cert cert.pem --tls-key key.pem
 //! ```
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use wsproto::{blocking, deflate::DeflateConfig, Config, Event};
+use wsproto::blocking::{self, Transport, WebSocket};
+use wsproto::{deflate::DeflateConfig, Config, Event};
 
-const USAGE: &str =
-    "usage: echo_server [--addr HOST:PORT] [--handshake-timeout SECS] [--max-connections N] [--deflate]";
+const USAGE: &str = "usage: echo_server [--addr HOST:PORT] [--handshake-timeout SECS] \
+     [--max-connections N] [--deflate] [--tls-cert FILE --tls-key FILE]";
+
+/// The TLS server config, if `--tls-cert`/`--tls-key` were given.
+#[cfg(feature = "rustls")]
+type Tls = Option<Arc<wsproto::tls::rustls::ServerConfig>>;
+#[cfg(not(feature = "rustls"))]
+type Tls = Option<Arc<std::convert::Infallible>>;
 
 fn main() -> std::io::Result<()> {
     let mut addr = "127.0.0.1:9001".to_string();
     let mut handshake_timeout = Duration::from_secs(10);
     let mut max_connections = 512;
     let mut config = Config::default();
+    let (mut cert, mut key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--deflate" {
@@ -36,6 +50,8 @@ fn main() -> std::io::Result<()> {
         let value = args.next();
         match (arg.as_str(), value.as_deref()) {
             ("--addr", Some(a)) => addr = a.to_string(),
+            ("--tls-cert", Some(f)) => cert = Some(f.to_string()),
+            ("--tls-key", Some(f)) => key = Some(f.to_string()),
             ("--handshake-timeout", Some(s)) => match s.parse::<f64>() {
                 Ok(secs) if secs > 0.0 && secs <= 3600.0 => {
                     handshake_timeout = Duration::from_secs_f64(secs)
@@ -49,8 +65,13 @@ fn main() -> std::io::Result<()> {
             _ => usage(),
         }
     }
+    let tls = tls_config(cert, key);
     let listener = TcpListener::bind(&addr)?;
-    eprintln!("echo_server: listening on ws://{}", listener.local_addr()?);
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    eprintln!(
+        "echo_server: listening on {scheme}://{}",
+        listener.local_addr()?
+    );
     let live = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -60,6 +81,7 @@ fn main() -> std::io::Result<()> {
         }
         let slot = Slot::take(&live);
         let config = config.clone();
+        let tls = tls.clone();
         let _ = stream.set_nodelay(true);
         std::thread::spawn(move || {
             let _slot = slot;
@@ -68,30 +90,84 @@ fn main() -> std::io::Result<()> {
             if stream.set_read_timeout(Some(handshake_timeout)).is_err() {
                 return;
             }
-            let mut ws = match blocking::accept_with(stream, config, &[]).map(|(ws, _)| ws) {
-                Ok(ws) => ws,
-                Err(e) => return eprintln!("echo_server: handshake: {e}"),
-            };
-            if ws.get_ref().set_read_timeout(None).is_err() {
-                return;
-            }
-            loop {
-                let result = match ws.read() {
-                    Ok(Event::Text(t)) => ws.send(t),
-                    Ok(Event::Binary(b)) => ws.send(b),
-                    Ok(Event::Ping(_) | Event::Pong(_)) => Ok(()),
-                    // The library has answered the close; dropping the
-                    // stream closes TCP (RFC 6455 §7.1.1: the server first).
-                    Ok(Event::Close(_)) | Err(_) => break,
-                    Ok(_) => Ok(()),
-                };
-                if result.is_err() {
-                    break;
-                }
+            match tls {
+                None => serve(stream, config),
+                #[cfg(feature = "rustls")]
+                Some(tls) => serve_tls(stream, config, tls),
+                #[cfg(not(feature = "rustls"))]
+                Some(never) => match *never {},
             }
         });
     }
     Ok(())
+}
+
+fn serve(stream: TcpStream, config: Config) {
+    match blocking::accept_with(stream, config, &[]) {
+        Ok((ws, _)) => echo(ws),
+        Err(e) => eprintln!("echo_server: handshake: {e}"),
+    }
+}
+
+/// The TLS handshake (bounded by the same read timeout), then as `serve`.
+#[cfg(feature = "rustls")]
+fn serve_tls(stream: TcpStream, config: Config, tls: Arc<wsproto::tls::rustls::ServerConfig>) {
+    let tls = match wsproto::tls::TlsStream::accept(stream, tls) {
+        Ok(tls) => tls,
+        Err(e) => return eprintln!("echo_server: TLS handshake: {e}"),
+    };
+    eprintln!(
+        "echo_server: {} {:?} {:?}",
+        tls.peer_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string()),
+        tls.protocol_version(),
+        tls.cipher_suite().map(|s| s.suite()),
+    );
+    match blocking::accept_with(tls, config, &[]) {
+        Ok((ws, _)) => echo(ws),
+        Err(e) => eprintln!("echo_server: handshake: {e}"),
+    }
+}
+
+fn echo<S: Transport>(mut ws: WebSocket<S>) {
+    if ws.get_mut().set_read_timeout(None).is_err() {
+        return;
+    }
+    loop {
+        let result = match ws.read() {
+            Ok(Event::Text(t)) => ws.send(t),
+            Ok(Event::Binary(b)) => ws.send(b),
+            Ok(Event::Ping(_) | Event::Pong(_)) => Ok(()),
+            // The library has answered the close; dropping the
+            // stream closes TCP (RFC 6455 §7.1.1: the server first).
+            Ok(Event::Close(_)) | Err(_) => break,
+            Ok(_) => Ok(()),
+        };
+        if result.is_err() {
+            break;
+        }
+    }
+}
+
+/// Loads `--tls-cert`/`--tls-key` (both or neither); exits on a bad file.
+fn tls_config(cert: Option<String>, key: Option<String>) -> Tls {
+    match (cert, key) {
+        (None, None) => None,
+        #[cfg(feature = "rustls")]
+        (Some(cert), Some(key)) => match wsproto::tls::server_config_from_pem(&cert, &key) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("echo_server: {e}");
+                std::process::exit(2);
+            }
+        },
+        #[cfg(not(feature = "rustls"))]
+        (Some(_), Some(_)) => {
+            eprintln!("echo_server: built without TLS: add `--features rustls`");
+            std::process::exit(2);
+        }
+        _ => usage(),
+    }
 }
 
 fn usage() -> ! {

@@ -154,6 +154,166 @@ impl<S: Write> Write for AnyStream<S> {
 
 impl<S: Read + Write> Transport for AnyStream<S> {}
 
+/// What [`connect`] dials: a TCP stream for `ws://`, TLS over TCP for
+/// `wss://` (the `rustls` feature). Both split ([`WebSocket::split`]), and
+/// both have `TcpStream`'s timeout methods.
+///
+/// ```
+/// use std::net::{TcpListener, TcpStream};
+/// use std::time::Duration;
+/// use wsproto::blocking::MaybeTlsStream;
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let stream = MaybeTlsStream::from(TcpStream::connect(listener.local_addr()?)?);
+/// assert!(!stream.is_tls());
+/// stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+/// assert_eq!(stream.read_timeout()?, Some(Duration::from_secs(5)));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum MaybeTlsStream {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://`.
+    #[cfg(feature = "rustls")]
+    Tls(crate::tls::TlsStream),
+}
+
+impl From<TcpStream> for MaybeTlsStream {
+    fn from(tcp: TcpStream) -> Self {
+        Self::Plain(tcp)
+    }
+}
+
+#[cfg(feature = "rustls")]
+impl From<crate::tls::TlsStream> for MaybeTlsStream {
+    fn from(tls: crate::tls::TlsStream) -> Self {
+        Self::Tls(tls)
+    }
+}
+
+/// Calls `$f` on the TCP or TLS stream alike.
+macro_rules! either {
+    ($s:expr, $v:ident => $f:expr) => {
+        match $s {
+            MaybeTlsStream::Plain($v) => $f,
+            #[cfg(feature = "rustls")]
+            MaybeTlsStream::Tls($v) => $f,
+        }
+    };
+}
+
+impl MaybeTlsStream {
+    /// The TCP socket (under TLS for `wss://`: writing to it directly
+    /// breaks the stream).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => s.tcp(),
+        }
+    }
+
+    /// True for `wss://`.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Self::Plain(_))
+    }
+
+    /// As `TcpStream::set_read_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As `TcpStream::set_read_timeout` (a zero duration).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(timeout)
+    }
+
+    /// As `TcpStream::set_write_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As `TcpStream::set_write_timeout` (a zero duration).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_write_timeout(timeout)
+    }
+
+    /// As `TcpStream::read_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As `TcpStream::read_timeout`.
+    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        self.tcp().read_timeout()
+    }
+
+    /// As `TcpStream::write_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As `TcpStream::write_timeout`.
+    pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        self.tcp().write_timeout()
+    }
+
+    /// As `TcpStream::shutdown` (over TLS, a `close_notify` goes first).
+    ///
+    /// # Errors
+    ///
+    /// As `TcpStream::shutdown`.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        either!(self, s => s.shutdown(how))
+    }
+
+    /// Another handle on the same stream, for a second thread.
+    ///
+    /// # Errors
+    ///
+    /// As `TcpStream::try_clone`.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Self::Plain(s) => Self::Plain(s.try_clone()?),
+            #[cfg(feature = "rustls")]
+            Self::Tls(s) => Self::Tls(s.try_clone()?),
+        })
+    }
+}
+
+impl Read for MaybeTlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        either!(self, s => s.read(buf))
+    }
+}
+
+impl Write for MaybeTlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        either!(self, s => s.write(buf))
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        either!(self, s => s.write_vectored(bufs))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        either!(self, s => s.flush())
+    }
+}
+
+impl Transport for MaybeTlsStream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        MaybeTlsStream::set_read_timeout(self, timeout)
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        MaybeTlsStream::set_write_timeout(self, timeout)
+    }
+
+    fn writes_vectored(&self) -> bool {
+        // rustls encrypts into records anyway: the payload is copied once
+        // whatever we do, so only plain TCP gains from writev.
+        matches!(self, Self::Plain(_))
+    }
+}
+
 /// Accepts a WebSocket on `stream` with the default [`Config`] and no
 /// subprotocols.
 ///
@@ -233,18 +393,98 @@ fn read_some<S: Read>(stream: &mut S, buf: &mut Vec<u8>, limit: usize) -> Result
     Ok(())
 }
 
-/// Dials `url` (`ws://host[:port]/path`) over TCP and performs the client
-/// handshake with the default [`Config`].
+/// Dials `url` over TCP and performs the client handshake with the default
+/// [`Config`]. The scheme decides: `ws://host[:port]/path` is plain TCP,
+/// `wss://` is TLS (the `rustls` feature) verified against Mozilla's roots
+/// (`tls::client_config`), with SNI and the
+/// host name checked.
+///
+/// ```no_run
+/// use wsproto::{blocking, Event};
+/// let (mut ws, _response) = blocking::connect("wss://echo.example/ws")?;
+/// ws.send("hello")?;
+/// # Ok::<(), wsproto::Error>(())
+/// ```
 ///
 /// # Errors
 ///
 /// [`Error::Handshake`] for a bad URL or a refused upgrade (a non-101 status
-/// is [`HandshakeError::Status`]), [`Error::Io`] if the connection fails.
-pub fn connect(url: &str) -> Result<(WebSocket<TcpStream>, Response), Error> {
+/// is [`HandshakeError::Status`]; `wss://` without the `rustls` feature is
+/// [`HandshakeError::InvalidUrl`]), `Error::Tls` for a refused certificate
+/// and other TLS failures, [`Error::Io`] if the connection fails.
+pub fn connect(url: &str) -> Result<(WebSocket<MaybeTlsStream>, Response), Error> {
     let request = ClientRequest::from_url(url)?;
-    let stream = TcpStream::connect(request.address())?;
-    stream.set_nodelay(true)?;
+    let stream = dial(&request)?;
     client(stream, &request, Config::default())
+}
+
+/// Dials the request's host: TCP, then TLS for `wss://`.
+fn dial(request: &ClientRequest) -> Result<MaybeTlsStream, Error> {
+    if request.is_secure() {
+        #[cfg(feature = "rustls")]
+        return dial_tls(request, crate::tls::client_config());
+        #[cfg(not(feature = "rustls"))]
+        return Err(HandshakeError::InvalidUrl {
+            url: format!("wss://{}", request.address()),
+            why: "wss:// needs wsproto's rustls feature (or a TLS stream of your own and blocking::client)",
+        }
+        .into());
+    }
+    let tcp = TcpStream::connect(request.address())?;
+    tcp.set_nodelay(true)?;
+    Ok(MaybeTlsStream::Plain(tcp))
+}
+
+#[cfg(feature = "rustls")]
+fn dial_tls(
+    request: &ClientRequest,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<MaybeTlsStream, Error> {
+    let tcp = TcpStream::connect(request.address())?;
+    tcp.set_nodelay(true)?;
+    let tls = crate::tls::TlsStream::connect(tcp, request.host(), tls)?;
+    Ok(MaybeTlsStream::Tls(tls))
+}
+
+/// As [`connect`], with `config` and, for a `wss://` URL, the TLS client
+/// config `tls` (your own roots or CA, client certificates; build one with
+/// [`tls::provider`](crate::tls::provider) or use
+/// [`tls::client_config_with_ca`](crate::tls::client_config_with_ca)).
+/// A `ws://` URL ignores `tls`. A runnable example is in the `tls`
+/// module's docs.
+///
+/// # Errors
+///
+/// As [`connect`].
+#[cfg(feature = "rustls")]
+pub fn connect_with_tls(
+    url: &str,
+    config: Config,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(WebSocket<MaybeTlsStream>, Response), Error> {
+    let request = ClientRequest::from_url(url)?;
+    let stream = if request.is_secure() {
+        dial_tls(&request, tls)?
+    } else {
+        dial(&request)?
+    };
+    client(stream, &request, config)
+}
+
+/// The TLS handshake on an accepted socket (see
+/// [`TlsStream::accept`](crate::tls::TlsStream::accept): bounded by the
+/// socket's read timeout, else 10 s), then [`accept`].
+///
+/// # Errors
+///
+/// `Error::Tls` if the TLS handshake fails (a peer that is not speaking
+/// TLS, a timeout), otherwise as [`accept`].
+#[cfg(feature = "rustls")]
+pub fn accept_tls(
+    tcp: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<WebSocket<crate::tls::TlsStream>, Error> {
+    accept(crate::tls::TlsStream::accept(tcp, tls)?)
 }
 
 /// Performs the client handshake for `request` on an established stream
@@ -855,21 +1095,26 @@ impl<S: Transport> WebSocket<S> {
     }
 }
 
-impl WebSocket<TcpStream> {
-    /// Splits into a [`Reader`] and a [`Writer`] that can live on two threads.
+impl<S: Into<MaybeTlsStream>> WebSocket<S> {
+    /// Splits into a [`Reader`] and a [`Writer`] that can live on two
+    /// threads; for a `TcpStream`, a `TlsStream` (the `rustls` feature) or
+    /// what [`connect`] returns. Over TLS both halves share the one TLS
+    /// connection; the reader never holds it while it waits for the socket,
+    /// so neither half blocks the other (see `tls::TlsStream`).
     ///
     /// # Errors
     ///
     /// If the socket cannot be cloned.
-    pub fn split(mut self) -> io::Result<(Reader, Writer)> {
-        let read_stream = self.stream.try_clone()?;
-        let mut timers = self.timers;
+    pub fn split(self) -> io::Result<(Reader, Writer)> {
+        let mut ws = self.map_stream(Into::into);
+        let read_stream = ws.stream.try_clone()?;
+        let mut timers = ws.timers;
         timers.base_timeout = read_stream.read_timeout()?;
         let shared = Arc::new(Shared {
             half: Mutex::new(WriteHalf {
-                stream: self.stream,
+                stream: ws.stream,
                 // deflate hook: the writer takes the compressor.
-                conn: self.conn.split_sender(),
+                conn: ws.conn.split_sender(),
             }),
             owed: Mutex::new(Owed {
                 close_sent: timers.close_sent,
@@ -879,12 +1124,22 @@ impl WebSocket<TcpStream> {
         Ok((
             Reader {
                 stream: read_stream,
-                conn: self.conn,
+                conn: ws.conn,
                 timers,
                 shared: Arc::clone(&shared),
             },
             Writer { shared },
         ))
+    }
+}
+
+impl<S> WebSocket<S> {
+    fn map_stream<T>(self, f: impl FnOnce(S) -> T) -> WebSocket<T> {
+        WebSocket {
+            stream: f(self.stream),
+            conn: self.conn,
+            timers: self.timers,
+        }
     }
 }
 
@@ -900,7 +1155,7 @@ struct Shared {
 
 #[derive(Debug)]
 struct WriteHalf {
-    stream: TcpStream,
+    stream: MaybeTlsStream,
     /// Encodes everything sent; its state records our Close.
     conn: Connection,
 }
@@ -1079,7 +1334,7 @@ impl Shared {
 /// The receiving half of a split [`WebSocket`].
 #[derive(Debug)]
 pub struct Reader {
-    stream: TcpStream,
+    stream: MaybeTlsStream,
     conn: Connection,
     timers: Timers,
     shared: Arc<Shared>,
@@ -1105,37 +1360,38 @@ impl Reader {
             Role::Client => Role::Server,
             Role::Server => Role::Client,
         };
-        let mut duty = |d: Duty, c: &mut Connection, _: &mut TcpStream| -> Result<Done, Error> {
-            match d {
-                Duty::Flush => {
-                    if !c.pending_output().is_empty() {
-                        shared.owe(&c.take_output(), receiver);
+        let mut duty =
+            |d: Duty, c: &mut Connection, _: &mut MaybeTlsStream| -> Result<Done, Error> {
+                match d {
+                    Duty::Flush => {
+                        if !c.pending_output().is_empty() {
+                            shared.owe(&c.take_output(), receiver);
+                        }
+                    }
+                    Duty::Ping => {
+                        let mut owed = lock(&shared.owed);
+                        if let Some(sent) = owed.close_sent {
+                            return Ok(Done::Closing(sent));
+                        }
+                        owed.ping = true;
+                    }
+                    Duty::GiveUp => {
+                        let frame = close::encode_close_frame(
+                            CloseCode::INTERNAL_ERROR,
+                            "keepalive timeout",
+                            None,
+                        );
+                        // The payload: past the 2-byte header of an unmasked
+                        // frame under 126 bytes (the writer masks its own).
+                        lock(&shared.owed).close = Some(frame.slice(2..));
                     }
                 }
-                Duty::Ping => {
-                    let mut owed = lock(&shared.owed);
-                    if let Some(sent) = owed.close_sent {
-                        return Ok(Done::Closing(sent));
-                    }
-                    owed.ping = true;
-                }
-                Duty::GiveUp => {
-                    let frame = close::encode_close_frame(
-                        CloseCode::INTERNAL_ERROR,
-                        "keepalive timeout",
-                        None,
-                    );
-                    // The payload: past the 2-byte header of an unmasked
-                    // frame under 126 bytes (the writer masks its own).
-                    lock(&shared.owed).close = Some(frame.slice(2..));
-                }
-            }
-            Ok(if shared.try_send_owed()? {
-                Done::Owed
-            } else {
-                Done::Sent
-            })
-        };
+                Ok(if shared.try_send_owed()? {
+                    Done::Owed
+                } else {
+                    Done::Sent
+                })
+            };
         read_event(
             &mut self.conn,
             &mut self.stream,

@@ -411,6 +411,12 @@ pub enum Error {
     /// The connection is closed (or closing and the operation needs it open).
     #[error("connection closed")]
     Closed,
+    /// TLS failed (the `rustls` feature): a refused certificate, a peer
+    /// that does not speak TLS, a handshake that timed out. See
+    /// [`TlsError::fault`](crate::tls::TlsError::fault).
+    #[cfg(feature = "rustls")]
+    #[error("TLS: {0}")]
+    Tls(crate::tls::TlsError),
 }
 
 #[cfg(test)]

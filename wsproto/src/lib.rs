@@ -78,11 +78,17 @@
 //! it; see [`deflate`] for the sans-IO steps. Inflating is bounded by
 //! [`Config::max_message_size`].
 //!
+//! ## TLS
+//!
+//! With the `rustls` feature, [`blocking::connect`] dials `wss://` URLs,
+//! verified against Mozilla's roots, and `blocking::accept_tls` serves
+//! them; see the `tls` module. Without it, bring your own TLS stream
+//! ([`blocking::client`] and [`blocking::WebSocket::from_raw`] take any
+//! [`blocking::Transport`]; [`blocking::AnyStream`] makes one of any
+//! `Read + Write`).
+//!
 //! ## What it does not do (yet)
 //!
-//! - TLS: bring your own stream (`blocking::client` and `WebSocket::from_raw`
-//!   take any [`blocking::Transport`]; [`blocking::AnyStream`] makes one of
-//!   any `Read + Write`).
 //! - An async adapter: the [`Connection`] core is ready for one.
 
 #![deny(missing_docs)]
@@ -100,6 +106,8 @@ pub mod handshake;
 pub mod mask;
 mod message;
 mod random;
+#[cfg(feature = "rustls")]
+pub mod tls;
 pub mod utf8;
 
 pub use bytes::Bytes;

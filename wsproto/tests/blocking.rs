@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
-use wsproto::blocking::{self, WebSocket};
+use wsproto::blocking::{self, MaybeTlsStream, WebSocket};
 use wsproto::{Bytes, CloseCode, Config, Error, Event, HandshakeError, Opcode, ProtocolError};
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -40,7 +40,7 @@ fn echo(ws: Result<WebSocket<TcpStream>, Error>) -> Result<Vec<Event>, Error> {
     }
 }
 
-fn connect(url: &str) -> WebSocket<TcpStream> {
+fn connect(url: &str) -> WebSocket<MaybeTlsStream> {
     let (ws, _) = blocking::connect(url).unwrap();
     ws.get_ref().set_read_timeout(Some(LIMIT)).unwrap();
     ws
@@ -429,10 +429,12 @@ fn within<T: Send + 'static>(bound: Duration, f: impl FnOnce() -> T + Send + 'st
 /// One side of `split_peers_sending_40_mib_each_way_complete`: sends 40
 /// messages of 1 MiB (with a Ping after each) while reading the other
 /// side's 40, then closes (the client first).
-fn send_and_read_40_mib(ws: WebSocket<TcpStream>) -> Result<usize, Error> {
+fn send_and_read_40_mib<S: blocking::Transport + Into<MaybeTlsStream>>(
+    mut ws: WebSocket<S>,
+) -> Result<usize, Error> {
     // Socket timeouts only bound the old code's deadlock.
-    ws.get_ref().set_read_timeout(Some(LIMIT * 3))?;
-    ws.get_ref().set_write_timeout(Some(LIMIT * 3))?;
+    blocking::Transport::set_read_timeout(ws.get_mut(), Some(LIMIT * 3))?;
+    ws.set_write_timeout(Some(LIMIT * 3))?;
     let client = ws.connection().role() == wsproto::Role::Client;
     let (mut reader, writer) = ws.split()?;
     let sender = thread::spawn(move || -> Result<blocking::Writer, Error> {

@@ -8,9 +8,9 @@
 
 use chat_server::{Config, Running, Server};
 use serde_json::{json, Value};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
-use wsproto::blocking::{self, WebSocket};
+use wsproto::blocking::{self, MaybeTlsStream, WebSocket};
 use wsproto::Event;
 
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -34,7 +34,7 @@ pub fn upgrade(target: &str, host: &str, extra: &str) -> String {
 }
 
 pub struct Client {
-    pub ws: WebSocket<TcpStream>,
+    pub ws: WebSocket<MaybeTlsStream>,
 }
 
 impl Client {

@@ -32,6 +32,8 @@ pub struct ClientRequest {
     protocols: Vec<String>,
     extra: Vec<(String, String)>,
     deflate: Option<DeflateConfig>,
+    /// From a `wss://` URL: the stream must be TLS (RFC 6455 §3).
+    secure: bool,
 }
 
 impl ClientRequest {
@@ -72,16 +74,18 @@ impl ClientRequest {
             protocols: Vec::new(),
             extra: Vec::new(),
             deflate: None,
+            secure: false,
         })
     }
 
-    /// A request for a `ws://host[:port][/path]` URL (port 80 by default).
+    /// A request for a `ws://host[:port][/path]` URL (port 80 by default)
+    /// or a `wss://` one (port 443 by default, RFC 6455 §3; the stream must
+    /// then be TLS: [`is_secure`](Self::is_secure)).
     ///
     /// # Errors
     ///
-    /// [`HandshakeError::InvalidUrl`] for another scheme (`wss://` needs TLS,
-    /// which this crate leaves to the caller), a missing host, a bad port or
-    /// a path with spaces or control characters;
+    /// [`HandshakeError::InvalidUrl`] for another scheme, a missing host, a
+    /// bad port or a path with spaces or control characters;
     /// [`HandshakeError::InvalidHost`] for a host with characters no host
     /// may hold (CR and LF among them).
     pub fn from_url(url: &str) -> Result<Self, HandshakeError> {
@@ -89,15 +93,14 @@ impl ClientRequest {
             url: url.to_owned(),
             why,
         };
-        let rest = if let Some(r) = strip_prefix_ignore_case(url, "ws://") {
-            r
-        } else if strip_prefix_ignore_case(url, "wss://").is_some() {
-            return Err(bad(
-                "wss:// needs TLS: connect a TLS stream yourself and use blocking::client",
-            ));
+        let (rest, secure) = if let Some(r) = strip_prefix_ignore_case(url, "ws://") {
+            (r, false)
+        } else if let Some(r) = strip_prefix_ignore_case(url, "wss://") {
+            (r, true)
         } else {
-            return Err(bad("the scheme must be ws://"));
+            return Err(bad("the scheme must be ws:// or wss://"));
         };
+        let default_port = if secure { 443 } else { 80 };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
             Some(i) => (&rest[..i], rest[i..].to_owned()),
@@ -112,7 +115,7 @@ impl ClientRequest {
                 .split_once(']')
                 .ok_or_else(|| bad("unterminated IPv6 literal"))?;
             let port = match after {
-                "" => 80,
+                "" => default_port,
                 p => p
                     .strip_prefix(':')
                     .and_then(|p| p.parse().ok())
@@ -122,7 +125,7 @@ impl ClientRequest {
         } else {
             match authority.rsplit_once(':') {
                 Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad("invalid port"))?),
-                None => (authority.to_owned(), 80),
+                None => (authority.to_owned(), default_port),
             }
         };
         if host.is_empty() || host == "[]" {
@@ -131,7 +134,31 @@ impl ClientRequest {
         if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(bad("the path contains spaces or control characters"));
         }
-        Self::new(&host, port, &path)
+        let mut request = Self::new(&host, port, &path)?;
+        request.secure = secure;
+        Ok(request)
+    }
+
+    /// True for a `wss://` URL: the request must go over TLS.
+    ///
+    /// ```
+    /// use wsproto::handshake::ClientRequest;
+    /// let req = ClientRequest::from_url("wss://[::1]/chat")?;
+    /// assert!(req.is_secure());
+    /// assert_eq!((req.host(), req.address().as_str()), ("::1", "[::1]:443"));
+    /// # Ok::<(), wsproto::HandshakeError>(())
+    /// ```
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
+    /// The host, as TLS names it for SNI and certificate checks (an IPv6
+    /// address without its brackets).
+    pub fn host(&self) -> &str {
+        self.host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(&self.host)
     }
 
     /// Offers these subprotocols, in order of preference.
@@ -241,7 +268,8 @@ impl ClientRequest {
 
     /// The request bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let host = if self.port == 80 {
+        // RFC 7230 §5.4: the port may be left out when it is the scheme's default.
+        let host = if self.port == if self.secure { 443 } else { 80 } {
             self.host.clone()
         } else {
             self.address()
@@ -460,7 +488,7 @@ mod tests {
             .starts_with("GET /?x=1 HTTP/1.1\r\n"));
         for bad in [
             "http://x/",
-            "wss://x/",
+            "https://x/",
             "ws://",
             "ws://x:99999/",
             "ws://u@x/",
@@ -474,6 +502,22 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn wss_urls_default_to_443() {
+        let r = ClientRequest::from_url("wss://example.com/chat").unwrap();
+        assert!(r.is_secure());
+        assert_eq!(
+            (r.address().as_str(), r.host()),
+            ("example.com:443", "example.com")
+        );
+        assert!(String::from_utf8(r.to_bytes())
+            .unwrap()
+            .starts_with("GET /chat HTTP/1.1\r\nHost: example.com\r\n"));
+        let r = ClientRequest::from_url("WSS://[::1]:8443").unwrap();
+        assert_eq!((r.address().as_str(), r.host()), ("[::1]:8443", "::1"));
+        assert!(!ClientRequest::from_url("ws://x/").unwrap().is_secure());
     }
 
     /// Nothing a caller passes may add a line to the request: every case
