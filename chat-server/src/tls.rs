@@ -26,8 +26,8 @@
 //! dropped.
 
 use crate::sys;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+// One rustls for the whole tree: wsproto's (its `rustls` feature), with the
+// ring provider it selects.
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     AppDataRecord, ConnectionState, EncodeError, EncryptError, InsufficientSizeError,
@@ -36,9 +36,10 @@ use rustls::unbuffered::{
 use rustls::ServerConfig;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
+use wsproto::tls::rustls;
 
 /// The certificate chain and key files of `--tls-cert` and `--tls-key`
 /// (PEM).
@@ -50,85 +51,20 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// Why the certificate or key could not be loaded.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum TlsError {
-    /// A file could not be read.
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What the OS said.
-        source: io::Error,
-    },
-    /// The file holds no PEM block of the kind wanted, or a broken one.
-    Pem {
-        /// The file.
-        path: PathBuf,
-        /// What was wanted and what went wrong.
-        what: String,
-    },
-    /// rustls refused the pair (e.g. the key does not match the
-    /// certificate, or the key type is unsupported).
-    Rejected(rustls::Error),
-}
-
-impl std::fmt::Display for TlsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Read { path, source } => write!(f, "cannot read {}: {source}", path.display()),
-            Self::Pem { path, what } => write!(f, "{}: {what}", path.display()),
-            Self::Rejected(e) => write!(f, "certificate and key refused by rustls: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for TlsError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Read { source, .. } => Some(source),
-            Self::Rejected(e) => Some(e),
-            Self::Pem { .. } => None,
-        }
-    }
-}
+/// Why the certificate or key could not be loaded: wsproto's TLS error
+/// (`Pem` for an unreadable or broken file, `Config` when rustls refuses the
+/// pair).
+pub use wsproto::tls::TlsError;
 
 /// Loads a PEM certificate chain and key into a server configuration with
 /// the ring provider selected explicitly, TLS 1.3 and 1.2, and ALPN
 /// `http/1.1` (WebSocket upgrades are HTTP/1.1 only, RFC 6455 §4.1; a
 /// browser offering h2 must not pick it).
 ///
-/// The one place the chat server builds a `ServerConfig` (to be swapped
-/// for wsproto's `tls::server_config_from_pem` once that lands).
+/// The one place the chat server builds a `ServerConfig`: wsproto's loader
+/// (ring provider, TLS 1.2 and 1.3, ALPN `http/1.1`).
 pub(crate) fn load_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Read {
-            path: path.to_owned(),
-            source,
-        })
-    };
-    let pem_err = |path: &Path, what: String| TlsError::Pem {
-        path: path.to_owned(),
-        what,
-    };
-    let cert_pem = read(&files.cert)?;
-    let certs = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(&files.cert, format!("bad CERTIFICATE block: {e}")))?;
-    if certs.is_empty() {
-        return Err(pem_err(&files.cert, "no CERTIFICATE block".into()));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?)
-        .map_err(|e| pem_err(&files.key, format!("no usable PRIVATE KEY block: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Rejected)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(TlsError::Rejected)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    wsproto::tls::server_config_from_pem(&files.cert, &files.key)
 }
 
 /// The server's TLS configuration, reloadable.

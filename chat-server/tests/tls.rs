@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wsproto::blocking::{self, Transport, WebSocket};
 use wsproto::handshake::ClientRequest;
+use wsproto::tls::rustls;
 use wsproto::Event;
 
 /// A throwaway CA.

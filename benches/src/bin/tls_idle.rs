@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wsproto::blocking::{self, Transport, WebSocket};
 use wsproto::handshake::ClientRequest;
+use wsproto::tls::rustls;
 use wsproto::Event;
 
 /// Plain TCP or rustls over it, as one wsproto transport.
