@@ -45,6 +45,7 @@ pub mod protocol;
 mod reactor;
 mod room;
 mod session;
+mod store; // store hook
 mod sys;
 
 use std::collections::HashMap;
@@ -128,6 +129,14 @@ pub struct Config {
     /// recipient of a broadcast, and asks `client_no_context_takeover`, so
     /// an idle connection keeps no inflate window.
     pub deflate: bool,
+    /// Where room messages, private messages, rooms, accounts and media
+    /// are kept (`--data DIR`; DESIGN.md, "Storage"); `None` keeps
+    /// everything in memory (`--ephemeral`, v1 behaviour). The library
+    /// default is `None`; the command line's is `./chat-data`.
+    pub data: Option<std::path::PathBuf>,
+    /// Room messages kept per room in the store (`--retain-messages`);
+    /// older ones are deleted. Private messages are kept as many.
+    pub retain_messages: usize,
 }
 
 impl Default for Config {
@@ -155,6 +164,8 @@ impl Default for Config {
             log: true,
             origin_policy: wsproto::handshake::OriginPolicy::same_host(),
             deflate: true,
+            data: None,
+            retain_messages: 100_000,
         }
     }
 }
@@ -175,6 +186,8 @@ struct Shared {
     clients: Mutex<HashMap<u64, Arc<Client>>>,
     /// The threads that read upgraded connections.
     reactors: Vec<Arc<reactor::Reactor>>,
+    /// The store, closed (flushed) at shutdown. // store hook
+    store: Option<Arc<store::Store>>,
 }
 
 macro_rules! log {
@@ -275,18 +288,42 @@ impl Server {
         // costs its client a one-second retransmit (issue 11).
         sys::set_backlog(&listener, LISTEN_BACKLOG)?;
         listener.set_nonblocking(true)?;
+        // store hook
+        let store = match &config.data {
+            Some(dir) => Some(store::Store::open(&store::StoreConfig {
+                dir: dir.clone(),
+                retain_messages: config.retain_messages,
+                write_queue: store::WRITE_QUEUE,
+                log: config.log,
+            })?),
+            None => None,
+        };
+        if let (Some(store), true) = (&store, config.log) {
+            eprintln!(
+                "chat: storing in {} (next id {})",
+                store.dir().display(),
+                store.first_id()
+            );
+        }
+        let mut room = Room::new(
+            config.history,
+            config.max_text,
+            config.max_queue_bytes,
+            config.presence_limit,
+            config.log,
+        );
+        if let Some(store) = &store {
+            room = room
+                .with_store(Arc::clone(store))
+                .inspect_err(|_| store.close())?;
+        }
         let reactors = (0..config.reactor_threads.max(1))
             .map(|_| reactor::Reactor::new())
             .collect::<io::Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
             reactors,
-            room: Room::new(
-                config.history,
-                config.max_text,
-                config.max_queue_bytes,
-                config.presence_limit,
-                config.log,
-            ),
+            room,
+            store,
             flusher: Flusher::start()?,
             live: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
@@ -384,6 +421,17 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
         shared.flusher.stop();
+        if let Some(store) = &shared.store {
+            // store hook: every queued message is written before run returns.
+            store.close();
+            if store.dropped() > 0 {
+                log!(
+                    shared,
+                    "chat: store: {} messages were not persisted (writer lagging)",
+                    store.dropped()
+                );
+            }
+        }
         Ok(())
     }
 }

@@ -35,6 +35,11 @@ OPTIONS:
   --reactor-threads N        threads reading WebSockets, 1-64 [default: cores, max 4]
   --allowed-origin ORIGIN    also accept WebSockets from pages of ORIGIN (scheme://host[:port];
                              repeatable; * allows any) [default: same host:port only]
+  --data DIR                 keep messages, rooms, accounts and media in DIR (created;
+                             SQLite chat.db in WAL mode, media/) [default: ./chat-data]
+  --retain-messages N        room messages kept per room in DIR, older deleted;
+                             1-1000000000 [default: 100000]
+  --ephemeral                keep nothing on disk: history lives in memory only (v1)
   --no-deflate               do not negotiate permessage-deflate compression
                              [default: negotiated when the client offers it]
   --quiet                    no per-connection log lines
@@ -129,6 +134,8 @@ mod range {
     /// 0 sends only counts; the ceiling keeps the welcome's full list
     /// (up to the limit) within a bounded reply, where it is cut to a page.
     pub const PRESENCE_LIMIT: (u64, u64) = (0, 100_000);
+    /// 0 would delete every message as it is written.
+    pub const RETAIN: (u64, u64) = (1, 1_000_000_000);
     /// More reactors than cores only add contention.
     pub const REACTORS: (u64, u64) = (1, 64);
 
@@ -142,7 +149,14 @@ mod range {
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
     let mut c = Config::default();
+    // store hook: the command line persists by default.
+    let mut data = Some(std::path::PathBuf::from("./chat-data"));
+    let mut ephemeral = false;
     while let Some(flag) = args.next() {
+        if flag == "--ephemeral" {
+            ephemeral = true;
+            continue;
+        }
         if flag == "-h" || flag == "--help" {
             return Ok(None);
         }
@@ -169,6 +183,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
                     .parse()
                     .map_err(|_| format!("--addr: {value:?} is not host:port"))?
             }
+            "--data" if !value.is_empty() => data = Some(value.into()),
+            "--retain-messages" => c.retain_messages = num(range::RETAIN)? as usize,
             "--history" => c.history = num(range::HISTORY)? as usize,
             "--max-connections" => c.max_connections = num(range::CONNECTIONS)? as usize,
             "--max-message-bytes" => c.max_message_bytes = num(range::MESSAGE_BYTES)? as usize,
@@ -188,6 +204,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             _ => return Err(format!("unknown option {flag}")),
         }
     }
+    c.data = if ephemeral { None } else { data };
     // Flags that bound each other, checked once all are known (in any order).
     if c.max_text > c.max_message_bytes {
         return Err(format!(

@@ -16,6 +16,7 @@
 
 use crate::client::{close_replaced, Client, Outgoing};
 use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal, WHO_LIMIT_DEFAULT};
+use crate::store::{HistoryRead, Record, Store}; // store hook
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
@@ -59,6 +60,8 @@ pub struct Room {
     /// reactors skip [`Room::tick`]'s lock while nothing waits.
     presence_pending: AtomicBool,
     log: bool,
+    /// Where messages are persisted (none: `--ephemeral`). // store hook
+    store: Option<Arc<Store>>,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +78,8 @@ struct State {
     history: VecDeque<(u64, Arc<str>)>,
     /// When the last `presence` count went out, and the count it told.
     presence_sent: Option<(Instant, usize)>,
+    /// The store holds room messages older than the ring's. // store hook
+    older_in_store: bool,
 }
 
 /// A nick in the room, with the one connection that acts for it.
@@ -104,7 +109,20 @@ impl Room {
             presence_limit,
             presence_pending: AtomicBool::new(false),
             log,
+            store: None,
         }
+    }
+
+    /// Persists through `store`: ids continue above every earlier run's,
+    /// and the ring starts with the newest stored messages. // store hook
+    pub fn with_store(mut self, store: Arc<Store>) -> std::io::Result<Self> {
+        let (ring, older) = store.recent("lobby", self.history_len)?;
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        st.next_id = store.first_id();
+        st.history = ring.into();
+        st.older_in_store = older;
+        self.store = Some(store);
+        Ok(self)
     }
 
     /// True while a `presence` count waits for its second to pass; the
@@ -233,7 +251,8 @@ impl Room {
             .rev()
             .filter(|(id, _)| since.map_or(true, |s| *id > s));
         let budget = self.reply_max.saturating_sub(head.len() + TAIL_MAX);
-        let (body, more) = newest_that_fit(eligible, usize::MAX, budget);
+        let (body, cut) = newest_that_fit(eligible, usize::MAX, budget);
+        let more = cut || st.older_than_ring(since); // store hook
         let welcome = format!(r#"{head}{body}],"more":{more}}}"#);
         client.send(client.frame(&welcome));
         match old {
@@ -270,14 +289,30 @@ impl Room {
         let mut st = self.lock();
         let from = st.owned(id, client)?.nick.clone();
         let msg_id = st.take_id();
+        let ts = now_ms();
         let msg: Arc<str> =
-            json!({"type": "message", "id": msg_id, "ts": now_ms(), "from": from, "text": text})
+            json!({"type": "message", "id": msg_id, "ts": ts, "from": from, "text": text})
                 .to_string()
                 .into();
         st.broadcast(&msg, None);
+        if let Some(store) = &self.store {
+            // store hook
+            store.claim_id(msg_id);
+            store.record(Record {
+                id: msg_id,
+                ts,
+                room: Some("lobby".into()),
+                from,
+                to: None,
+                text: text.to_owned(),
+                image: None,
+                json: Arc::clone(&msg),
+            });
+        }
         st.history.push_back((msg_id, msg));
         while st.history.len() > self.history_len {
             st.history.pop_front();
+            st.older_in_store |= self.store.is_some(); // store hook
         }
         Ok(())
     }
@@ -303,12 +338,27 @@ impl Room {
         let (Some(from), Some(dest)) = (st.members.get(&id), st.members.get(&target)) else {
             return Ok(());
         };
-        let msg = json!({"type": "private", "id": msg_id, "ts": now_ms(), "from": from.nick, "to": dest.nick, "text": text});
-        let text = msg.to_string();
-        let mut out = Outgoing::text(&text);
+        let ts = now_ms();
+        let msg = json!({"type": "private", "id": msg_id, "ts": ts, "from": from.nick, "to": dest.nick, "text": text});
+        let json = msg.to_string();
+        let mut out = Outgoing::text(&json);
         from.client.send(out.frame_for(&from.client));
         if target != id {
             dest.client.send(out.frame_for(&dest.client));
+        }
+        if let Some(store) = &self.store {
+            // store hook
+            store.claim_id(msg_id);
+            store.record(Record {
+                id: msg_id,
+                ts,
+                room: None,
+                from: from.nick.clone(),
+                to: Some(dest.nick.clone()),
+                text: text.to_owned(),
+                image: None,
+                json: json.into(),
+            });
         }
         Ok(())
     }
@@ -387,7 +437,24 @@ impl Room {
             .rev()
             .filter(|(id, _)| before.map_or(true, |b| *id < b));
         let budget = self.reply_max.saturating_sub(HEAD.len() + TAIL_MAX);
-        let (body, more) = newest_that_fit(eligible, limit, budget);
+        let (body, more) = newest_that_fit(eligible.clone(), limit, budget);
+        if let (Some(store), false, true) = (&self.store, more, st.older_in_store) {
+            // store hook: older messages are on disk; the reader thread
+            // answers, the ring's part snapshotted here.
+            let ring = eligible.take(limit).cloned().collect();
+            let oldest = st.history.front().map_or(u64::MAX, |(id, _)| *id);
+            drop(st);
+            store.read_history(HistoryRead {
+                room: "lobby".into(),
+                client: Arc::clone(client),
+                ring,
+                disk_before: before.map_or(oldest, |b| b.min(oldest)),
+                limit,
+                budget,
+                head: HEAD.into(),
+            });
+            return Ok(());
+        }
         drop(st);
         let msg = format!(r#"{HEAD}{body}],"more":{more}}}"#);
         client.send(client.frame(&msg));
@@ -437,7 +504,7 @@ const TAIL_MAX: usize = 16;
 /// Joins the newest messages of `newest_first` (at most `limit`, at most
 /// `budget` bytes with their commas, but always at least one so paging
 /// makes progress) oldest first; true when older ones were left out.
-fn newest_that_fit<'a>(
+pub(crate) fn newest_that_fit<'a>(
     mut newest_first: impl Iterator<Item = &'a (u64, Arc<str>)>,
     limit: usize,
     budget: usize,
@@ -471,6 +538,14 @@ impl State {
                     "this connection was replaced by a newer one",
                 )
             })
+    }
+
+    /// Whether the store may hold room messages newer than `since` that
+    /// the ring no longer has (ids are not contiguous, so this may say yes
+    /// when none exist; paging then returns nothing new). // store hook
+    fn older_than_ring(&self, since: Option<u64>) -> bool {
+        let oldest = self.history.front().map_or(u64::MAX, |(id, _)| *id);
+        self.older_in_store && since.map_or(true, |s| s.saturating_add(1) < oldest)
     }
 
     fn take_id(&mut self) -> u64 {
