@@ -1,0 +1,354 @@
+//! Storage (DESIGN.md, "Storage"): messages survive a restart and a
+//! SIGKILL, ids continue, `since` and `history` reach back past the ring,
+//! retention, and a stalled disk never delays delivery.
+
+mod common;
+
+use common::{Client, WAIT};
+use rusqlite::Connection;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self(std::env::temp_dir().join(format!(
+            "chat-storage-{tag}-{}-{nanos}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(dir: &Path, tune: impl FnOnce(&mut chat_server::Config)) -> chat_server::Running {
+    let dir = dir.to_path_buf();
+    common::start(move |c| {
+        c.data = Some(dir);
+        c.rate_burst = 100_000;
+        c.rate_per_sec = 100_000;
+        tune(c);
+    })
+}
+
+/// Sends `n` room messages as `c` and returns their ids (from the acks).
+fn say(c: &mut Client, prefix: &str, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            c.send(json!({"type": "message", "text": format!("{prefix}{i}")}));
+            c.recv_type("message")["id"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+fn texts(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Pages back with `history` from `before` to the oldest message kept,
+/// `limit` at a time; returns the texts, oldest first.
+fn page_back(c: &mut Client, mut before: u64, limit: u64) -> Vec<String> {
+    let mut all = Vec::new();
+    for _ in 0..1000 {
+        c.send(json!({"type": "history", "before": before, "limit": limit}));
+        let h = c.recv_type("history");
+        let msgs = h["messages"].as_array().unwrap();
+        let mut page = texts(&h["messages"]);
+        page.append(&mut all);
+        all = page;
+        if h["more"] == false || msgs.is_empty() {
+            return all;
+        }
+        before = msgs[0]["id"].as_u64().unwrap();
+    }
+    panic!("paging did not end");
+}
+
+fn db(dir: &Path) -> Connection {
+    Connection::open(dir.join("chat.db")).unwrap()
+}
+
+#[test]
+fn messages_ids_since_and_history_survive_a_restart() {
+    let dir = TempDir::new("restart");
+    let server = start(&dir.0, |c| c.history = 5);
+    let (mut alice, _) = Client::join(server.addr, "alice");
+    let (mut bob, _) = Client::join(server.addr, "bob");
+    let ids = say(&mut alice, "m", 20);
+    alice.send(json!({"type": "private", "to": "bob", "text": "psst"}));
+    let private_id = alice.recv_type("private")["id"].as_u64().unwrap();
+    // Bob has seen up to m9 when the server goes.
+    let seen = ids[9];
+    drop((alice, bob));
+    server.stop().unwrap();
+
+    let server = start(&dir.0, |c| c.history = 5);
+    // The ring is warmed from the database: the newest 5, and more.
+    let (mut carol, w) = Client::join(server.addr, "carol");
+    assert_eq!(texts(&w["history"]), ["m15", "m16", "m17", "m18", "m19"]);
+    assert_eq!(w["more"], true, "{w}");
+    // Ids continue above every id of the last run.
+    let after = say(&mut carol, "n", 1)[0];
+    assert!(after > private_id && after > ids[19], "{after}");
+
+    // `since` resumes across the restart: the welcome holds the ring's
+    // part and says more; paging fetches the rest from the database.
+    bob = Client::connect(server.addr);
+    bob.send(json!({"type": "join", "nick": "bob", "since": seen}));
+    let w = bob.recv_type("welcome");
+    assert_eq!(w["more"], true, "{w}");
+    let oldest = w["history"][0]["id"].as_u64().unwrap();
+    let mut got = page_back(&mut bob, oldest, 3);
+    got.retain(|t| t.starts_with('m') && t[1..].parse::<usize>().unwrap() > 9);
+    got.extend(texts(&w["history"]));
+    let want: Vec<String> = (10..20)
+        .map(|i| format!("m{i}"))
+        .chain(["n0".into()])
+        .collect();
+    assert_eq!(got, want);
+
+    // `history` pages back past the ring through everything kept.
+    let all = page_back(&mut carol, u64::MAX, 7);
+    let want: Vec<String> = (0..20)
+        .map(|i| format!("m{i}"))
+        .chain(["n0".into()])
+        .collect();
+    assert_eq!(all, want);
+    // A history request the ring answers alone says whether older exist.
+    carol.send(json!({"type": "history", "limit": 2}));
+    let h = carol.recv_type("history");
+    assert_eq!(texts(&h["messages"]), ["m19", "n0"]);
+    assert_eq!(h["more"], true);
+    drop((carol, bob));
+    server.stop().unwrap();
+
+    // The private message is stored (it is not part of room history).
+    let conn = db(&dir.0);
+    let (from, to, text): (String, String, String) = conn
+        .query_row(
+            "SELECT from_nick, to_nick, text FROM messages WHERE id = ?1",
+            [private_id as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (from.as_str(), to.as_str(), text.as_str()),
+        ("alice", "bob", "psst")
+    );
+}
+
+#[test]
+fn retention_keeps_the_newest_messages_per_room() {
+    let dir = TempDir::new("retain");
+    let server = start(&dir.0, |c| {
+        c.retain_messages = 10;
+        c.history = 3;
+    });
+    let (mut alice, _) = Client::join(server.addr, "alice");
+    say(&mut alice, "r", 30);
+    drop(alice);
+    server.stop().unwrap();
+    let conn = db(&dir.0);
+    let kept: Vec<String> = conn
+        .prepare("SELECT text FROM messages WHERE to_nick IS NULL ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let want: Vec<String> = (20..30).map(|i| format!("r{i}")).collect();
+    assert_eq!(kept, want);
+    drop(conn);
+    // And paging after a restart ends there.
+    let server = start(&dir.0, |c| c.history = 3);
+    let (mut bob, _) = Client::join(server.addr, "bob");
+    assert_eq!(page_back(&mut bob, u64::MAX, 4), want);
+}
+
+/// A database locked by someone else (a backup, a stalled disk) delays
+/// the writer, never the room: messages keep flowing at once, and are
+/// written once the lock goes.
+#[test]
+fn a_locked_database_never_delays_delivery() {
+    let dir = TempDir::new("locked");
+    let server = start(&dir.0, |_| {});
+    let (mut alice, _) = Client::join(server.addr, "alice");
+    say(&mut alice, "warm", 1);
+    let conn = db(&dir.0);
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let t = Instant::now();
+    let ids = say(&mut alice, "x", 200);
+    let took = t.elapsed();
+    // The writer's commit waits on the lock (SQLite's busy timeout, 5 s).
+    assert!(took < Duration::from_secs(2), "delivery waited: {took:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    conn.execute_batch("COMMIT").unwrap();
+    drop(alice);
+    server.stop().unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM messages WHERE id >= ?1",
+            [ids[0] as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 200);
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_chat-server");
+
+/// Starts the binary on `dir`; returns it and its address.
+fn spawn(dir: &Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--quiet",
+            "--rate-burst",
+            "1000000",
+        ])
+        .args(["--rate-per-sec", "1000000", "--data"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Some(a) = line.strip_prefix("chat: listening on http://") {
+            break a.trim_end_matches('/').parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+/// `kill -9` mid-traffic: the database opens clean, every message a
+/// receiver had more than 100 ms before the kill is there, and ids go on
+/// above every id seen.
+#[test]
+fn sigkill_mid_traffic_loses_at_most_the_last_batch() {
+    let dir = TempDir::new("kill");
+    let (mut child, addr) = spawn(&dir.0);
+    let (mut bob, _) = Client::join(addr, "bob");
+    let (mut alice, _) = Client::join(addr, "alice");
+    let stop = Arc::new(AtomicBool::new(false));
+    let received: Arc<Mutex<Vec<(u64, String, Instant)>>> = Arc::default();
+    let reader = {
+        let received = Arc::clone(&received);
+        std::thread::spawn(move || {
+            // Ends with the connection (the kill); every read is bounded.
+            while let Ok(wsproto::Event::Text(t)) = bob.ws.read() {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "message" {
+                    let id = v["id"].as_u64().unwrap();
+                    let text = v["text"].as_str().unwrap().to_owned();
+                    received.lock().unwrap().push((id, text, Instant::now()));
+                }
+            }
+        })
+    };
+    let sender = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                if alice
+                    .ws
+                    .send(json!({"type": "message", "text": format!("k{i}")}).to_string())
+                    .is_err()
+                {
+                    break;
+                }
+                i += 1;
+                if i % 10 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = Instant::now();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    stop.store(true, Ordering::Release);
+    sender.join().unwrap();
+    reader.join().unwrap();
+    let received = std::mem::take(&mut *received.lock().unwrap());
+    assert!(
+        received.len() > 100,
+        "too little traffic: {}",
+        received.len()
+    );
+
+    let conn = db(&dir.0);
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let mut missing = Vec::new();
+    let mut lost_late = 0;
+    let mut stmt = conn
+        .prepare("SELECT text FROM messages WHERE id = ?1")
+        .unwrap();
+    for (id, text, at) in &received {
+        let stored: Option<String> = stmt.query_row([*id as i64], |r| r.get(0)).ok();
+        if stored.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        if killed.duration_since(*at) <= Duration::from_millis(100) {
+            lost_late += 1;
+        } else {
+            missing.push(*id);
+        }
+    }
+    let last_100ms = received
+        .iter()
+        .filter(|r| killed.duration_since(r.2) <= Duration::from_millis(100))
+        .count();
+    eprintln!(
+        "sigkill: {} messages received, {last_100ms} in the last 100 ms before the kill, {lost_late} of them lost",
+        received.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {} of {}: {missing:?}",
+        missing.len(),
+        received.len()
+    );
+    drop(stmt);
+    drop(conn);
+
+    let max_seen = received.iter().map(|r| r.0).max().unwrap();
+    let (mut child, addr) = spawn(&dir.0);
+    let (mut carol, w) = Client::join(addr, "carol");
+    assert!(!w["history"].as_array().unwrap().is_empty());
+    let id = say(&mut carol, "after", 1)[0];
+    assert!(id > max_seen, "{id} <= {max_seen}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = WAIT;
+}
