@@ -112,9 +112,11 @@ fn ids_continue_across_reopenings() {
 #[ignore = "a measurement, run by hand in release"]
 fn writer_throughput() {
     let dir = temp_dir();
-    let store = Store::open(&config(&dir, WRITE_QUEUE)).unwrap();
-    let first = store.first_id();
     let n = 500_000u64;
+    let mut c = config(&dir, WRITE_QUEUE);
+    c.retain_messages = n as usize;
+    let store = Store::open(&c).unwrap();
+    let first = store.first_id();
     let t = Instant::now();
     for id in first..first + n {
         store.claim_id(id);
