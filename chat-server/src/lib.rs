@@ -38,6 +38,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod accounts; // accounts hook
 mod client;
 mod flusher;
 mod http;
@@ -62,6 +63,7 @@ use flusher::Flusher;
 use room::Room;
 use wsproto::CloseCode;
 
+pub use accounts::{AuthParams, Password}; // accounts hook
 pub use room::REPLY_MAX_BYTES;
 
 /// Accept-queue length asked of the kernel (capped by
@@ -137,6 +139,9 @@ pub struct Config {
     /// Room messages kept per room in the store (`--retain-messages`);
     /// older ones are deleted. Private messages are kept as many.
     pub retain_messages: usize,
+    /// Argon2id cost, hashing threads and lockout window of registered
+    /// nicks (DESIGN.md, "Registered nicks"). // accounts hook
+    pub auth: AuthParams,
 }
 
 impl Default for Config {
@@ -166,6 +171,7 @@ impl Default for Config {
             deflate: true,
             data: None,
             retain_messages: 100_000,
+            auth: AuthParams::default(),
         }
     }
 }
@@ -188,6 +194,8 @@ struct Shared {
     reactors: Vec<Arc<reactor::Reactor>>,
     /// The store, closed (flushed) at shutdown. // store hook
     store: Option<Arc<store::Store>>,
+    /// Registered nicks. // accounts hook
+    accounts: Arc<accounts::Accounts>,
 }
 
 macro_rules! log {
@@ -317,6 +325,8 @@ impl Server {
                 .with_store(Arc::clone(store))
                 .inspect_err(|_| store.close())?;
         }
+        let accounts = accounts::Accounts::start(config.auth, store.clone())
+            .inspect_err(|_| store.iter().for_each(|s| s.close()))?; // accounts hook
         let reactors = (0..config.reactor_threads.max(1))
             .map(|_| reactor::Reactor::new())
             .collect::<io::Result<Vec<_>>>()?;
@@ -324,6 +334,7 @@ impl Server {
             reactors,
             room,
             store,
+            accounts,
             flusher: Flusher::start()?,
             live: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),

@@ -4,6 +4,7 @@
 //! decided in a fixed order (`bad_json`, then `bad_request`, then
 //! `unknown_type`) that a derived enum cannot express.
 
+use crate::accounts::Password; // accounts hook
 use caseless::Caseless;
 use serde_json::{Map, Value};
 use unicode_normalization::UnicodeNormalization;
@@ -19,11 +20,20 @@ pub enum Request {
         nick: String,
         since: Option<u64>,
         token: Option<String>,
+        /// For a registered nick (accounts hook).
+        password: Option<Password>,
     },
     /// A room message.
     Message { text: String },
-    /// Rename.
-    Nick { nick: String },
+    /// Rename; `password` for a registered nick (accounts hook).
+    Nick {
+        nick: String,
+        password: Option<Password>,
+    },
+    /// Register the session's nick (accounts hook).
+    Register { password: Password },
+    /// Unregister the session's nick (accounts hook).
+    Unregister { password: Password },
     /// A one-to-one message.
     Private { to: String, text: String },
     /// Ask for a page of the online list: up to `limit` nicks sorted by
@@ -41,7 +51,12 @@ pub enum ErrorCode {
     NotJoined,
     AlreadyJoined,
     NickInvalid,
+    // accounts hook: these two come right after nick_invalid.
+    AuthRequired,
+    AuthFailed,
     NickTaken,
+    /// `register` of a nick already registered (accounts hook).
+    NickRegistered,
     UnknownUser,
     TooLong,
 }
@@ -57,6 +72,9 @@ impl ErrorCode {
             Self::NotJoined => "not_joined",
             Self::AlreadyJoined => "already_joined",
             Self::NickInvalid => "nick_invalid",
+            Self::AuthRequired => "auth_required",
+            Self::AuthFailed => "auth_failed",
+            Self::NickRegistered => "nick_registered",
             Self::NickTaken => "nick_taken",
             Self::UnknownUser => "unknown_user",
             Self::TooLong => "too_long",
@@ -118,6 +136,7 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             // every message (nothing to replay).
             since: opt_integer(&obj, "since")?.map(clamp_id),
             token: opt_string(&obj, "token")?,
+            password: opt_string(&obj, "password")?.map(Password::new), // accounts hook
         }),
         "message" => Ok(Request::Message {
             text: text_field(&obj)?,
@@ -128,6 +147,14 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
         }),
         "nick" => Ok(Request::Nick {
             nick: string(&obj, "nick")?,
+            password: opt_string(&obj, "password")?.map(Password::new), // accounts hook
+        }),
+        // accounts hook
+        "register" => Ok(Request::Register {
+            password: Password::checked(string(&obj, "password")?).map_err(|m| bad(&m))?,
+        }),
+        "unregister" => Ok(Request::Unregister {
+            password: Password::new(string(&obj, "password")?),
         }),
         "who" => Ok(Request::Who {
             after: opt_string(&obj, "after")?,
@@ -444,7 +471,8 @@ mod tests {
             Request::Join {
                 nick: "a".into(),
                 since: Some(3),
-                token: Some("t".into())
+                token: Some("t".into()),
+                password: None,
             }
         );
     }

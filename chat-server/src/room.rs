@@ -283,6 +283,22 @@ impl Room {
         })
     }
 
+    /// Whether `token` resumes the member now called `nick` (a takeover,
+    /// which needs no password). // accounts hook
+    pub fn resumes(&self, nick: &str, token: Option<&str>) -> bool {
+        let Some(token) = token else {
+            return false;
+        };
+        let st = self.lock();
+        let owner = st.by_token.get(token);
+        owner.is_some() && st.by_nick.get(&nick_key(nick)) == owner
+    }
+
+    /// The nick of member `id`, if `client` acts for it. // accounts hook
+    pub fn nick_of(&self, id: MemberId, client: &Arc<Client>) -> Result<String, Refusal> {
+        Ok(self.lock().owned(id, client)?.nick.clone())
+    }
+
     /// A room message from member `id`, sent by `client`.
     pub fn message(&self, id: MemberId, client: &Arc<Client>, text: &str) -> Result<(), Refusal> {
         self.check_len(text)?;

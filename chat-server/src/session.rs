@@ -3,6 +3,7 @@
 //! the room. Everything it sends, and the end of its life, goes through its
 //! [`Client`].
 
+use crate::accounts::{self, PendingJoin}; // accounts hook
 use crate::client::{Client, Phase, Sent};
 use crate::protocol::{self, ErrorCode, Refusal, Request};
 use crate::room::MemberId;
@@ -90,6 +91,12 @@ impl RateLimit {
         if self.bucket.take(now) {
             return Rate::Allowed;
         }
+        self.refused(now)
+    }
+
+    /// Counts a `rate_limited` refusal (the bucket's, or a locked-out
+    /// nick's: DESIGN.md, they "count like any other").
+    fn refused(&mut self, now: Instant) -> Rate {
         let minute = Duration::from_secs(60);
         while self
             .refusals
@@ -114,6 +121,8 @@ pub(crate) struct Session {
     client: Arc<Client>,
     conn: Connection,
     member: Option<MemberId>,
+    /// A join waiting for its password check. // accounts hook
+    pending: Option<Arc<PendingJoin>>,
     rate: RateLimit,
     /// Pings and Pongs from the client: each costs a reply or a wake-up,
     /// so a flood of them is closed 1008 like a flood of text.
@@ -175,6 +184,7 @@ pub(crate) fn start(
         shared: Arc::clone(shared),
         conn: Connection::new(Role::Server, ws_config(cfg)),
         member: None,
+        pending: None,
         rate: RateLimit::new(cfg),
         control: Bucket::new(cfg.control_burst, cfg.control_per_sec),
         users_seen: None,
@@ -252,6 +262,7 @@ impl Session {
 
     /// Handles expired timers; true when the session should end now.
     pub(crate) fn on_timer(&mut self, now: Instant) -> bool {
+        self.poll_pending(); // accounts hook
         match self.client.phase() {
             Phase::Done => return true,
             Phase::Closing { deadline, .. } => {
@@ -282,7 +293,11 @@ impl Session {
 
     /// Ends the session: out of the room (its `left` goes out), the client
     /// finished (socket shut once its queue drains).
-    pub(crate) fn end(self) {
+    pub(crate) fn end(mut self) {
+        // accounts hook: a join checked too late joins nobody.
+        if let Some(j) = self.pending.take().and_then(|p| p.abandon()) {
+            self.member = Some(j.id);
+        }
         if let Some(id) = self.member {
             self.shared.room.leave(id, &self.client);
         }
@@ -391,19 +406,65 @@ impl Session {
                 return self.close(CloseCode::POLICY_VIOLATION, "rate limit");
             }
         }
+        self.poll_pending(); // accounts hook
         if let Err(r) = self.dispatch(text) {
             self.refuse(&r);
+            // accounts hook: a locked-out nick's rate_limited counts too.
+            if r.code == ErrorCode::RateLimited {
+                if let Rate::RefusedAndClose = self.rate.refused(Instant::now()) {
+                    self.close(CloseCode::POLICY_VIOLATION, "rate limit");
+                }
+            }
+        }
+    }
+
+    /// Takes the member of a join whose password check ended. // accounts hook
+    fn poll_pending(&mut self) {
+        if let Some(done) = self.pending.as_ref().and_then(|p| p.poll()) {
+            self.pending = None;
+            if let Some(j) = done {
+                self.member = Some(j.id);
+                self.users_seen = Some(j.users_version);
+            }
         }
     }
 
     fn dispatch(&mut self, text: &str) -> Result<(), Refusal> {
         let req = protocol::parse(text)?;
         let room = &self.shared.room;
+        if self.pending.is_some() {
+            // accounts hook
+            return Err(Refusal::new(
+                ErrorCode::NotJoined,
+                "the join waits for its password check",
+            ));
+        }
         let id = match (&req, self.member) {
             (Request::Join { .. }, Some(_)) => {
                 return Err(Refusal::new(ErrorCode::AlreadyJoined, "already joined"))
             }
-            (Request::Join { nick, since, token }, None) => {
+            (
+                Request::Join {
+                    nick,
+                    since,
+                    token,
+                    password,
+                },
+                None,
+            ) => {
+                // accounts hook
+                let gate = accounts::join_gate(
+                    &self.shared,
+                    &self.client,
+                    nick,
+                    *since,
+                    token.as_deref(),
+                    password.as_ref(),
+                )?;
+                if let Some(pending) = gate {
+                    self.pending = Some(pending);
+                    return Ok(());
+                }
                 let joined = room.join(&self.client, nick, *since, token.as_deref())?;
                 self.member = Some(joined.id);
                 self.users_seen = Some(joined.users_version);
@@ -419,7 +480,22 @@ impl Session {
             Request::Join { .. } => Ok(()),
             Request::Message { text } => room.message(id, client, &text),
             Request::Private { to, text } => room.private(id, client, &to, &text),
-            Request::Nick { nick } => room.rename(id, client, &nick),
+            Request::Nick { nick, password } => {
+                // accounts hook
+                if accounts::rename_gate(&self.shared, client, id, &nick, password.as_ref())? {
+                    return Ok(());
+                }
+                room.rename(id, client, &nick)
+            }
+            // accounts hook
+            Request::Register { password } => {
+                let nick = room.nick_of(id, client)?;
+                self.shared.accounts.register(client, nick, password)
+            }
+            Request::Unregister { password } => {
+                let nick = room.nick_of(id, client)?;
+                self.shared.accounts.unregister(client, nick, password)
+            }
             Request::Who { after, limit } => {
                 let version = room.who(id, client, after.as_deref(), limit)?;
                 // The rate check came first (cheap on floods); a `who` whose

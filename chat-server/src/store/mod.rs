@@ -109,6 +109,10 @@ pub struct RoomRow {
 enum Op {
     Message(Record),
     Topic(RoomRow),
+    /// A registered nick: key, nick, Argon2id PHC hash.
+    Account(String, String, String),
+    /// A nick unregistered (its key).
+    Unaccount(String),
     /// Only wakes the writer (to raise the id mark).
     Wake,
     Stop,
@@ -312,6 +316,34 @@ impl Store {
         rows.truncate(n);
         rows.reverse();
         Ok((rows, older))
+    }
+
+    /// Queues a new account (registered nick) for the writer. Accounts are
+    /// few and matter: this waits for room in the queue rather than drop.
+    pub fn save_account(&self, key: String, nick: String, hash: String) {
+        let _ = self.writes.send(Op::Account(key, nick, hash));
+    }
+
+    /// Queues the removal of an account.
+    pub fn remove_account(&self, key: String) {
+        let _ = self.writes.send(Op::Unaccount(key));
+    }
+
+    /// Every account: (nick key, nick, hash). Blocks on the database: for
+    /// startup only.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn accounts(&self) -> io::Result<Vec<(String, String, String)>> {
+        let path = self.dir.join("chat.db");
+        let read = || -> rusqlite::Result<Vec<(String, String, String)>> {
+            let conn = schema::open_reader(&path)?;
+            let mut stmt = conn.prepare("SELECT nick_key, nick, hash FROM accounts")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        };
+        read().map_err(|e| db_err("cannot read", &path, e))
     }
 
     /// Every persisted room. Blocks on the database: for startup only.
@@ -568,6 +600,16 @@ fn write_batch(
                         row.topic_by,
                         row.topic_ts.map(|t| t as i64)
                     ])?;
+                }
+                Op::Account(key, nick, hash) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO accounts(nick_key, nick, hash, created)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        rusqlite::params![key, nick, hash, crate::room::now_ms() as i64],
+                    )?;
+                }
+                Op::Unaccount(key) => {
+                    tx.execute("DELETE FROM accounts WHERE nick_key = ?1", [key])?;
                 }
                 Op::Wake | Op::Stop => {}
             }
