@@ -387,3 +387,20 @@ fn ids_are_not_reused_after_a_kill_that_lost_messages() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Two servers on one directory would hand out the same ids: the second
+/// refuses to start, and the directory is free again once the first stops.
+#[test]
+fn a_second_server_on_the_same_directory_refuses_to_start() {
+    let dir = TempDir::new("twice");
+    let first = start(&dir.0, |_| {});
+    let mut c = chat_server::Config::default();
+    c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.log = false;
+    c.data = Some(dir.0.clone());
+    let err = chat_server::Server::bind(c.clone()).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    first.stop().unwrap();
+    let again = chat_server::Server::bind(c).unwrap().spawn().unwrap();
+    again.stop().unwrap();
+}

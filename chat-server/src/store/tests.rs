@@ -73,9 +73,10 @@ fn a_stalled_writer_drops_past_the_queue_bound_without_blocking() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Ids continue across a clean reopening with no gap, and across an
-/// unclean one (no close: the mark persisted ahead of use) above every
-/// id handed out.
+/// Ids continue across a clean reopening with no gap (the exact mark is
+/// persisted at close), and while running the persisted mark stays ahead
+/// of every id handed out (the crash case: `tests/storage.rs`,
+/// `ids_are_not_reused_after_a_kill_that_lost_messages`).
 #[test]
 fn ids_continue_across_reopenings() {
     let dir = temp_dir();
@@ -91,17 +92,14 @@ fn ids_continue_across_reopenings() {
     assert_eq!(store.first_id(), first + 10, "a clean stop skips nothing");
     let second = store.first_id();
     store.claim_id(second);
-    // A crash: the threads stop without the final mark.
-    let limit = store.id_limit.load(Ordering::Acquire);
-    // Simulate the kill by reading the persisted mark from another connection.
     let conn = schema::open_reader(&dir.join("chat.db")).unwrap();
     let persisted: i64 = conn
         .query_row("SELECT value FROM meta WHERE key = 'id_limit'", [], |r| {
             r.get(0)
         })
         .unwrap();
-    assert_eq!(persisted as u64, limit);
-    assert!(limit > second);
+    assert_eq!(persisted as u64, store.id_limit.load(Ordering::Acquire));
+    assert!(persisted as u64 > second);
     store.close();
     let _ = std::fs::remove_dir_all(&dir);
 }
