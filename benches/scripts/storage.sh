@@ -26,7 +26,10 @@ trap 'rm -rf "$WORK"' EXIT
 RATE="--rate-burst 1000000 --rate-per-sec 1000000"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for run in $(seq "$RUNS"); do
-    for mode in ephemeral data; do
+    # Alternate which mode goes first, so a drift in the machine's load
+    # biases neither.
+    order="ephemeral data"; [ $((run % 2)) = 0 ] && order="data ephemeral"
+    for mode in $order; do
         if [ "$mode" = ephemeral ]; then flags=--ephemeral; else flags="--data $WORK/data-$run"; fi
         # shellcheck disable=SC2086
         taskset -c 0 "$TARGET/release/chat-server" --quiet --addr "127.0.0.1:$PORT" $RATE $flags 2>>"$WORK/server.log" &
@@ -38,7 +41,7 @@ for run in $(seq "$RUNS"); do
         line=$(taskset -c 1 "$TARGET/release/loadgen" "$SCEN" --addr "127.0.0.1:$PORT" \
             --server-pid "$pid" --label "$mode" 2>/dev/null | grep '^RESULT' || true)
         kill "$pid"; wait "$pid" || true
-        echo "run=$run mode=$mode $(grep -o 'lost=[0-9]*\|p99_ms=[0-9.]*\|srv_us_per_deliv=[0-9.]*\|gen_cpu_pct=[0-9]*' <<<"$line" | tr '\n' ' ')"
+        echo "run=$run mode=$mode $(grep -o 'lost=[0-9]*\|p50_ms=[0-9.]*\|p99_ms=[0-9.]*\|srv_us_per_deliv=[0-9.]*\|gen_cpu_pct=[0-9]*' <<<"$line" | tr '\n' ' ')"
     done
 done | tee "$WORK/results"
 python3 - "$WORK/results" <<'PY'

@@ -174,7 +174,10 @@ impl Accounts {
             let (rx, weak) = (Arc::clone(&rx), Arc::downgrade(&me));
             std::thread::Builder::new()
                 .name(format!("chat-auth-{i}"))
-                .spawn(move || work(&rx, &weak))?;
+                .spawn(move || {
+                    crate::sys::lower_thread_priority(crate::store::BACKGROUND_NICE);
+                    work(&rx, &weak);
+                })?;
         }
         Ok(me)
     }

@@ -54,6 +54,9 @@ pub const ID_BLOCK: u64 = 1 << 20;
 /// loses at most this plus one commit (a few ms) of messages: within
 /// DESIGN.md's 50 ms.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// Nice value of the writer and reader threads (and the password
+/// hashers): under CPU contention the reactors, at 0, come first.
+pub(crate) const BACKGROUND_NICE: i32 = 10;
 /// How often the retention bound is applied to the rooms written since.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// How long the reader waits for the writer to commit what was queued
@@ -217,11 +220,18 @@ impl Store {
         let retain = config.retain_messages;
         let writer = std::thread::Builder::new()
             .name("chat-store-writer".into())
-            .spawn(move || s.write_loop(conn, &write_rx, retain))?;
+            .spawn(move || {
+                // Behind the reactors: a commit may wait, a delivery not.
+                crate::sys::lower_thread_priority(BACKGROUND_NICE);
+                s.write_loop(conn, &write_rx, retain);
+            })?;
         let s = Arc::clone(&store);
         let reader = std::thread::Builder::new()
             .name("chat-store-reader".into())
-            .spawn(move || s.read_loop(&reader, &read_rx))?;
+            .spawn(move || {
+                crate::sys::lower_thread_priority(BACKGROUND_NICE);
+                s.read_loop(&reader, &read_rx);
+            })?;
         store.threads_mut().extend([writer, reader]);
         Ok(store)
     }
