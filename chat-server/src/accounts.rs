@@ -184,7 +184,10 @@ impl Accounts {
 
     /// Whether `nick` (any case variant) is registered.
     pub fn is_registered(&self, nick: &str) -> bool {
-        lock(&self.accounts).contains_key(&nick_key(nick))
+        let all = lock(&self.accounts);
+        // Skips the case folding on a server without accounts (a join
+        // storm pays nothing for the feature).
+        !all.is_empty() && all.contains_key(&nick_key(nick))
     }
 
     /// Starts a password attempt for `nick` and queues `job` to check it:

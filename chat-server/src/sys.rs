@@ -236,4 +236,3 @@ mod tests {
         assert_eq!(super::fd_limit().unwrap(), (hard, hard));
     }
 }
-
