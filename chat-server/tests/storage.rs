@@ -404,3 +404,36 @@ fn a_second_server_on_the_same_directory_refuses_to_start() {
     let again = chat_server::Server::bind(c).unwrap().spawn().unwrap();
     again.stop().unwrap();
 }
+
+#[test]
+fn the_storage_flags_are_listed_and_checked() {
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--data DIR", "--retain-messages N", "--ephemeral"] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    for bad in [
+        &["--retain-messages", "0"][..],
+        &["--retain-messages", "x"],
+        &["--data"],
+    ] {
+        let out = Command::new(BIN).args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+}
+
+#[test]
+fn an_unusable_data_directory_is_a_clear_startup_error() {
+    let dir = TempDir::new("file");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let out = Command::new(BIN)
+        .args(["--addr", "127.0.0.1:0", "--data"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chat-server: cannot start"), "{err}");
+}
