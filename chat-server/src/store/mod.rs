@@ -57,6 +57,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Nice value of the writer and reader threads (and the password
 /// hashers): under CPU contention the reactors, at 0, come first.
 pub(crate) const BACKGROUND_NICE: i32 = 10;
+/// Times a batch is tried again when the database stays locked through
+/// SQLite's busy timeout (5 s each).
+const BUSY_RETRIES: u32 = 3;
 /// How often the retention bound is applied to the rooms written since.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// How long the reader waits for the writer to commit what was queued
@@ -451,13 +454,27 @@ impl Store {
             } else {
                 self.next_limit()
             };
-            let result = write_batch(
-                &mut conn,
-                &batch,
-                new_limit,
-                &mut touched,
-                prune.then_some(retain),
-            );
+            // A database locked by another process (a backup, sqlite3 in a
+            // shell) past the busy timeout: try the same batch again a few
+            // times before giving it up; the queue bound holds meanwhile.
+            let mut tries = 0;
+            let result = loop {
+                let r = write_batch(
+                    &mut conn,
+                    &batch,
+                    new_limit,
+                    &mut touched,
+                    prune.then_some(retain),
+                );
+                if tries < BUSY_RETRIES && is_busy(&r) {
+                    tries += 1;
+                    if self.log {
+                        eprintln!("chat: store: database locked by someone else; retrying a batch of {records} messages");
+                    }
+                    continue;
+                }
+                break r;
+            };
             match result {
                 Ok(()) => {
                     if let Some(limit) = new_limit {
@@ -536,6 +553,14 @@ impl Drop for Store {
         // `open` failed half-way; nothing is left to do but to be sure.
         self.closed.store(true, Ordering::Release);
     }
+}
+
+fn is_busy(r: &rusqlite::Result<()>) -> bool {
+    matches!(
+        r,
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn send_reply(req: &HistoryRead, body: &str, more: bool) {
