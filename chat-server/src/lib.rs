@@ -39,6 +39,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod accounts;
 mod client;
 mod flusher;
 mod history;
@@ -48,6 +49,7 @@ pub mod protocol;
 mod reactor;
 mod room;
 mod session;
+mod store;
 mod sys;
 mod tls;
 
@@ -65,6 +67,7 @@ use flusher::Flusher;
 use hub::Hub;
 use wsproto::CloseCode;
 
+pub use accounts::{AuthParams, Password};
 pub use room::REPLY_MAX_BYTES;
 pub use tls::{TlsError, TlsFiles};
 
@@ -148,6 +151,17 @@ pub struct Config {
     /// request with a 308 to the same host and target over `https://`
     /// (`--redirect-http`; needs `tls`).
     pub redirect_http: Option<u16>,
+    /// Where room messages, private messages, rooms, accounts and media
+    /// are kept (`--data DIR`; DESIGN.md, "Storage"); `None` keeps
+    /// everything in memory (`--ephemeral`, v1 behaviour). The library
+    /// default is `None`; the command line's is `./chat-data`.
+    pub data: Option<std::path::PathBuf>,
+    /// Room messages kept per room in the store (`--retain-messages`);
+    /// older ones are deleted. Private messages are kept as many.
+    pub retain_messages: usize,
+    /// Argon2id cost, hashing threads and lockout window of registered
+    /// nicks (DESIGN.md, "Registered nicks").
+    pub auth: AuthParams,
 }
 
 impl Default for Config {
@@ -179,6 +193,9 @@ impl Default for Config {
             deflate: true,
             tls: None,
             redirect_http: None,
+            data: None,
+            retain_messages: 100_000,
+            auth: AuthParams::default(),
         }
     }
 }
@@ -205,6 +222,10 @@ struct Shared {
     tls: Option<tls::TlsState>,
     /// Threads answering `--redirect-http` (bounded like `refusing`).
     redirecting: AtomicUsize,
+    /// The store, closed (flushed) at shutdown.
+    store: Option<Arc<store::Store>>,
+    /// Registered nicks.
+    accounts: Arc<accounts::Accounts>,
 }
 
 macro_rules! log {
@@ -347,12 +368,24 @@ impl Server {
         // costs its client a one-second retransmit (issue 11).
         sys::set_backlog(&listener, LISTEN_BACKLOG)?;
         listener.set_nonblocking(true)?;
-        let reactors = (0..config.reactor_threads.max(1))
-            .map(|_| reactor::Reactor::new())
-            .collect::<io::Result<Vec<_>>>()?;
-        let shared = Arc::new(Shared {
-            reactors,
-            room: Hub::new(hub::Limits {
+        let store = match &config.data {
+            Some(dir) => Some(store::Store::open(&store::StoreConfig {
+                dir: dir.clone(),
+                retain_messages: config.retain_messages,
+                write_queue: store::WRITE_QUEUE,
+                log: config.log,
+            })?),
+            None => None,
+        };
+        if let (Some(store), true) = (&store, config.log) {
+            eprintln!(
+                "chat: storing in {} (next id {})",
+                store.dir().display(),
+                store.first_id()
+            );
+        }
+        let hub = Hub::new(
+            hub::Limits {
                 history: config.history,
                 max_text: config.max_text,
                 max_queue: config.max_queue_bytes,
@@ -360,7 +393,20 @@ impl Server {
                 max_rooms: config.max_rooms,
                 max_rooms_per_user: config.max_rooms_per_user,
                 log: config.log,
-            }),
+            },
+            store.clone(),
+        )
+        .inspect_err(|_| store.iter().for_each(|s| s.close()))?;
+        let accounts = accounts::Accounts::start(config.auth, store.clone())
+            .inspect_err(|_| store.iter().for_each(|s| s.close()))?;
+        let reactors = (0..config.reactor_threads.max(1))
+            .map(|_| reactor::Reactor::new())
+            .collect::<io::Result<Vec<_>>>()?;
+        let shared = Arc::new(Shared {
+            reactors,
+            room: hub,
+            store,
+            accounts,
             flusher: Flusher::start()?,
             live: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
@@ -477,6 +523,17 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
         shared.flusher.stop();
+        if let Some(store) = &shared.store {
+            // Every queued message is written before run returns.
+            store.close();
+            if store.dropped() > 0 {
+                log!(
+                    shared,
+                    "chat: store: {} messages were not persisted (writer lagging)",
+                    store.dropped()
+                );
+            }
+        }
         Ok(())
     }
 }

@@ -42,6 +42,11 @@ OPTIONS:
   --reactor-threads N        threads reading WebSockets, 1-64 [default: cores, max 4]
   --allowed-origin ORIGIN    also accept WebSockets from pages of ORIGIN (scheme://host[:port];
                              repeatable; * allows any) [default: same host:port only]
+  --data DIR                 keep messages, rooms, accounts and media in DIR (created;
+                             SQLite chat.db in WAL mode, media/) [default: ./chat-data]
+  --retain-messages N        room messages kept per room in DIR, older deleted;
+                             1-1000000000 [default: 100000]
+  --ephemeral                keep nothing on disk: history lives in memory only (v1)
   --no-deflate               do not negotiate permessage-deflate compression
                              [default: negotiated when the client offers it]
   --tls-cert FILE            serve https:// and wss:// with this PEM certificate chain
@@ -89,7 +94,7 @@ fn main() -> ExitCode {
     let server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("chat-server: cannot listen: {e}");
+            eprintln!("chat-server: cannot start: {e}"); // the address, TLS files or --data
             return ExitCode::FAILURE;
         }
     };
@@ -161,6 +166,8 @@ mod range {
     /// Empty rooms with messages are kept, each with its history ring: the
     /// ceiling bounds that memory (with `--history`).
     pub const ROOMS: (u64, u64) = (1, 1_000_000);
+    /// 0 would delete every message as it is written.
+    pub const RETAIN: (u64, u64) = (1, 1_000_000_000);
     /// More reactors than cores only add contention.
     pub const REACTORS: (u64, u64) = (1, 64);
 
@@ -175,7 +182,14 @@ mod range {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
     let mut c = Config::default();
     let (mut cert, mut key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
+    // The command line persists by default.
+    let mut data = Some(PathBuf::from("./chat-data"));
+    let mut ephemeral = false;
     while let Some(flag) = args.next() {
+        if flag == "--ephemeral" {
+            ephemeral = true;
+            continue;
+        }
         if flag == "-h" || flag == "--help" {
             return Ok(None);
         }
@@ -202,6 +216,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
                     .parse()
                     .map_err(|_| format!("--addr: {value:?} is not host:port"))?
             }
+            "--data" if !value.is_empty() => data = Some(value.into()),
+            "--retain-messages" => c.retain_messages = num(range::RETAIN)? as usize,
             "--history" => c.history = num(range::HISTORY)? as usize,
             "--max-connections" => c.max_connections = num(range::CONNECTIONS)? as usize,
             "--max-message-bytes" => c.max_message_bytes = num(range::MESSAGE_BYTES)? as usize,
@@ -226,6 +242,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             _ => return Err(format!("unknown option {flag}")),
         }
     }
+    c.data = if ephemeral { None } else { data };
     // Flags that bound each other, checked once all are known (in any order).
     c.tls = match (cert, key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),

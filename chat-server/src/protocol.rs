@@ -4,6 +4,7 @@
 //! decided in a fixed order (`bad_json`, then `bad_request`, then
 //! `unknown_type`) that a derived enum cannot express.
 
+use crate::accounts::Password;
 use caseless::Caseless;
 use serde_json::{Map, Value};
 use unicode_normalization::UnicodeNormalization;
@@ -29,13 +30,22 @@ pub enum Request {
         nick: String,
         since: Option<u64>,
         token: Option<String>,
+        /// For a registered nick.
+        password: Option<Password>,
     },
     /// Leave a room (the session stays joined).
     Leave { room: String },
     /// A room message.
     Message { room: Option<String>, text: String },
-    /// Rename.
-    Nick { nick: String },
+    /// Rename; `password` for a registered nick.
+    Nick {
+        nick: String,
+        password: Option<Password>,
+    },
+    /// Register the session's nick.
+    Register { password: Password },
+    /// Unregister the session's nick.
+    Unregister { password: Password },
     /// A one-to-one message.
     Private { to: String, text: String },
     /// List the rooms (sorted by name), those after the name `after`.
@@ -61,9 +71,12 @@ impl Request {
             | Self::Message { room, .. }
             | Self::Topic { room, .. }
             | Self::Who { room, .. } => Some(room.as_deref().unwrap_or(LOBBY)),
-            Self::Join { .. } | Self::Nick { .. } | Self::Private { .. } | Self::Rooms { .. } => {
-                None
-            }
+            Self::Join { .. }
+            | Self::Nick { .. }
+            | Self::Register { .. }
+            | Self::Unregister { .. }
+            | Self::Private { .. }
+            | Self::Rooms { .. } => None,
         }
     }
 }
@@ -84,7 +97,12 @@ pub enum ErrorCode {
     TooManyRooms,
     AlreadyJoined,
     NickInvalid,
+    // These two come right after nick_invalid.
+    AuthRequired,
+    AuthFailed,
     NickTaken,
+    /// `register` of a nick already registered.
+    NickRegistered,
     UnknownUser,
     TooLong,
 }
@@ -103,6 +121,9 @@ impl ErrorCode {
             Self::TooManyRooms => "too_many_rooms",
             Self::AlreadyJoined => "already_joined",
             Self::NickInvalid => "nick_invalid",
+            Self::AuthRequired => "auth_required",
+            Self::AuthFailed => "auth_failed",
+            Self::NickRegistered => "nick_registered",
             Self::NickTaken => "nick_taken",
             Self::UnknownUser => "unknown_user",
             Self::TooLong => "too_long",
@@ -168,6 +189,7 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             // every message (nothing to replay).
             since: opt_integer(&obj, "since")?.map(clamp_id),
             token: opt_string(&obj, "token")?,
+            password: opt_string(&obj, "password")?.map(Password::new),
         }),
         "message" => Ok(Request::Message {
             room: opt_string(&obj, "room")?,
@@ -193,6 +215,13 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
         }),
         "nick" => Ok(Request::Nick {
             nick: string(&obj, "nick")?,
+            password: opt_string(&obj, "password")?.map(Password::new),
+        }),
+        "register" => Ok(Request::Register {
+            password: Password::checked(string(&obj, "password")?).map_err(|m| bad(&m))?,
+        }),
+        "unregister" => Ok(Request::Unregister {
+            password: Password::new(string(&obj, "password")?),
         }),
         "who" => Ok(Request::Who {
             room: opt_string(&obj, "room")?,
@@ -537,7 +566,8 @@ mod tests {
             Request::Join {
                 nick: "a".into(),
                 since: Some(3),
-                token: Some("t".into())
+                token: Some("t".into()),
+                password: None,
             }
         );
     }
