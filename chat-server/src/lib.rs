@@ -44,6 +44,7 @@ mod flusher;
 mod history;
 mod http;
 mod hub;
+mod media;
 pub mod protocol;
 mod reactor;
 mod room;
@@ -54,6 +55,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -138,6 +140,25 @@ pub struct Config {
     /// recipient of a broadcast, and asks `client_no_context_takeover`, so
     /// an idle connection keeps no inflate window.
     pub deflate: bool,
+    /// Where uploaded images live (DESIGN.md v2, "Media"): `--data DIR`'s
+    /// `media/` once storage lands (until then `--media-dir DIR`). `None`:
+    /// a fresh directory under the system's temporary directory, removed
+    /// when the server stops (ephemeral, like the history).
+    pub media_dir: Option<PathBuf>,
+    /// Largest upload body (`--max-upload-bytes`); over it, 413 from the
+    /// `Content-Length` alone, before the body is read.
+    pub max_upload_bytes: u64,
+    /// Accepted uploads per session per minute (`--upload-rate`); past it,
+    /// 429.
+    pub upload_rate: u32,
+    /// Uploads received at once (`--max-concurrent-uploads`); past it, 503
+    /// with `Retry-After` before the body is read. Each upload holds a
+    /// 64 KiB read buffer (plus 8 KiB to decode the header), never the
+    /// body, so this bounds the memory uploads take (about 2.3 MiB at 32).
+    pub max_concurrent_uploads: usize,
+    /// The whole upload body must arrive within this (`--upload-timeout`);
+    /// else 408 (slowloris).
+    pub upload_timeout: Duration,
 }
 
 impl Default for Config {
@@ -167,6 +188,11 @@ impl Default for Config {
             log: true,
             origin_policy: wsproto::handshake::OriginPolicy::same_host(),
             deflate: true,
+            media_dir: None,
+            max_upload_bytes: 5 << 20,
+            upload_rate: 10,
+            max_concurrent_uploads: 32,
+            upload_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -178,6 +204,8 @@ struct Shared {
     /// Every room and member (named `room` since v1's single room; the
     /// reactors tick its presence counts).
     room: Hub,
+    /// Uploaded images: the store, its index, the upload limits.
+    media: media::Media,
     flusher: Arc<Flusher>,
     /// Connections counted against `max_connections`.
     live: AtomicUsize,
@@ -235,6 +263,20 @@ impl ShutdownHandle {
     /// ```
     pub fn socket_writes(&self) -> u64 {
         self.0.flusher.writes()
+    }
+
+    /// The directory uploaded images are stored in (`Config::media_dir`,
+    /// or the temporary one made when that is `None`).
+    ///
+    /// ```no_run
+    /// let mut config = chat_server::Config::default();
+    /// config.addr = ([127, 0, 0, 1], 0).into();
+    /// let running = chat_server::Server::bind(config)?.spawn()?;
+    /// assert!(running.handle().media_dir().is_dir());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn media_dir(&self) -> &std::path::Path {
+        self.0.media.dir()
     }
 }
 
@@ -303,6 +345,15 @@ impl Server {
                 max_rooms_per_user: config.max_rooms_per_user,
                 log: config.log,
             }),
+            media: media::Media::open(
+                config.media_dir.as_deref(),
+                media::Limits {
+                    max_bytes: config.max_upload_bytes,
+                    per_minute: config.upload_rate,
+                    max_concurrent: config.max_concurrent_uploads,
+                    timeout: config.upload_timeout,
+                },
+            )?,
             flusher: Flusher::start()?,
             live: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),

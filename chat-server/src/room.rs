@@ -19,6 +19,7 @@
 
 use crate::client::{Client, Outgoing};
 use crate::history::{Bound as Hist, History, Stored};
+use crate::media::Media;
 use crate::protocol::{nick_key, ErrorCode, Refusal, TOPIC_MAX_CHARS, WHO_LIMIT_DEFAULT};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -305,14 +306,23 @@ impl Room {
         }
     }
 
-    /// A room message from member `id`, sent by `client`.
-    pub fn message(&self, id: MemberId, client: &Arc<Client>, text: &str) -> Result<(), Refusal> {
+    /// A room message from member `id`, sent by `client`, maybe with an
+    /// image URL that `media` must hold (media).
+    pub(crate) fn message(
+        &self,
+        id: MemberId,
+        client: &Arc<Client>,
+        text: &str,
+        image: Option<&str>,
+        media: &Media,
+    ) -> Result<(), Refusal> {
         self.ctx.check_len(text)?;
+        let image = image_fields(image, media)?;
         let mut st = self.lock();
         let from = quote(&st.owned(id, client)?.nick);
         let msg_id = self.ctx.take_id();
         let msg: Arc<str> = format!(
-            r#"{{"type":"message","room":{},"id":{msg_id},"ts":{},"from":{from},"text":{}}}"#,
+            r#"{{"type":"message","room":{},"id":{msg_id},"ts":{},"from":{from},"text":{}{image}}}"#,
             self.quoted,
             now_ms(),
             quote(text)
@@ -549,6 +559,30 @@ impl State {
             }
         }
     }
+}
+
+/// media: the `,"image":...,"width":W,"height":H` fields of a message
+/// naming `image`, after `too_long` (checked by the caller first): an
+/// image the server does not hold is `unknown_media`.
+pub(crate) fn image_fields(image: Option<&str>, media: &Media) -> Result<String, Refusal> {
+    let Some(url) = image else {
+        return Ok(String::new());
+    };
+    let Some(img) = media.lookup(url) else {
+        return Err(Refusal::new(
+            ErrorCode::UnknownMedia,
+            format!(
+                "no image {:?} here: upload it first (POST /upload)",
+                url.chars().take(90).collect::<String>()
+            ),
+        ));
+    };
+    Ok(format!(
+        r#","image":{},"width":{},"height":{}"#,
+        quote(&img.url),
+        img.width,
+        img.height
+    ))
 }
 
 /// `s` as a JSON string.
