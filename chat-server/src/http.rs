@@ -427,7 +427,7 @@ fn upload(shared: &Arc<Shared>, stream: &TcpStream, addr: SocketAddr, head: &[u8
         );
         return;
     };
-    let Some(_slot) = media.slot() else {
+    let Some(slot) = media.slot() else {
         refuse(
             503,
             &["Retry-After: 2"],
@@ -444,7 +444,11 @@ fn upload(shared: &Arc<Shared>, stream: &TcpStream, addr: SocketAddr, head: &[u8
     }
     let deadline = Instant::now() + media.limits.timeout;
     let body = Deadlined { stream, deadline };
-    let received = match media.receive(early, body, len, declared, deadline) {
+    let received = media.receive(early, body, len, declared, deadline);
+    // The body is in (or refused): the slot's buffer is free, whatever the
+    // answer's graceful close still waits for.
+    drop(slot);
+    let received = match received {
         Ok(r) => r,
         Err(e @ BodyError::NotTheDeclaredType { .. }) => {
             refuse(415, &[], "not_an_image", &e.to_string());
