@@ -1,11 +1,11 @@
 //! The HTTP side of the one port: read the head (bounded in size and time),
 //! route it, and either answer (page, healthz, errors) or upgrade `/ws`.
 
+use crate::media::{BodyError, Name, CHUNK};
 use crate::{log, session, LiveGuard, Shared};
+use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use crate::media::{BodyError, Name, CHUNK};
-use sha2::{Digest, Sha256};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wsproto::deflate::{DeflateConfig, NO_CONTEXT_MIN_SIZE};
@@ -274,7 +274,10 @@ pub(crate) fn page_csp(page: &str) -> String {
         while let Some(i) = rest.find(&open) {
             let body = &rest[i + open.len()..];
             let Some(j) = body.find(&close) else { break };
-            out.push_str(&format!(" 'sha256-{}'", base64(&Sha256::digest(&body[..j]))));
+            out.push_str(&format!(
+                " 'sha256-{}'",
+                base64(&Sha256::digest(&body[..j]))
+            ));
             rest = &body[j + close.len()..];
         }
         out
@@ -293,7 +296,11 @@ fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for k in 0..4 {
             if k <= chunk.len() {
@@ -384,7 +391,12 @@ fn upload(shared: &Arc<Shared>, stream: &TcpStream, addr: SocketAddr, head: &[u8
     // §6.3 lets a server require Content-Length with 411).
     let lengths: Vec<&str> = header("content-length").collect();
     if header("transfer-encoding").next().is_some() || lengths.is_empty() {
-        refuse(411, &[], "length_required", "send the image with a Content-Length");
+        refuse(
+            411,
+            &[],
+            "length_required",
+            "send the image with a Content-Length",
+        );
         return;
     }
     // RFC 9112 §6.3: differing or malformed lengths are unrecoverable.

@@ -213,9 +213,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--media-dir" => c.media_dir = Some(value.into()),
             "--max-upload-bytes" => c.max_upload_bytes = num(range::UPLOAD_BYTES)?,
             "--upload-rate" => c.upload_rate = num(range::UPLOAD_RATE)? as u32,
-            "--max-concurrent-uploads" => {
-                c.max_concurrent_uploads = num(range::UPLOADS)? as usize
-            }
+            "--max-concurrent-uploads" => c.max_concurrent_uploads = num(range::UPLOADS)? as usize,
             "--upload-timeout" => c.upload_timeout = secs(range::UPLOAD_SECS)?,
             "--rate-per-sec" => c.rate_per_sec = num(range::RATE)? as u32,
             "--control-burst" => c.control_burst = num(range::RATE)? as u32,

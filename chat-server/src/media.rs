@@ -82,7 +82,10 @@ impl Kind {
         use imagesize::ImageType as T;
         matches!(
             (self, t),
-            (Self::Png, T::Png) | (Self::Jpeg, T::Jpeg) | (Self::Gif, T::Gif) | (Self::Webp, T::Webp)
+            (Self::Png, T::Png)
+                | (Self::Jpeg, T::Jpeg)
+                | (Self::Gif, T::Gif)
+                | (Self::Webp, T::Webp)
         )
     }
 }
@@ -172,7 +175,7 @@ impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NotTheDeclaredType { declared, why } => {
-                write!(f, "the bytes are not a {declared} image: {why}")
+                write!(f, "the bytes are not {declared}: {why}")
             }
             Self::Timeout(t) => write!(f, "the body did not arrive within {} s", t.as_secs()),
             Self::Truncated { got, want } => {
@@ -548,7 +551,10 @@ mod tests {
         let hex = "0123456789abcdef".repeat(4);
         let n = Name::parse(&format!("{hex}.png")).unwrap();
         assert_eq!(n.file_name(), format!("{hex}.png"));
-        assert_eq!(Name::from_url(&format!("/media/{hex}.jpg")).unwrap().kind, Kind::Jpeg);
+        assert_eq!(
+            Name::from_url(&format!("/media/{hex}.jpg")).unwrap().kind,
+            Kind::Jpeg
+        );
         for bad in [
             format!("{}.png", hex.to_uppercase()),
             format!("{hex}.PNG"),

@@ -30,9 +30,8 @@ impl Answer {
     }
 
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("{e}: {:?}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
     }
 }
 
@@ -48,7 +47,10 @@ fn read_answer(s: &mut TcpStream) -> Answer {
             Ok(0) => break,
             Ok(n) => all.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("reading the answer: {e} after {:?}", String::from_utf8_lossy(&all)),
+            Err(e) => panic!(
+                "reading the answer: {e} after {:?}",
+                String::from_utf8_lossy(&all)
+            ),
         }
     }
     parse_answer(&all)
@@ -61,7 +63,14 @@ fn parse_answer(all: &[u8]) -> Answer {
         .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(all)));
     let head = std::str::from_utf8(&all[..end]).unwrap();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .map(|l| {
             let (n, v) = l.split_once(':').unwrap();
@@ -109,7 +118,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -125,13 +138,11 @@ fn png(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
         let crc = crc32(&out[start..]);
         out.extend_from_slice(&crc.to_be_bytes());
     };
-    let mut raw = Vec::new();
-    for _ in 0..h {
-        raw.push(0);
-        for _ in 0..w {
-            raw.extend_from_slice(&rgb);
-        }
-    }
+    // Each row: filter type 0, then the pixels.
+    let row: Vec<u8> = std::iter::once(0)
+        .chain(rgb.iter().copied().cycle().take(3 * w as usize))
+        .collect();
+    let raw = row.repeat(h as usize);
     let mut z = vec![0x78, 0x01];
     let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
     for (i, b) in blocks.iter().enumerate() {
@@ -207,7 +218,11 @@ fn answers_come_in_the_contract_order() {
 
     // 401: no Authorization; another scheme; an unknown token. Each request
     // also fails every later check (no length, too large, wrong type).
-    for auth in ["", "Authorization: Basic YWxpY2U6eA==\r\n", "Authorization: Bearer nope\r\n"] {
+    for auth in [
+        "",
+        "Authorization: Basic YWxpY2U6eA==\r\n",
+        "Authorization: Bearer nope\r\n",
+    ] {
         let a = request(
             addr,
             &format!("POST /upload HTTP/1.1\r\n{auth}Content-Type: text/html"),
@@ -254,7 +269,10 @@ fn answers_come_in_the_contract_order() {
     }
     let a = request(
         addr,
-        &format!("POST /upload HTTP/1.1\r\nAuthorization: Bearer {t}\r\nContent-Length: {}", img.len()),
+        &format!(
+            "POST /upload HTTP/1.1\r\nAuthorization: Bearer {t}\r\nContent-Length: {}",
+            img.len()
+        ),
         &img,
     );
     assert_eq!(a.status, 415);
@@ -291,7 +309,10 @@ fn answers_come_in_the_contract_order() {
     assert_eq!(upload(addr, &t, "image/jpeg", &img).status, 415);
     // The rate is per session: another member uploads.
     let (_bob, wb) = Client::join(addr, "bob");
-    assert_eq!(upload(addr, &token(&wb), "image/png", &png(2, 2, [1, 2, 3])).status, 201);
+    assert_eq!(
+        upload(addr, &token(&wb), "image/png", &png(2, 2, [1, 2, 3])).status,
+        201
+    );
 
     // A session that left: its token is refused.
     alice.ws.close(wsproto::CloseCode::NORMAL, "bye").unwrap();
@@ -301,7 +322,11 @@ fn answers_come_in_the_contract_order() {
         if a.status == 401 {
             break;
         }
-        assert!(Instant::now() < deadline, "token still accepted: {}", a.status);
+        assert!(
+            Instant::now() < deadline,
+            "token still accepted: {}",
+            a.status
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // GET /upload is 405 naming POST; POST elsewhere is 405 naming GET.
@@ -360,14 +385,26 @@ fn content_addressing_and_the_served_file() {
     let (_b, wb) = Client::join(addr, "bob");
     let img = png(5, 4, [10, 120, 250]);
     let first = upload(addr, &token(&wa), "image/png", &img);
-    assert_eq!(first.status, 201, "{:?}", String::from_utf8_lossy(&first.body));
+    assert_eq!(
+        first.status,
+        201,
+        "{:?}",
+        String::from_utf8_lossy(&first.body)
+    );
     let j = first.json();
     let url = j["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with("/media/") && url.ends_with(".png"), "{url}");
     let hex = &url[7..71];
-    assert!(hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(hex
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     assert_eq!(
-        (j["type"].as_str(), j["bytes"].as_u64(), j["width"].as_u64(), j["height"].as_u64()),
+        (
+            j["type"].as_str(),
+            j["bytes"].as_u64(),
+            j["width"].as_u64(),
+            j["height"].as_u64()
+        ),
         (Some("image/png"), Some(img.len() as u64), Some(5), Some(4))
     );
     assert_eq!(first.header("Location"), Some(url.as_str()));
@@ -377,14 +414,21 @@ fn content_addressing_and_the_served_file() {
     let other = upload(addr, &token(&wa), "image/png", &png(5, 4, [10, 120, 251]));
     assert_ne!(other.json()["url"], url.as_str());
     let files = media_files(server.handle().media_dir());
-    assert_eq!(files.len(), 2, "one file per content, no temporary left: {files:?}");
+    assert_eq!(
+        files.len(),
+        2,
+        "one file per content, no temporary left: {files:?}"
+    );
 
     let a = get(addr, &url);
     assert_eq!(a.status, 200);
     assert_eq!(a.body, img);
     assert_eq!(a.header("Content-Type"), Some("image/png"));
     assert_eq!(a.header("X-Content-Type-Options"), Some("nosniff"));
-    assert_eq!(a.header("Content-Security-Policy"), Some("default-src 'none'"));
+    assert_eq!(
+        a.header("Content-Security-Policy"),
+        Some("default-src 'none'")
+    );
     assert_eq!(
         a.header("Cache-Control"),
         Some("public, max-age=31536000, immutable")
@@ -458,11 +502,19 @@ fn image_messages_in_rooms_and_privates() {
     for c in [&mut alice, &mut bob] {
         let m = c.recv_type("message");
         assert_eq!(
-            (m["room"].as_str(), m["from"].as_str(), m["text"].as_str(), m["image"].as_str()),
+            (
+                m["room"].as_str(),
+                m["from"].as_str(),
+                m["text"].as_str(),
+                m["image"].as_str()
+            ),
             (Some("lobby"), Some("alice"), Some(""), Some(url.as_str())),
             "{m}"
         );
-        assert_eq!((m["width"].as_u64(), m["height"].as_u64()), (Some(6), Some(3)));
+        assert_eq!(
+            (m["width"].as_u64(), m["height"].as_u64()),
+            (Some(6), Some(3))
+        );
         assert!(m["id"].is_u64() && m["ts"].is_u64());
     }
     // Empty text and a caption.
@@ -470,7 +522,10 @@ fn image_messages_in_rooms_and_privates() {
     assert_eq!(bob.recv_type("message")["text"], "");
     alice.send(json!({"type": "message", "image": url, "text": "look 👀"}));
     let m = bob.recv_type("message");
-    assert_eq!((m["text"].as_str(), m["image"].as_str()), (Some("look 👀"), Some(url.as_str())));
+    assert_eq!(
+        (m["text"].as_str(), m["image"].as_str()),
+        (Some("look 👀"), Some(url.as_str()))
+    );
 
     // In a room.
     for c in [&mut alice, &mut bob] {
@@ -479,7 +534,10 @@ fn image_messages_in_rooms_and_privates() {
     }
     bob.send(json!({"type": "message", "room": "pics", "image": url, "text": "again"}));
     let m = alice.recv_type("message");
-    assert_eq!((m["room"].as_str(), m["image"].as_str(), m["width"].as_u64()), (Some("pics"), Some(url.as_str()), Some(6)));
+    assert_eq!(
+        (m["room"].as_str(), m["image"].as_str(), m["width"].as_u64()),
+        (Some("pics"), Some(url.as_str()), Some(6))
+    );
     bob.recv_type("message");
 
     // Private, both ends.
@@ -487,7 +545,12 @@ fn image_messages_in_rooms_and_privates() {
     for c in [&mut alice, &mut bob] {
         let p = c.recv_type("private");
         assert_eq!(
-            (p["to"].as_str(), p["image"].as_str(), p["height"].as_u64(), p["text"].as_str()),
+            (
+                p["to"].as_str(),
+                p["image"].as_str(),
+                p["height"].as_u64(),
+                p["text"].as_str()
+            ),
             (Some("bob"), Some(url.as_str()), Some(3), Some("")),
             "{p}"
         );
@@ -516,21 +579,74 @@ fn image_messages_in_rooms_and_privates() {
         "javascript:alert(1)".to_owned(),
         String::new(),
     ] {
-        assert_eq!(error(&mut alice, json!({"type": "message", "image": bad})), "unknown_media", "{bad}");
-        assert_eq!(error(&mut alice, json!({"type": "private", "to": "bob", "image": bad})), "unknown_media", "{bad}");
+        assert_eq!(
+            error(&mut alice, json!({"type": "message", "image": bad})),
+            "unknown_media",
+            "{bad}"
+        );
+        assert_eq!(
+            error(
+                &mut alice,
+                json!({"type": "private", "to": "bob", "image": bad})
+            ),
+            "unknown_media",
+            "{bad}"
+        );
     }
     let unknown = format!("/media/{}.png", "0".repeat(64));
     let long = "x".repeat(51);
-    assert_eq!(error(&mut alice, json!({"type": "message", "image": unknown, "text": long})), "too_long");
-    assert_eq!(error(&mut alice, json!({"type": "private", "to": "bob", "image": unknown, "text": long})), "too_long");
-    assert_eq!(error(&mut alice, json!({"type": "private", "to": "nobody", "image": unknown})), "unknown_user");
-    assert_eq!(error(&mut alice, json!({"type": "message", "room": "nope", "image": unknown})), "not_in_room");
-    assert_eq!(error(&mut alice, json!({"type": "message", "image": 5})), "bad_request");
-    assert_eq!(error(&mut alice, json!({"type": "message", "image": url, "text": 5})), "bad_request");
+    assert_eq!(
+        error(
+            &mut alice,
+            json!({"type": "message", "image": unknown, "text": long})
+        ),
+        "too_long"
+    );
+    assert_eq!(
+        error(
+            &mut alice,
+            json!({"type": "private", "to": "bob", "image": unknown, "text": long})
+        ),
+        "too_long"
+    );
+    assert_eq!(
+        error(
+            &mut alice,
+            json!({"type": "private", "to": "nobody", "image": unknown})
+        ),
+        "unknown_user"
+    );
+    assert_eq!(
+        error(
+            &mut alice,
+            json!({"type": "message", "room": "nope", "image": unknown})
+        ),
+        "not_in_room"
+    );
+    assert_eq!(
+        error(&mut alice, json!({"type": "message", "image": 5})),
+        "bad_request"
+    );
+    assert_eq!(
+        error(
+            &mut alice,
+            json!({"type": "message", "image": url, "text": 5})
+        ),
+        "bad_request"
+    );
     // Without an image, text is still required and non-empty (v1).
     assert_eq!(error(&mut alice, json!({"type": "message"})), "bad_request");
-    assert_eq!(error(&mut alice, json!({"type": "message", "text": ""})), "bad_request");
-    assert_eq!(error(&mut alice, json!({"type": "message", "image": null, "text": ""})), "bad_request");
+    assert_eq!(
+        error(&mut alice, json!({"type": "message", "text": ""})),
+        "bad_request"
+    );
+    assert_eq!(
+        error(
+            &mut alice,
+            json!({"type": "message", "image": null, "text": ""})
+        ),
+        "bad_request"
+    );
 }
 
 /// The index is the media directory: a restarted server on the same
@@ -555,11 +671,17 @@ fn stored_media_survive_a_restart() {
     let server = start(|c| c.media_dir = Some(dir.clone()));
     assert_eq!(media_files(&dir), vec![url[7..].to_owned()]);
     let a = get(server.addr, &url);
-    assert_eq!((a.status, a.header("Content-Type")), (200, Some("image/jpeg")));
+    assert_eq!(
+        (a.status, a.header("Content-Type")),
+        (200, Some("image/jpeg"))
+    );
     let (mut alice, _) = Client::join(server.addr, "alice");
     alice.send(json!({"type": "message", "image": url}));
     let m = alice.recv_type("message");
-    assert_eq!((m["width"].as_u64(), m["height"].as_u64()), (Some(640), Some(480)));
+    assert_eq!(
+        (m["width"].as_u64(), m["height"].as_u64()),
+        (Some(640), Some(480))
+    );
     server.stop().unwrap();
     assert!(dir.is_dir(), "a given directory is kept");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -599,7 +721,11 @@ fn upload_slots_and_the_body_deadline() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(upload(addr, &t, "image/png", &img).status, 201);
     let files = media_files(server.handle().media_dir());
-    assert_eq!(files.len(), 1, "the timed-out upload left nothing: {files:?}");
+    assert_eq!(
+        files.len(),
+        1,
+        "the timed-out upload left nothing: {files:?}"
+    );
 }
 
 /// The page's policy names its own inline script and style by hash and
@@ -612,10 +738,20 @@ fn the_page_has_a_strict_content_security_policy() {
     let csp = a.header("Content-Security-Policy").unwrap().to_owned();
     assert!(csp.contains("default-src 'none'"), "{csp}");
     assert!(csp.contains("img-src 'self' data: blob:"), "{csp}");
-    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
-    let script = csp.split(';').find(|d| d.trim().starts_with("script-src")).unwrap();
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    let script = csp
+        .split(';')
+        .find(|d| d.trim().starts_with("script-src"))
+        .unwrap();
     assert_eq!(script.matches("'sha256-").count(), 1, "{csp}");
     // The hash is of the script's text: a sha256 in base64 is 44 characters.
-    let hash = script.split("'sha256-").nth(1).unwrap().trim_end_matches('\'');
+    let hash = script
+        .split("'sha256-")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('\'');
     assert_eq!(hash.len(), 44, "{hash}");
 }
