@@ -755,3 +755,51 @@ fn the_page_has_a_strict_content_security_policy() {
         .trim_end_matches('\'');
     assert_eq!(hash.len(), 44, "{hash}");
 }
+
+/// The media flags are in `--help`, and values out of their ranges are
+/// refused (exit code 2) before anything listens.
+#[test]
+fn media_flags_and_their_ranges() {
+    use std::process::Command;
+    let bin = env!("CARGO_BIN_EXE_chat-server");
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--media-dir",
+        "--max-upload-bytes",
+        "--upload-rate",
+        "--max-concurrent-uploads",
+        "--upload-timeout",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    for (flag, value) in [
+        ("--max-upload-bytes", "0"),
+        ("--max-upload-bytes", "1023"),
+        ("--max-upload-bytes", "1073741825"),
+        ("--upload-rate", "0"),
+        ("--max-concurrent-uploads", "0"),
+        ("--upload-timeout", "0"),
+        ("--upload-timeout", "3601"),
+    ] {
+        // Bounded: a value wrongly accepted starts a server, killed here.
+        let mut child = Command::new(bin)
+            .args(["--addr", "127.0.0.1:0", flag, value])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{flag} {value} was accepted");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(flag));
+    }
+}
