@@ -327,6 +327,7 @@ try {
   check(/^\/media\/[0-9a-f]{64}\.png$/.test(info.src) && info.nw === 240, `the other user sees the image, loaded from the server (${info.src.slice(0, 20)}…)`);
   check(info.wa === "240" && info.ha === "150", "the inline image carries its width and height (no layout jump)");
   check((await b.locator('#messages .log[data-room="rust"] .line', { hasText: "sunset over the crab 🦀" }).count()) === 1, "the caption shows with the image");
+  await a.locator('#messages .log[data-room="rust"] img.inline').first().waitFor(T);
   check((await a.locator('#messages .log[data-room="rust"] img.inline').count()) === 1, "the sender sees its own image once");
   await shown.click();
   await b.locator("#viewer").waitFor(T);
@@ -338,6 +339,13 @@ try {
   await a.waitForFunction(() => /415/.test(document.getElementById("att-status").textContent), null, T);
   check(/^Upload refused \(415\): the bytes are not image\/png: no known magic number/.test(await a.textContent("#att-status")),
     `a file that is no image shows the server's refusal: ${await a.textContent("#att-status")}`);
+  // Over --max-upload-bytes: refused from the Content-Length, before the
+  // body; the browser still reads that early answer.
+  const big = Buffer.alloc(6 << 20, 7);
+  picture.copy(big, 0, 0, 33);
+  await a.setInputFiles("#file-input", { name: "huge.png", mimeType: "image/png", buffer: big });
+  await a.waitForFunction(() => /^Upload refused \(413\)/.test(document.getElementById("att-status").textContent), null, T);
+  check(true, `an image over the size limit shows the server's 413: ${await a.textContent("#att-status")}`);
   await a.click("#att-cancel");
   check(!(await a.isVisible("#attachment")), "the refused attachment can be removed");
   await a.fill("#msg-input", "first line");
