@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     let server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("chat-server: cannot listen: {e}");
+            eprintln!("chat-server: cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };

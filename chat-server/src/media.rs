@@ -237,9 +237,12 @@ impl Media {
                 true,
             ),
         };
-        fs::create_dir_all(&dir)?;
+        let context = |e: io::Error| {
+            io::Error::new(e.kind(), format!("media directory {}: {e}", dir.display()))
+        };
+        fs::create_dir_all(&dir).map_err(context)?;
         let mut index = HashMap::new();
-        for entry in fs::read_dir(&dir)? {
+        for entry in fs::read_dir(&dir).map_err(context)? {
             let entry = entry?;
             let file_name = entry.file_name();
             let Some(name) = file_name.to_str() else {
