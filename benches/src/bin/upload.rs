@@ -156,7 +156,10 @@ fn spawn(o: &Opts, sink: bool, dir: &std::path::Path) -> (Child, SocketAddr) {
         .expect("start the server");
     let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
     let addr = loop {
-        let line = lines.next().expect("the server printed its address").expect("stderr");
+        let line = lines
+            .next()
+            .expect("the server printed its address")
+            .expect("stderr");
         if let Some(rest) = line.strip_prefix("chat: listening on http://") {
             break rest.trim_end_matches('/').parse().expect("an address");
         }
@@ -180,7 +183,8 @@ fn measure(o: &Opts, bodies: &[Vec<u8>], sink: bool) -> Sample {
         }
         let (mut ws, _) = wsproto::blocking::connect(&format!("ws://{addr}/ws")).expect("connect");
         ws.set_idle_timeout(Some(WAIT));
-        ws.send(format!(r#"{{"type":"join","nick":"up{i}"}}"#)).expect("join");
+        ws.send(format!(r#"{{"type":"join","nick":"up{i}"}}"#))
+            .expect("join");
         let token = loop {
             match ws.read().expect("welcome") {
                 wsproto::Event::Text(t) if t.as_str().contains(r#""type":"welcome""#) => {
@@ -276,7 +280,10 @@ fn status(pid: u32, field: &str) -> u64 {
 /// chat-server's HTTP side.
 fn sink() {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    eprintln!("chat: listening on http://{}/", l.local_addr().expect("addr"));
+    eprintln!(
+        "chat: listening on http://{}/",
+        l.local_addr().expect("addr")
+    );
     for s in l.incoming().map_while(Result::ok) {
         std::thread::spawn(move || {
             let mut s = s;
@@ -306,7 +313,9 @@ fn sink() {
                     Ok(n) => got += n,
                 }
             }
-            let _ = s.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+            let _ = s.write_all(
+                b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            );
         });
     }
 }
