@@ -7,8 +7,11 @@
 //! Threads (std only, small stacks):
 //! - an acceptor that polls the listener;
 //! - one short-lived thread per connection for the HTTP head (bounded in
-//!   bytes and time), which answers the page, `/healthz` and errors, or
-//!   upgrades `/ws` and hands the socket over;
+//!   bytes and time), which answers the page, `/healthz`, images
+//!   (`POST /upload`, `GET /media/...`: `media` streams a body to disk,
+//!   at most `max_concurrent_uploads` at once, each within
+//!   `upload_timeout`) and errors, or upgrades `/ws` and hands the socket
+//!   over;
 //! - `reactor_threads` reactors (default: one per core, at most 4) that
 //!   read every upgraded socket through epoll and feed a sans-IO
 //!   [`wsproto::Connection`] each, so an idle connection costs no thread
