@@ -269,11 +269,12 @@ impl ShutdownHandle {
     }
 
     /// The directory uploaded images are stored in (`Config::media_dir`,
-    /// or the temporary one made when that is `None`).
+    /// or, when that is `None`, the temporary one made on the first upload).
     ///
     /// ```no_run
     /// let mut config = chat_server::Config::default();
     /// config.addr = ([127, 0, 0, 1], 0).into();
+    /// config.media_dir = Some("chat-data/media".into());
     /// let running = chat_server::Server::bind(config)?.spawn()?;
     /// assert!(running.handle().media_dir().is_dir());
     /// # Ok::<(), std::io::Error>(())
@@ -454,6 +455,7 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
         shared.flusher.stop();
+        shared.media.remove_temporary();
         Ok(())
     }
 }

@@ -240,10 +240,19 @@ impl Media {
         let context = |e: io::Error| {
             io::Error::new(e.kind(), format!("media directory {}: {e}", dir.display()))
         };
-        fs::create_dir_all(&dir).map_err(context)?;
         let mut index = HashMap::new();
-        for entry in fs::read_dir(&dir).map_err(context)? {
-            let entry = entry?;
+        // A temporary directory is made on the first upload, so the many
+        // servers that never get one (tests, --ephemeral) leave nothing.
+        let listing = if owned_dir {
+            Vec::new()
+        } else {
+            fs::create_dir_all(&dir).map_err(context)?;
+            fs::read_dir(&dir)
+                .map_err(context)?
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(context)?
+        };
+        for entry in listing {
             let file_name = entry.file_name();
             let Some(name) = file_name.to_str() else {
                 continue;
@@ -321,6 +330,9 @@ impl Media {
         declared: Kind,
         deadline: Instant,
     ) -> Result<Received, BodyError> {
+        if self.owned_dir {
+            fs::create_dir_all(&self.dir).map_err(BodyError::Disk)?;
+        }
         let mut temp = Temp::create(&self.dir).map_err(BodyError::Disk)?;
         let mut hasher = Sha256::new();
         let mut got: u64 = 0;
@@ -444,11 +456,20 @@ impl Media {
     }
 }
 
-impl Drop for Media {
-    fn drop(&mut self) {
+impl Media {
+    /// Removes the directory if it was made for this process alone (called
+    /// when the server stops: the last `Arc` of the server state may live
+    /// on in a thread that the process exit ends without dropping it).
+    pub(crate) fn remove_temporary(&self) {
         if self.owned_dir {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+impl Drop for Media {
+    fn drop(&mut self) {
+        self.remove_temporary();
     }
 }
 
