@@ -17,6 +17,7 @@
 //! lobby always.
 
 use crate::client::{close_replaced, Client};
+use crate::media::Media;
 use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal};
 use crate::room::{quote, Ctx, Greeting, MemberId, Room, LOBBY};
 use crate::store::{Record, Store};
@@ -259,6 +260,12 @@ impl Hub {
         Ok(owned(&mut reg.members, id, client)?.nick.clone())
     }
 
+    /// media: the member a session token names, while its session is
+    /// joined (`POST /upload` authenticates with the welcome's token).
+    pub(crate) fn member_by_token(&self, token: &str) -> Option<MemberId> {
+        self.lock().by_token.get(token).copied()
+    }
+
     /// Member `id` enters the room `name` (created on first entry), or
     /// gets its `entered` again when it is already in. Returns the room and
     /// the membership version of the users list sent.
@@ -400,13 +407,16 @@ impl Hub {
         Ok(())
     }
 
-    /// A private message from member `id` to the member called `to`.
+    /// A private message from member `id` to the member called `to`, maybe
+    /// with an image `media` holds.
     pub(crate) fn private(
         &self,
         id: MemberId,
         client: &Arc<Client>,
         to: &str,
         text: &str,
+        image: Option<&str>,
+        media: &Media,
     ) -> Result<(), Refusal> {
         let mut reg = self.lock();
         let reg = &mut *reg;
@@ -418,13 +428,14 @@ impl Hub {
             ));
         };
         self.ctx.check_len(text)?;
+        let (image_json, image) = crate::room::image_fields(image, media)?;
         let msg_id = self.ctx.take_id();
         let (Some(from), Some(dest)) = (reg.members.get(&id), reg.members.get(&target)) else {
             return Ok(());
         };
         let ts = crate::room::now_ms();
         let msg = format!(
-            r#"{{"type":"private","id":{msg_id},"ts":{ts},"from":{},"to":{},"text":{}}}"#,
+            r#"{{"type":"private","id":{msg_id},"ts":{ts},"from":{},"to":{},"text":{}{image_json}}}"#,
             quote(&from.nick),
             quote(&dest.nick),
             quote(text)
@@ -442,7 +453,7 @@ impl Hub {
                 from: from.nick.clone(),
                 to: Some(dest.nick.clone()),
                 text: text.to_owned(),
-                image: None,
+                image,
                 json: msg.into(),
             });
         }

@@ -35,8 +35,13 @@ pub enum Request {
     },
     /// Leave a room (the session stays joined).
     Leave { room: String },
-    /// A room message.
-    Message { room: Option<String>, text: String },
+    /// A room message; `image` is a `/media/...` URL, and then `text`
+    /// (its caption) may be empty.
+    Message {
+        room: Option<String>,
+        text: String,
+        image: Option<String>,
+    },
     /// Rename; `password` for a registered nick.
     Nick {
         nick: String,
@@ -46,8 +51,12 @@ pub enum Request {
     Register { password: Password },
     /// Unregister the session's nick.
     Unregister { password: Password },
-    /// A one-to-one message.
-    Private { to: String, text: String },
+    /// A one-to-one message, maybe with an `image`, as `Message`.
+    Private {
+        to: String,
+        text: String,
+        image: Option<String>,
+    },
     /// List the rooms (sorted by name), those after the name `after`.
     Rooms { after: Option<String> },
     /// Set a room's topic.
@@ -105,6 +114,8 @@ pub enum ErrorCode {
     NickRegistered,
     UnknownUser,
     TooLong,
+    /// media: an image URL the server does not hold.
+    UnknownMedia,
 }
 
 impl ErrorCode {
@@ -127,6 +138,7 @@ impl ErrorCode {
             Self::NickTaken => "nick_taken",
             Self::UnknownUser => "unknown_user",
             Self::TooLong => "too_long",
+            Self::UnknownMedia => "unknown_media",
         }
     }
 }
@@ -191,10 +203,14 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             token: opt_string(&obj, "token")?,
             password: opt_string(&obj, "password")?.map(Password::new),
         }),
-        "message" => Ok(Request::Message {
-            room: opt_string(&obj, "room")?,
-            text: text_field(&obj)?,
-        }),
+        "message" => {
+            let (text, image) = text_or_image(&obj)?;
+            Ok(Request::Message {
+                room: opt_string(&obj, "room")?,
+                text,
+                image,
+            })
+        }
         "enter" => Ok(Request::Enter {
             room: string(&obj, "room")?,
             since: opt_integer(&obj, "since")?.map(clamp_id),
@@ -209,10 +225,11 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             room: opt_string(&obj, "room")?,
             topic: string(&obj, "topic")?,
         }),
-        "private" => Ok(Request::Private {
-            to: string(&obj, "to")?,
-            text: text_field(&obj)?,
-        }),
+        "private" => {
+            let to = string(&obj, "to")?;
+            let (text, image) = text_or_image(&obj)?;
+            Ok(Request::Private { to, text, image })
+        }
         "nick" => Ok(Request::Nick {
             nick: string(&obj, "nick")?,
             password: opt_string(&obj, "password")?.map(Password::new),
@@ -506,12 +523,18 @@ fn clamp_id(i: i128) -> u64 {
     i.clamp(0, u64::MAX.into()) as u64
 }
 
-fn text_field(obj: &Map<String, Value>) -> Result<String, Refusal> {
+/// A message's `text` and optional `image` (media): with an image the text
+/// is a caption and may be empty or absent (DESIGN.md v2, "Media").
+fn text_or_image(obj: &Map<String, Value>) -> Result<(String, Option<String>), Refusal> {
+    let image = opt_string(obj, "image")?;
+    if image.is_some() {
+        return Ok((opt_string(obj, "text")?.unwrap_or_default(), image));
+    }
     let text = string(obj, "text")?;
     if text.is_empty() {
         return Err(bad("\"text\" is empty"));
     }
-    Ok(text)
+    Ok((text, None))
 }
 
 fn truncate(s: &str, max: usize) -> &str {

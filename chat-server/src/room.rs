@@ -19,8 +19,9 @@
 
 use crate::client::{Client, Outgoing};
 use crate::history::{Bound as Hist, History, Stored};
+use crate::media::Media;
 use crate::protocol::{nick_key, ErrorCode, Refusal, TOPIC_MAX_CHARS, WHO_LIMIT_DEFAULT};
-use crate::store::{HistoryRead, Record, RoomRow, Store};
+use crate::store::{HistoryRead, ImageRef, Record, RoomRow, Store};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -344,16 +345,25 @@ impl Room {
         }
     }
 
-    /// A room message from member `id`, sent by `client`.
-    pub fn message(&self, id: MemberId, client: &Arc<Client>, text: &str) -> Result<(), Refusal> {
+    /// A room message from member `id`, sent by `client`, maybe with an
+    /// image URL that `media` must hold.
+    pub(crate) fn message(
+        &self,
+        id: MemberId,
+        client: &Arc<Client>,
+        text: &str,
+        image: Option<&str>,
+        media: &Media,
+    ) -> Result<(), Refusal> {
         self.ctx.check_len(text)?;
+        let (image_json, image) = image_fields(image, media)?;
         let mut st = self.lock();
         let nick = st.owned(id, client)?.nick.clone();
         let from = quote(&nick);
         let msg_id = self.ctx.take_id();
         let ts = now_ms();
         let msg: Arc<str> = format!(
-            r#"{{"type":"message","room":{},"id":{msg_id},"ts":{ts},"from":{from},"text":{}}}"#,
+            r#"{{"type":"message","room":{},"id":{msg_id},"ts":{ts},"from":{from},"text":{}{image_json}}}"#,
             self.quoted,
             quote(text)
         )
@@ -373,7 +383,7 @@ impl Room {
                 from: nick,
                 to: None,
                 text: text.to_owned(),
-                image: None,
+                image,
                 json: Arc::clone(&msg),
             });
         }
@@ -639,6 +649,35 @@ impl State {
             }
         }
     }
+}
+
+/// The image of a message naming `image`, checked after `too_long` (by
+/// the caller first): one the server does not hold is `unknown_media`.
+/// Returns the `,"image":...,"width":W,"height":H` fields of the message
+/// and what the store keeps of the image.
+pub(crate) fn image_fields(
+    image: Option<&str>,
+    media: &Media,
+) -> Result<(String, Option<ImageRef>), Refusal> {
+    let Some(url) = image else {
+        return Ok((String::new(), None));
+    };
+    let Some(img) = media.lookup(url) else {
+        return Err(Refusal::new(
+            ErrorCode::UnknownMedia,
+            format!(
+                "no image {:?} here: upload it first (POST /upload)",
+                url.chars().take(90).collect::<String>()
+            ),
+        ));
+    };
+    let fields = format!(
+        r#","image":{},"width":{},"height":{}"#,
+        quote(&img.url),
+        img.width,
+        img.height
+    );
+    Ok((fields, Some((img.url, img.width, img.height))))
 }
 
 /// `s` as a JSON string.

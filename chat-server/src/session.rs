@@ -518,8 +518,12 @@ impl Session {
         let seat = req.room().and_then(|n| self.rooms.get_mut(n));
         match req {
             Request::Join { .. } => Ok(()),
-            Request::Message { text, .. } => match seat {
-                Some(seat) => seat.room.message(id, client, &text),
+            Request::Message { text, image, .. } => match seat {
+                Some(seat) => {
+                    let media = &self.shared.media;
+                    seat.room
+                        .message(id, client, &text, image.as_deref(), media)
+                }
                 None => Err(not_in_room()),
             },
             Request::Topic { topic, .. } => match seat {
@@ -566,7 +570,9 @@ impl Session {
                 hub.rooms(client, after.as_deref());
                 Ok(())
             }
-            Request::Private { to, text } => hub.private(id, client, &to, &text),
+            Request::Private { to, text, image } => {
+                hub.private(id, client, &to, &text, image.as_deref(), &self.shared.media)
+            }
             Request::Nick { nick, password } => {
                 if accounts::rename_gate(&self.shared, client, id, &nick, password.as_ref())? {
                     return Ok(());

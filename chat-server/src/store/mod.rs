@@ -84,6 +84,9 @@ pub struct StoreConfig {
     pub log: bool,
 }
 
+/// A message's image: its `/media/...` URL, width and height.
+pub type ImageRef = (String, u32, u32);
+
 /// One message to persist.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -95,7 +98,7 @@ pub struct Record {
     /// The recipient of a private message.
     pub to: Option<String>,
     pub text: String,
-    pub image: Option<(String, u32, u32)>,
+    pub image: Option<ImageRef>,
     /// The frame payload as broadcast.
     pub json: Arc<str>,
 }
