@@ -4,11 +4,13 @@
 //! the head's deadline; `--redirect-http` answers its own port here too.
 
 use crate::client::Transport;
+use crate::media::{BodyError, Name, CHUNK};
 use crate::tls::{self, TlsConn};
 use crate::{log, session, LiveGuard, Shared};
+use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wsproto::deflate::{DeflateConfig, NO_CONTEXT_MIN_SIZE};
 use wsproto::handshake::{head_end, http_response, parse_request, ParsedRequest, RequestTarget};
@@ -180,6 +182,11 @@ pub(crate) fn serve(
             return;
         }
     };
+    // POST is served at /upload only (DESIGN.md v2, "Media").
+    if method == "POST" && RequestTarget::parse(&target).is_ok_and(|t| t.path == "/upload") {
+        upload(shared, stream, addr, &buf[..end], &buf[end..]);
+        return;
+    }
     if method != "GET" {
         log!(shared, "chat: {addr} http 405 {:?}", truncate(&method, 20));
         answer(
@@ -199,7 +206,12 @@ pub(crate) fn serve(
         }
     };
     match route {
-        "/" | "/index.html" => answer(stream, &page_response()),
+        "/" | "/index.html" => answer(stream, page_response()),
+        "/upload" => answer(
+            stream,
+            &http_response(405, &["Allow: POST"], "upload with POST\n"),
+        ),
+        media if media.starts_with("/media/") => serve_media(shared, stream, addr, media),
         "/healthz" => answer(
             stream,
             &http_response(200, &["Cache-Control: no-store"], "ok"),
@@ -310,24 +322,353 @@ fn read_head(wire: &mut Wire, max: usize) -> Head {
     }
 }
 
-fn page_response() -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
-         Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
-         Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:\r\n\
-         Connection: close\r\n\r\n",
-        PAGE.len()
+/// The page's answer, built once: its `Content-Security-Policy` allows
+/// exactly the page's own inline script and style blocks, by SHA-256
+/// (CSP Level 3, hash sources), so no other script runs even if some
+/// string ever reached the DOM as markup; images come only from this
+/// server and from `data:`/`blob:` URLs (the upload preview); the page
+/// connects only to its own origin (`/ws`, `/upload`).
+fn page_response() -> &'static [u8] {
+    static PAGE_RESPONSE: OnceLock<Vec<u8>> = OnceLock::new();
+    PAGE_RESPONSE.get_or_init(|| {
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+             Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
+             Content-Security-Policy: {}\r\nReferrer-Policy: no-referrer\r\n\
+             Connection: close\r\n\r\n",
+            PAGE.len(),
+            page_csp(PAGE)
+        )
+        .into_bytes();
+        out.extend_from_slice(PAGE.as_bytes());
+        out
+    })
+}
+
+/// The page's policy: every inline `<script>` and `<style>` block of `page`
+/// by hash, nothing else.
+pub(crate) fn page_csp(page: &str) -> String {
+    let hashes = |tag: &str| {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        let mut out = String::new();
+        let mut rest = page;
+        while let Some(i) = rest.find(&open) {
+            let body = &rest[i + open.len()..];
+            let Some(j) = body.find(&close) else { break };
+            out.push_str(&format!(
+                " 'sha256-{}'",
+                base64(&Sha256::digest(&body[..j]))
+            ));
+            rest = &body[j + close.len()..];
+        }
+        out
+    };
+    format!(
+        "default-src 'none'; script-src{}; style-src{}; connect-src 'self'; \
+         img-src 'self' data: blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        hashes("script"),
+        hashes("style")
     )
-    .into_bytes();
-    out.extend_from_slice(PAGE.as_bytes());
+}
+
+/// Standard base64 with padding (RFC 4648 §4), as CSP hash sources are
+/// written.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
     out
+}
+
+// ---------------------------------------------------------------------------
+// Media: POST /upload and GET /media/<sha256>.<ext> (DESIGN.md v2, "Media").
+// Both run on the connection's own short-lived thread, like every HTTP
+// answer before an upgrade: a slow body stalls no reactor. Uploads are
+// bounded by --max-concurrent-uploads (503 past it) and --upload-timeout.
+// ---------------------------------------------------------------------------
+
+/// An HTTP answer with a JSON body.
+fn json_response(status: u16, extra: &[&str], body: &str) -> Vec<u8> {
+    let reason = match status {
+        201 => "Created",
+        401 => "Unauthorized",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        s => wsproto::handshake::reason_phrase(s),
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
+        body.len()
+    );
+    for line in extra {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out.into_bytes()
+}
+
+/// A refused upload: `{"error":code,"message":...}` (the page shows the
+/// message).
+fn upload_error(status: u16, extra: &[&str], code: &str, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({"error": code, "message": message}).to_string();
+    json_response(status, extra, &body)
+}
+
+/// `POST /upload`: checked in the contract's order, 401, 411, 413, 415
+/// (declared type), then, before any body byte is read, a free upload slot
+/// (503); then the body: 415 (bytes), 429 (rate), 201.
+fn upload(shared: &Arc<Shared>, stream: &mut Wire, addr: SocketAddr, head: &[u8], early: &[u8]) {
+    let media = &shared.media;
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        answer(stream, &http_response(400, &[], "malformed HTTP request\n"));
+        return;
+    }
+    let header = |name: &'static str| {
+        req.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{FFFD}").trim())
+    };
+    let refuse = |stream: &mut Wire, status: u16, extra: &[&str], code: &str, message: &str| {
+        log!(shared, "chat: {addr} upload {status} ({message})");
+        answer(stream, &upload_error(status, extra, code, message));
+    };
+    // 401: RFC 6750 §2.1, the scheme is case-insensitive.
+    let token = header("authorization").next().and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    let Some(who) = token.and_then(|t| shared.room.member_by_token(t)) else {
+        let msg = if token.is_some() {
+            "unknown token: join first, and upload while joined"
+        } else {
+            "send Authorization: Bearer TOKEN (the token from your welcome)"
+        };
+        refuse(
+            stream,
+            401,
+            &["WWW-Authenticate: Bearer"],
+            "unauthorized",
+            msg,
+        );
+        return;
+    };
+    // 411: a length up front (chunked bodies are not taken: RFC 9112
+    // §6.3 lets a server require Content-Length with 411).
+    let lengths: Vec<&str> = header("content-length").collect();
+    if header("transfer-encoding").next().is_some() || lengths.is_empty() {
+        refuse(
+            stream,
+            411,
+            &[],
+            "length_required",
+            "send the image with a Content-Length",
+        );
+        return;
+    }
+    // RFC 9112 §6.3: differing or malformed lengths are unrecoverable.
+    let parsed: Vec<Option<u64>> = lengths
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|v| {
+            let v = v.trim();
+            (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| v.parse::<u64>().ok())
+                .flatten()
+        })
+        .collect();
+    let len = match parsed.first() {
+        Some(Some(n)) if parsed.iter().all(|p| *p == Some(*n)) => *n,
+        _ => {
+            refuse(stream, 400, &[], "bad_request", "malformed Content-Length");
+            return;
+        }
+    };
+    // 413, from the header alone: not one body byte is read.
+    if len > media.limits.max_bytes {
+        let msg = format!(
+            "{len} bytes is over the limit of {} bytes",
+            media.limits.max_bytes
+        );
+        refuse(stream, 413, &[], "too_large", &msg);
+        return;
+    }
+    // 415: a type not listed.
+    let Some(declared) = header("content-type")
+        .next()
+        .and_then(crate::media::Kind::from_mime)
+    else {
+        refuse(
+            stream,
+            415,
+            &[],
+            "unsupported_type",
+            "send Content-Type image/png, image/jpeg, image/gif or image/webp",
+        );
+        return;
+    };
+    let Some(slot) = media.slot() else {
+        refuse(
+            stream,
+            503,
+            &["Retry-After: 2"],
+            "busy",
+            "too many uploads at once; try again shortly",
+        );
+        return;
+    };
+    // RFC 9110 §10.1.1: a client that waits for 100 before the body.
+    if header("expect").any(|v| v.eq_ignore_ascii_case("100-continue"))
+        && stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+    {
+        return;
+    }
+    // The body's own deadline replaces the head's (TLS reads included).
+    let deadline = Instant::now() + media.limits.timeout;
+    stream.deadline = deadline;
+    let received = media.receive(early, Body(stream), len, declared, deadline);
+    // The body is in (or refused): the slot's buffer is free, whatever the
+    // answer's graceful close still waits for.
+    drop(slot);
+    let received = match received {
+        Ok(r) => r,
+        Err(e @ BodyError::NotTheDeclaredType { .. }) => {
+            refuse(stream, 415, &[], "not_an_image", &e.to_string());
+            return;
+        }
+        Err(e @ BodyError::Timeout(_)) => {
+            refuse(stream, 408, &[], "timeout", &e.to_string());
+            return;
+        }
+        Err(e @ BodyError::Truncated { .. }) => {
+            log!(shared, "chat: {addr} upload dropped: {e}");
+            return;
+        }
+        Err(e @ BodyError::Disk(_)) => {
+            refuse(stream, 500, &[], "server_error", &e.to_string());
+            return;
+        }
+    };
+    // 429 last, and only accepted uploads count.
+    if let Err(wait) = media.admit(who, Instant::now()) {
+        let retry = format!("Retry-After: {}", wait.as_secs().max(1));
+        let msg = format!(
+            "more than {} uploads in a minute; try again in {} s",
+            media.limits.per_minute,
+            wait.as_secs().max(1)
+        );
+        refuse(stream, 429, &[&retry], "rate_limited", &msg);
+        return;
+    }
+    match media.commit(received) {
+        Ok((name, e)) => {
+            let url = name.url();
+            log!(
+                shared,
+                "chat: {addr} upload 201 {url} ({} bytes, {}x{})",
+                e.bytes,
+                e.width,
+                e.height
+            );
+            let body = serde_json::json!({
+                "url": url,
+                "type": name.kind.mime(),
+                "bytes": e.bytes,
+                "width": e.width,
+                "height": e.height,
+            })
+            .to_string();
+            let location = format!("Location: {url}");
+            answer(stream, &json_response(201, &[&location], &body));
+        }
+        Err(e) => refuse(
+            stream,
+            500,
+            &[],
+            "server_error",
+            &format!("media directory: {e}"),
+        ),
+    }
+}
+
+/// The request body, read through the wire (each read bounded by what is
+/// left of its deadline).
+struct Body<'a>(&'a mut Wire);
+
+impl Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+/// `GET /media/<sha256>.<ext>`: the stored bytes with their type, or 404
+/// for any other name (only `^[0-9a-f]{64}\.(png|jpg|gif|webp)$` is looked
+/// up, so no name reaches outside the media directory).
+fn serve_media(shared: &Arc<Shared>, stream: &mut Wire, addr: SocketAddr, route: &str) {
+    let media = &shared.media;
+    let found = Name::from_url(route).and_then(|n| {
+        media.get(&n)?;
+        let file = std::fs::File::open(media.path(&n)).ok()?;
+        let len = file.metadata().ok()?.len();
+        Some((n, file, len))
+    });
+    let Some((name, mut file, len)) = found else {
+        log!(shared, "chat: {addr} http 404 {:?}", truncate(route, 80));
+        answer(stream, &http_response(404, &[], "not found\n"));
+        return;
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {len}\r\n\
+         X-Content-Type-Options: nosniff\r\nContent-Security-Policy: default-src 'none'\r\n\
+         Cache-Control: public, max-age=31536000, immutable\r\nConnection: close\r\n\r\n",
+        name.kind.mime()
+    );
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = len;
+    while left > 0 {
+        let want = (left as usize).min(buf.len());
+        match file.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+        }
+    }
+    answer(stream, b"");
 }
 
 /// Writes a complete response, then closes gracefully: half-close, and read
 /// (briefly) what the client still sends, so the close does not turn into a
 /// reset that could destroy the answer before the client reads it.
 fn answer(wire: &mut Wire, response: &[u8]) {
-    if wire.write_all(response).is_err() {
+    if !response.is_empty() && wire.write_all(response).is_err() {
         return;
     }
     if let Some(t) = &mut wire.tls {

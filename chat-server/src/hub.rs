@@ -17,9 +17,12 @@
 //! lobby always.
 
 use crate::client::{close_replaced, Client};
+use crate::media::Media;
 use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal};
 use crate::room::{quote, Ctx, Greeting, MemberId, Room, LOBBY};
+use crate::store::{Record, Store};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -80,25 +83,45 @@ pub(crate) struct Joined {
 }
 
 impl Hub {
-    pub(crate) fn new(l: Limits) -> Self {
+    /// A hub with the lobby and, with a `store`, every room it kept (those
+    /// with messages or a topic), each with its topic and newest messages.
+    ///
+    /// # Errors
+    ///
+    /// A database error while reading the kept rooms.
+    pub(crate) fn new(l: Limits, store: Option<Arc<Store>>) -> io::Result<Self> {
         let ctx = Arc::new(Ctx::new(
             l.history,
             l.max_text,
             l.max_queue,
             l.presence_limit,
             l.log,
+            store.clone(),
         ));
         let mut reg = Registry::default();
-        // store hook: the rooms a store kept (those with messages or a
-        // topic) are created here too, each with its topic and recent ring.
         reg.rooms
             .insert(LOBBY.into(), Arc::new(Room::new(LOBBY, Arc::clone(&ctx))));
-        Self {
+        if let Some(store) = &store {
+            // Kept rooms count toward `--max-rooms` but are all loaded:
+            // they exist, whatever the bound was when they were made.
+            for row in store.rooms()? {
+                let (ring, older) = store.recent(&row.name, l.history)?;
+                let used = !ring.is_empty() || older;
+                // A room whose topic was cleared and that never had a
+                // message was forgotten when its last member left.
+                if row.name != LOBBY && !used && row.topic.is_empty() {
+                    continue;
+                }
+                let room = Room::stored(&row.name, Arc::clone(&ctx), row.topic, ring, older);
+                reg.rooms.insert(row.name, Arc::new(room));
+            }
+        }
+        Ok(Self {
             ctx,
             reg: Mutex::new(reg),
             max_rooms: l.max_rooms.max(1),
             max_rooms_per_user: l.max_rooms_per_user.max(1),
-        }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -220,6 +243,29 @@ impl Hub {
         })
     }
 
+    /// Whether `token` resumes the member now called `nick` (a takeover,
+    /// which needs no password: DESIGN.md, "Registered nicks").
+    pub(crate) fn resumes(&self, nick: &str, token: Option<&str>) -> bool {
+        let Some(token) = token else {
+            return false;
+        };
+        let reg = self.lock();
+        let owner = reg.by_token.get(token);
+        owner.is_some() && reg.by_nick.get(&nick_key(nick)) == owner
+    }
+
+    /// The nick of member `id`, if `client` acts for it.
+    pub(crate) fn nick_of(&self, id: MemberId, client: &Arc<Client>) -> Result<String, Refusal> {
+        let mut reg = self.lock();
+        Ok(owned(&mut reg.members, id, client)?.nick.clone())
+    }
+
+    /// media: the member a session token names, while its session is
+    /// joined (`POST /upload` authenticates with the welcome's token).
+    pub(crate) fn member_by_token(&self, token: &str) -> Option<MemberId> {
+        self.lock().by_token.get(token).copied()
+    }
+
     /// Member `id` enters the room `name` (created on first entry), or
     /// gets its `entered` again when it is already in. Returns the room and
     /// the membership version of the users list sent.
@@ -257,8 +303,7 @@ impl Hub {
                             ),
                         ));
                     }
-                    // store hook: a new room (persisted once it gets a
-                    // message or a topic, through those hooks).
+                    // Persisted once it gets a message or a topic.
                     let room = Arc::new(Room::new(name, Arc::clone(&self.ctx)));
                     reg.rooms.insert(name.to_owned(), Arc::clone(&room));
                     room
@@ -287,8 +332,8 @@ impl Hub {
         }
         if let Some(room) = reg.rooms.get(name) {
             if room.leave(id) && name != LOBBY {
-                // store hook: a forgotten room (it never had messages or a
-                // topic) has nothing stored.
+                // A forgotten room (no message ever, no topic) has
+                // nothing worth loading in the store.
                 reg.rooms.remove(name);
             }
         }
@@ -362,13 +407,16 @@ impl Hub {
         Ok(())
     }
 
-    /// A private message from member `id` to the member called `to`.
+    /// A private message from member `id` to the member called `to`, maybe
+    /// with an image `media` holds.
     pub(crate) fn private(
         &self,
         id: MemberId,
         client: &Arc<Client>,
         to: &str,
         text: &str,
+        image: Option<&str>,
+        media: &Media,
     ) -> Result<(), Refusal> {
         let mut reg = self.lock();
         let reg = &mut *reg;
@@ -380,13 +428,14 @@ impl Hub {
             ));
         };
         self.ctx.check_len(text)?;
+        let (image_json, image) = crate::room::image_fields(image, media)?;
         let msg_id = self.ctx.take_id();
         let (Some(from), Some(dest)) = (reg.members.get(&id), reg.members.get(&target)) else {
             return Ok(());
         };
+        let ts = crate::room::now_ms();
         let msg = format!(
-            r#"{{"type":"private","id":{msg_id},"ts":{},"from":{},"to":{},"text":{}}}"#,
-            crate::room::now_ms(),
+            r#"{{"type":"private","id":{msg_id},"ts":{ts},"from":{},"to":{},"text":{}{image_json}}}"#,
             quote(&from.nick),
             quote(&dest.nick),
             quote(text)
@@ -395,6 +444,18 @@ impl Hub {
         from.client.send(out.frame_for(&from.client));
         if target != id {
             dest.client.send(out.frame_for(&dest.client));
+        }
+        if let Some(store) = &self.ctx.store {
+            store.record(Record {
+                id: msg_id,
+                ts,
+                room: None,
+                from: from.nick.clone(),
+                to: Some(dest.nick.clone()),
+                text: text.to_owned(),
+                image,
+                json: msg.into(),
+            });
         }
         Ok(())
     }

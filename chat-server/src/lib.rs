@@ -7,8 +7,11 @@
 //! Threads (std only, small stacks):
 //! - an acceptor that polls the listener;
 //! - one short-lived thread per connection for the HTTP head (bounded in
-//!   bytes and time), which answers the page, `/healthz` and errors, or
-//!   upgrades `/ws` and hands the socket over;
+//!   bytes and time), which answers the page, `/healthz`, images
+//!   (`POST /upload`, `GET /media/...`: `media` streams a body to disk,
+//!   at most `max_concurrent_uploads` at once, each within
+//!   `upload_timeout`) and errors, or upgrades `/ws` and hands the socket
+//!   over;
 //! - `reactor_threads` reactors (default: one per core, at most 4) that
 //!   read every upgraded socket through epoll and feed a sans-IO
 //!   [`wsproto::Connection`] each, so an idle connection costs no thread
@@ -39,15 +42,18 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod accounts;
 mod client;
 mod flusher;
 mod history;
 mod http;
 mod hub;
+mod media;
 pub mod protocol;
 mod reactor;
 mod room;
 mod session;
+mod store;
 mod sys;
 mod tls;
 
@@ -55,6 +61,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -65,6 +72,7 @@ use flusher::Flusher;
 use hub::Hub;
 use wsproto::CloseCode;
 
+pub use accounts::{AuthParams, Password};
 pub use room::REPLY_MAX_BYTES;
 pub use tls::{TlsError, TlsFiles};
 
@@ -148,6 +156,37 @@ pub struct Config {
     /// request with a 308 to the same host and target over `https://`
     /// (`--redirect-http`; needs `tls`).
     pub redirect_http: Option<u16>,
+    /// Where room messages, private messages, rooms, accounts and media
+    /// are kept (`--data DIR`; DESIGN.md, "Storage"); `None` keeps
+    /// everything in memory (`--ephemeral`, v1 behaviour). The library
+    /// default is `None`; the command line's is `./chat-data`.
+    pub data: Option<std::path::PathBuf>,
+    /// Room messages kept per room in the store (`--retain-messages`);
+    /// older ones are deleted. Private messages are kept as many.
+    pub retain_messages: usize,
+    /// Argon2id cost, hashing threads and lockout window of registered
+    /// nicks (DESIGN.md, "Registered nicks").
+    pub auth: AuthParams,
+    /// Where uploaded images live (DESIGN.md v2, "Media"), when not in
+    /// `data`'s `media/` (the command line always uses that one). `None`:
+    /// `data`'s `media/`, or without `data` a fresh directory under the
+    /// system's temporary directory, removed when the server stops
+    /// (ephemeral, like the history).
+    pub media_dir: Option<PathBuf>,
+    /// Largest upload body (`--max-upload-bytes`); over it, 413 from the
+    /// `Content-Length` alone, before the body is read.
+    pub max_upload_bytes: u64,
+    /// Accepted uploads per session per minute (`--upload-rate`); past it,
+    /// 429.
+    pub upload_rate: u32,
+    /// Uploads received at once (`--max-concurrent-uploads`); past it, 503
+    /// with `Retry-After` before the body is read. Each upload holds a
+    /// 64 KiB read buffer (plus 8 KiB to decode the header), never the
+    /// body, so this bounds the memory uploads take (about 2.3 MiB at 32).
+    pub max_concurrent_uploads: usize,
+    /// The whole upload body must arrive within this (`--upload-timeout`);
+    /// else 408 (slowloris).
+    pub upload_timeout: Duration,
 }
 
 impl Default for Config {
@@ -179,6 +218,14 @@ impl Default for Config {
             deflate: true,
             tls: None,
             redirect_http: None,
+            data: None,
+            retain_messages: 100_000,
+            auth: AuthParams::default(),
+            media_dir: None,
+            max_upload_bytes: 5 << 20,
+            upload_rate: 10,
+            max_concurrent_uploads: 32,
+            upload_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -190,6 +237,8 @@ struct Shared {
     /// Every room and member (named `room` since v1's single room; the
     /// reactors tick its presence counts).
     room: Hub,
+    /// Uploaded images: the store, its index, the upload limits.
+    media: media::Media,
     flusher: Arc<Flusher>,
     /// Connections counted against `max_connections`.
     live: AtomicUsize,
@@ -205,6 +254,10 @@ struct Shared {
     tls: Option<tls::TlsState>,
     /// Threads answering `--redirect-http` (bounded like `refusing`).
     redirecting: AtomicUsize,
+    /// The store, closed (flushed) at shutdown.
+    store: Option<Arc<store::Store>>,
+    /// Registered nicks.
+    accounts: Arc<accounts::Accounts>,
 }
 
 macro_rules! log {
@@ -277,6 +330,21 @@ impl ShutdownHandle {
             None => Ok(()),
         }
     }
+
+    /// The directory uploaded images are stored in (`Config::media_dir`,
+    /// or, when that is `None`, the temporary one made on the first upload).
+    ///
+    /// ```no_run
+    /// let mut config = chat_server::Config::default();
+    /// config.addr = ([127, 0, 0, 1], 0).into();
+    /// config.media_dir = Some("chat-data/media".into());
+    /// let running = chat_server::Server::bind(config)?.spawn()?;
+    /// assert!(running.handle().media_dir().is_dir());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn media_dir(&self) -> &std::path::Path {
+        self.0.media.dir()
+    }
 }
 
 /// A server running on its own thread (for tests and embedding).
@@ -347,12 +415,24 @@ impl Server {
         // costs its client a one-second retransmit (issue 11).
         sys::set_backlog(&listener, LISTEN_BACKLOG)?;
         listener.set_nonblocking(true)?;
-        let reactors = (0..config.reactor_threads.max(1))
-            .map(|_| reactor::Reactor::new())
-            .collect::<io::Result<Vec<_>>>()?;
-        let shared = Arc::new(Shared {
-            reactors,
-            room: Hub::new(hub::Limits {
+        let store = match &config.data {
+            Some(dir) => Some(store::Store::open(&store::StoreConfig {
+                dir: dir.clone(),
+                retain_messages: config.retain_messages,
+                write_queue: store::WRITE_QUEUE,
+                log: config.log,
+            })?),
+            None => None,
+        };
+        if let (Some(store), true) = (&store, config.log) {
+            eprintln!(
+                "chat: storing in {} (next id {})",
+                store.dir().display(),
+                store.first_id()
+            );
+        }
+        let hub = Hub::new(
+            hub::Limits {
                 history: config.history,
                 max_text: config.max_text,
                 max_queue: config.max_queue_bytes,
@@ -360,7 +440,37 @@ impl Server {
                 max_rooms: config.max_rooms,
                 max_rooms_per_user: config.max_rooms_per_user,
                 log: config.log,
-            }),
+            },
+            store.clone(),
+        )
+        .inspect_err(|_| store.iter().for_each(|s| s.close()))?;
+        let accounts = accounts::Accounts::start(config.auth, store.clone())
+            .inspect_err(|_| store.iter().for_each(|s| s.close()))?;
+        // With storage, images live beside the database (the store made
+        // DIR/media); without, in a temporary directory of this process.
+        let media_dir = config
+            .media_dir
+            .clone()
+            .or_else(|| config.data.as_ref().map(|d| d.join("media")));
+        let media = media::Media::open(
+            media_dir.as_deref(),
+            media::Limits {
+                max_bytes: config.max_upload_bytes,
+                per_minute: config.upload_rate,
+                max_concurrent: config.max_concurrent_uploads,
+                timeout: config.upload_timeout,
+            },
+        )
+        .inspect_err(|_| store.iter().for_each(|s| s.close()))?;
+        let reactors = (0..config.reactor_threads.max(1))
+            .map(|_| reactor::Reactor::new())
+            .collect::<io::Result<Vec<_>>>()?;
+        let shared = Arc::new(Shared {
+            reactors,
+            room: hub,
+            store,
+            accounts,
+            media,
             flusher: Flusher::start()?,
             live: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
@@ -477,6 +587,18 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
         shared.flusher.stop();
+        if let Some(store) = &shared.store {
+            // Every queued message is written before run returns.
+            store.close();
+            if store.dropped() > 0 {
+                log!(
+                    shared,
+                    "chat: store: {} messages were not persisted (writer lagging)",
+                    store.dropped()
+                );
+            }
+        }
+        shared.media.remove_temporary();
         Ok(())
     }
 }

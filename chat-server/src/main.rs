@@ -42,6 +42,11 @@ OPTIONS:
   --reactor-threads N        threads reading WebSockets, 1-64 [default: cores, max 4]
   --allowed-origin ORIGIN    also accept WebSockets from pages of ORIGIN (scheme://host[:port];
                              repeatable; * allows any) [default: same host:port only]
+  --data DIR                 keep messages, rooms, accounts and media in DIR (created;
+                             SQLite chat.db in WAL mode, media/) [default: ./chat-data]
+  --retain-messages N        room messages kept per room in DIR, older deleted;
+                             1-1000000000 [default: 100000]
+  --ephemeral                keep nothing on disk: history lives in memory only (v1)
   --no-deflate               do not negotiate permessage-deflate compression
                              [default: negotiated when the client offers it]
   --tls-cert FILE            serve https:// and wss:// with this PEM certificate chain
@@ -50,6 +55,12 @@ OPTIONS:
   --tls-key FILE             the PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
   --redirect-http PORT       also answer plain HTTP on PORT with a 308 to https://
                              (needs --tls-cert)
+  --max-upload-bytes N       largest image upload, then 413 (refused from its
+                             Content-Length); 1024-1073741824 [default: 5242880]
+  --upload-rate N            accepted uploads per session per minute, then 429;
+                             1-100000 [default: 10]
+  --max-concurrent-uploads N uploads received at once, then 503; 1-10000 [default: 32]
+  --upload-timeout SECS      an upload body's deadline, then 408; 1-3600 [default: 60]
   --quiet                    no per-connection log lines
   -h, --help                 this text
 
@@ -89,7 +100,7 @@ fn main() -> ExitCode {
     let server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("chat-server: cannot listen: {e}");
+            eprintln!("chat-server: cannot start: {e}"); // the address, TLS files or --data
             return ExitCode::FAILURE;
         }
     };
@@ -161,6 +172,16 @@ mod range {
     /// Empty rooms with messages are kept, each with its history ring: the
     /// ceiling bounds that memory (with `--history`).
     pub const ROOMS: (u64, u64) = (1, 1_000_000);
+    /// 0 would delete every message as it is written.
+    pub const RETAIN: (u64, u64) = (1, 1_000_000_000);
+    /// media: an image under 1 KiB is rare, one over 1 GiB is no chat
+    /// image (each upload is streamed to disk, so the bound is disk, not
+    /// memory).
+    pub const UPLOAD_BYTES: (u64, u64) = (1 << 10, 1 << 30);
+    pub const UPLOAD_RATE: (u64, u64) = (1, 100_000);
+    /// Each upload holds a 64 KiB buffer and a thread.
+    pub const UPLOADS: (u64, u64) = (1, 10_000);
+    pub const UPLOAD_SECS: (u64, u64) = (1, 3600);
     /// More reactors than cores only add contention.
     pub const REACTORS: (u64, u64) = (1, 64);
 
@@ -175,7 +196,14 @@ mod range {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
     let mut c = Config::default();
     let (mut cert, mut key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
+    // The command line persists by default.
+    let mut data = Some(PathBuf::from("./chat-data"));
+    let mut ephemeral = false;
     while let Some(flag) = args.next() {
+        if flag == "--ephemeral" {
+            ephemeral = true;
+            continue;
+        }
         if flag == "-h" || flag == "--help" {
             return Ok(None);
         }
@@ -202,6 +230,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
                     .parse()
                     .map_err(|_| format!("--addr: {value:?} is not host:port"))?
             }
+            "--data" if !value.is_empty() => data = Some(value.into()),
+            "--retain-messages" => c.retain_messages = num(range::RETAIN)? as usize,
             "--history" => c.history = num(range::HISTORY)? as usize,
             "--max-connections" => c.max_connections = num(range::CONNECTIONS)? as usize,
             "--max-message-bytes" => c.max_message_bytes = num(range::MESSAGE_BYTES)? as usize,
@@ -217,6 +247,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--max-rooms-per-user" => c.max_rooms_per_user = num(range::ROOMS_PER_USER)? as usize,
             "--max-rooms" => c.max_rooms = num(range::ROOMS)? as usize,
             "--reactor-threads" => c.reactor_threads = num(range::REACTORS)? as usize,
+            "--max-upload-bytes" => c.max_upload_bytes = num(range::UPLOAD_BYTES)?,
+            "--upload-rate" => c.upload_rate = num(range::UPLOAD_RATE)? as u32,
+            "--max-concurrent-uploads" => c.max_concurrent_uploads = num(range::UPLOADS)? as usize,
+            "--upload-timeout" => c.upload_timeout = secs(range::UPLOAD_SECS)?,
             "--rate-per-sec" => c.rate_per_sec = num(range::RATE)? as u32,
             "--control-burst" => c.control_burst = num(range::RATE)? as u32,
             "--control-per-sec" => c.control_per_sec = num(range::RATE)? as u32,
@@ -226,6 +260,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             _ => return Err(format!("unknown option {flag}")),
         }
     }
+    c.data = if ephemeral { None } else { data };
     // Flags that bound each other, checked once all are known (in any order).
     c.tls = match (cert, key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),

@@ -4,6 +4,7 @@
 //! decided in a fixed order (`bad_json`, then `bad_request`, then
 //! `unknown_type`) that a derived enum cannot express.
 
+use crate::accounts::Password;
 use caseless::Caseless;
 use serde_json::{Map, Value};
 use unicode_normalization::UnicodeNormalization;
@@ -29,15 +30,33 @@ pub enum Request {
         nick: String,
         since: Option<u64>,
         token: Option<String>,
+        /// For a registered nick.
+        password: Option<Password>,
     },
     /// Leave a room (the session stays joined).
     Leave { room: String },
-    /// A room message.
-    Message { room: Option<String>, text: String },
-    /// Rename.
-    Nick { nick: String },
-    /// A one-to-one message.
-    Private { to: String, text: String },
+    /// A room message; `image` is a `/media/...` URL, and then `text`
+    /// (its caption) may be empty.
+    Message {
+        room: Option<String>,
+        text: String,
+        image: Option<String>,
+    },
+    /// Rename; `password` for a registered nick.
+    Nick {
+        nick: String,
+        password: Option<Password>,
+    },
+    /// Register the session's nick.
+    Register { password: Password },
+    /// Unregister the session's nick.
+    Unregister { password: Password },
+    /// A one-to-one message, maybe with an `image`, as `Message`.
+    Private {
+        to: String,
+        text: String,
+        image: Option<String>,
+    },
     /// List the rooms (sorted by name), those after the name `after`.
     Rooms { after: Option<String> },
     /// Set a room's topic.
@@ -61,9 +80,12 @@ impl Request {
             | Self::Message { room, .. }
             | Self::Topic { room, .. }
             | Self::Who { room, .. } => Some(room.as_deref().unwrap_or(LOBBY)),
-            Self::Join { .. } | Self::Nick { .. } | Self::Private { .. } | Self::Rooms { .. } => {
-                None
-            }
+            Self::Join { .. }
+            | Self::Nick { .. }
+            | Self::Register { .. }
+            | Self::Unregister { .. }
+            | Self::Private { .. }
+            | Self::Rooms { .. } => None,
         }
     }
 }
@@ -84,9 +106,16 @@ pub enum ErrorCode {
     TooManyRooms,
     AlreadyJoined,
     NickInvalid,
+    // These two come right after nick_invalid.
+    AuthRequired,
+    AuthFailed,
     NickTaken,
+    /// `register` of a nick already registered.
+    NickRegistered,
     UnknownUser,
     TooLong,
+    /// media: an image URL the server does not hold.
+    UnknownMedia,
 }
 
 impl ErrorCode {
@@ -103,9 +132,13 @@ impl ErrorCode {
             Self::TooManyRooms => "too_many_rooms",
             Self::AlreadyJoined => "already_joined",
             Self::NickInvalid => "nick_invalid",
+            Self::AuthRequired => "auth_required",
+            Self::AuthFailed => "auth_failed",
+            Self::NickRegistered => "nick_registered",
             Self::NickTaken => "nick_taken",
             Self::UnknownUser => "unknown_user",
             Self::TooLong => "too_long",
+            Self::UnknownMedia => "unknown_media",
         }
     }
 }
@@ -168,11 +201,16 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             // every message (nothing to replay).
             since: opt_integer(&obj, "since")?.map(clamp_id),
             token: opt_string(&obj, "token")?,
+            password: opt_string(&obj, "password")?.map(Password::new),
         }),
-        "message" => Ok(Request::Message {
-            room: opt_string(&obj, "room")?,
-            text: text_field(&obj)?,
-        }),
+        "message" => {
+            let (text, image) = text_or_image(&obj)?;
+            Ok(Request::Message {
+                room: opt_string(&obj, "room")?,
+                text,
+                image,
+            })
+        }
         "enter" => Ok(Request::Enter {
             room: string(&obj, "room")?,
             since: opt_integer(&obj, "since")?.map(clamp_id),
@@ -187,12 +225,20 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             room: opt_string(&obj, "room")?,
             topic: string(&obj, "topic")?,
         }),
-        "private" => Ok(Request::Private {
-            to: string(&obj, "to")?,
-            text: text_field(&obj)?,
-        }),
+        "private" => {
+            let to = string(&obj, "to")?;
+            let (text, image) = text_or_image(&obj)?;
+            Ok(Request::Private { to, text, image })
+        }
         "nick" => Ok(Request::Nick {
             nick: string(&obj, "nick")?,
+            password: opt_string(&obj, "password")?.map(Password::new),
+        }),
+        "register" => Ok(Request::Register {
+            password: Password::checked(string(&obj, "password")?).map_err(|m| bad(&m))?,
+        }),
+        "unregister" => Ok(Request::Unregister {
+            password: Password::new(string(&obj, "password")?),
         }),
         "who" => Ok(Request::Who {
             room: opt_string(&obj, "room")?,
@@ -477,12 +523,18 @@ fn clamp_id(i: i128) -> u64 {
     i.clamp(0, u64::MAX.into()) as u64
 }
 
-fn text_field(obj: &Map<String, Value>) -> Result<String, Refusal> {
+/// A message's `text` and optional `image` (media): with an image the text
+/// is a caption and may be empty or absent (DESIGN.md v2, "Media").
+fn text_or_image(obj: &Map<String, Value>) -> Result<(String, Option<String>), Refusal> {
+    let image = opt_string(obj, "image")?;
+    if image.is_some() {
+        return Ok((opt_string(obj, "text")?.unwrap_or_default(), image));
+    }
     let text = string(obj, "text")?;
     if text.is_empty() {
         return Err(bad("\"text\" is empty"));
     }
-    Ok(text)
+    Ok((text, None))
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -537,7 +589,8 @@ mod tests {
             Request::Join {
                 nick: "a".into(),
                 since: Some(3),
-                token: Some("t".into())
+                token: Some("t".into()),
+                password: None,
             }
         );
     }

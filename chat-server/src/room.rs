@@ -19,7 +19,9 @@
 
 use crate::client::{Client, Outgoing};
 use crate::history::{Bound as Hist, History, Stored};
+use crate::media::Media;
 use crate::protocol::{nick_key, ErrorCode, Refusal, TOPIC_MAX_CHARS, WHO_LIMIT_DEFAULT};
+use crate::store::{HistoryRead, ImageRef, Record, RoomRow, Store};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -64,6 +66,9 @@ pub(crate) struct Ctx {
     /// Some room waits for [`PRESENCE_EVERY`] to send a count: lets the
     /// reactors skip [`Hub::tick`](crate::hub::Hub::tick) while none does.
     pub presence_pending: AtomicBool,
+    /// Where messages, rooms and topics are persisted (`None`:
+    /// `--ephemeral`).
+    pub store: Option<Arc<Store>>,
 }
 
 impl Ctx {
@@ -73,6 +78,7 @@ impl Ctx {
         max_queue: usize,
         presence_limit: usize,
         log: bool,
+        store: Option<Arc<Store>>,
     ) -> Self {
         Self {
             history_len,
@@ -80,15 +86,22 @@ impl Ctx {
             reply_max: REPLY_MAX_BYTES.min(max_queue / 2),
             presence_limit,
             log,
-            next_id: AtomicU64::new(1),
+            // With a store, ids continue above every earlier run's.
+            next_id: AtomicU64::new(store.as_ref().map_or(1, |s| s.first_id())),
             presence_pending: AtomicBool::new(false),
+            store,
         }
     }
 
     /// A fresh message id (room and private messages share the counter).
     pub fn take_id(&self) -> u64 {
-        // store hook: a persistent store reserves ids ahead in blocks here.
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(store) = &self.store {
+            // The store persists a mark ahead of the ids in use (in
+            // blocks), so no id is handed out twice, even after a crash.
+            store.claim_id(id);
+        }
+        id
     }
 
     /// `too_long` for a text over `--max-text` characters.
@@ -112,6 +125,7 @@ impl Ctx {
 /// One chat room.
 #[derive(Debug)]
 pub struct Room {
+    name: String,
     /// The room's name as a JSON string (names need no escaping: `a-z 0-9 - _`).
     quoted: String,
     ctx: Arc<Ctx>,
@@ -131,6 +145,8 @@ struct State {
     topic: String,
     /// When the last `presence` count went out, and the count it told.
     presence_sent: Option<(Instant, usize)>,
+    /// The store has a row for this room (so it is listed after a restart).
+    row_stored: bool,
 }
 
 /// A member in this room: the nick it shows here and its connection.
@@ -150,6 +166,7 @@ pub(crate) enum Greeting<'a> {
 impl Room {
     pub(crate) fn new(name: &str, ctx: Arc<Ctx>) -> Self {
         Self {
+            name: name.to_owned(),
             quoted: json!(name).to_string(),
             state: Mutex::new(State {
                 members: BTreeMap::new(),
@@ -158,10 +175,30 @@ impl Room {
                 history: History::new(ctx.history_len),
                 topic: String::new(),
                 presence_sent: None,
+                row_stored: false,
             }),
             ctx,
             pending: AtomicBool::new(false),
         }
+    }
+
+    /// A room kept by the store: its topic, the newest `ring` messages
+    /// (oldest first) and whether the store holds older ones.
+    pub(crate) fn stored(
+        name: &str,
+        ctx: Arc<Ctx>,
+        topic: String,
+        ring: Vec<Stored>,
+        older: bool,
+    ) -> Self {
+        let room = Self::new(name, ctx);
+        {
+            let mut st = room.lock();
+            st.topic = topic;
+            st.history.load(ring, older);
+            st.row_stored = true;
+        }
+        room
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -232,7 +269,10 @@ impl Room {
         };
         let bound = since.map_or(Hist::All, Hist::Since);
         let budget = ctx.reply_max.saturating_sub(head.len() + TAIL_MAX);
-        let (body, more) = newest_that_fit(st.history.newest_first(bound), usize::MAX, budget);
+        let (body, cut) = newest_that_fit(st.history.newest_first(bound), usize::MAX, budget);
+        // Older messages than the ring's may be on disk: `more` sends the
+        // client paging back with `history` (a resume across a restart).
+        let more = cut || st.history.older_than_ring(since);
         let reply = format!(r#"{head}{body}],"more":{more}}}"#);
         client.send(client.frame(&reply));
         if new {
@@ -305,21 +345,49 @@ impl Room {
         }
     }
 
-    /// A room message from member `id`, sent by `client`.
-    pub fn message(&self, id: MemberId, client: &Arc<Client>, text: &str) -> Result<(), Refusal> {
+    /// A room message from member `id`, sent by `client`, maybe with an
+    /// image URL that `media` must hold.
+    pub(crate) fn message(
+        &self,
+        id: MemberId,
+        client: &Arc<Client>,
+        text: &str,
+        image: Option<&str>,
+        media: &Media,
+    ) -> Result<(), Refusal> {
         self.ctx.check_len(text)?;
+        let (image_json, image) = image_fields(image, media)?;
         let mut st = self.lock();
-        let from = quote(&st.owned(id, client)?.nick);
+        let nick = st.owned(id, client)?.nick.clone();
+        let from = quote(&nick);
         let msg_id = self.ctx.take_id();
+        let ts = now_ms();
         let msg: Arc<str> = format!(
-            r#"{{"type":"message","room":{},"id":{msg_id},"ts":{},"from":{from},"text":{}}}"#,
+            r#"{{"type":"message","room":{},"id":{msg_id},"ts":{ts},"from":{from},"text":{}{image_json}}}"#,
             self.quoted,
-            now_ms(),
             quote(text)
         )
         .into();
         st.broadcast(&msg, None);
-        st.history.append(msg_id, msg);
+        if let Some(store) = &self.ctx.store {
+            // Written in the room's order (under its lock): the writer
+            // gets the room row before the room's first message.
+            if !st.row_stored {
+                st.row_stored = true;
+                store.keep_room(self.name.clone());
+            }
+            store.record(Record {
+                id: msg_id,
+                ts,
+                room: Some(self.name.clone()),
+                from: nick,
+                to: None,
+                text: text.to_owned(),
+                image,
+                json: Arc::clone(&msg),
+            });
+        }
+        st.history.append(msg_id, msg, self.ctx.store.is_some());
         Ok(())
     }
 
@@ -332,20 +400,29 @@ impl Room {
         topic: &str,
     ) -> Result<(), Refusal> {
         let mut st = self.lock();
-        let by = json!(st.owned(id, client)?.nick);
+        let setter = st.owned(id, client)?.nick.clone();
+        let by = json!(setter);
         if topic.len() > TOPIC_MAX_CHARS && topic.chars().count() > TOPIC_MAX_CHARS {
             return Err(Refusal::new(
                 ErrorCode::TooLong,
                 format!("a topic is at most {TOPIC_MAX_CHARS} characters"),
             ));
         }
-        // store hook: the room's topic is written through here.
         st.topic = topic.to_owned();
+        let ts = now_ms();
+        if let Some(store) = &self.ctx.store {
+            st.row_stored = true;
+            store.save_room(RoomRow {
+                name: self.name.clone(),
+                topic: topic.to_owned(),
+                topic_by: Some(setter),
+                topic_ts: Some(ts),
+            });
+        }
         let msg = format!(
-            r#"{{"type":"topic","room":{},"topic":{},"by":{by},"ts":{}}}"#,
+            r#"{{"type":"topic","room":{},"topic":{},"by":{by},"ts":{ts}}}"#,
             self.quoted,
             json!(topic),
-            now_ms()
         );
         st.broadcast(&msg, None);
         Ok(())
@@ -393,6 +470,29 @@ impl Room {
         let bound = before.map_or(Hist::All, Hist::Before);
         let budget = self.ctx.reply_max.saturating_sub(head.len() + TAIL_MAX);
         let (body, more) = newest_that_fit(st.history.newest_first(bound), limit, budget);
+        if let (Some(store), false, Some(oldest)) =
+            (&self.ctx.store, more, st.history.oldest_on_disk_before())
+        {
+            // Older messages are on disk: the reader thread answers, with
+            // the ring's part snapshotted here.
+            let ring = st
+                .history
+                .newest_first(bound)
+                .take(limit)
+                .cloned()
+                .collect();
+            drop(st);
+            store.read_history(HistoryRead {
+                room: self.name.clone(),
+                client: Arc::clone(client),
+                ring,
+                disk_before: before.map_or(oldest, |b| b.min(oldest)),
+                limit,
+                budget,
+                head,
+            });
+            return Ok(());
+        }
         drop(st);
         let msg = format!(r#"{head}{body}],"more":{more}}}"#);
         client.send(client.frame(&msg));
@@ -448,7 +548,7 @@ const TAIL_MAX: usize = 16;
 /// Joins the newest messages of `newest_first` (at most `limit`, at most
 /// `budget` bytes with their commas, but always at least one so paging
 /// makes progress) oldest first; true when older ones were left out.
-fn newest_that_fit<'a>(
+pub(crate) fn newest_that_fit<'a>(
     mut newest_first: impl Iterator<Item = &'a Stored>,
     limit: usize,
     budget: usize,
@@ -549,6 +649,35 @@ impl State {
             }
         }
     }
+}
+
+/// The image of a message naming `image`, checked after `too_long` (by
+/// the caller first): one the server does not hold is `unknown_media`.
+/// Returns the `,"image":...,"width":W,"height":H` fields of the message
+/// and what the store keeps of the image.
+pub(crate) fn image_fields(
+    image: Option<&str>,
+    media: &Media,
+) -> Result<(String, Option<ImageRef>), Refusal> {
+    let Some(url) = image else {
+        return Ok((String::new(), None));
+    };
+    let Some(img) = media.lookup(url) else {
+        return Err(Refusal::new(
+            ErrorCode::UnknownMedia,
+            format!(
+                "no image {:?} here: upload it first (POST /upload)",
+                url.chars().take(90).collect::<String>()
+            ),
+        ));
+    };
+    let fields = format!(
+        r#","image":{},"width":{},"height":{}"#,
+        quote(&img.url),
+        img.width,
+        img.height
+    );
+    Ok((fields, Some((img.url, img.width, img.height))))
 }
 
 /// `s` as a JSON string.

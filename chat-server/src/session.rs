@@ -3,8 +3,9 @@
 //! the room. Everything it sends, and the end of its life, goes through its
 //! [`Client`].
 
+use crate::accounts::{self, PendingJoin};
 use crate::client::{Client, Phase, Sent, Transport};
-use crate::hub::not_in_room;
+use crate::hub::{not_in_room, Joined};
 use crate::protocol::{self, ErrorCode, Refusal, Request};
 use crate::room::{MemberId, Room};
 use crate::{log, Config, LiveGuard, Shared};
@@ -91,6 +92,12 @@ impl RateLimit {
         if self.bucket.take(now) {
             return Rate::Allowed;
         }
+        self.refused(now)
+    }
+
+    /// Counts a `rate_limited` refusal (the bucket's, or a locked-out
+    /// nick's: DESIGN.md, they "count like any other").
+    fn refused(&mut self, now: Instant) -> Rate {
         let minute = Duration::from_secs(60);
         while self
             .refusals
@@ -119,6 +126,8 @@ pub(crate) struct Session {
     /// the hub's registry by this session alone: only the member's owner
     /// enters and leaves), so a room request takes no server-wide lock.
     rooms: HashMap<String, Seat>,
+    /// A join waiting for its password check.
+    pending: Option<Arc<PendingJoin>>,
     rate: RateLimit,
     /// Pings and Pongs from the client: each costs a reply or a wake-up,
     /// so a flood of them is closed 1008 like a flood of text.
@@ -186,6 +195,7 @@ pub(crate) fn start(
         conn: Connection::new(Role::Server, ws_config(cfg)),
         member: None,
         rooms: HashMap::new(),
+        pending: None,
         rate: RateLimit::new(cfg),
         control: Bucket::new(cfg.control_burst, cfg.control_per_sec),
         join_deadline: now + cfg.join_timeout,
@@ -262,6 +272,7 @@ impl Session {
 
     /// Handles expired timers; true when the session should end now.
     pub(crate) fn on_timer(&mut self, now: Instant) -> bool {
+        self.poll_pending();
         match self.client.phase() {
             Phase::Done => return true,
             Phase::Closing { deadline, .. } => {
@@ -292,7 +303,11 @@ impl Session {
 
     /// Ends the session: out of the room (its `left` goes out), the client
     /// finished (socket shut once its queue drains).
-    pub(crate) fn end(self) {
+    pub(crate) fn end(mut self) {
+        // A join checked too late joins nobody.
+        if let Some(joined) = self.pending.take().and_then(|p| p.abandon()) {
+            self.member = Some(joined.id);
+        }
         if let Some(id) = self.member {
             self.shared.room.leave_all(id, &self.client);
         }
@@ -401,8 +416,46 @@ impl Session {
                 return self.close(CloseCode::POLICY_VIOLATION, "rate limit");
             }
         }
+        self.poll_pending();
         if let Err(r) = self.dispatch(text) {
             self.refuse(&r);
+            // A locked-out nick's rate_limited counts too.
+            if r.code == ErrorCode::RateLimited {
+                if let Rate::RefusedAndClose = self.rate.refused(Instant::now()) {
+                    self.close(CloseCode::POLICY_VIOLATION, "rate limit");
+                }
+            }
+        }
+    }
+
+    /// Takes the member of a join whose password check ended.
+    fn poll_pending(&mut self) {
+        if let Some(done) = self.pending.as_ref().and_then(|p| p.poll()) {
+            self.pending = None;
+            if let Some(joined) = done {
+                self.adopt(joined);
+            }
+        }
+    }
+
+    /// Becomes the member a join made (or took over), in its rooms.
+    fn adopt(&mut self, joined: Joined) {
+        self.member = Some(joined.id);
+        self.rooms = joined
+            .rooms
+            .into_iter()
+            .map(|(name, room)| {
+                (
+                    name,
+                    Seat {
+                        room,
+                        users_seen: None,
+                    },
+                )
+            })
+            .collect();
+        if let Some(lobby) = self.rooms.get_mut(protocol::LOBBY) {
+            lobby.users_seen = Some(joined.users_version);
         }
     }
 
@@ -413,29 +466,39 @@ impl Session {
     fn dispatch(&mut self, text: &str) -> Result<(), Refusal> {
         let req = protocol::parse(text)?;
         let hub = &self.shared.room;
+        if self.pending.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::NotJoined,
+                "the join waits for its password check",
+            ));
+        }
         let id = match (&req, self.member) {
             (Request::Join { .. }, Some(_)) => {
                 return Err(Refusal::new(ErrorCode::AlreadyJoined, "already joined"))
             }
-            (Request::Join { nick, since, token }, None) => {
-                let joined = hub.join(&self.client, nick, *since, token.as_deref())?;
-                self.member = Some(joined.id);
-                self.rooms = joined
-                    .rooms
-                    .into_iter()
-                    .map(|(name, room)| {
-                        (
-                            name,
-                            Seat {
-                                room,
-                                users_seen: None,
-                            },
-                        )
-                    })
-                    .collect();
-                if let Some(lobby) = self.rooms.get_mut(protocol::LOBBY) {
-                    lobby.users_seen = Some(joined.users_version);
+            (
+                Request::Join {
+                    nick,
+                    since,
+                    token,
+                    password,
+                },
+                None,
+            ) => {
+                let gate = accounts::join_gate(
+                    &self.shared,
+                    &self.client,
+                    nick,
+                    *since,
+                    token.as_deref(),
+                    password.as_ref(),
+                )?;
+                if let Some(pending) = gate {
+                    self.pending = Some(pending);
+                    return Ok(());
                 }
+                let joined = hub.join(&self.client, nick, *since, token.as_deref())?;
+                self.adopt(joined);
                 return Ok(());
             }
             (_, None) => {
@@ -455,8 +518,12 @@ impl Session {
         let seat = req.room().and_then(|n| self.rooms.get_mut(n));
         match req {
             Request::Join { .. } => Ok(()),
-            Request::Message { text, .. } => match seat {
-                Some(seat) => seat.room.message(id, client, &text),
+            Request::Message { text, image, .. } => match seat {
+                Some(seat) => {
+                    let media = &self.shared.media;
+                    seat.room
+                        .message(id, client, &text, image.as_deref(), media)
+                }
                 None => Err(not_in_room()),
             },
             Request::Topic { topic, .. } => match seat {
@@ -503,8 +570,23 @@ impl Session {
                 hub.rooms(client, after.as_deref());
                 Ok(())
             }
-            Request::Private { to, text } => hub.private(id, client, &to, &text),
-            Request::Nick { nick } => hub.rename(id, client, &nick),
+            Request::Private { to, text, image } => {
+                hub.private(id, client, &to, &text, image.as_deref(), &self.shared.media)
+            }
+            Request::Nick { nick, password } => {
+                if accounts::rename_gate(&self.shared, client, id, &nick, password.as_ref())? {
+                    return Ok(());
+                }
+                hub.rename(id, client, &nick)
+            }
+            Request::Register { password } => {
+                let nick = hub.nick_of(id, client)?;
+                self.shared.accounts.register(client, nick, password)
+            }
+            Request::Unregister { password } => {
+                let nick = hub.nick_of(id, client)?;
+                self.shared.accounts.unregister(client, nick, password)
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! Every libc call of the chat server, each behind a safe function: epoll
 //! (the reactors), `poll` (the acceptor and the flusher), `sendmsg` (the
-//! vectored non-blocking send), the open-file limit, the stop signals and
-//! SIGHUP (TLS certificate reload).
+//! vectored non-blocking send), the open-file limit, the stop signals,
+//! SIGHUP (TLS certificate reload) and the priority of background threads.
 //! Nothing outside this module writes `unsafe`.
 
 use bytes::Bytes;
@@ -255,6 +255,19 @@ pub(crate) fn catch_reload_signal() -> &'static AtomicBool {
         );
     }
     &RELOAD_SIGNALED
+}
+
+/// Lowers the calling thread's priority to `nice` (Linux keeps a nice
+/// value per thread, setpriority(2) NOTES), so background work (the
+/// store's writer, password hashing) yields the core to the reactors.
+/// Best effort: on failure the thread keeps its priority.
+pub(crate) fn lower_thread_priority(nice: i32) {
+    // SAFETY: gettid and setpriority take no pointers; setpriority's
+    // result only tells whether the priority changed.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, nice);
+    }
 }
 
 #[cfg(test)]

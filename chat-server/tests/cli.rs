@@ -37,7 +37,7 @@ fn help_and_bad_flags() {
 /// stderr. A server still running after 10 s is killed and fails the test.
 fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(BIN)
-        .args(["--addr", "127.0.0.1:0"])
+        .args(["--addr", "127.0.0.1:0", "--ephemeral"])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -150,7 +150,7 @@ fn boundary_values_are_accepted() {
     let greatest: Vec<&str> = bounds.iter().flat_map(|&(f, _, hi)| [f, hi]).collect();
     for args in [least, greatest] {
         let mut child = Command::new(BIN)
-            .args(["--addr", "127.0.0.1:0"])
+            .args(["--addr", "127.0.0.1:0", "--ephemeral"])
             .args(&args)
             .stderr(Stdio::piped())
             .spawn()
@@ -183,7 +183,7 @@ fn boundary_values_are_accepted() {
 #[test]
 fn sigint_closes_clients_with_1001_and_exits_cleanly() {
     let mut child = Command::new(BIN)
-        .args(["--addr", "127.0.0.1:0"])
+        .args(["--addr", "127.0.0.1:0", "--ephemeral"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -252,7 +252,7 @@ fn run_binary(args: &[&str], requests: &[(String, &str)]) -> Vec<String> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(BIN)
-        .args(["--addr", "127.0.0.1:0"])
+        .args(["--addr", "127.0.0.1:0", "--ephemeral"])
         .args(args)
         .stderr(Stdio::piped())
         .spawn()

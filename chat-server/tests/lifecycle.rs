@@ -333,7 +333,7 @@ fn collect_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
 /// stderr lines.
 fn spawn_binary(args: &[&str]) -> (Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--addr", "127.0.0.1:0"])
+        .args(["--addr", "127.0.0.1:0", "--ephemeral"])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

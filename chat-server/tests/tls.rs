@@ -242,6 +242,68 @@ fn two_users_chat_over_wss_and_the_page_comes_over_https() {
     server.stop().unwrap();
 }
 
+/// `POST /upload` and `GET /media/...` work inside TLS too: a body of
+/// several TLS records (sent after `100 Continue`) is stored, served back
+/// byte for byte, and an image message naming it goes out over wss.
+#[test]
+fn an_image_is_uploaded_and_served_over_https() {
+    let ca = Ca::new("chat test CA");
+    let files = write_pair(&temp_dir("media"), &ca.leaf());
+    let server = tls_server(files, |_| {});
+    let cfg = ca.client_config();
+    let mut alice = WsClient::connect(server.addr, cfg.clone());
+    alice.send(json!({"type": "join", "nick": "alice"}));
+    let token = alice.recv_type("welcome")["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A GIF header (all the type check reads) and 40 KiB after it.
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend_from_slice(&[7, 0, 5, 0, 0, 0, 0]);
+    gif.extend((0..40_000u32).map(|i| (i % 251) as u8));
+    gif.push(0x3B);
+    let mut s = tls_connect(server.addr, cfg.clone()).unwrap();
+    write!(
+        s,
+        "POST /upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: image/gif\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        gif.len()
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let mut cont = [0u8; 25];
+    s.read_exact(&mut cont).unwrap();
+    assert_eq!(&cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(&gif).unwrap();
+    s.flush().unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let url = body["url"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (body["width"].as_u64(), body["height"].as_u64()),
+        (Some(7), Some(5))
+    );
+
+    let mut s = tls_connect(server.addr, cfg).unwrap();
+    write!(s, "GET {url} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    s.flush().unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    let split = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(got[split..] == gif[..], "the served bytes differ");
+
+    alice.send(json!({"type": "message", "image": url}));
+    let m = alice.recv_type("message");
+    assert_eq!(
+        (m["image"].as_str(), m["width"].as_u64()),
+        (Some(&*url), Some(7))
+    );
+    server.stop().unwrap();
+}
+
 /// TLS 1.2 clients are served too (the `tls12` feature), with the same
 /// page and chat.
 #[test]

@@ -4,13 +4,14 @@
 // stop, without any close 1008 and without a single `who` frame: the page
 // keeps its online list from the presence notices and causes no request the
 // user did not make.
-// Usage: node crowd.mjs SERVER_BIN SCREENSHOT USER_DATA_DIR PLAYWRIGHT_CORE_INDEX SERVER_LOG [PAGES]
+// Usage: node crowd.mjs SERVER_BIN SCREENSHOT USER_DATA_DIR PLAYWRIGHT_CORE_INDEX SERVER_LOG [PAGES] [DATA_DIR]
+// (DATA_DIR: the server's --data, kept across its restarts; default ./chat-data)
 import { createRequire } from "node:module";
 import { spawn } from "node:child_process";
 import { createWriteStream } from "node:fs";
 import net from "node:net";
 
-const [bin, screenshot, profile, playwrightPath, serverLog, pagesArg] = process.argv.slice(2);
+const [bin, screenshot, profile, playwrightPath, serverLog, pagesArg, dataDir] = process.argv.slice(2);
 const PAGES = Number(pagesArg || 50);
 const BACK_WITHIN_MS = 15000;
 // How long the port stays closed in the crash round.
@@ -49,7 +50,8 @@ const serverLines = [];
 let server = null;
 
 function startServer(run) {
-  const child = spawn(bin, ["--addr", `127.0.0.1:${port}`], { stdio: ["ignore", "pipe", "pipe"] });
+  const data = dataDir ? ["--data", dataDir] : [];
+  const child = spawn(bin, ["--addr", `127.0.0.1:${port}`, ...data], { stdio: ["ignore", "pipe", "pipe"] });
   let partial = "";
   const onData = (chunk) => {
     log.write(chunk);

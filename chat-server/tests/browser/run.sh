@@ -51,9 +51,12 @@ echo "browser-test: building chat-server"
 cargo build -q -p chat-server
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/chat-server"
 
+# Each server keeps its data in a fresh directory (storage on, as the binary
+# runs by default), so no run sees an earlier run's messages or accounts.
+DATA="$(mktemp -d)"
 PORT="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
 LOG="$ARTIFACTS/chat-browser-server.log"
-"$BIN" --addr "127.0.0.1:$PORT" >"$LOG" 2>&1 &
+"$BIN" --addr "127.0.0.1:$PORT" --data "$DATA/main" >"$LOG" 2>&1 &
 SERVER_PID=$!
 PROFILE="$(mktemp -d)"
 cleanup() {
@@ -61,7 +64,7 @@ cleanup() {
   wait "$SERVER_PID" 2>/dev/null || true
   rm -rf "$PROFILE"
 }
-trap cleanup EXIT
+trap 'cleanup; rm -rf "$DATA"' EXIT
 
 status=0
 NODE_PATH="$WORK/node_modules" timeout 120 node "$HERE/test.mjs" \
@@ -79,11 +82,11 @@ cleanup
 # no `who`. crowd.mjs starts and restarts its own server on its own port.
 CROWD_PROFILE="$(mktemp -d)"
 CROWD_LOG="$ARTIFACTS/chat-crowd-server.log"
-trap 'cleanup; rm -rf "$CROWD_PROFILE"' EXIT
+trap 'cleanup; rm -rf "$CROWD_PROFILE" "$DATA"' EXIT
 status=0
 NODE_PATH="$WORK/node_modules" timeout 150 node "$HERE/crowd.mjs" \
   "$BIN" "$ARTIFACTS/chat-crowd.png" "$CROWD_PROFILE" "$WORK/node_modules/playwright-core/index.js" \
-  "$CROWD_LOG" "${CROWD_PAGES:-50}" \
+  "$CROWD_LOG" "${CROWD_PAGES:-50}" "$DATA/crowd" \
   || status=$?
 if [ "$status" -ne 0 ]; then
   echo "browser-test: crowd FAILED (status $status); server log follows" >&2
@@ -96,7 +99,7 @@ echo "browser-test: crowd ok, screenshot in ci-artifacts/chat-crowd.png"
 # throwaway CA and leaf made here; Chromium trusts the leaf through its SPKI
 # allow-list flag (verification stays on), Node through NODE_EXTRA_CA_CERTS.
 TLS_DIR="$(mktemp -d)"
-trap 'cleanup; rm -rf "$CROWD_PROFILE" "$TLS_DIR"' EXIT
+trap 'cleanup; rm -rf "$CROWD_PROFILE" "$TLS_DIR" "$DATA"' EXIT
 ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "$@" 2>/dev/null; }
 ec -x509 -days 2 -subj /CN=chat-browser-test-CA -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem"
 ec -subj /CN=localhost -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/leaf.csr"
@@ -108,7 +111,7 @@ SPKI="$(openssl x509 -in "$TLS_DIR/leaf.pem" -pubkey -noout | openssl pkey -pubi
   | openssl dgst -sha256 -binary | base64)"
 TLS_PORT="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
 TLS_LOG="$ARTIFACTS/chat-tls-server.log"
-"$BIN" --addr "127.0.0.1:$TLS_PORT" --tls-cert "$TLS_DIR/chain.pem" --tls-key "$TLS_DIR/key.pem" >"$TLS_LOG" 2>&1 &
+"$BIN" --addr "127.0.0.1:$TLS_PORT" --data "$DATA/tls" --tls-cert "$TLS_DIR/chain.pem" --tls-key "$TLS_DIR/key.pem" >"$TLS_LOG" 2>&1 &
 SERVER_PID=$!
 PROFILE="$(mktemp -d)"
 status=0

@@ -2,9 +2,12 @@
 // private message, the online list kept from presence notices (no `who`
 // polling), a rename, reconnect backoff, an XSS string that must show
 // as text, and two users in two rooms (unread counts, drafts, scroll,
-// topic, leaving, the collapsed room list at 390 px).
+// topic, leaving, the collapsed room list at 390 px), and images: one
+// chosen in a file chooser appears for the other user, with the page's
+// hash-based Content-Security-Policy in force.
 // Usage: node test.mjs URL SCREENSHOT USER_DATA_DIR PLAYWRIGHT_CORE_INDEX
 import { createRequire } from "node:module";
+import { deflateSync } from "node:zlib";
 
 const [url, screenshot, profile, playwrightPath] = process.argv.slice(2);
 const { chromium } = createRequire(import.meta.url)(playwrightPath);
@@ -34,6 +37,40 @@ async function join(page, nick) {
   await page.waitForSelector("#join", { state: "hidden", ...T });
 }
 
+// A valid RGB PNG (deflate by node:zlib), a diagonal gradient: for the
+// upload test and the README screenshot.
+function pngFile(w, h) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const x of buf) c = crcTable[(c ^ x) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4); len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type, "ascii"), data]);
+    const c = Buffer.alloc(4); c.writeUInt32BE(crc(td));
+    return Buffer.concat([len, td, c]);
+  };
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const o = y * (w * 3 + 1) + 1 + x * 3;
+      raw[o] = 255 - Math.round((y / h) * 120);
+      raw[o + 1] = Math.round(90 + (x / w) * 110);
+      raw[o + 2] = Math.round(60 + (y / h) * 170);
+    }
+  }
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0); ihdr.writeUInt32BE(h, 4); ihdr[8] = 8; ihdr[9] = 2;
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", ihdr), chunk("IDAT", deflateSync(raw)), chunk("IEND", Buffer.alloc(0))]);
+}
+
 const lineWith = (page, text) =>
   page.locator("#messages .line", { hasText: text });
 
@@ -50,6 +87,7 @@ const context = await chromium.launchPersistentContext(profile, {
 let failed = false;
 try {
   const dialogs = [];
+  const cspViolations = [];
   // Frame types every page put on the wire (CDP), whatever the page counts.
   const sentTypes = {};
   // WebSocket closes per page, as the browser saw them.
@@ -59,6 +97,7 @@ try {
     p.on("websocket", (ws) => ws.on("close", () => wsCloses.set(p, wsCloses.get(p) + 1)));
     p.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
     p.on("pageerror", (e) => { console.error("page error:", e.message); failed = true; });
+    p.on("console", (m) => { if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text()); });
     p.on("websocket", (ws) => ws.on("framesent", (f) => {
       let type = "?";
       try { type = JSON.parse(f.payload).type; } catch {}
@@ -264,6 +303,65 @@ try {
   await b.locator("#room-list li", { hasText: "lobby" }).click();
   check(!(await b.isVisible("#rooms-pane")), "picking a room closes the collapsed list");
   await b.setViewportSize({ width: 900, height: 560 });
+
+  // Images (issue 16, media): an image chosen in a's file chooser uploads
+  // with progress, posts with its caption, and shows inline for b at its
+  // own size (box reserved before the bytes come); a click shows it full
+  // size, Esc closes; a file that is no image shows the server's 415.
+  // Then Shift+Enter makes a new line, Enter sends; the emoji picker
+  // inserts at the cursor. All under the page's hash-based CSP.
+  for (const p of [a, b]) await p.locator("#room-list li", { hasText: "rust" }).click();
+  const picture = pngFile(240, 150);
+  await a.setInputFiles("#file-input", { name: "sunset.png", mimeType: "image/png", buffer: picture });
+  await a.waitForFunction(() => /^ready/.test(document.getElementById("att-status").textContent), null, T);
+  check((await a.$eval("#att-img", (i) => i.src)).startsWith("blob:") && (await a.$eval("#att-progress", (p) => p.value)) === 1,
+    "the attached image shows a preview and a full progress bar");
+  await a.fill("#msg-input", "sunset over the crab 🦀");
+  await a.press("#msg-input", "Enter");
+  const shown = b.locator('#messages .log[data-room="rust"] img.inline').last();
+  await shown.waitFor(T);
+  const info = await shown.evaluate((i) => new Promise((res) => {
+    const done = () => res({ src: i.getAttribute("src"), w: i.width, h: i.height, nw: i.naturalWidth, wa: i.getAttribute("width"), ha: i.getAttribute("height") });
+    if (i.complete) done(); else { i.onload = done; i.onerror = done; }
+  }));
+  check(/^\/media\/[0-9a-f]{64}\.png$/.test(info.src) && info.nw === 240, `the other user sees the image, loaded from the server (${info.src.slice(0, 20)}…)`);
+  check(info.wa === "240" && info.ha === "150", "the inline image carries its width and height (no layout jump)");
+  check((await b.locator('#messages .log[data-room="rust"] .line', { hasText: "sunset over the crab 🦀" }).count()) === 1, "the caption shows with the image");
+  await a.locator('#messages .log[data-room="rust"] img.inline').first().waitFor(T);
+  check((await a.locator('#messages .log[data-room="rust"] img.inline').count()) === 1, "the sender sees its own image once");
+  await shown.click();
+  await b.locator("#viewer").waitFor(T);
+  check((await b.$eval("#viewer-img", (i) => i.getAttribute("src"))) === info.src, "a click shows the image full size");
+  await b.keyboard.press("Escape");
+  await b.locator("#viewer").waitFor({ state: "hidden", ...T });
+  check(true, "Esc closes the viewer");
+  await a.setInputFiles("#file-input", { name: "notes.png", mimeType: "image/png", buffer: Buffer.from("not a picture at all") });
+  await a.waitForFunction(() => /415/.test(document.getElementById("att-status").textContent), null, T);
+  check(/^Upload refused \(415\): the bytes are not image\/png: no known magic number/.test(await a.textContent("#att-status")),
+    `a file that is no image shows the server's refusal: ${await a.textContent("#att-status")}`);
+  // Over --max-upload-bytes: refused from the Content-Length, before the
+  // body; the browser still reads that early answer.
+  const big = Buffer.alloc(6 << 20, 7);
+  picture.copy(big, 0, 0, 33);
+  await a.setInputFiles("#file-input", { name: "huge.png", mimeType: "image/png", buffer: big });
+  await a.waitForFunction(() => /^Upload refused \(413\)/.test(document.getElementById("att-status").textContent), null, T);
+  check(true, `an image over the size limit shows the server's 413: ${await a.textContent("#att-status")}`);
+  await a.click("#att-cancel");
+  check(!(await a.isVisible("#attachment")), "the refused attachment can be removed");
+  await a.fill("#msg-input", "first line");
+  await a.press("#msg-input", "Shift+Enter");
+  await a.type("#msg-input", "second line");
+  check((await a.inputValue("#msg-input")) === "first line\nsecond line", "Shift+Enter adds a new line");
+  await a.click("#emoji-btn");
+  await a.locator("#emoji-panel button", { hasText: "🎉" }).click();
+  check((await a.inputValue("#msg-input")).endsWith("🎉"), "the emoji picker inserts at the cursor");
+  await a.keyboard.press("Escape");
+  check(!(await a.isVisible("#emoji-panel")), "Esc closes the emoji picker");
+  await a.press("#msg-input", "Enter");
+  const twoLines = b.locator('#messages .log[data-room="rust"] .line', { hasText: "second line" });
+  await twoLines.waitFor(T);
+  check((await twoLines.locator(".text").textContent()) === "first line\nsecond line🎉", "Enter sends both lines, emoji intact");
+  check(cspViolations.length === 0, `no Content-Security-Policy violation (${cspViolations.join("; ")})`);
 
   console.log(`frames sent by all pages: ${JSON.stringify(sentTypes)}`);
   check(!sentTypes.who && !sentTypes.history, "no page sent a request the user did not cause (no who, no history)");

@@ -59,7 +59,7 @@ impl Server {
     /// Starts the binary on a free port with `--quiet` and `args`.
     pub fn start(args: &[&str]) -> Self {
         let mut child = Command::new(server_bin())
-            .args(["--addr", "127.0.0.1:0", "--quiet"])
+            .args(["--addr", "127.0.0.1:0", "--quiet", "--ephemeral"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
