@@ -100,6 +100,9 @@ pub mod handshake;
 pub mod mask;
 mod message;
 mod random;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+mod upgrade;
 pub mod utf8;
 
 pub use bytes::Bytes;
