@@ -336,19 +336,10 @@ impl<W: AsyncWrite + Unpin> Shared<W> {
         }
     }
 
-    /// Clears `owes` if nothing is owed any more.
-    fn settle(&self, side: &Side<W>) {
-        if side.duty {
-            return;
-        }
-        let owed = lock(&self.owed);
-        if !owed.any() {
-            self.owes.store(false, Ordering::Release);
-        }
-    }
-
     /// Writes all of `side`'s output, with the waker that wakes both
-    /// halves, `task` registered as `who`.
+    /// halves, `task` registered as `who`. Owed replies are encoded once
+    /// the output has drained, so while the peer is not reading they wait
+    /// in the slot (the latest Pong only), not in the output.
     fn poll_write_side(
         &self,
         side: &mut Side<W>,
@@ -359,14 +350,23 @@ impl<W: AsyncWrite + Unpin> Shared<W> {
         let mut cx = Context::from_waker(&self.waker);
         let mut registered = registered;
         loop {
+            if side.conn.pending_output().is_empty() && self.owes.load(Ordering::Acquire) {
+                self.encode_owed(side);
+            }
             match poll_write_out(&mut cx, &mut side.conn, &mut side.io) {
-                Poll::Ready(r) => {
-                    if r.is_ok() && side.duty {
-                        side.duty = false;
-                        self.settle(side);
+                Poll::Ready(Ok(())) => {
+                    side.duty = false;
+                    if self.owes.load(Ordering::Acquire) {
+                        let owed = lock(&self.owed);
+                        if owed.any() {
+                            // Left while we wrote: encode and write it too.
+                            continue;
+                        }
+                        self.owes.store(false, Ordering::Release);
                     }
-                    return Poll::Ready(r);
+                    return Poll::Ready(Ok(()));
                 }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending if registered => return Poll::Pending,
                 Poll::Pending => {
                     // Register, then poll again: a wake between the two
@@ -378,12 +378,18 @@ impl<W: AsyncWrite + Unpin> Shared<W> {
         }
     }
 
-    /// The writer's way in: runs `f` on the write side after encoding
-    /// anything owed; afterwards, wakes the reader if replies are left
-    /// for it to write.
+    /// True if the writer must write everything out before queueing more:
+    /// replies are queued or owed.
+    fn must_drain(&self, side: &Side<W>) -> bool {
+        side.duty || self.owes.load(Ordering::Acquire)
+    }
+
+    /// The writer's way in: runs `f` on the write side, after encoding
+    /// anything owed if nothing else waits to be written; afterwards,
+    /// wakes the reader if replies are left for it to write.
     fn with_side<R>(&self, f: impl FnOnce(&Self, &mut Side<W>) -> R) -> R {
         let mut side = lock(&self.side);
-        if self.owes.load(Ordering::Acquire) {
+        if self.owes.load(Ordering::Acquire) && side.conn.pending_output().is_empty() {
             self.encode_owed(&mut side);
         }
         let result = f(self, &mut side);
@@ -408,12 +414,6 @@ impl<W: AsyncWrite + Unpin> Shared<W> {
         let Some(mut side) = try_lock(&self.side) else {
             return Ok(());
         };
-        self.encode_owed(&mut side);
-        if !side.duty {
-            // Nothing to write after all (e.g. all dropped after our Close).
-            self.settle(&side);
-            return Ok(());
-        }
         match self.poll_write_side(&mut side, task, Who::Reader, true) {
             Poll::Ready(r) => r,
             Poll::Pending => Ok(()),
@@ -636,7 +636,7 @@ impl<S: Halves> WriteHalf<S> {
     fn poll_ready_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.shared.with_side(|shared, side| {
             let high = side.conn.config().write_high_water;
-            if side.duty || side.conn.pending_output().len() >= high {
+            if shared.must_drain(side) || side.conn.pending_output().len() >= high {
                 ready!(shared.poll_write_side(side, cx.waker(), Who::Writer, false))?;
             }
             Poll::Ready(Ok(()))
