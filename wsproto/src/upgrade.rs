@@ -53,7 +53,8 @@ impl Head {
         }
         self.len += n;
         self.buf.truncate(self.len);
-        let ready = handshake::head_end(&self.buf, self.scanned).is_some() || self.len >= self.limit;
+        let ready =
+            handshake::head_end(&self.buf, self.scanned).is_some() || self.len >= self.limit;
         self.scanned = self.len;
         Ok(ready)
     }

@@ -35,10 +35,7 @@ async fn tcp_pair(
 /// hand, with a sans-IO client connection to encode and decode frames.
 fn raw_server(config: Config, pipe: usize) -> (WebSocketStream<DuplexStream>, DuplexStream) {
     let (a, b) = tokio::io::duplex(pipe);
-    (
-        WebSocketStream::from_raw(a, Role::Server, config, &[]),
-        b,
-    )
+    (WebSocketStream::from_raw(a, Role::Server, config, &[]), b)
 }
 
 /// Every event the raw peer can decode from what is readable now (and
@@ -80,13 +77,22 @@ async fn echo_over_tcp_and_clean_close() {
         });
         client.send("hello").await.unwrap();
         client.send(vec![1u8, 2, 3]).await.unwrap();
-        assert_eq!(client.next().await.unwrap().unwrap(), Message::from("hello"));
-        assert_eq!(client.next().await.unwrap().unwrap(), Message::from(vec![1u8, 2, 3]));
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::from("hello")
+        );
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::from(vec![1u8, 2, 3])
+        );
         client.close(CloseCode::NORMAL, "bye").await.unwrap();
         assert!(client.next().await.is_none());
         assert_eq!(client.close_frame().unwrap().code, CloseCode::NORMAL);
         let seen = echo.await.unwrap().unwrap();
-        assert_eq!((seen.code, seen.reason.as_str()), (CloseCode::NORMAL, "bye"));
+        assert_eq!(
+            (seen.code, seen.reason.as_str()),
+            (CloseCode::NORMAL, "bye")
+        );
         // After the close event, reads say Closed.
         assert!(matches!(client.read().await, Err(Error::Closed)));
     })
@@ -104,7 +110,9 @@ async fn sink_and_stream_traits() {
         std::future::poll_fn(|cx| Pin::new(&mut client).poll_ready(cx))
             .await
             .unwrap();
-        Pin::new(&mut client).start_send(Message::from("via sink")).unwrap();
+        Pin::new(&mut client)
+            .start_send(Message::from("via sink"))
+            .unwrap();
         std::future::poll_fn(|cx| Pin::new(&mut client).poll_flush(cx))
             .await
             .unwrap();
@@ -114,9 +122,11 @@ async fn sink_and_stream_traits() {
             .await
             .unwrap();
         // The server's stream ends with the Close (echoed for it).
-        assert!(std::future::poll_fn(|cx| Pin::new(&mut server).poll_next(cx))
-            .await
-            .is_none());
+        assert!(
+            std::future::poll_fn(|cx| Pin::new(&mut server).poll_next(cx))
+                .await
+                .is_none()
+        );
         assert!(client.next().await.is_none());
     })
     .await
@@ -198,11 +208,17 @@ async fn peer_that_never_reads_makes_send_wait() {
         // Kernel buffers on loopback take a few MiB; the rest waits.
         assert!(sent < 64, "{sent} MiB accepted by a peer that never reads");
         // A send waits too.
-        assert!(timeout(Duration::from_millis(300), writer.send("more")).await.is_err());
+        assert!(timeout(Duration::from_millis(300), writer.send("more"))
+            .await
+            .is_err());
         // The reader is not held up by the blocked writer.
         c_write.send("still here").await.unwrap();
         assert_eq!(
-            timeout(Duration::from_secs(5), reader.next()).await.unwrap().unwrap().unwrap(),
+            timeout(Duration::from_secs(5), reader.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
             Message::from("still here")
         );
     })
@@ -249,8 +265,10 @@ async fn cancelled_next_loses_no_frame() {
             c.ping(b"p").unwrap();
         }
         // A fragmented one too.
-        c.send_fragment(wsproto::Opcode::Text, b"frag", false).unwrap();
-        c.send_fragment(wsproto::Opcode::Continuation, b"mented", true).unwrap();
+        c.send_fragment(wsproto::Opcode::Text, b"frag", false)
+            .unwrap();
+        c.send_fragment(wsproto::Opcode::Continuation, b"mented", true)
+            .unwrap();
     });
     let mut got = Vec::new();
     // Seven bytes at a time, with a cancelled `next` after each piece.
@@ -278,7 +296,9 @@ async fn cancelled_next_loses_no_frame() {
 async fn cancelled_send_loses_no_frame() {
     let (mut server, mut peer) = raw_server(Config::default(), 256);
     let big = vec![9u8; 10_000];
-    assert!(timeout(Duration::from_millis(5), server.send(big.clone())).await.is_err());
+    assert!(timeout(Duration::from_millis(5), server.send(big.clone()))
+        .await
+        .is_err());
     let reader = tokio::spawn(async move {
         let mut conn = Connection::new(Role::Client, Config::default());
         let mut events = Vec::new();
@@ -302,7 +322,10 @@ async fn keepalive_pings_then_gives_up() {
     server.set_keepalive(Duration::from_secs(10), Duration::from_secs(5));
     let start = tokio::time::Instant::now();
     let err = server.read().await.unwrap_err();
-    assert!(matches!(err, Error::PongTimeout(d) if d == Duration::from_secs(5)), "{err}");
+    assert!(
+        matches!(err, Error::PongTimeout(d) if d == Duration::from_secs(5)),
+        "{err}"
+    );
     assert_eq!(start.elapsed(), Duration::from_secs(15));
     let mut conn = Connection::new(Role::Client, Config::default());
     let events = peer_events(&mut peer, &mut conn, Duration::from_millis(10)).await;
@@ -363,8 +386,12 @@ async fn idle_timeout() {
 fn raw_split_server(
     pipe: usize,
 ) -> (
-    ws::ReadHalf<tokio::io::Join<tokio::io::ReadHalf<DuplexStream>, tokio::io::WriteHalf<DuplexStream>>>,
-    ws::WriteHalf<tokio::io::Join<tokio::io::ReadHalf<DuplexStream>, tokio::io::WriteHalf<DuplexStream>>>,
+    ws::ReadHalf<
+        tokio::io::Join<tokio::io::ReadHalf<DuplexStream>, tokio::io::WriteHalf<DuplexStream>>,
+    >,
+    ws::WriteHalf<
+        tokio::io::Join<tokio::io::ReadHalf<DuplexStream>, tokio::io::WriteHalf<DuplexStream>>,
+    >,
     DuplexStream,
 ) {
     let (a, b) = tokio::io::duplex(pipe);
@@ -385,7 +412,10 @@ async fn split_reader_duties_go_out_with_an_idle_writer() {
     peer.write_all(&client_frames(|c| c.ping(b"are you there").unwrap()))
         .await
         .unwrap();
-    assert_eq!(reader.read().await.unwrap(), Event::Ping("are you there".as_bytes().into()));
+    assert_eq!(
+        reader.read().await.unwrap(),
+        Event::Ping("are you there".as_bytes().into())
+    );
     let events = peer_events(&mut peer, &mut conn, Duration::from_millis(10)).await;
     assert_eq!(events, [Event::Pong("are you there".as_bytes().into())]);
     // Keepalive: the reader's ping goes out through the idle writer's half.
@@ -397,25 +427,36 @@ async fn split_reader_duties_go_out_with_an_idle_writer() {
     let events = peer_events(&mut peer, &mut conn, Duration::from_millis(10)).await;
     assert_eq!(events, [Event::Ping(bytes::Bytes::new())]);
     // The peer closes; its Close is echoed.
-    peer.write_all(&client_frames(|c| c.close(CloseCode::NORMAL, "done").unwrap()))
-        .await
-        .unwrap();
+    peer.write_all(&client_frames(|c| {
+        c.close(CloseCode::NORMAL, "done").unwrap()
+    }))
+    .await
+    .unwrap();
     let (_reader, r) = pending.await.unwrap();
     assert!(matches!(r, Ok(Event::Close(f)) if f.reason == "done"));
     let events = peer_events(&mut peer, &mut conn, Duration::from_millis(10)).await;
-    assert!(matches!(&events[..], [Event::Close(f)] if f.reason == "done"), "{events:?}");
+    assert!(
+        matches!(&events[..], [Event::Close(f)] if f.reason == "done"),
+        "{events:?}"
+    );
 }
 
 /// A ping flood while the writer is stuck owes one Pong, not one per Ping.
 #[tokio::test(start_paused = true)]
 async fn split_ping_flood_owes_one_pong() {
-    timeout(Duration::from_secs(600), ping_flood()).await.expect("bounded");
+    timeout(Duration::from_secs(600), ping_flood())
+        .await
+        .expect("bounded");
 }
 
 async fn ping_flood() {
     let (mut reader, mut writer, mut peer) = raw_split_server(1024);
     // Fill the pipe so nothing more can be written.
-    assert!(timeout(Duration::from_millis(5), writer.send(vec![0u8; 4096])).await.is_err());
+    assert!(
+        timeout(Duration::from_millis(5), writer.send(vec![0u8; 4096]))
+            .await
+            .is_err()
+    );
     let flood = client_frames(|c| {
         for i in 0..1000u32 {
             c.ping(&i.to_be_bytes()).unwrap();
@@ -502,11 +543,15 @@ async fn handshake_rejection_and_subprotocol() {
             let (stream, _) = listener.accept().await.unwrap();
             let bad = ws::accept(stream).await;
             let (stream, _) = listener.accept().await.unwrap();
-            let (_ws, request) = ws::accept_with(stream, Config::default(), &["chat"]).await.unwrap();
+            let (_ws, request) = ws::accept_with(stream, Config::default(), &["chat"])
+                .await
+                .unwrap();
             (bad.map(|_| ()), request.path)
         });
         let mut raw = TcpStream::connect(addr).await.unwrap();
-        raw.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        raw.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut answer = Vec::new();
         raw.read_to_end(&mut answer).await.unwrap();
         assert!(answer.starts_with(b"HTTP/1.1 405 "));
@@ -515,7 +560,9 @@ async fn handshake_rejection_and_subprotocol() {
             .protocols(&["chat"])
             .unwrap();
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (_client, response) = ws::client(stream, &request, Config::default()).await.unwrap();
+        let (_client, response) = ws::client(stream, &request, Config::default())
+            .await
+            .unwrap();
         assert_eq!(response.protocol.as_deref(), Some("chat"));
         let (bad, path) = server.await.unwrap();
         assert!(matches!(bad, Err(Error::Handshake(_))));
@@ -534,7 +581,11 @@ fn deflate_config() -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interop_blocking_client_tokio_server() {
     for deflate in [false, wsproto::deflate::ENABLED] {
-        let config = if deflate { deflate_config() } else { Config::default() };
+        let config = if deflate {
+            deflate_config()
+        } else {
+            Config::default()
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server_config = config.clone();
@@ -575,7 +626,11 @@ async fn interop_blocking_client_tokio_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interop_tokio_client_blocking_server() {
     for deflate in [false, wsproto::deflate::ENABLED] {
-        let config = if deflate { deflate_config() } else { Config::default() };
+        let config = if deflate {
+            deflate_config()
+        } else {
+            Config::default()
+        };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server_config = config.clone();

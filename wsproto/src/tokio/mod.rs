@@ -689,7 +689,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     }
 
     fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(ready!(poll_write_out(cx, &mut self.conn, &mut self.io))?))
+        Poll::Ready(Ok(ready!(poll_write_out(
+            cx,
+            &mut self.conn,
+            &mut self.io
+        ))?))
     }
 
     /// Pings after `interval` without hearing from the peer, and fails the

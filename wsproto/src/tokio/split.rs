@@ -507,7 +507,8 @@ impl<R, W: AsyncWrite + Unpin> Duty<R> for Handover<'_, W> {
 
     fn give_up(&mut self, cx: &mut Context<'_>, _: &mut Connection, _: &mut R) {
         {
-            let frame = close::encode_close_frame(CloseCode::INTERNAL_ERROR, "keepalive timeout", None);
+            let frame =
+                close::encode_close_frame(CloseCode::INTERNAL_ERROR, "keepalive timeout", None);
             let mut owed = lock(&self.shared.owed);
             // The payload: past the 2-byte header of an unmasked frame
             // under 126 bytes (the writer masks its own).
