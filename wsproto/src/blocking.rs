@@ -190,7 +190,7 @@ pub fn accept_with<S: Transport>(
             } => {
                 stream.write_all(&response)?;
                 stream.flush()?;
-                return Ok((WebSocket::with_connection(stream, conn), request));
+                return Ok((WebSocket::with_connection(stream, *conn), request));
             }
             ServerStep::Reject { response, error } => {
                 // Best effort: the peer may already be gone.

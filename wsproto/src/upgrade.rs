@@ -69,7 +69,7 @@ pub(crate) enum ServerStep {
     Accept {
         response: Vec<u8>,
         request: Request,
-        conn: Connection,
+        conn: Box<Connection>,
     },
     /// Write `response` (best effort) and fail with `error`.
     Reject {
@@ -100,7 +100,7 @@ pub(crate) fn server_step(head: &Head, config: &Config, protocols: &[&str]) -> S
             ServerStep::Accept {
                 response,
                 request,
-                conn,
+                conn: Box::new(conn),
             }
         }
         ParsedRequest::Reject(r) => ServerStep::Reject {

@@ -382,18 +382,13 @@ async fn idle_timeout() {
     }
 }
 
+/// A pipe split by tokio behind its lock and joined again: what any
+/// stream (a TLS stream) needs to be split.
+type Joined =
+    tokio::io::Join<tokio::io::ReadHalf<DuplexStream>, tokio::io::WriteHalf<DuplexStream>>;
+
 /// Split over a pipe (tokio's `split` + `join`: any stream can be split).
-fn raw_split_server(
-    pipe: usize,
-) -> (
-    ws::ReadHalf<
-        tokio::io::Join<tokio::io::ReadHalf<DuplexStream>, tokio::io::WriteHalf<DuplexStream>>,
-    >,
-    ws::WriteHalf<
-        tokio::io::Join<tokio::io::ReadHalf<DuplexStream>, tokio::io::WriteHalf<DuplexStream>>,
-    >,
-    DuplexStream,
-) {
+fn raw_split_server(pipe: usize) -> (ws::ReadHalf<Joined>, ws::WriteHalf<Joined>, DuplexStream) {
     let (a, b) = tokio::io::duplex(pipe);
     let (r, w) = tokio::io::split(a);
     let server =

@@ -151,7 +151,7 @@ pub async fn accept_with<S: AsyncRead + AsyncWrite + Unpin>(
             } => {
                 stream.write_all(&response).await?;
                 stream.flush().await?;
-                return Ok((WebSocketStream::with_connection(stream, conn), request));
+                return Ok((WebSocketStream::with_connection(stream, *conn), request));
             }
             ServerStep::Reject { response, error } => {
                 // Best effort: the peer may already be gone.
@@ -618,7 +618,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
         let mut message = Some(message);
         poll_fn(|cx| {
             if let Some(m) = message.take() {
-                if let Poll::Pending = self.poll_ready_inner(cx)? {
+                if self.poll_ready_inner(cx)?.is_pending() {
                     message = Some(m);
                     return Poll::Pending;
                 }

@@ -666,7 +666,7 @@ impl<S: Halves> WriteHalf<S> {
         let mut message = Some(message.into());
         poll_fn(|cx| {
             if let Some(m) = message.take() {
-                if let Poll::Pending = self.poll_ready_inner(cx)? {
+                if self.poll_ready_inner(cx)?.is_pending() {
                     message = Some(m);
                     return Poll::Pending;
                 }
