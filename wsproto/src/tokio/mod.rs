@@ -101,6 +101,7 @@ use crate::upgrade::{self, Head, ServerStep};
 use ::tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use ::tokio::net::TcpStream;
 use ::tokio::time::{Instant, Sleep};
+use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io::{self, Read};
 use std::pin::Pin;
@@ -348,18 +349,54 @@ impl<R: AsyncRead + Unpin> Read for PollRead<'_, '_, R> {
     }
 }
 
+thread_local! {
+    /// The buffer every connection on this thread reads into before
+    /// handing the bytes to its [`Connection`]: zeroed once, rather than
+    /// `read_size` bytes zeroed per read in the connection's own buffer,
+    /// and no read buffer kept per idle connection.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// One read from `io` into the connection.
 fn poll_receive<R: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     conn: &mut Connection,
     io: &mut R,
 ) -> Poll<io::Result<usize>> {
+    let max = conn.config().read_size.max(1);
+    SCRATCH.with(|scratch| {
+        let Ok(mut buf) = scratch.try_borrow_mut() else {
+            // A stream read from inside another one's read (a WebSocket
+            // tunnelled in a WebSocket): read into the connection.
+            return poll_receive_from(cx, conn, io, max);
+        };
+        if buf.len() < max {
+            buf.resize(max, 0);
+        }
+        let mut rb = ReadBuf::new(&mut buf[..max]);
+        ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        if n == 0 {
+            conn.receive_eof();
+        } else {
+            conn.receive(rb.filled());
+        }
+        Poll::Ready(Ok(n))
+    })
+}
+
+/// One read from `io` straight into the connection's buffer.
+fn poll_receive_from<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    conn: &mut Connection,
+    io: &mut R,
+    max: usize,
+) -> Poll<io::Result<usize>> {
     let mut reader = PollRead {
         io,
         cx,
         pending: false,
     };
-    let max = conn.config().read_size.max(1);
     match conn.receive_from(&mut reader, max) {
         Err(_) if reader.pending => Poll::Pending,
         other => Poll::Ready(other),
