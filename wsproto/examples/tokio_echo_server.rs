@@ -80,7 +80,8 @@ async fn echo(stream: TcpStream, config: Config) {
             break;
         }
     }
-    let _ = ws.flush().await;
+    // Bounded: a peer that stopped reading does not keep the task.
+    let _ = tokio::time::timeout(Duration::from_secs(5), ws.flush()).await;
 }
 
 fn usage() -> ! {
