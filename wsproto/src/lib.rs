@@ -11,7 +11,8 @@
 //!    bytes to send. Pongs, close echoes and error closes are queued for you.
 //! 3. **[`blocking`]**, a `std::io` adapter: [`blocking::accept`],
 //!    [`blocking::connect`], `read`/`send`/`close`, split halves for two
-//!    threads, keepalive.
+//!    threads, keepalive. With the `tokio` feature, `wsproto::tokio` is the
+//!    same over any tokio `AsyncRead + AsyncWrite` (a `Stream` + `Sink`).
 //!
 //! ```text
 //!            receive(&[u8]) ──▶ ┌────────────┐ ──▶ next_event() -> Event
@@ -82,8 +83,8 @@
 //!
 //! - TLS: bring your own stream (`blocking::client` and `WebSocket::from_raw`
 //!   take any [`blocking::Transport`]; [`blocking::AnyStream`] makes one of
-//!   any `Read + Write`).
-//! - An async adapter: the [`Connection`] core is ready for one.
+//!   any `Read + Write`; with the `tokio` feature, any `AsyncRead +
+//!   AsyncWrite` TLS stream goes to `wsproto::tokio::accept` as it is).
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]

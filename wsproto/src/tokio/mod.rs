@@ -33,7 +33,9 @@
 //!
 //! Reads pause when the application stops asking: bytes are only read
 //! from the stream inside `next`/`read`, into the connection's buffer,
-//! bounded by the [`Config`] limits.
+//! bounded by the [`Config`] limits. Each read asks for
+//! `max(`[`Config::read_size`]`, 64 KiB)`, into one buffer per thread
+//! (not per connection), then hands the bytes to the connection.
 //!
 //! # Cancellation
 //!
