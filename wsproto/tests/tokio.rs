@@ -336,6 +336,46 @@ async fn keepalive_pings_then_gives_up() {
     );
 }
 
+/// While the peer talks more often than the interval, no Ping goes out;
+/// the first one follows the first silence of a whole interval.
+#[tokio::test(start_paused = true)]
+async fn keepalive_quiet_while_the_peer_talks() {
+    let (mut server, mut peer) = raw_server(Config::default(), 1 << 16);
+    server.set_keepalive(Duration::from_secs(10), Duration::from_secs(5));
+    let talker = tokio::spawn(async move {
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            peer.write_all(&client_frames(|c| c.send_text("tick").unwrap()))
+                .await
+                .unwrap();
+        }
+        peer
+    });
+    for _ in 0..12 {
+        assert_eq!(server.next().await.unwrap().unwrap(), Message::from("tick"));
+    }
+    let mut peer = talker.await.unwrap();
+    let mut conn = Connection::new(Role::Client, Config::default());
+    assert!(peer_events(&mut peer, &mut conn, Duration::from_millis(1))
+        .await
+        .is_empty());
+    let silent = tokio::time::Instant::now();
+    let pinged =
+        tokio::spawn(
+            async move { peer_events(&mut peer, &mut conn, Duration::from_secs(30)).await },
+        );
+    assert!(matches!(server.read().await, Err(Error::PongTimeout(_))));
+    // Ping 10 s after the last tick, then 5 s for the pong (`silent`
+    // started a millisecond after the tick).
+    let e = silent.elapsed();
+    assert!(
+        e > Duration::from_millis(14_990) && e <= Duration::from_secs(15),
+        "{e:?}"
+    );
+    let events = pinged.await.unwrap();
+    assert_eq!(events[0], Event::Ping(bytes::Bytes::new()));
+}
+
 /// A peer that answers keeps the connection up indefinitely.
 #[tokio::test(start_paused = true)]
 async fn keepalive_answered_keeps_connection() {

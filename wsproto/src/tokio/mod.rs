@@ -307,11 +307,19 @@ impl Timers {
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(::tokio::time::sleep_until(at)));
-        if sleep.deadline() != at {
+        // Every read moves the deadline later; the timer is only moved
+        // earlier, so a busy connection does not re-arm it per read. One
+        // armed too early fires, finds nothing due, and is re-armed.
+        if sleep.deadline() > at {
             sleep.as_mut().reset(at);
         }
-        ready!(sleep.as_mut().poll(cx));
-        Poll::Ready(due)
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            if Instant::now() >= at {
+                return Poll::Ready(due);
+            }
+            sleep.as_mut().reset(at);
+        }
     }
 }
 
