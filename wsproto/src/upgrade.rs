@@ -151,3 +151,52 @@ pub(crate) fn client_step(
         ParsedResponse::NeedMore => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::Event;
+
+    /// The head arrives a byte at a time, with a frame right behind it: it
+    /// is parsed once complete, and the frame goes to the connection.
+    #[test]
+    fn head_in_pieces_and_bytes_past_it() {
+        let mut wire =
+            b"GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                .to_vec();
+        let head_len = wire.len();
+        wire.extend_from_slice(b"\x81\x82\0\0\0\0hi"); // a masked "hi"
+        let config = Config::default();
+        let mut head = Head::new(&config);
+        let mut at = 0;
+        let step = loop {
+            let spare = head.spare();
+            spare[0] = wire[at];
+            at += 1;
+            if head.filled(1).unwrap() {
+                break server_step(&head, &config, &[]);
+            }
+        };
+        assert_eq!(at, head_len);
+        let ServerStep::Accept {
+            mut conn, request, ..
+        } = step
+        else {
+            panic!("{step:?}")
+        };
+        assert_eq!(request.path, "/x");
+        conn.receive(&wire[at..]);
+        assert_eq!(conn.next_event().unwrap(), Some(Event::Text("hi".into())));
+        assert!(matches!(head.filled(0), Err(HandshakeError::UnexpectedEof)));
+
+        // All in one read: the frame after the head is in the connection.
+        let mut head = Head::new(&config);
+        head.spare()[..wire.len()].copy_from_slice(&wire);
+        assert!(head.filled(wire.len()).unwrap());
+        let ServerStep::Accept { mut conn, .. } = server_step(&head, &config, &[]) else {
+            panic!("not accepted")
+        };
+        assert_eq!(conn.next_event().unwrap(), Some(Event::Text("hi".into())));
+    }
+}
