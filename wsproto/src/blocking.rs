@@ -16,11 +16,12 @@
 use crate::close::{self, CloseCode};
 use crate::config::Config;
 use crate::connection::{Connection, Event, EventRef, State};
-use crate::error::{Error, HandshakeError, ProtocolError};
+use crate::error::{Error, ProtocolError};
 use crate::frame::{self, Opcode, ParsedHeader, Role};
-use crate::handshake::{self, ClientRequest, ParsedRequest, ParsedResponse, Request, Response};
+use crate::handshake::{ClientRequest, Request, Response};
 use crate::mask::apply_mask;
 use crate::message::Message;
+use crate::upgrade::{self, Head, ServerStep};
 use bytes::Bytes;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -336,61 +337,41 @@ pub fn accept_with<S: Transport>(
     config: Config,
     protocols: &[&str],
 ) -> Result<(WebSocket<S>, Request), Error> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut scanned = 0;
+    let mut head = Head::new(&config);
     loop {
-        let before = buf.len();
-        read_some(&mut stream, &mut buf, config.max_handshake_size)?;
-        if handshake::head_end(&buf, scanned).is_none() && buf.len() < config.max_handshake_size {
-            scanned = before.max(buf.len());
+        if !read_head(&mut stream, &mut head)? {
             continue;
         }
-        match handshake::parse_request(&buf, &config) {
-            ParsedRequest::Complete(req, len) => {
-                let protocol = req.select_protocol(protocols);
-                // deflate hook: accept an offer if the config allows.
-                let deflate = config
-                    .deflate
-                    .as_ref()
-                    .and_then(|d| req.negotiate_deflate(d));
-                stream.write_all(&req.accept_with_deflate(protocol, deflate.as_ref()))?;
+        match upgrade::server_step(&head, &config, protocols) {
+            ServerStep::Accept {
+                response,
+                request,
+                conn,
+            } => {
+                stream.write_all(&response)?;
                 stream.flush()?;
-                let mut ws = WebSocket::from_raw(stream, Role::Server, config, &buf[len..]);
-                if let Some(d) = deflate {
-                    ws.conn.enable_deflate(d.params().clone());
-                }
-                return Ok((ws, req));
+                return Ok((WebSocket::with_connection(stream, *conn), request));
             }
-            ParsedRequest::Reject(r) => {
+            ServerStep::Reject { response, error } => {
                 // Best effort: the peer may already be gone.
-                let _ = stream.write_all(&r.response).and_then(|()| stream.flush());
-                return Err(r.error.into());
+                let _ = stream.write_all(&response).and_then(|()| stream.flush());
+                return Err(error.into());
             }
-            ParsedRequest::NeedMore => scanned = buf.len(),
+            ServerStep::NeedMore => {}
         }
     }
 }
 
-/// Reads once into `buf` (up to `limit` bytes in total).
-fn read_some<S: Read>(stream: &mut S, buf: &mut Vec<u8>, limit: usize) -> Result<(), Error> {
-    let start = buf.len();
-    let want = (limit.saturating_sub(start)).clamp(1, 4096);
-    buf.resize(start + want, 0);
+/// Reads once into `head`; true when it is time to parse it.
+fn read_head<S: Read>(stream: &mut S, head: &mut Head) -> Result<bool, Error> {
     let n = loop {
-        match stream.read(&mut buf[start..]) {
+        match stream.read(head.spare()) {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                buf.truncate(start);
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         }
     };
-    buf.truncate(start + n);
-    if n == 0 {
-        return Err(HandshakeError::UnexpectedEof.into());
-    }
-    Ok(())
+    Ok(head.filled(n)?)
 }
 
 /// Dials `url` over TCP and performs the client handshake with the default
@@ -498,34 +479,16 @@ pub fn client<S: Transport>(
     request: &ClientRequest,
     config: Config,
 ) -> Result<(WebSocket<S>, Response), Error> {
-    // deflate hook: offer what the config asks, unless the request does.
-    let with_offer;
-    let request = match &config.deflate {
-        Some(d) if request.deflate_offer().is_none() => {
-            with_offer = request.clone().deflate(d.clone());
-            &with_offer
-        }
-        _ => request,
-    };
+    let request = upgrade::client_request(request, &config);
     stream.write_all(&request.to_bytes())?;
     stream.flush()?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut scanned = 0;
+    let mut head = Head::new(&config);
     loop {
-        read_some(&mut stream, &mut buf, config.max_handshake_size)?;
-        if handshake::head_end(&buf, scanned).is_none() && buf.len() < config.max_handshake_size {
-            scanned = buf.len();
+        if !read_head(&mut stream, &mut head)? {
             continue;
         }
-        match request.parse_response(&buf, &config)? {
-            ParsedResponse::Complete(resp, len) => {
-                let mut ws = WebSocket::from_raw(stream, Role::Client, config, &buf[len..]);
-                if let Some(d) = &resp.deflate {
-                    ws.conn.enable_deflate(d.clone()); // deflate hook
-                }
-                return Ok((ws, resp));
-            }
-            ParsedResponse::NeedMore => scanned = buf.len(),
+        if let Some((conn, response)) = upgrade::client_step(&request, &head, &config)? {
+            return Ok((WebSocket::with_connection(stream, conn), response));
         }
     }
 }
@@ -844,6 +807,11 @@ impl<S: Transport> WebSocket<S> {
     pub fn from_raw(stream: S, role: Role, config: Config, leftover: &[u8]) -> Self {
         let mut conn = Connection::new(role, config);
         conn.receive(leftover);
+        Self::with_connection(stream, conn)
+    }
+
+    /// Runs `conn` (fresh from a handshake) over `stream`.
+    fn with_connection(stream: S, conn: Connection) -> Self {
         Self {
             stream,
             conn,

@@ -11,7 +11,8 @@
 //!    bytes to send. Pongs, close echoes and error closes are queued for you.
 //! 3. **[`blocking`]**, a `std::io` adapter: [`blocking::accept`],
 //!    [`blocking::connect`], `read`/`send`/`close`, split halves for two
-//!    threads, keepalive.
+//!    threads, keepalive. With the `tokio` feature, `wsproto::tokio` is the
+//!    same over any tokio `AsyncRead + AsyncWrite` (a `Stream` + `Sink`).
 //!
 //! ```text
 //!            receive(&[u8]) ──▶ ┌────────────┐ ──▶ next_event() -> Event
@@ -89,7 +90,7 @@
 //!
 //! ## What it does not do (yet)
 //!
-//! - An async adapter: the [`Connection`] core is ready for one.
+//! - HTTP/2 WebSockets (RFC 8441).
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -108,6 +109,9 @@ mod message;
 mod random;
 #[cfg(feature = "rustls")]
 pub mod tls;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+mod upgrade;
 pub mod utf8;
 
 pub use bytes::Bytes;
