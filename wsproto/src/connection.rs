@@ -1542,7 +1542,7 @@ impl Connection {
 /// Where a client's masking keys come from ([`MaskKeys`]).
 #[derive(Debug)]
 enum MaskSource {
-    Random(Box<KeyPool>),
+    Random(Box<crate::random::KeyStream>),
     Seeded(u64),
     Fixed([u8; 4]),
 }
@@ -1550,7 +1550,7 @@ enum MaskSource {
 impl MaskSource {
     fn new(keys: MaskKeys) -> Self {
         match keys {
-            MaskKeys::Random => Self::Random(Box::new(KeyPool::new())),
+            MaskKeys::Random => Self::Random(Box::new(crate::random::KeyStream::new())),
             MaskKeys::Seeded(seed) => Self::Seeded(seed),
             MaskKeys::Fixed(key) => Self::Fixed(key),
         }
@@ -1559,7 +1559,7 @@ impl MaskSource {
     #[inline]
     fn next_key(&mut self) -> [u8; 4] {
         match self {
-            Self::Random(pool) => pool.next_key(),
+            Self::Random(keys) => keys.next_key(),
             Self::Seeded(state) => {
                 // SplitMix64 (Steele, Lea, Flood 2014): a full-period
                 // sequence, good enough to vary keys reproducibly.
@@ -1575,36 +1575,3 @@ impl MaskSource {
     }
 }
 
-/// Masking keys from the OS CSPRNG, fetched 256 at a time so a client pays
-/// one `getrandom` call per 256 frames rather than one per frame
-/// (RFC 6455 §5.3: keys must be unpredictable).
-#[derive(Debug)]
-struct KeyPool {
-    pool: [u8; MASK_POOL],
-    pos: usize,
-}
-
-/// Bytes of keys fetched per `getrandom` call (boxed, so a client
-/// connection carries 1 KiB for them). At 64 keys per call the syscall was
-/// most of the cost of sending small masked frames.
-const MASK_POOL: usize = 1024;
-
-impl KeyPool {
-    fn new() -> Self {
-        Self {
-            pool: [0; MASK_POOL],
-            pos: MASK_POOL,
-        }
-    }
-
-    #[inline]
-    fn next_key(&mut self) -> [u8; 4] {
-        if self.pos == self.pool.len() {
-            crate::random::fill(&mut self.pool);
-            self.pos = 0;
-        }
-        let k = &self.pool[self.pos..self.pos + 4];
-        self.pos += 4;
-        [k[0], k[1], k[2], k[3]]
-    }
-}
