@@ -429,6 +429,29 @@ pub(crate) fn put_masked_at<B: BufMut + ?Sized>(
     key: [u8; 4],
     offset: usize,
 ) {
+    put_masked_at_impl::<B, false>(dst, src, key, offset);
+}
+
+/// As [`put_masked_at`], and says whether every byte it wrote is ASCII
+/// (see [`mask::copy_masked_uninit_ascii`]): the receive path learns that
+/// an unmasked text payload is valid UTF-8 in the same pass.
+#[inline]
+pub(crate) fn put_masked_at_ascii<B: BufMut + ?Sized>(
+    dst: &mut B,
+    src: &[u8],
+    key: [u8; 4],
+    offset: usize,
+) -> bool {
+    put_masked_at_impl::<B, true>(dst, src, key, offset)
+}
+
+#[inline(always)]
+fn put_masked_at_impl<B: BufMut + ?Sized, const TRACK: bool>(
+    dst: &mut B,
+    src: &[u8],
+    key: [u8; 4],
+    offset: usize,
+) -> bool {
     // A small payload is masked on the stack and appended in one call: for
     // a 16-byte payload the generic loop below (`chunk_mut`, the
     // uninitialized view, `advance_mut`) cost more than the XOR itself.
@@ -437,22 +460,28 @@ pub(crate) fn put_masked_at<B: BufMut + ?Sized>(
         let tmp = &mut tmp[..src.len()];
         mask::copy_masked(tmp, src, key, offset);
         dst.put_slice(tmp);
-        return;
+        return TRACK && tmp.is_ascii();
     }
     assert!(
         dst.remaining_mut() >= src.len(),
         "encode_frame_into: the buffer has no room for the payload"
     );
+    let mut ascii = TRACK;
     let mut done = 0;
     while done < src.len() {
         let chunk = dst.chunk_mut();
         let n = chunk.len().min(src.len() - done);
         // SAFETY: `as_uninit_slice_mut` lets us see the chunk as
         // `MaybeUninit<u8>`; we only ever write initialized bytes into it
-        // (`copy_masked_uninit` writes every one of the first `n`).
+        // (`copy_masked_uninit*` writes every one of the first `n`).
         #[allow(unsafe_code)]
         let slot = unsafe { &mut chunk.as_uninit_slice_mut()[..n] };
-        mask::copy_masked_uninit(slot, &src[done..done + n], key, offset + done);
+        let piece = &src[done..done + n];
+        if TRACK {
+            ascii &= mask::copy_masked_uninit_ascii(slot, piece, key, offset + done);
+        } else {
+            mask::copy_masked_uninit(slot, piece, key, offset + done);
+        }
         // SAFETY: the first `n` bytes of `chunk_mut` were just written.
         #[allow(unsafe_code)]
         unsafe {
@@ -460,6 +489,7 @@ pub(crate) fn put_masked_at<B: BufMut + ?Sized>(
         };
         done += n;
     }
+    ascii
 }
 
 #[cfg(test)]
