@@ -299,6 +299,17 @@ pub struct Connection {
     /// The largest allocation `input` has had since it was last replaced:
     /// what a payload split off it would keep alive (see [`COPY_RATIO`]).
     input_alloc: usize,
+    /// Bytes at the end of `input`'s allocation that may be uninitialized;
+    /// the spare capacity before them is initialized (zeroed, or bytes an
+    /// earlier read left there), so `receive_from` can lend it to a reader
+    /// without zeroing it again. Any value at least the true count is safe
+    /// (it only costs zeroing); a change of allocation must reset it to the
+    /// whole spare capacity, and `input_end` tells `receive_from` if the
+    /// allocation under it moved.
+    input_uninit_tail: usize,
+    /// The end address of `input`'s allocation when `input_uninit_tail` was
+    /// last set by `receive_from` (0: not set).
+    input_end: usize,
     /// permessage-deflate, when negotiated (all its state and rules live
     /// in `crate::deflate`; the hooks here are marked "deflate hook").
     deflate: deflate::Slot,
@@ -343,6 +354,8 @@ impl Connection {
             lent_len: 0,
             lent: None,
             input_alloc: 0,
+            input_uninit_tail: 0,
+            input_end: 0,
             deflate: deflate::Slot::default(),
         }
     }
@@ -426,6 +439,9 @@ impl Connection {
             self.input.reserve(rest.len());
             self.input_alloc = self.input_alloc.max(self.input.capacity());
             self.scan_copy(rest);
+            // Possibly a new allocation: nothing past the data is known
+            // initialized.
+            self.input_end = 0;
         }
     }
 
@@ -751,8 +767,17 @@ impl Connection {
             self.stream_payload(max, |dst| reader.read(dst))
         } else {
             let start = self.input.len();
-            self.input.resize(start + max, 0);
-            self.input_alloc = self.input_alloc.max(self.input.capacity());
+            self.ready_spare(max);
+            // SAFETY: `ready_spare(max)` left at least `max` bytes of spare
+            // capacity, the first `max` of them initialized (zeroed now, or
+            // bytes of this same allocation written before: see
+            // `input_uninit_tail`). Covered by tests/connection.rs
+            // (receive_from_zeroes_the_read_buffer_once), with a reader
+            // that reads the buffer it is lent.
+            #[allow(unsafe_code)]
+            unsafe {
+                self.input.set_len(start + max)
+            };
             let result = reader.read(&mut self.input[start..]);
             let n = *result.as_ref().unwrap_or(&0);
             self.input.truncate(start + n.min(max));
@@ -763,6 +788,38 @@ impl Connection {
             self.receive_eof();
         }
         result
+    }
+
+    /// Makes room for a read of `max` bytes at the end of `input`, all of it
+    /// initialized, zeroing only what never was: the read buffer is not
+    /// zero-filled before every read (the blocking API reads
+    /// [`Config::read_size`] at a time, and a read usually fills little of
+    /// it), only once per allocation.
+    fn ready_spare(&mut self, max: usize) {
+        let len = self.input.len();
+        let end = |b: &BytesMut| b.as_ptr() as usize + b.capacity();
+        if self.input_end != end(&self.input) {
+            // Not the allocation `input_uninit_tail` describes.
+            self.input_uninit_tail = self.input.capacity() - len;
+        }
+        if self.input.capacity() - len < max {
+            let before = end(&self.input);
+            // `try_reclaim` never allocates: if it succeeds, the data moved
+            // to the front of the same allocation, whose end (and the
+            // uninitialized tail before it) stays where it was.
+            if !(self.input.try_reclaim(max) && end(&self.input) == before) {
+                self.input.reserve(max);
+                self.input_uninit_tail = self.input.capacity() - len;
+            }
+            self.input_alloc = self.input_alloc.max(self.input.capacity());
+        }
+        let spare = self.input.capacity() - len;
+        let init = spare.saturating_sub(self.input_uninit_tail);
+        if init < max {
+            self.input.spare_capacity_mut()[init..max].fill(std::mem::MaybeUninit::new(0));
+            self.input_uninit_tail = spare - max;
+        }
+        self.input_end = end(&self.input);
     }
 
     /// Records that the transport ended. Once the buffered bytes are
@@ -909,6 +966,9 @@ impl Connection {
             assert!(p.frames >= 1 && held <= self.config.max_message_size);
         }
         assert!(self.lent_len <= self.input.len());
+        if self.input_end == self.input.as_ptr() as usize + self.input.capacity() {
+            assert!(self.input_uninit_tail <= self.input.capacity() - self.input.len());
+        }
         // Verdicts only for frames the scan has counted.
         assert!(self.scan_ahead >= VERDICTS || self.ascii_frames >> self.scan_ahead == 0);
         assert!(self.input_alloc >= self.input.capacity() || self.input.is_empty());
@@ -1305,6 +1365,7 @@ impl Connection {
         self.state = State::Closed;
         self.partial = None;
         self.input = BytesMut::new();
+        self.input_end = 0;
         self.scan = Scan::Header { have: 0 };
         self.reset_verdicts();
         self.input_alloc = 0;
@@ -1322,6 +1383,7 @@ impl Connection {
         self.state = State::Closed;
         self.partial = None;
         self.input = BytesMut::new();
+        self.input_end = 0;
         self.scan = Scan::Header { have: 0 };
         self.reset_verdicts();
         self.input_alloc = 0;
@@ -1674,6 +1736,7 @@ impl Connection {
         self.release_lent();
         if self.input.is_empty() && matches!(self.recv, Recv::AwaitHeader) {
             self.input = BytesMut::new();
+        self.input_end = 0;
             self.input_alloc = 0;
         }
         if self.output.is_empty() {

@@ -905,3 +905,59 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn receive_from_zeroes_the_read_buffer_once() {
+    // A reader that reads the buffer it is lent (as `Read` allows: every
+    // byte of it must be initialized) and reports whether it held
+    // anything but zeros: bytes an earlier read left there. Zero-filling
+    // before every read, the buffer was all zeros every time.
+    struct Nosy {
+        wire: Vec<u8>,
+        pos: usize,
+        per_read: usize,
+        saw_old_bytes: bool,
+        checksum: u64,
+    }
+    impl std::io::Read for Nosy {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.checksum = buf.iter().fold(self.checksum, |h, &b| h.rotate_left(5) ^ u64::from(b));
+            self.saw_old_bytes |= buf.iter().any(|&b| b != 0);
+            let n = self.per_read.min(buf.len()).min(self.wire.len() - self.pos);
+            buf[..n].copy_from_slice(&self.wire[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+    let mut wire = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..1000usize {
+        let text = format!("message {i} ").repeat(1 + i % 7);
+        wire.extend(client_frame(true, Opcode::Text, text.as_bytes()));
+        want.push(Event::Text(text.into()));
+    }
+    for per_read in [1, 7, 100, 1000, 5000] {
+        let mut reader = Nosy {
+            wire: wire.clone(),
+            pos: 0,
+            per_read,
+            saw_old_bytes: false,
+            checksum: 0,
+        };
+        let mut conn = server();
+        let mut got = Vec::new();
+        while reader.pos < reader.wire.len() {
+            conn.receive_from(&mut reader, 4096).unwrap();
+            while let Some(e) = conn.next_event().unwrap() {
+                got.push(e);
+            }
+        }
+        assert_eq!(got, want, "{per_read} bytes per read");
+        // (With few bytes per read the input holds little more than
+        // headers, each payload streaming into its own buffer, and the
+        // input is never reused within this test.)
+        if per_read >= 1000 {
+            assert!(reader.saw_old_bytes, "{per_read} bytes per read: zeroed before every read");
+        }
+    }
+}
