@@ -414,10 +414,8 @@ fn encode(c: &mut Criterion) {
             if client {
                 // The default key source: the OS CSPRNG, drawn in batches
                 // (every other wsproto column uses a fixed seed).
-                let mut conn = wsproto::Connection::new(
-                    wsproto::Role::Client,
-                    wsproto::Config::default(),
-                );
+                let mut conn =
+                    wsproto::Connection::new(wsproto::Role::Client, wsproto::Config::default());
                 group.bench_function("wsproto_random", |b| {
                     b.iter(|| encode_wsproto(&mut conn, &msgs, black_box(&mut out)))
                 });

@@ -600,7 +600,6 @@ fn send_vectored<W: Write>(
     }
     Some(
         conn.unmasked_message_header(opcode, payload.len())
-            .map_err(Error::from)
             .and_then(|(head, head_len)| {
                 write_out_vectored(stream, conn, &head[..head_len], payload)
             }),

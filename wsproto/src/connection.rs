@@ -623,7 +623,9 @@ impl Connection {
         let mut pos = from;
         while pos < end {
             match self.scan {
-                Scan::Payload { key, done, left, .. } => {
+                Scan::Payload {
+                    key, done, left, ..
+                } => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(end - pos);
                     if let Some(key) = key {
                         apply_mask(&mut self.input[pos..pos + n], key, done);
@@ -662,7 +664,8 @@ impl Connection {
                 // Text that is validated up to here learns in the copy
                 // whether this piece is all ASCII, so valid as it stands
                 // (no second pass over it in `poll`).
-                let fuse = validated == received && self.is_text(&header) && self.utf8.is_boundary();
+                let fuse =
+                    validated == received && self.is_text(&header) && self.utf8.is_boundary();
                 let piece = &bytes[..take];
                 let ascii = match header.mask {
                     Some(key) if fuse => {
@@ -1147,14 +1150,16 @@ impl Connection {
                 false
             }
         };
-        debug_assert_eq!(self.scan_ahead, 0, "the scan passed a header after this frame");
+        debug_assert_eq!(
+            self.scan_ahead, 0,
+            "the scan passed a header after this frame"
+        );
         self.scan = Scan::Header { have: 0 };
         self.reset_verdicts();
         self.sink.extend_from_slice(&self.input[..have]);
         self.input.advance(have);
         // The part the scan saw to be ASCII is validated as it stands.
-        let validated = if ascii && have > 0 && self.is_text(&header) && self.utf8.is_boundary()
-        {
+        let validated = if ascii && have > 0 && self.is_text(&header) && self.utf8.is_boundary() {
             debug_assert!(self.sink[self.sink.len() - have..].is_ascii());
             self.utf8.skip_ascii(have);
             have
@@ -1736,7 +1741,7 @@ impl Connection {
         self.release_lent();
         if self.input.is_empty() && matches!(self.recv, Recv::AwaitHeader) {
             self.input = BytesMut::new();
-        self.input_end = 0;
+            self.input_end = 0;
             self.input_alloc = 0;
         }
         if self.output.is_empty() {
@@ -1782,4 +1787,3 @@ impl MaskSource {
         }
     }
 }
-

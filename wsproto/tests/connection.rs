@@ -921,7 +921,9 @@ fn receive_from_zeroes_the_read_buffer_once() {
     }
     impl std::io::Read for Nosy {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            self.checksum = buf.iter().fold(self.checksum, |h, &b| h.rotate_left(5) ^ u64::from(b));
+            self.checksum = buf
+                .iter()
+                .fold(self.checksum, |h, &b| h.rotate_left(5) ^ u64::from(b));
             self.saw_old_bytes |= buf.iter().any(|&b| b != 0);
             let n = self.per_read.min(buf.len()).min(self.wire.len() - self.pos);
             buf[..n].copy_from_slice(&self.wire[self.pos..self.pos + n]);
@@ -957,7 +959,10 @@ fn receive_from_zeroes_the_read_buffer_once() {
         // headers, each payload streaming into its own buffer, and the
         // input is never reused within this test.)
         if per_read >= 1000 {
-            assert!(reader.saw_old_bytes, "{per_read} bytes per read: zeroed before every read");
+            assert!(
+                reader.saw_old_bytes,
+                "{per_read} bytes per read: zeroed before every read"
+            );
         }
     }
 }

@@ -77,7 +77,8 @@ fn split_writer_sends_large_payloads_vectored_and_keeps_framing_on_short_writes(
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let socket = server.try_clone().unwrap();
     let ws = WebSocket::from_raw(server, Role::Server, Config::default(), &[]);
     let (_reader, writer) = ws.split().unwrap();
@@ -116,7 +117,10 @@ fn split_writer_sends_large_payloads_vectored_and_keeps_framing_on_short_writes(
     let copied = live::peak() - before;
     match first {
         Err(Error::Io(e)) => assert!(
-            matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+            matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
             "{e}"
         ),
         other => panic!("expected a write timeout, got {other:?}"),
