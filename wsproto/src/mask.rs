@@ -201,6 +201,39 @@ mod tests {
         assert_eq!(&masked, b"Hello");
     }
 
+    #[test]
+    fn ascii_copy_spans_blocks() {
+        // Several `ASCII_BLOCK`s, every start phase of the key, and one
+        // non-ASCII byte in the last block only.
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        for offset in 0..4 {
+            let mut plain: Vec<u8> = (0..3 * ASCII_BLOCK + 77)
+                .map(|i| (i % 95 + 32) as u8)
+                .collect();
+            let mut masked = plain.clone();
+            scalar(&mut masked, key, offset);
+            let mut out = vec![MaybeUninit::<u8>::uninit(); plain.len()];
+            assert!(copy_masked_uninit_ascii(&mut out, &masked, key, offset));
+            let out: Vec<u8> = out
+                .iter()
+                .map(|b| {
+                    // SAFETY: copy_masked_uninit_ascii wrote every byte (same length).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        b.assume_init()
+                    }
+                })
+                .collect();
+            assert_eq!(out, plain);
+            let last = plain.len() - 3;
+            plain[last] = 0xC3;
+            let mut masked = plain.clone();
+            scalar(&mut masked, key, offset);
+            let mut out = vec![MaybeUninit::<u8>::uninit(); plain.len()];
+            assert!(!copy_masked_uninit_ascii(&mut out, &masked, key, offset));
+        }
+    }
+
     proptest! {
         #[test]
         fn word_wise_equals_scalar(data in proptest::collection::vec(any::<u8>(), 0..300),
