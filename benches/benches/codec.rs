@@ -411,6 +411,15 @@ fn encode(c: &mut Criterion) {
             group.bench_function("wsproto", |b| {
                 b.iter(|| encode_wsproto(&mut conn, &msgs, black_box(&mut out)))
             });
+            if client {
+                // The default key source: the OS CSPRNG, drawn in batches
+                // (every other wsproto column uses a fixed seed).
+                let mut conn =
+                    wsproto::Connection::new(wsproto::Role::Client, wsproto::Config::default());
+                group.bench_function("wsproto_random", |b| {
+                    b.iter(|| encode_wsproto(&mut conn, &msgs, black_box(&mut out)))
+                });
+            }
             group.bench_function("wsproto_send", |b| {
                 b.iter(|| encode_wsproto_send(&mut conn, &msgs, black_box(&mut out)))
             });

@@ -247,12 +247,7 @@ pub(crate) fn serve(
                 }
                 ParsedRequest::Reject(r) => {
                     // The error's message escapes what the peer sent ({:?}).
-                    log!(
-                        shared,
-                        "chat: {addr} http {} ({})",
-                        r.error.status(),
-                        r.error
-                    );
+                    log!(shared, "chat: {addr} http {} ({})", r.status, r.error);
                     answer(stream, &r.response);
                 }
                 ParsedRequest::NeedMore => {

@@ -37,7 +37,8 @@ fn check(buf: &[u8]) -> ParsedRequest {
             assert_eq!(head_end(buf, 0), None);
         }
         ParsedRequest::Reject(r) => {
-            let status = r.error.status();
+            let status = r.status;
+            assert_eq!(r.error.status(), Some(status));
             assert_eq!(status, documented_status(&r.error), "{:?}", r.error);
             assert!(matches!(status, 400 | 403 | 405 | 426 | 431), "{status}");
             let text = String::from_utf8_lossy(&r.response);

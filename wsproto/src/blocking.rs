@@ -390,8 +390,8 @@ fn read_head<S: Read>(stream: &mut S, head: &mut Head) -> Result<bool, Error> {
 /// # Errors
 ///
 /// [`Error::Handshake`] for a bad URL or a refused upgrade (a non-101 status
-/// is [`HandshakeError::Status`]; `wss://` without the `rustls` feature is
-/// [`HandshakeError::InvalidUrl`]), `Error::Tls` for a refused certificate
+/// is [`HandshakeError::Status`](crate::HandshakeError::Status); `wss://` without the `rustls` feature is
+/// [`HandshakeError::InvalidUrl`](crate::HandshakeError::InvalidUrl)), `Error::Tls` for a refused certificate
 /// and other TLS failures, [`Error::Io`] if the connection fails.
 pub fn connect(url: &str) -> Result<(WebSocket<MaybeTlsStream>, Response), Error> {
     let request = ClientRequest::from_url(url)?;
@@ -405,7 +405,7 @@ fn dial(request: &ClientRequest) -> Result<MaybeTlsStream, Error> {
         #[cfg(feature = "rustls")]
         return dial_tls(request, crate::tls::client_config());
         #[cfg(not(feature = "rustls"))]
-        return Err(HandshakeError::InvalidUrl {
+        return Err(crate::HandshakeError::InvalidUrl {
             url: format!("wss://{}", request.address()),
             why: "wss:// needs wsproto's rustls feature (or a TLS stream of your own and blocking::client)",
         }
@@ -776,6 +776,39 @@ fn write_out_vectored<W: Write>(
     Ok(())
 }
 
+/// Sends `message` as `[header, payload]` with vectored writes if that is
+/// how it should go (a server's payload of [`VECTORED_MIN`] bytes or more,
+/// to a stream that writes vectored, without compression): the caller's
+/// `Bytes` is shared, never copied. `None` if it should not (a client
+/// must mask, which is a copy anyway; a compressed message is a new buffer
+/// anyway): the caller then queues and flushes as usual. Shared by
+/// [`WebSocket::send`] and [`Writer::send`].
+fn send_vectored<W: Write>(
+    stream: &mut W,
+    conn: &mut Connection,
+    writes_vectored: bool,
+    message: &Message,
+) -> Option<Result<(), Error>> {
+    let (opcode, payload): (Opcode, &[u8]) = match message {
+        Message::Text(t) => (Opcode::Text, t.as_bytes()),
+        Message::Binary(b) => (Opcode::Binary, b),
+    };
+    // (deflate hook: a compressed message is a new buffer anyway.)
+    if conn.role() != Role::Server
+        || payload.len() < VECTORED_MIN
+        || conn.deflate_enabled()
+        || !writes_vectored
+    {
+        return None;
+    }
+    Some(
+        conn.unmasked_message_header(opcode, payload.len())
+            .and_then(|(head, head_len)| {
+                write_out_vectored(stream, conn, &head[..head_len], payload)
+            }),
+    )
+}
+
 /// Smallest payload [`WebSocket::send`] writes vectored rather than
 /// copying into the output buffer. Below it a copy costs less than the
 /// kernel's walk over a second iovec (a judgment, not measured here: a
@@ -886,30 +919,9 @@ impl<S: Transport> WebSocket<S> {
     /// [`Error::Closed`] once a Close was sent or received, [`Error::Io`].
     pub fn send(&mut self, message: impl Into<Message>) -> Result<(), Error> {
         let message = message.into();
-        // A server's large payload goes to a vectored stream as it is, after
-        // its header: the caller's `Bytes` is shared, never copied. (A
-        // client must mask, which is a copy anyway.)
-        let payload: &[u8] = match &message {
-            Message::Text(t) => t.as_bytes(),
-            Message::Binary(b) => b,
-        };
-        // (deflate hook: a compressed message is a new buffer anyway.)
-        if self.conn.role() == Role::Server
-            && payload.len() >= VECTORED_MIN
-            && !self.conn.deflate_enabled()
-            && self.stream.writes_vectored()
-        {
-            let opcode = match message {
-                Message::Text(_) => Opcode::Text,
-                Message::Binary(_) => Opcode::Binary,
-            };
-            let (head, head_len) = self.conn.unmasked_message_header(opcode, payload.len())?;
-            return write_out_vectored(
-                &mut self.stream,
-                &mut self.conn,
-                &head[..head_len],
-                payload,
-            );
+        let vectored = self.stream.writes_vectored();
+        if let Some(sent) = send_vectored(&mut self.stream, &mut self.conn, vectored, &message) {
+            return sent;
         }
         self.write(message)?;
         self.flush()
@@ -1397,6 +1409,17 @@ impl Writer {
     pub fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
         let message = message.into();
         self.shared.with_half(|w| {
+            // A frame an earlier send left part-written goes out first, so
+            // its rest never counts against the output limit of this one.
+            if !w.conn.pending_output().is_empty() {
+                write_out(&mut w.stream, &mut w.conn)?;
+            }
+            // As `WebSocket::send`: a server's large payload goes out
+            // vectored after its header, never copied.
+            let vectored = w.stream.writes_vectored();
+            if let Some(sent) = send_vectored(&mut w.stream, &mut w.conn, vectored, &message) {
+                return sent;
+            }
             match &message {
                 Message::Text(t) => w.conn.send_text(t)?,
                 Message::Binary(b) => w.conn.send_binary(b)?,

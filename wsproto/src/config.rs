@@ -83,7 +83,9 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum MaskKeys {
-    /// Fresh keys from the operating system's CSPRNG (fetched 256 at a time).
+    /// Unpredictable keys (RFC 6455 §5.3): a ChaCha12 keystream keyed
+    /// from the operating system's CSPRNG when the connection is created,
+    /// so a frame costs no system call.
     #[default]
     Random,
     /// A deterministic sequence (SplitMix64) from this seed: a different key

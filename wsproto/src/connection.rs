@@ -145,13 +145,30 @@ enum Scan {
     /// bytes of `input` are the start.
     Header { have: usize },
     /// Inside a payload: `left` more bytes, masked with `key` (if any)
-    /// from payload offset `done`.
+    /// from payload offset `done`. `ascii`: the payload may be text
+    /// ([`text_like`]) and its `done` bytes so far were all ASCII, as the
+    /// copy saw them go by.
     Payload {
         key: Option<[u8; 4]>,
         done: usize,
         left: u64,
+        ascii: bool,
     },
 }
+
+/// True if a frame whose first header byte is `b0` may carry text for the
+/// UTF-8 check: a Text or Continuation frame with no RSV bit set (a
+/// compressed payload is checked once inflated). Only for the scan's ASCII
+/// verdicts, which `poll` uses only for frames it has found to be text.
+#[inline]
+fn text_like(b0: u8) -> bool {
+    // Opcode 0 or 1 (low nibble & 0xE clear) and RSV1-3 (0x70) clear.
+    b0 & 0x7E == 0
+}
+
+/// How many frames ahead of `poll` the scan keeps ASCII verdicts for
+/// (the bits of `Connection::ascii_frames`).
+const VERDICTS: usize = 64;
 
 /// Payloads up to this size are copied with their header in one go and
 /// unmasked in place, in L1, rather than copied and unmasked in one pass.
@@ -253,6 +270,13 @@ pub struct Connection {
     input: BytesMut,
     /// How far `receive` has unmasked what it appended to `input`.
     scan: Scan,
+    /// Frames whose header the scan has passed and `poll` has not yet
+    /// taken from `input`.
+    scan_ahead: usize,
+    /// Bit `i`: the `i`-th of those frames is a text-like frame whose whole
+    /// payload the scan unmasked and saw to be ASCII, so valid UTF-8
+    /// (RFC 6455 §8.1) without a second pass.
+    ascii_frames: u64,
     /// Where a data frame that spans several reads is assembled: its own
     /// buffer, sized once from the announced length, or the fragmented
     /// message's buffer for a continuation. This avoids growing (and
@@ -275,6 +299,17 @@ pub struct Connection {
     /// The largest allocation `input` has had since it was last replaced:
     /// what a payload split off it would keep alive (see [`COPY_RATIO`]).
     input_alloc: usize,
+    /// Bytes at the end of `input`'s allocation that may be uninitialized;
+    /// the spare capacity before them is initialized (zeroed, or bytes an
+    /// earlier read left there), so `receive_from` can lend it to a reader
+    /// without zeroing it again. Any value at least the true count is safe
+    /// (it only costs zeroing); a change of allocation must reset it to the
+    /// whole spare capacity, and `input_end` tells `receive_from` if the
+    /// allocation under it moved.
+    input_uninit_tail: usize,
+    /// The end address of `input`'s allocation when `input_uninit_tail` was
+    /// last set by `receive_from` (0: not set).
+    input_end: usize,
     /// permessage-deflate, when negotiated (all its state and rules live
     /// in `crate::deflate`; the hooks here are marked "deflate hook").
     deflate: deflate::Slot,
@@ -306,6 +341,8 @@ impl Connection {
             state: State::Open,
             input: BytesMut::new(),
             scan: Scan::Header { have: 0 },
+            scan_ahead: 0,
+            ascii_frames: 0,
             sink: BytesMut::new(),
             recv: Recv::AwaitHeader,
             partial: None,
@@ -317,6 +354,8 @@ impl Connection {
             lent_len: 0,
             lent: None,
             input_alloc: 0,
+            input_uninit_tail: 0,
+            input_end: 0,
             deflate: deflate::Slot::default(),
         }
     }
@@ -400,6 +439,9 @@ impl Connection {
             self.input.reserve(rest.len());
             self.input_alloc = self.input_alloc.max(self.input.capacity());
             self.scan_copy(rest);
+            // Possibly a new allocation: nothing past the data is known
+            // initialized.
+            self.input_end = 0;
         }
     }
 
@@ -428,14 +470,35 @@ impl Connection {
         }
         while !src.is_empty() {
             match self.scan {
-                Scan::Payload { key, done, left } => {
+                Scan::Payload {
+                    key,
+                    done,
+                    left,
+                    ascii,
+                } => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(src.len());
-                    match key {
-                        Some(key) => frame::put_masked_at(&mut self.input, &src[..n], key, done),
-                        None => self.input.extend_from_slice(&src[..n]),
-                    }
+                    let piece = &src[..n];
+                    let ascii = match key {
+                        // A text payload learns whether it is all ASCII
+                        // in the copy itself (see `ascii_frames`).
+                        Some(key) if ascii => {
+                            frame::put_masked_at_ascii(&mut self.input, piece, key, done)
+                        }
+                        Some(key) => {
+                            frame::put_masked_at(&mut self.input, piece, key, done);
+                            false
+                        }
+                        None => {
+                            self.input.extend_from_slice(piece);
+                            false
+                        }
+                    };
                     src = &src[n..];
-                    self.scan = Self::after_payload(key, done + n, left - n as u64);
+                    let left = left - n as u64;
+                    if left == 0 && ascii {
+                        self.note_ascii();
+                    }
+                    self.scan = Self::after_payload(key, done + n, left, ascii);
                 }
                 Scan::Header { have: 0 } => {
                     // The usual case: the whole header is in `src`.
@@ -451,11 +514,12 @@ impl Connection {
                                 apply_mask(&mut self.input[at..], key, 0);
                             }
                             src = &src[end..];
+                            self.scan_ahead += 1;
                             continue;
                         }
+                        self.scan = self.enter_payload(src[0], key, len, true);
                         self.input.extend_from_slice(&src[..n]);
                         src = &src[n..];
-                        self.scan = Self::after_payload(key, 0, len);
                     } else {
                         self.input.extend_from_slice(src);
                         self.scan = Scan::Header { have: src.len() };
@@ -489,7 +553,7 @@ impl Connection {
         self.scan = match header_layout(&self.input[start..]) {
             Some((n, len, key)) => {
                 debug_assert_eq!(start + n, self.input.len());
-                Self::after_payload(key, 0, len)
+                self.enter_payload(self.input[start], key, len, true)
             }
             None => Scan::Header {
                 have: self.input.len() - start,
@@ -499,12 +563,56 @@ impl Connection {
 
     /// The scan state once `done` payload bytes are through, `left` to go.
     #[inline]
-    fn after_payload(key: Option<[u8; 4]>, done: usize, left: u64) -> Scan {
+    fn after_payload(key: Option<[u8; 4]>, done: usize, left: u64, ascii: bool) -> Scan {
         if left == 0 {
             Scan::Header { have: 0 }
         } else {
-            Scan::Payload { key, done, left }
+            Scan::Payload {
+                key,
+                done,
+                left,
+                ascii,
+            }
         }
+    }
+
+    /// The scan has passed a whole header (first byte `b0`): counts the
+    /// frame and returns the state at the start of its payload. With
+    /// `track`, a text-like masked payload has its ASCII verdict taken
+    /// while it is copied.
+    #[inline]
+    fn enter_payload(&mut self, b0: u8, key: Option<[u8; 4]>, len: u64, track: bool) -> Scan {
+        self.scan_ahead += 1;
+        let ascii = track && key.is_some() && text_like(b0);
+        Self::after_payload(key, 0, len, ascii)
+    }
+
+    /// The frame the scan is in (the last it counted) turned out all ASCII.
+    #[inline]
+    fn note_ascii(&mut self) {
+        debug_assert!(self.scan_ahead > 0);
+        let i = self.scan_ahead.wrapping_sub(1);
+        if i < VERDICTS {
+            self.ascii_frames |= 1 << i;
+        }
+    }
+
+    /// `poll` takes the next frame's header from `input`: its ASCII
+    /// verdict (true only if the scan saw its whole payload as ASCII).
+    #[inline]
+    fn take_verdict(&mut self) -> bool {
+        debug_assert!(self.scan_ahead > 0, "poll is ahead of the scan");
+        let ascii = self.ascii_frames & 1 != 0;
+        self.ascii_frames >>= 1;
+        self.scan_ahead = self.scan_ahead.saturating_sub(1);
+        ascii
+    }
+
+    /// Forgets every verdict (the scan starts over at a header).
+    #[inline]
+    fn reset_verdicts(&mut self) {
+        self.scan_ahead = 0;
+        self.ascii_frames = 0;
     }
 
     /// As [`scan_copy`](Self::scan_copy), for bytes a reader put straight
@@ -515,19 +623,22 @@ impl Connection {
         let mut pos = from;
         while pos < end {
             match self.scan {
-                Scan::Payload { key, done, left } => {
+                Scan::Payload {
+                    key, done, left, ..
+                } => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(end - pos);
                     if let Some(key) = key {
                         apply_mask(&mut self.input[pos..pos + n], key, done);
                     }
                     pos += n;
-                    self.scan = Self::after_payload(key, done + n, left - n as u64);
+                    self.scan = Self::after_payload(key, done + n, left - n as u64, false);
                 }
                 Scan::Header { have } => {
                     let start = pos - have;
                     if let Some((n, len, key)) = header_layout(&self.input[start..end]) {
                         pos = start + n;
-                        self.scan = Self::after_payload(key, 0, len);
+                        // Unmasked in place: no verdict (poll validates).
+                        self.scan = self.enter_payload(self.input[start], key, len, false);
                     } else {
                         self.scan = Scan::Header { have: end - start };
                         pos = end;
@@ -550,12 +661,31 @@ impl Connection {
                 validated,
             } = self.recv
             {
-                match header.mask {
-                    Some(key) => {
-                        frame::put_masked_at(&mut self.sink, &bytes[..take], key, received)
+                // Text that is validated up to here learns in the copy
+                // whether this piece is all ASCII, so valid as it stands
+                // (no second pass over it in `poll`).
+                let fuse =
+                    validated == received && self.is_text(&header) && self.utf8.is_boundary();
+                let piece = &bytes[..take];
+                let ascii = match header.mask {
+                    Some(key) if fuse => {
+                        frame::put_masked_at_ascii(&mut self.sink, piece, key, received)
                     }
-                    None => self.sink.extend_from_slice(&bytes[..take]),
-                }
+                    Some(key) => {
+                        frame::put_masked_at(&mut self.sink, piece, key, received);
+                        false
+                    }
+                    None => {
+                        self.sink.extend_from_slice(piece);
+                        false
+                    }
+                };
+                let validated = if ascii {
+                    self.utf8.skip_ascii(take);
+                    received + take
+                } else {
+                    validated
+                };
                 self.recv = Recv::AwaitPayload {
                     header,
                     received: received + take,
@@ -640,8 +770,17 @@ impl Connection {
             self.stream_payload(max, |dst| reader.read(dst))
         } else {
             let start = self.input.len();
-            self.input.resize(start + max, 0);
-            self.input_alloc = self.input_alloc.max(self.input.capacity());
+            self.ready_spare(max);
+            // SAFETY: `ready_spare(max)` left at least `max` bytes of spare
+            // capacity, the first `max` of them initialized (zeroed now, or
+            // bytes of this same allocation written before: see
+            // `input_uninit_tail`). Covered by tests/connection.rs
+            // (receive_from_zeroes_the_read_buffer_once), with a reader
+            // that reads the buffer it is lent.
+            #[allow(unsafe_code)]
+            unsafe {
+                self.input.set_len(start + max)
+            };
             let result = reader.read(&mut self.input[start..]);
             let n = *result.as_ref().unwrap_or(&0);
             self.input.truncate(start + n.min(max));
@@ -652,6 +791,38 @@ impl Connection {
             self.receive_eof();
         }
         result
+    }
+
+    /// Makes room for a read of `max` bytes at the end of `input`, all of it
+    /// initialized, zeroing only what never was: the read buffer is not
+    /// zero-filled before every read (the blocking API reads
+    /// [`Config::read_size`] at a time, and a read usually fills little of
+    /// it), only once per allocation.
+    fn ready_spare(&mut self, max: usize) {
+        let len = self.input.len();
+        let end = |b: &BytesMut| b.as_ptr() as usize + b.capacity();
+        if self.input_end != end(&self.input) {
+            // Not the allocation `input_uninit_tail` describes.
+            self.input_uninit_tail = self.input.capacity() - len;
+        }
+        if self.input.capacity() - len < max {
+            let before = end(&self.input);
+            // `try_reclaim` never allocates: if it succeeds, the data moved
+            // to the front of the same allocation, whose end (and the
+            // uninitialized tail before it) stays where it was.
+            if !(self.input.try_reclaim(max) && end(&self.input) == before) {
+                self.input.reserve(max);
+                self.input_uninit_tail = self.input.capacity() - len;
+            }
+            self.input_alloc = self.input_alloc.max(self.input.capacity());
+        }
+        let spare = self.input.capacity() - len;
+        let init = spare.saturating_sub(self.input_uninit_tail);
+        if init < max {
+            self.input.spare_capacity_mut()[init..max].fill(std::mem::MaybeUninit::new(0));
+            self.input_uninit_tail = spare - max;
+        }
+        self.input_end = end(&self.input);
     }
 
     /// Records that the transport ended. Once the buffered bytes are
@@ -798,6 +969,11 @@ impl Connection {
             assert!(p.frames >= 1 && held <= self.config.max_message_size);
         }
         assert!(self.lent_len <= self.input.len());
+        if self.input_end == self.input.as_ptr() as usize + self.input.capacity() {
+            assert!(self.input_uninit_tail <= self.input.capacity() - self.input.len());
+        }
+        // Verdicts only for frames the scan has counted.
+        assert!(self.scan_ahead >= VERDICTS || self.ascii_frames >> self.scan_ahead == 0);
         assert!(self.input_alloc >= self.input.capacity() || self.input.is_empty());
     }
 
@@ -855,6 +1031,7 @@ impl Connection {
                         return Ok(self.eof_event().map(Polled::Event));
                     }
                     self.input.advance(header_len);
+                    let ascii = self.take_verdict();
                     if have < len {
                         self.start_streaming(header, have);
                         continue;
@@ -864,7 +1041,7 @@ impl Connection {
                     // off, or copied if small: `take_input`), without
                     // parking in AwaitPayload.
                     if len > 0 {
-                        self.validate_text(&header, 0, len)
+                        self.validate_text(&header, len, ascii)
                             .map_err(|e| self.fail(e))?;
                     }
                     // A whole unfragmented message (check_frame has ruled
@@ -957,17 +1134,42 @@ impl Connection {
         // The scan has unmasked the buffered part and stands inside this
         // payload; the rest bypasses `input` (streamed into the sink,
         // unmasked there), so the scan resumes at the next header.
+        let ascii = match self.scan {
+            Scan::Payload {
+                key,
+                done,
+                left,
+                ascii,
+            } => {
+                debug_assert!(key == header.mask && done == have);
+                debug_assert_eq!(left, header.payload_len - have as u64);
+                ascii
+            }
+            Scan::Header { .. } => {
+                debug_assert!(false, "streaming a frame the scan is not in");
+                false
+            }
+        };
         debug_assert_eq!(
-            self.scan,
-            Self::after_payload(header.mask, have, header.payload_len - have as u64)
+            self.scan_ahead, 0,
+            "the scan passed a header after this frame"
         );
         self.scan = Scan::Header { have: 0 };
+        self.reset_verdicts();
         self.sink.extend_from_slice(&self.input[..have]);
         self.input.advance(have);
+        // The part the scan saw to be ASCII is validated as it stands.
+        let validated = if ascii && have > 0 && self.is_text(&header) && self.utf8.is_boundary() {
+            debug_assert!(self.sink[self.sink.len() - have..].is_ascii());
+            self.utf8.skip_ascii(have);
+            have
+        } else {
+            0
+        };
         self.recv = Recv::AwaitPayload {
             header,
             received: have,
-            validated: 0,
+            validated,
         };
     }
 
@@ -1036,23 +1238,29 @@ impl Connection {
         }
     }
 
-    /// Validates payload bytes `done..avail` (already unmasked by the scan)
-    /// if they are text, so invalid UTF-8 fails even inside a partial frame.
+    /// Validates the frame's payload, the first `len` bytes of the input
+    /// (already unmasked by the scan), if it is text. `ascii`: the scan saw
+    /// all of it to be ASCII while copying it, so it is valid UTF-8 after
+    /// any whole code point (RFC 3629: ASCII bytes are code points).
     #[inline]
     fn validate_text(
         &mut self,
         header: &FrameHeader,
-        done: usize,
-        avail: usize,
+        len: usize,
+        ascii: bool,
     ) -> Result<(), ProtocolError> {
-        let is_text = self.is_text(header);
-        let fresh = &self.input[done..avail];
-        if is_text {
-            self.utf8
-                .feed(fresh)
-                .map_err(|e| ProtocolError::InvalidUtf8 { offset: e.offset })?;
+        if !self.is_text(header) {
+            return Ok(());
         }
-        Ok(())
+        let fresh = &self.input[..len];
+        if ascii && self.utf8.is_boundary() {
+            debug_assert!(fresh.is_ascii(), "a wrong ASCII verdict");
+            self.utf8.skip_ascii(len);
+            return Ok(());
+        }
+        self.utf8
+            .feed(fresh)
+            .map_err(|e| ProtocolError::InvalidUtf8 { offset: e.offset })
     }
 
     /// Acts on a whole frame; returns the event it completes, if any.
@@ -1162,7 +1370,9 @@ impl Connection {
         self.state = State::Closed;
         self.partial = None;
         self.input = BytesMut::new();
+        self.input_end = 0;
         self.scan = Scan::Header { have: 0 };
+        self.reset_verdicts();
         self.input_alloc = 0;
         self.sink = BytesMut::new();
         self.recv = Recv::AwaitHeader;
@@ -1178,7 +1388,9 @@ impl Connection {
         self.state = State::Closed;
         self.partial = None;
         self.input = BytesMut::new();
+        self.input_end = 0;
         self.scan = Scan::Header { have: 0 };
+        self.reset_verdicts();
         self.input_alloc = 0;
         self.sink = BytesMut::new();
         self.recv = Recv::AwaitHeader;
@@ -1548,6 +1760,7 @@ impl Connection {
         self.release_lent();
         if self.input.is_empty() && matches!(self.recv, Recv::AwaitHeader) {
             self.input = BytesMut::new();
+            self.input_end = 0;
             self.input_alloc = 0;
         }
         if self.output.is_empty() {
@@ -1561,7 +1774,7 @@ impl Connection {
 /// Where a client's masking keys come from ([`MaskKeys`]).
 #[derive(Debug)]
 enum MaskSource {
-    Random(Box<KeyPool>),
+    Random(Box<crate::random::KeyStream>),
     Seeded(u64),
     Fixed([u8; 4]),
 }
@@ -1569,7 +1782,7 @@ enum MaskSource {
 impl MaskSource {
     fn new(keys: MaskKeys) -> Self {
         match keys {
-            MaskKeys::Random => Self::Random(Box::new(KeyPool::new())),
+            MaskKeys::Random => Self::Random(Box::new(crate::random::KeyStream::new())),
             MaskKeys::Seeded(seed) => Self::Seeded(seed),
             MaskKeys::Fixed(key) => Self::Fixed(key),
         }
@@ -1578,7 +1791,7 @@ impl MaskSource {
     #[inline]
     fn next_key(&mut self) -> [u8; 4] {
         match self {
-            Self::Random(pool) => pool.next_key(),
+            Self::Random(keys) => keys.next_key(),
             Self::Seeded(state) => {
                 // SplitMix64 (Steele, Lea, Flood 2014): a full-period
                 // sequence, good enough to vary keys reproducibly.
@@ -1591,39 +1804,5 @@ impl MaskSource {
             }
             Self::Fixed(key) => *key,
         }
-    }
-}
-
-/// Masking keys from the OS CSPRNG, fetched 256 at a time so a client pays
-/// one `getrandom` call per 256 frames rather than one per frame
-/// (RFC 6455 §5.3: keys must be unpredictable).
-#[derive(Debug)]
-struct KeyPool {
-    pool: [u8; MASK_POOL],
-    pos: usize,
-}
-
-/// Bytes of keys fetched per `getrandom` call (boxed, so a client
-/// connection carries 1 KiB for them). At 64 keys per call the syscall was
-/// most of the cost of sending small masked frames.
-const MASK_POOL: usize = 1024;
-
-impl KeyPool {
-    fn new() -> Self {
-        Self {
-            pool: [0; MASK_POOL],
-            pos: MASK_POOL,
-        }
-    }
-
-    #[inline]
-    fn next_key(&mut self) -> [u8; 4] {
-        if self.pos == self.pool.len() {
-            crate::random::fill(&mut self.pool);
-            self.pos = 0;
-        }
-        let k = &self.pool[self.pos..self.pos + 4];
-        self.pos += 4;
-        [k[0], k[1], k[2], k[3]]
     }
 }

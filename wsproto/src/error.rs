@@ -297,7 +297,7 @@ pub enum HandshakeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Fault {
-    /// The peer sent something wrong (a server answers it with
+    /// The peer sent something wrong (a server answers a request with
     /// [`HandshakeError::status`]; a client gives up).
     Peer,
     /// The caller asked for an impossible request (a bad URL, host, path or
@@ -308,8 +308,8 @@ pub enum Fault {
 }
 
 impl HandshakeError {
-    /// Who is at fault: only a [`Fault::Peer`] error is answered with an
-    /// HTTP [`status`](Self::status).
+    /// Who is at fault: only a [`Fault::Peer`] error in a request is
+    /// answered with an HTTP [`status`](Self::status).
     ///
     /// ```
     /// use wsproto::{Fault, HandshakeError};
@@ -344,20 +344,95 @@ impl HandshakeError {
         }
     }
 
-    /// The HTTP status a server answers this (request) error with, for a
-    /// [`Fault::Peer`] error (check [`fault`](Self::fault) first; the others
-    /// are never answered):
-    /// 403 for a refused origin, 405 for a wrong method, 426 for a wrong
-    /// version, 431 for an oversized head, 400 for everything else.
-    pub fn status(&self) -> u16 {
+    /// Which message was wrong, so a caller can tell a client-side error
+    /// from a server-side one without matching every variant.
+    ///
+    /// ```
+    /// use wsproto::{HandshakeError, HandshakeErrorKind};
+    /// let e = HandshakeError::MethodNotAllowed("POST".into());
+    /// assert_eq!(e.kind(), HandshakeErrorKind::Request);
+    /// let e = HandshakeError::Status { status: 404, body: String::new() };
+    /// assert_eq!(e.kind(), HandshakeErrorKind::Response);
+    /// assert_eq!(HandshakeError::MissingHeader("Upgrade").kind(), HandshakeErrorKind::Http);
+    /// ```
+    pub fn kind(&self) -> HandshakeErrorKind {
+        // No `_` arm: a new variant must say which message it is about.
         match self {
+            Self::MalformedHttp(_)
+            | Self::HeadTooLarge { .. }
+            | Self::TooManyHeaders { .. }
+            | Self::HttpVersion(_)
+            | Self::MissingHeader(_)
+            | Self::InvalidHeader { .. } => HandshakeErrorKind::Http,
+            Self::MethodNotAllowed(_)
+            | Self::InvalidTarget(_)
+            | Self::UnexpectedBody { .. }
+            | Self::OriginRefused { .. }
+            | Self::UnsupportedVersion(_) => HandshakeErrorKind::Request,
+            Self::Status { .. }
+            | Self::AcceptMismatch { .. }
+            | Self::NotOffered(_)
+            | Self::DeflateAnswer { .. } => HandshakeErrorKind::Response,
+            Self::InvalidUrl { .. }
+            | Self::InvalidHost(_)
+            | Self::InvalidPath(_)
+            | Self::InvalidHeaderName { .. }
+            | Self::InvalidHeaderValue { .. } => HandshakeErrorKind::Caller,
+            Self::UnexpectedEof => HandshakeErrorKind::Transport,
+        }
+    }
+
+    /// The HTTP status a server answers this error in a client's request
+    /// with: 403 for a refused origin, 405 for a wrong method, 426 for a
+    /// wrong version, 431 for an oversized head, 400 for everything else.
+    /// `None` for an error no request can cause (the caller's, the
+    /// transport's, or one about a server's response), which is never
+    /// answered. A server gets the status with its
+    /// [`Rejection`](crate::handshake::Rejection) as well.
+    ///
+    /// ```
+    /// use wsproto::HandshakeError;
+    /// assert_eq!(HandshakeError::MethodNotAllowed("POST".into()).status(), Some(405));
+    /// assert_eq!(HandshakeError::UnexpectedEof.status(), None);
+    /// ```
+    pub fn status(&self) -> Option<u16> {
+        match self.kind() {
+            HandshakeErrorKind::Http | HandshakeErrorKind::Request => {}
+            HandshakeErrorKind::Response
+            | HandshakeErrorKind::Caller
+            | HandshakeErrorKind::Transport => return None,
+        }
+        Some(match self {
             Self::OriginRefused { .. } => 403,
             Self::MethodNotAllowed(_) => 405,
             Self::UnsupportedVersion(_) => 426,
             Self::HeadTooLarge { .. } | Self::TooManyHeaders { .. } => 431,
             _ => 400,
-        }
+        })
     }
+}
+
+/// Which part of the handshake a [`HandshakeError`] is about
+/// ([`HandshakeError::kind`]); with [`Fault`], who caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HandshakeErrorKind {
+    /// The peer's HTTP message itself (malformed, over a limit, a header
+    /// missing or wrong): the client's request on the server side, the
+    /// server's response on the client side. The peer is at fault.
+    Http,
+    /// Server side: the client's request is well-formed HTTP but not an
+    /// acceptable WebSocket upgrade. The client is at fault; answer with
+    /// [`HandshakeError::status`].
+    Request,
+    /// Client side: the server's response refused or botched the upgrade.
+    /// The server is at fault.
+    Response,
+    /// Client side: the caller asked for a request that cannot be sent;
+    /// nothing was sent.
+    Caller,
+    /// The transport ended before the handshake did.
+    Transport,
 }
 
 /// The caller asked for something illegal.
@@ -423,6 +498,91 @@ pub enum Error {
 mod tests {
     use super::*;
 
+    /// One of every `HandshakeError` variant.
+    fn every_handshake_error() -> Vec<HandshakeError> {
+        use HandshakeError as H;
+        vec![
+            H::MalformedHttp("x".into()),
+            H::HeadTooLarge { limit: 1 },
+            H::TooManyHeaders { limit: 1 },
+            H::MethodNotAllowed("POST".into()),
+            H::HttpVersion(0),
+            H::MissingHeader("Upgrade"),
+            H::InvalidHeader {
+                name: "Upgrade",
+                value: "x".into(),
+            },
+            H::InvalidTarget("*".into()),
+            H::UnexpectedBody {
+                header: "Content-Length",
+            },
+            H::OriginRefused {
+                origin: "http://evil".into(),
+            },
+            H::UnsupportedVersion("7".into()),
+            H::Status {
+                status: 404,
+                body: String::new(),
+            },
+            H::AcceptMismatch {
+                expected: "a".into(),
+                got: "b".into(),
+            },
+            H::NotOffered("x".into()),
+            H::DeflateAnswer {
+                why: "x",
+                value: "y".into(),
+            },
+            H::InvalidUrl {
+                url: "x".into(),
+                why: "y",
+            },
+            H::InvalidHost("a b".into()),
+            H::InvalidPath("x".into()),
+            H::InvalidHeaderName {
+                name: "a b".into(),
+                why: "x",
+            },
+            H::InvalidHeaderValue {
+                name: "a".into(),
+                byte: 0,
+                offset: 0,
+            },
+            H::UnexpectedEof,
+        ]
+    }
+
+    #[test]
+    fn handshake_kind_fault_and_status_agree() {
+        for e in every_handshake_error() {
+            let (kind, fault) = (e.kind(), e.fault());
+            match kind {
+                HandshakeErrorKind::Http | HandshakeErrorKind::Request => {
+                    assert_eq!(fault, Fault::Peer, "{e:?}");
+                    assert!(e.status().is_some(), "{e:?}");
+                }
+                HandshakeErrorKind::Response => {
+                    assert_eq!(fault, Fault::Peer, "{e:?}");
+                    assert_eq!(
+                        e.status(),
+                        None,
+                        "a response error is never answered: {e:?}"
+                    );
+                }
+                HandshakeErrorKind::Caller => {
+                    assert_eq!(fault, Fault::Caller, "{e:?}");
+                    assert_eq!(e.status(), None, "{e:?}");
+                }
+                HandshakeErrorKind::Transport => {
+                    assert_eq!(fault, Fault::Transport, "{e:?}");
+                    assert_eq!(e.status(), None, "{e:?}");
+                }
+            }
+            // Every message says what went wrong in words of its own.
+            assert!(e.to_string().len() > 10, "{e}");
+        }
+    }
+
     #[test]
     fn violation_to_close_code_table() {
         use ProtocolError as P;
@@ -461,23 +621,29 @@ mod tests {
 
     #[test]
     fn handshake_statuses() {
-        assert_eq!(HandshakeError::UnsupportedVersion("8".into()).status(), 426);
+        assert_eq!(
+            HandshakeError::UnsupportedVersion("8".into()).status(),
+            Some(426)
+        );
         assert_eq!(
             HandshakeError::MethodNotAllowed("POST".into()).status(),
-            405
+            Some(405)
         );
-        assert_eq!(HandshakeError::HeadTooLarge { limit: 1 }.status(), 431);
-        assert_eq!(HandshakeError::MissingHeader("Host").status(), 400);
+        assert_eq!(
+            HandshakeError::HeadTooLarge { limit: 1 }.status(),
+            Some(431)
+        );
+        assert_eq!(HandshakeError::MissingHeader("Host").status(), Some(400));
         let refused = HandshakeError::OriginRefused {
             origin: "http://evil.example".into(),
         };
-        assert_eq!(refused.status(), 403);
+        assert_eq!(refused.status(), Some(403));
         assert_eq!(
             HandshakeError::UnexpectedBody {
                 header: "Content-Length"
             }
             .status(),
-            400
+            Some(400)
         );
     }
 

@@ -318,8 +318,26 @@ pub fn encode_frame(
 ///
 /// If `dst` cannot grow to hold the frame (a fixed-size buffer such as
 /// `&mut [u8]` that is too short), as [`BufMut::put_slice`] does.
-#[inline]
+#[inline(always)]
 pub fn encode_frame_into<B: BufMut + ?Sized>(
+    dst: &mut B,
+    fin: bool,
+    opcode: Opcode,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
+    // Always inlined (with the small-frame path), so a caller sending small
+    // frames in a loop does not pay a call per frame: the general path is
+    // a function of its own.
+    if payload.len() <= SMALL_FRAME && put_small_frame(dst, fin, opcode, payload, mask) {
+        return;
+    }
+    encode_frame_general(dst, fin, opcode, payload, mask);
+}
+
+/// [`encode_frame_into`] for a frame of any size, in any buffer.
+#[inline]
+fn encode_frame_general<B: BufMut + ?Sized>(
     dst: &mut B,
     fin: bool,
     opcode: Opcode,
@@ -342,6 +360,61 @@ pub fn encode_frame_into<B: BufMut + ?Sized>(
     }
 }
 
+/// Payloads up to this size have a 2-byte length form (RFC 6455 §5.2),
+/// and [`encode_frame_into`] writes their frames in one piece.
+const SMALL_FRAME: usize = 125;
+
+/// Writes a whole frame of at most [`SMALL_FRAME`] payload bytes straight
+/// into `dst`'s spare capacity, if it has room for all of it: one capacity
+/// check and one length update per frame. Returns false (nothing written)
+/// if the room is not there, and the caller takes the general path.
+///
+/// For 16-byte payloads the general path's per-frame cost (a header built
+/// on the stack, then two `put_slice` calls, each checking capacity and
+/// updating the length) was most of the time: measured 0.75× (unmasked) and
+/// 0.60× (masked) of fastwebsockets' `fmt_head` + two appends.
+#[inline(always)]
+fn put_small_frame<B: BufMut + ?Sized>(
+    dst: &mut B,
+    fin: bool,
+    opcode: Opcode,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) -> bool {
+    debug_assert!(payload.len() <= SMALL_FRAME);
+    let head_len = if mask.is_some() { 6 } else { 2 };
+    let total = head_len + payload.len();
+    let chunk = dst.chunk_mut();
+    if chunk.len() < total {
+        return false;
+    }
+    let b0 = (u8::from(fin) << 7) | opcode as u8;
+    // invariant: payload.len() <= 125, so it fits the 7-bit length.
+    let len7 = payload.len() as u8;
+    match mask {
+        None => {
+            chunk[..2].copy_from_slice(&[b0, len7]);
+            chunk[2..total].copy_from_slice(payload);
+        }
+        Some(key) => {
+            chunk[..6].copy_from_slice(&[b0, 0x80 | len7, key[0], key[1], key[2], key[3]]);
+            // SAFETY: `as_uninit_slice_mut` shows the chunk as
+            // `MaybeUninit<u8>`; only initialized bytes are written into it
+            // (`copy_masked_uninit` writes every one of the slot's bytes).
+            #[allow(unsafe_code)]
+            let slot = unsafe { &mut chunk.as_uninit_slice_mut()[6..total] };
+            mask::copy_masked_uninit(slot, payload, key, 0);
+        }
+    }
+    // SAFETY: the first `total` bytes of `chunk_mut` were just written (the
+    // header, then the payload), and `chunk.len() >= total` was checked.
+    #[allow(unsafe_code)]
+    unsafe {
+        dst.advance_mut(total)
+    };
+    true
+}
+
 /// Payloads up to this size are masked into a stack buffer first.
 const SMALL_MASKED: usize = 64;
 
@@ -356,6 +429,29 @@ pub(crate) fn put_masked_at<B: BufMut + ?Sized>(
     key: [u8; 4],
     offset: usize,
 ) {
+    put_masked_at_impl::<B, false>(dst, src, key, offset);
+}
+
+/// As [`put_masked_at`], and says whether every byte it wrote is ASCII
+/// (see [`mask::copy_masked_uninit_ascii`]): the receive path learns that
+/// an unmasked text payload is valid UTF-8 in the same pass.
+#[inline]
+pub(crate) fn put_masked_at_ascii<B: BufMut + ?Sized>(
+    dst: &mut B,
+    src: &[u8],
+    key: [u8; 4],
+    offset: usize,
+) -> bool {
+    put_masked_at_impl::<B, true>(dst, src, key, offset)
+}
+
+#[inline(always)]
+fn put_masked_at_impl<B: BufMut + ?Sized, const TRACK: bool>(
+    dst: &mut B,
+    src: &[u8],
+    key: [u8; 4],
+    offset: usize,
+) -> bool {
     // A small payload is masked on the stack and appended in one call: for
     // a 16-byte payload the generic loop below (`chunk_mut`, the
     // uninitialized view, `advance_mut`) cost more than the XOR itself.
@@ -364,22 +460,28 @@ pub(crate) fn put_masked_at<B: BufMut + ?Sized>(
         let tmp = &mut tmp[..src.len()];
         mask::copy_masked(tmp, src, key, offset);
         dst.put_slice(tmp);
-        return;
+        return TRACK && tmp.is_ascii();
     }
     assert!(
         dst.remaining_mut() >= src.len(),
         "encode_frame_into: the buffer has no room for the payload"
     );
+    let mut ascii = TRACK;
     let mut done = 0;
     while done < src.len() {
         let chunk = dst.chunk_mut();
         let n = chunk.len().min(src.len() - done);
         // SAFETY: `as_uninit_slice_mut` lets us see the chunk as
         // `MaybeUninit<u8>`; we only ever write initialized bytes into it
-        // (`copy_masked_uninit` writes every one of the first `n`).
+        // (`copy_masked_uninit*` writes every one of the first `n`).
         #[allow(unsafe_code)]
         let slot = unsafe { &mut chunk.as_uninit_slice_mut()[..n] };
-        mask::copy_masked_uninit(slot, &src[done..done + n], key, offset + done);
+        let piece = &src[done..done + n];
+        if TRACK {
+            ascii &= mask::copy_masked_uninit_ascii(slot, piece, key, offset + done);
+        } else {
+            mask::copy_masked_uninit(slot, piece, key, offset + done);
+        }
         // SAFETY: the first `n` bytes of `chunk_mut` were just written.
         #[allow(unsafe_code)]
         unsafe {
@@ -387,6 +489,7 @@ pub(crate) fn put_masked_at<B: BufMut + ?Sized>(
         };
         done += n;
     }
+    ascii
 }
 
 #[cfg(test)]
@@ -523,6 +626,42 @@ mod tests {
             for cut in 0..n {
                 prop_assert_eq!(parse(&buf[..cut], receiver), Ok(ParsedHeader::NeedMore));
             }
+        }
+
+        /// `encode_frame_into` (whose frames of up to 125 bytes take the
+        /// one-piece path when the buffer has room, the general path when
+        /// it has not) writes exactly the header `FrameHeader::encode`
+        /// gives, then the payload, masked for a client.
+        #[test]
+        fn encode_frame_into_matches_reference(
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            mask in proptest::option::of(any::<[u8; 4]>()),
+            fin in any::<bool>(),
+            text in any::<bool>(),
+            spare in 0usize..200,
+            prefix in 0usize..8,
+        ) {
+            let opcode = if text { Opcode::Text } else { Opcode::Binary };
+            let h = FrameHeader { fin, rsv: 0, opcode, mask, payload_len: payload.len() as u64 };
+            let mut want = vec![7u8; prefix];
+            let mut head = [0; MAX_HEADER_LEN];
+            let n = h.encode(&mut head);
+            want.extend_from_slice(&head[..n]);
+            let mut body = payload.clone();
+            if let Some(key) = mask {
+                crate::mask::apply_mask(&mut body, key, 0);
+            }
+            want.extend_from_slice(&body);
+            // A Vec with exactly `spare` bytes of room past the prefix: too
+            // little, just enough or plenty for the frame.
+            let mut got = Vec::with_capacity(prefix + spare);
+            got.extend_from_slice(&want[..prefix]);
+            encode_frame_into(&mut got, fin, opcode, &payload, mask);
+            prop_assert_eq!(&got, &want);
+            let mut got = BytesMut::with_capacity(prefix + spare);
+            got.extend_from_slice(&want[..prefix]);
+            encode_frame_into(&mut got, fin, opcode, &payload, mask);
+            prop_assert_eq!(&got[..], &want[..]);
         }
 
         #[test]

@@ -118,7 +118,7 @@ pub use bytes::Bytes;
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, MaskKeys};
 pub use connection::{Connection, Event, EventRef, State};
-pub use error::{Error, Fault, HandshakeError, ProtocolError, UsageError};
+pub use error::{Error, Fault, HandshakeError, HandshakeErrorKind, ProtocolError, UsageError};
 pub use frame::{Opcode, Role};
 pub use message::{Message, Text};
 

@@ -89,22 +89,96 @@ pub(crate) fn copy_masked_uninit(
     key: [u8; 4],
     offset: usize,
 ) {
+    copy_masked_uninit_impl::<false>(dst, src, key, offset);
+}
+
+/// As [`copy_masked_uninit`], and says whether every byte written (the
+/// unmasked bytes, when unmasking) is ASCII: the check rides along in the
+/// copy loop (one OR per word), so a text payload that is all ASCII is
+/// known to be valid UTF-8 without a second pass over it.
+#[inline]
+pub(crate) fn copy_masked_uninit_ascii(
+    dst: &mut [MaybeUninit<u8>],
+    src: &[u8],
+    key: [u8; 4],
+    offset: usize,
+) -> bool {
+    copy_masked_uninit_impl::<true>(dst, src, key, offset) & HIGH_BITS == 0
+}
+
+/// The high bit of every byte of a word.
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// Bytes copied, then checked for ASCII, at a time (well within L1).
+const ASCII_BLOCK: usize = 4096;
+
+/// The copy loop; with `TRACK`, also the OR of every word written (its
+/// high bits say whether a non-ASCII byte went by).
+#[inline(always)]
+fn copy_masked_uninit_impl<const TRACK: bool>(
+    dst: &mut [MaybeUninit<u8>],
+    src: &[u8],
+    key: [u8; 4],
+    offset: usize,
+) -> u64 {
     assert_eq!(dst.len(), src.len(), "copy_masked_uninit: length mismatch");
     let key = rotate_key(key, offset);
     let key32 = u32::from_le_bytes(key);
     let key64 = (u64::from(key32) << 32) | u64::from(key32);
+    if TRACK {
+        // In blocks that stay in L1: the copy (vectorized), then the ASCII
+        // check of what it wrote, read back from L1. In the copy loop
+        // itself the OR chain kept it from vectorizing: per 16 KiB text
+        // frame it cost more than the whole copy (perf, criterion).
+        // A block is a multiple of 4 bytes, so the key's phase carries on.
+        let mut seen = 0u64;
+        for (d, s) in dst.chunks_mut(ASCII_BLOCK).zip(src.chunks(ASCII_BLOCK)) {
+            copy_masked_words::<false>(d, s, key, key64);
+            // SAFETY: `copy_masked_words` wrote every byte of `d` (it has
+            // `s`'s length), so all of it is initialized; `MaybeUninit<u8>`
+            // has `u8`'s layout. Covered by the proptests below (which
+            // compare every byte written).
+            #[allow(unsafe_code)]
+            let written = unsafe { &*(d as *const [MaybeUninit<u8>] as *const [u8]) };
+            if !written.is_ascii() {
+                seen = HIGH_BITS;
+            }
+        }
+        return seen;
+    }
+    copy_masked_words::<false>(dst, src, key, key64)
+}
+
+/// The word-wise loop of [`copy_masked_uninit_impl`], `key` (and `key64`,
+/// the key twice) already rotated to the first byte of `src`.
+#[inline(always)]
+fn copy_masked_words<const TRACK: bool>(
+    dst: &mut [MaybeUninit<u8>],
+    src: &[u8],
+    key: [u8; 4],
+    key64: u64,
+) -> u64 {
+    let mut seen = 0u64;
     let mut d = dst.chunks_exact_mut(8);
     let mut s = src.chunks_exact(8);
     for (dc, sc) in (&mut d).zip(&mut s) {
         let word = u64::from_le_bytes([sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7]]);
-        let masked = (word ^ key64.to_le()).to_le_bytes();
-        for (o, b) in dc.iter_mut().zip(masked) {
+        let word = word ^ key64.to_le();
+        if TRACK {
+            seen |= word;
+        }
+        for (o, b) in dc.iter_mut().zip(word.to_le_bytes()) {
             o.write(b);
         }
     }
     for (i, (db, sb)) in d.into_remainder().iter_mut().zip(s.remainder()).enumerate() {
-        db.write(sb ^ key[i % 4]);
+        let b = sb ^ key[i % 4];
+        if TRACK {
+            seen |= u64::from(b);
+        }
+        db.write(b);
     }
+    seen
 }
 
 #[cfg(test)]
@@ -127,6 +201,39 @@ mod tests {
         assert_eq!(&masked, b"Hello");
     }
 
+    #[test]
+    fn ascii_copy_spans_blocks() {
+        // Several `ASCII_BLOCK`s, every start phase of the key, and one
+        // non-ASCII byte in the last block only.
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        for offset in 0..4 {
+            let mut plain: Vec<u8> = (0..3 * ASCII_BLOCK + 77)
+                .map(|i| (i % 95 + 32) as u8)
+                .collect();
+            let mut masked = plain.clone();
+            scalar(&mut masked, key, offset);
+            let mut out = vec![MaybeUninit::<u8>::uninit(); plain.len()];
+            assert!(copy_masked_uninit_ascii(&mut out, &masked, key, offset));
+            let out: Vec<u8> = out
+                .iter()
+                .map(|b| {
+                    // SAFETY: copy_masked_uninit_ascii wrote every byte (same length).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        b.assume_init()
+                    }
+                })
+                .collect();
+            assert_eq!(out, plain);
+            let last = plain.len() - 3;
+            plain[last] = 0xC3;
+            let mut masked = plain.clone();
+            scalar(&mut masked, key, offset);
+            let mut out = vec![MaybeUninit::<u8>::uninit(); plain.len()];
+            assert!(!copy_masked_uninit_ascii(&mut out, &masked, key, offset));
+        }
+    }
+
     proptest! {
         #[test]
         fn word_wise_equals_scalar(data in proptest::collection::vec(any::<u8>(), 0..300),
@@ -147,6 +254,33 @@ mod tests {
                 unsafe { b.assume_init() }
             }).collect();
             prop_assert_eq!(&u, &b);
+            let mut u = vec![MaybeUninit::<u8>::uninit(); data.len()];
+            let ascii = copy_masked_uninit_ascii(&mut u, &data, key, offset);
+            let u: Vec<u8> = u.iter().map(|b| {
+                // SAFETY: copy_masked_uninit_ascii wrote every byte (same length).
+                #[allow(unsafe_code)]
+                unsafe { b.assume_init() }
+            }).collect();
+            prop_assert_eq!(&u, &b);
+            prop_assert_eq!(ascii, b.is_ascii());
+        }
+
+        /// Unmasking text: the ASCII verdict is exact, whether the one
+        /// non-ASCII byte (if any) falls in a word or in the tail.
+        #[test]
+        fn ascii_verdict_exact(plain in proptest::collection::vec(0u8..0x80, 0..300),
+                               high in proptest::option::of((any::<usize>(), 0x80u8..=0xFF)),
+                               key in any::<[u8; 4]>(), offset in 0usize..64) {
+            let mut plain = plain;
+            if let (Some((at, b)), false) = (high, plain.is_empty()) {
+                let at = at % plain.len();
+                plain[at] = b;
+            }
+            let mut masked = plain.clone();
+            scalar(&mut masked, key, offset);
+            let mut u = vec![MaybeUninit::<u8>::uninit(); plain.len()];
+            let ascii = copy_masked_uninit_ascii(&mut u, &masked, key, offset);
+            prop_assert_eq!(ascii, plain.is_ascii());
         }
 
         #[test]

@@ -100,6 +100,16 @@ impl Utf8Validator {
         self.partial_len == 0
     }
 
+    /// Counts `n` bytes that are known to be ASCII (checked while they were
+    /// copied) as accepted, without reading them again. Only between code
+    /// points: after an incomplete one, an ASCII byte is an error, which
+    /// [`feed`](Self::feed) must report.
+    #[inline]
+    pub(crate) fn skip_ascii(&mut self, n: usize) {
+        debug_assert!(self.is_boundary());
+        self.seen += n as u64;
+    }
+
     /// Feeds bytes into the carried partial code point; returns what is left.
     fn complete_partial<'a>(&mut self, input: &'a [u8]) -> Result<&'a [u8], Utf8Error> {
         let have = usize::from(self.partial_len);

@@ -801,3 +801,168 @@ proptest! {
         prop_assert_eq!(whole.0.len() >= msgs.len() + 2, true);
     }
 }
+
+/// A text payload for the ASCII-verdict test: all ASCII, ASCII with one
+/// 2-byte code point, or ASCII with one byte that breaks UTF-8, at a
+/// random place; long enough (65+ bytes) to take the copy path that
+/// checks for ASCII on the way.
+fn arb_text_piece() -> impl Strategy<Value = Vec<u8>> {
+    (
+        proptest::collection::vec(0x20u8..0x7F, 0..400),
+        0u8..3,
+        any::<usize>(),
+    )
+        .prop_map(|(mut text, kind, at)| {
+            let at = if text.is_empty() { 0 } else { at % text.len() };
+            match kind {
+                0 => {}
+                1 => {
+                    text.splice(at..at, "é".bytes());
+                }
+                _ => text.insert(at, 0xFF),
+            }
+            text
+        })
+}
+
+proptest! {
+    // Issue 12 (round 3): an all-ASCII text payload is known valid from
+    // the copy that unmasks it, and `poll` skips validating it. Whatever
+    // the pieces and however the bytes arrive, every message must come
+    // out exactly as `std::str::from_utf8` judges it: text, or
+    // `InvalidUtf8` at the first bad byte; fragments included (a code
+    // point split across two frames, then ASCII, must still be checked).
+    #[test]
+    fn ascii_verdicts_match_std(
+        msgs in proptest::collection::vec(
+            (proptest::collection::vec(arb_text_piece(), 1..4), 0u8..3, any::<bool>()),
+            1..6,
+        ),
+        cuts in proptest::collection::vec(0usize..6000, 0..30),
+        via_reader in proptest::collection::vec(any::<bool>(), 0..31),
+        max_read in 1usize..3000,
+    ) {
+        let mut wire = Vec::new();
+        let mut want = Vec::new();
+        let mut want_err = None;
+        for (pieces, split_char, binary_between) in &msgs {
+            let mut pieces = pieces.clone();
+            if *split_char > 0 && pieces.len() > 1 {
+                // End a fragment inside a code point, and continue it in
+                // the next (valid), or not (the next may be all ASCII,
+                // which is then invalid from its first byte).
+                pieces[0].extend_from_slice(&"é".as_bytes()[..1]);
+                if *split_char == 1 {
+                    pieces[1].insert(0, "é".as_bytes()[1]);
+                }
+            }
+            let n = pieces.len();
+            for (i, p) in pieces.iter().enumerate() {
+                let op = if i == 0 { Opcode::Text } else { Opcode::Continuation };
+                wire.extend(client_frame(i + 1 == n, op, p));
+                if *binary_between && i == 0 {
+                    wire.extend(client_frame(true, Opcode::Ping, b"x"));
+                }
+            }
+            if *binary_between {
+                wire.extend(client_frame(true, Opcode::Binary, &[0xC3; 100]));
+            }
+            if want_err.is_some() {
+                continue;
+            }
+            let whole = pieces.concat();
+            match std::str::from_utf8(&whole) {
+                Ok(t) => {
+                    // The Ping goes out after the first frame: inside a
+                    // fragmented message, or after a one-frame one.
+                    let ping = Event::Ping(Bytes::from_static(b"x"));
+                    if *binary_between && n > 1 {
+                        want.push(ping.clone());
+                    }
+                    want.push(Event::Text(t.into()));
+                    if *binary_between && n == 1 {
+                        want.push(ping);
+                    }
+                    if *binary_between {
+                        want.push(Event::Binary(Bytes::from(vec![0xC3; 100])));
+                    }
+                }
+                Err(e) => want_err = Some((want.len(), e.valid_up_to() as u64)),
+            }
+        }
+        let (got, err) = feed_mixed(&wire, &cuts, &via_reader, max_read);
+        match want_err {
+            None => {
+                prop_assert_eq!(err, None);
+                prop_assert_eq!(got, want);
+            }
+            Some((before, offset)) => {
+                // Fail-fast may report before a Ping in the same message.
+                prop_assert_eq!(err, Some(ProtocolError::InvalidUtf8 { offset }));
+                prop_assert!(got.len() >= before && got.len() <= before + 1);
+                prop_assert_eq!(&got[..before], &want[..before]);
+            }
+        }
+    }
+}
+
+#[test]
+fn receive_from_zeroes_the_read_buffer_once() {
+    // A reader that reads the buffer it is lent (as `Read` allows: every
+    // byte of it must be initialized) and reports whether it held
+    // anything but zeros: bytes an earlier read left there. Zero-filling
+    // before every read, the buffer was all zeros every time.
+    struct Nosy {
+        wire: Vec<u8>,
+        pos: usize,
+        per_read: usize,
+        saw_old_bytes: bool,
+        checksum: u64,
+    }
+    impl std::io::Read for Nosy {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.checksum = buf
+                .iter()
+                .fold(self.checksum, |h, &b| h.rotate_left(5) ^ u64::from(b));
+            self.saw_old_bytes |= buf.iter().any(|&b| b != 0);
+            let n = self.per_read.min(buf.len()).min(self.wire.len() - self.pos);
+            buf[..n].copy_from_slice(&self.wire[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+    let mut wire = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..1000usize {
+        let text = format!("message {i} ").repeat(1 + i % 7);
+        wire.extend(client_frame(true, Opcode::Text, text.as_bytes()));
+        want.push(Event::Text(text.into()));
+    }
+    for per_read in [1, 7, 100, 1000, 5000] {
+        let mut reader = Nosy {
+            wire: wire.clone(),
+            pos: 0,
+            per_read,
+            saw_old_bytes: false,
+            checksum: 0,
+        };
+        let mut conn = server();
+        let mut got = Vec::new();
+        while reader.pos < reader.wire.len() {
+            conn.receive_from(&mut reader, 4096).unwrap();
+            while let Some(e) = conn.next_event().unwrap() {
+                got.push(e);
+            }
+        }
+        assert_eq!(got, want, "{per_read} bytes per read");
+        // (With few bytes per read the input holds little more than
+        // headers, each payload streaming into its own buffer, and the
+        // input is never reused within this test.)
+        if per_read >= 1000 {
+            assert!(
+                reader.saw_old_bytes,
+                "{per_read} bytes per read: zeroed before every read"
+            );
+        }
+    }
+}

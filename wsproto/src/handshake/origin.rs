@@ -45,7 +45,7 @@ use crate::error::HandshakeError;
 /// assert!(policy.check(Some("https://chat.example"), "Chat.Example:443").is_ok());
 /// assert!(policy.check(Some("https://app.example.com"), "127.0.0.1:8080").is_ok());
 /// let refused = policy.check(Some("http://evil.example"), "127.0.0.1:8080").unwrap_err();
-/// assert_eq!(refused.status(), 403);
+/// assert_eq!(refused.status(), Some(403));
 /// assert!(policy.check(Some("null"), "127.0.0.1:8080").is_err());
 /// assert!(OriginPolicy::any().check(Some("null"), "127.0.0.1:8080").is_ok());
 /// # Ok::<(), wsproto::HandshakeError>(())

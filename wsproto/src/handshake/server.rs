@@ -142,6 +142,8 @@ impl Request {
 pub struct Rejection {
     /// What was wrong.
     pub error: HandshakeError,
+    /// The HTTP status answered ([`HandshakeError::status`]).
+    pub status: u16,
     /// The response: status from [`HandshakeError::status`], a short
     /// plain-text reason, and `Sec-WebSocket-Version: 13` for a 426 or
     /// `Allow: GET` for a 405.
@@ -151,14 +153,20 @@ pub struct Rejection {
 impl Rejection {
     /// The rejection for `error`.
     pub fn new(error: HandshakeError) -> Self {
-        let status = error.status();
+        // A request error always has a status; anything else handed in
+        // (a caller's own error) is answered as a bad request.
+        let status = error.status().unwrap_or(400);
         let extra: &[&str] = match status {
             426 => &["Sec-WebSocket-Version: 13", "Upgrade: websocket"],
             405 => &["Allow: GET"],
             _ => &[],
         };
         let response = http_response(status, extra, &format!("{error}\n"));
-        Self { error, response }
+        Self {
+            error,
+            status,
+            response,
+        }
     }
 }
 
@@ -445,7 +453,7 @@ mod tests {
         match parse(s) {
             ParsedRequest::Reject(r) => {
                 let text = String::from_utf8(r.response.clone()).unwrap();
-                (r.error.status(), r.error, text)
+                (r.status, r.error, text)
             }
             other => panic!("expected a rejection, got {other:?}"),
         }
@@ -611,7 +619,7 @@ mod tests {
                 ParsedRequest::Complete(..) => assert!(ok, "{headers:?}"),
                 ParsedRequest::Reject(r) => {
                     assert!(!ok, "{headers:?}: {:?}", r.error);
-                    assert_eq!(r.error.status(), 403);
+                    assert_eq!(r.status, 403);
                 }
                 ParsedRequest::NeedMore => panic!(),
             }
@@ -623,13 +631,13 @@ mod tests {
         );
         assert!(
             matches!(parse_request(twice.as_bytes(), &Config::default()),
-            ParsedRequest::Reject(r) if r.error.status() == 400)
+            ParsedRequest::Reject(r) if r.status == 400)
         );
         // A malformed request is a 400 before its origin is looked at.
         let req = upgrade("/ws", "Host: h\r\nOrigin: http://evil\r\n")
             .replace("Version: 13", "Version: 8");
         assert!(matches!(parse_request(req.as_bytes(), &Config::default()),
-            ParsedRequest::Reject(r) if r.error.status() == 426));
+            ParsedRequest::Reject(r) if r.status == 426));
         // `*` accepts any origin, null included.
         let any = Config::default().origin_policy(OriginPolicy::any());
         let req = upgrade("/ws", "Host: h\r\nOrigin: null\r\n");
@@ -683,7 +691,7 @@ mod tests {
                 "{bad}: {:?}",
                 r.error
             );
-            assert_eq!(r.error.status(), 400);
+            assert_eq!(r.status, 400);
         }
     }
 
@@ -693,14 +701,14 @@ mod tests {
         let ParsedRequest::Reject(r) = parse_request(lf.as_bytes(), &Config::default()) else {
             panic!("a bare-LF head must get an answer, not wait for more")
         };
-        assert_eq!(r.error.status(), 400);
+        assert_eq!(r.status, 400);
         assert!(matches!(r.error, HandshakeError::MalformedHttp(ref m) if m.contains("bare LF")));
         // One bare LF among CRLFs is as bad.
         let mixed = upgrade("/ws", "Host: h\nX: 1\r\n");
         let ParsedRequest::Reject(r) = parse_request(mixed.as_bytes(), &Config::default()) else {
             panic!()
         };
-        assert_eq!(r.error.status(), 400);
+        assert_eq!(r.status, 400);
     }
 
     #[test]
@@ -731,7 +739,7 @@ mod tests {
         let ParsedRequest::Reject(r) = parse_request(&[b'a'; 64], &config) else {
             panic!()
         };
-        assert_eq!(r.error.status(), 431);
+        assert_eq!(r.status, 431);
         let ParsedRequest::Reject(r) = parse_request(GOOD.as_bytes(), &config) else {
             panic!()
         };
