@@ -17,6 +17,7 @@
 //! lobby always.
 
 use crate::client::{close_replaced, Client};
+use crate::cluster::{Cluster, Job, Remote}; // cluster hook
 use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal};
 use crate::room::{quote, Ctx, Greeting, MemberId, Room, LOBBY};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -80,14 +81,10 @@ pub(crate) struct Joined {
 }
 
 impl Hub {
-    pub(crate) fn new(l: Limits) -> Self {
-        let ctx = Arc::new(Ctx::new(
-            l.history,
-            l.max_text,
-            l.max_queue,
-            l.presence_limit,
-            l.log,
-        ));
+    pub(crate) fn new(l: Limits, cluster: Option<Arc<Cluster>>) -> Self {
+        let mut ctx = Ctx::new(l.history, l.max_text, l.max_queue, l.presence_limit, l.log);
+        ctx.cluster = cluster; // cluster hook
+        let ctx = Arc::new(ctx);
         let mut reg = Registry::default();
         // store hook: the rooms a store kept (those with messages or a
         // topic) are created here too, each with its topic and recent ring.
@@ -145,6 +142,9 @@ impl Hub {
         let resumed = token
             .and_then(|t| reg.by_token.get(t).copied())
             .filter(|id| reg.by_nick.get(&key) == Some(id));
+        // cluster hook: the lobby's greeting is read from its stream (the
+        // lobby is always registered, so the subscriber already fills it).
+        let remote = self.read_since(LOBBY, since)?;
         let (id, old) = if let Some(id) = resumed {
             let member = reg
                 .members
@@ -155,6 +155,18 @@ impl Hub {
         } else {
             if reg.by_nick.contains_key(&key) {
                 return Err(taken(nick));
+            }
+            if let Some(c) = &self.ctx.cluster {
+                // cluster hook: unique cluster-wide (under the registry
+                // lock, so a stale claim of this node's own is taken over).
+                if !c.claim_nick(&key, &c.claim_value(reg.next_member, nick))? {
+                    return Err(taken(nick));
+                }
+                c.submit_quiet(Job::Seat {
+                    room: LOBBY.into(),
+                    nick: nick.to_owned(),
+                    enter: true,
+                });
             }
             let id = MemberId(reg.next_member);
             reg.next_member += 1;
@@ -192,6 +204,7 @@ impl Hub {
                 nick: &member.nick,
                 token: &member.token,
             },
+            remote,
         );
         let mut rooms = Vec::with_capacity(member.rooms.len());
         for name in &member.rooms {
@@ -233,6 +246,7 @@ impl Hub {
         let mut reg = self.lock();
         let reg = &mut *reg;
         let member = owned(&mut reg.members, id, client)?;
+        let new_seat = !member.rooms.contains(name);
         let room = if member.rooms.contains(name) {
             Arc::clone(&reg.rooms[name])
         } else {
@@ -264,10 +278,31 @@ impl Hub {
                     room
                 }
             };
-            member.rooms.insert(name.to_owned());
             room
         };
-        let version = room.enter(id, &member.nick, client, since, Greeting::Entered);
+        // cluster hook: read after the room is registered (the subscriber
+        // fills its ring from then on); a room created for nothing goes.
+        let remote = match self.read_since(name, since) {
+            Ok(r) => r,
+            Err(e) => {
+                if new_seat && name != LOBBY && room.summary().0 == 0 {
+                    reg.rooms.remove(name);
+                }
+                return Err(e);
+            }
+        };
+        let member = owned(&mut reg.members, id, client)?;
+        if new_seat {
+            member.rooms.insert(name.to_owned());
+            if let Some(c) = &self.ctx.cluster {
+                c.submit_quiet(Job::Seat {
+                    room: name.to_owned(),
+                    nick: member.nick.clone(),
+                    enter: true,
+                });
+            }
+        }
+        let version = room.enter(id, &member.nick, client, since, Greeting::Entered, remote);
         Ok((room, version))
     }
 
@@ -284,6 +319,14 @@ impl Hub {
         let member = owned(&mut reg.members, id, client)?;
         if !member.rooms.remove(name) {
             return Err(not_in_room());
+        }
+        if let Some(c) = &self.ctx.cluster {
+            // cluster hook
+            c.submit_quiet(Job::Seat {
+                room: name.to_owned(),
+                nick: member.nick.clone(),
+                enter: false,
+            });
         }
         if let Some(room) = reg.rooms.get(name) {
             if room.leave(id) && name != LOBBY {
@@ -308,7 +351,22 @@ impl Hub {
         let Some(member) = reg.members.remove(&id) else {
             return;
         };
-        reg.by_nick.remove(&nick_key(&member.nick));
+        let key = nick_key(&member.nick);
+        if let Some(c) = &self.ctx.cluster {
+            // cluster hook: presence elsewhere, then the nick freed.
+            for name in &member.rooms {
+                c.submit_quiet(Job::Seat {
+                    room: name.clone(),
+                    nick: member.nick.clone(),
+                    enter: false,
+                });
+            }
+            c.submit_quiet(Job::Release {
+                value: c.claim_value(id.0, &member.nick),
+                key: key.clone(),
+            });
+        }
+        reg.by_nick.remove(&key);
         reg.by_token.remove(&member.token);
         for name in &member.rooms {
             if let Some(room) = reg.rooms.get(name) {
@@ -340,6 +398,27 @@ impl Hub {
             return Err(taken(nick));
         }
         let member = owned(&mut reg.members, id, client)?;
+        if let Some(c) = &self.ctx.cluster {
+            // cluster hook: claim the new nick, free the old claim; other
+            // nodes see the move as `left` then `joined` per room.
+            let old_key = nick_key(&member.nick);
+            if !c.claim_nick(&key, &c.claim_value(id.0, nick))? {
+                return Err(taken(nick));
+            }
+            c.submit_quiet(Job::Release {
+                value: c.claim_value(id.0, &member.nick),
+                key: old_key,
+            });
+            for name in &member.rooms {
+                for (n, enter) in [(&member.nick, false), (&nick.to_owned(), true)] {
+                    c.submit_quiet(Job::Seat {
+                        room: name.clone(),
+                        nick: n.clone(),
+                        enter,
+                    });
+                }
+            }
+        }
         let old = std::mem::replace(&mut member.nick, nick.to_owned());
         reg.by_nick.remove(&nick_key(&old));
         reg.by_nick.insert(key, id);
@@ -370,6 +449,9 @@ impl Hub {
         to: &str,
         text: &str,
     ) -> Result<(), Refusal> {
+        if let Some(c) = &self.ctx.cluster {
+            return self.private_cluster(c, id, client, to, text);
+        }
         let mut reg = self.lock();
         let reg = &mut *reg;
         owned(&mut reg.members, id, client)?;
@@ -397,6 +479,103 @@ impl Hub {
             dest.client.send(out.frame_for(&dest.client));
         }
         Ok(())
+    }
+
+    /// cluster hook: the greeting's stream read (none without `--redis`).
+    fn read_since(&self, room: &str, since: Option<u64>) -> Result<Option<Remote>, Refusal> {
+        let Some(c) = &self.ctx.cluster else {
+            return Ok(None);
+        };
+        // A resume reaches past the ring, as far as one reply holds.
+        let count = if since.is_some() {
+            1000
+        } else {
+            self.ctx.history_len
+        };
+        c.read_since(room, since, count).map(Some)
+    }
+
+    /// cluster hook: a private message through Redis (its id is
+    /// cluster-wide); both ends get it from the subscription, on whichever
+    /// node they are.
+    fn private_cluster(
+        &self,
+        c: &Cluster,
+        id: MemberId,
+        client: &Arc<Client>,
+        to: &str,
+        text: &str,
+    ) -> Result<(), Refusal> {
+        let to_key = nick_key(to);
+        let (from, local_to) = {
+            let mut reg = self.lock();
+            let reg = &mut *reg;
+            let from = owned(&mut reg.members, id, client)?.nick.clone();
+            let local_to = reg
+                .by_nick
+                .get(&to_key)
+                .and_then(|t| reg.members.get(t))
+                .map(|m| m.nick.clone());
+            (from, local_to)
+        };
+        let to_nick = match local_to {
+            Some(n) => n,
+            None => c.nick_owner(&to_key)?.ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::UnknownUser,
+                    format!("nobody called {to:?} is online"),
+                )
+            })?,
+        };
+        self.ctx.check_len(text)?;
+        let prefix = r#"{"type":"private","id":"#.to_owned();
+        let suffix = format!(
+            r#","ts":{},"from":{},"to":{},"text":{}}}"#,
+            crate::room::now_ms(),
+            quote(&from),
+            quote(&to_nick),
+            quote(text)
+        );
+        c.submit(c.private_job(&to_key, &nick_key(&from), prefix, suffix, client))
+    }
+
+    /// cluster hook: the local room called `name`, for the subscriber.
+    pub(crate) fn room(&self, name: &str) -> Option<Arc<Room>> {
+        self.lock().rooms.get(name).cloned()
+    }
+
+    /// cluster hook: a private message from the subscription to the local
+    /// members called `to_key` and `from_key` (once if they are one).
+    pub(crate) fn deliver_private(&self, to_key: &str, from_key: &str, json: &str) {
+        let reg = self.lock();
+        let mut out = crate::client::Outgoing::text(json);
+        let to = reg.by_nick.get(to_key).copied();
+        let from = reg.by_nick.get(from_key).copied();
+        for m in [to, from.filter(|f| Some(*f) != to)].into_iter().flatten() {
+            if let Some(m) = reg.members.get(&m) {
+                m.client.send(out.frame_for(&m.client));
+            }
+        }
+    }
+
+    /// cluster hook: every local member as (nick key, claim, nick, rooms),
+    /// for restoring Redis after an outage.
+    pub(crate) fn cluster_members(&self) -> Vec<(String, String, String, Vec<String>)> {
+        let Some(c) = &self.ctx.cluster else {
+            return Vec::new();
+        };
+        self.lock()
+            .members
+            .iter()
+            .map(|(id, m)| {
+                (
+                    nick_key(&m.nick),
+                    c.claim_value(id.0, &m.nick),
+                    m.nick.clone(),
+                    m.rooms.iter().cloned().collect(),
+                )
+            })
+            .collect()
     }
 
     /// Sends `client` the rooms after the name `after`, sorted by name, as

@@ -40,6 +40,7 @@
 //! ```
 
 mod client;
+mod cluster; // cluster hook
 mod flusher;
 mod history;
 mod http;
@@ -64,6 +65,7 @@ use flusher::Flusher;
 use hub::Hub;
 use wsproto::CloseCode;
 
+pub use cluster::{random_node_id, ClusterConfig}; // cluster hook
 pub use room::REPLY_MAX_BYTES;
 
 /// Accept-queue length asked of the kernel (capped by
@@ -138,6 +140,10 @@ pub struct Config {
     /// recipient of a broadcast, and asks `client_no_context_takeover`, so
     /// an idle connection keeps no inflate window.
     pub deflate: bool,
+    /// cluster hook: `--redis` (with `--node-id`, `--node-timeout`) makes
+    /// this server one node of a cluster sharing one Redis (DESIGN.md v2,
+    /// "Cluster"); `None` is the single-node server.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -167,6 +173,7 @@ impl Default for Config {
             log: true,
             origin_policy: wsproto::handshake::OriginPolicy::same_host(),
             deflate: true,
+            cluster: None,
         }
     }
 }
@@ -189,6 +196,31 @@ struct Shared {
     clients: Mutex<HashMap<u64, Arc<Client>>>,
     /// The threads that read upgraded connections.
     reactors: Vec<Arc<reactor::Reactor>>,
+    /// cluster hook: the node's Redis link with `--redis`.
+    cluster: Option<Arc<cluster::Cluster>>,
+}
+
+// cluster hook: what the cluster threads reach of this server.
+impl cluster::Local for Shared {
+    fn deliver(&self, room: &str, id: u64, json: Arc<str>) {
+        if let Some(r) = self.room.room(room) {
+            r.deliver(id, json);
+        }
+    }
+    fn deliver_private(&self, to_key: &str, from_key: &str, json: &str) {
+        self.room.deliver_private(to_key, from_key, json);
+    }
+    fn notice(&self, room: &str, json: &str) {
+        if let Some(r) = self.room.room(room) {
+            r.notice(json);
+        }
+    }
+    fn members(&self) -> Vec<(String, String, String, Vec<String>)> {
+        self.room.cluster_members()
+    }
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
 }
 
 macro_rules! log {
@@ -292,17 +324,29 @@ impl Server {
         let reactors = (0..config.reactor_threads.max(1))
             .map(|_| reactor::Reactor::new())
             .collect::<io::Result<Vec<_>>>()?;
+        // cluster hook: the link is made before the hub that uses it.
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(
+                cluster::Cluster::new(c, config.history.max(1000), config.log)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            )),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             reactors,
-            room: Hub::new(hub::Limits {
-                history: config.history,
-                max_text: config.max_text,
-                max_queue: config.max_queue_bytes,
-                presence_limit: config.presence_limit,
-                max_rooms: config.max_rooms,
-                max_rooms_per_user: config.max_rooms_per_user,
-                log: config.log,
-            }),
+            cluster: cluster.clone(),
+            room: Hub::new(
+                hub::Limits {
+                    history: config.history,
+                    max_text: config.max_text,
+                    max_queue: config.max_queue_bytes,
+                    presence_limit: config.presence_limit,
+                    max_rooms: config.max_rooms,
+                    max_rooms_per_user: config.max_rooms_per_user,
+                    log: config.log,
+                },
+                cluster,
+            ),
             flusher: Flusher::start()?,
             live: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
@@ -317,6 +361,11 @@ impl Server {
                 .name(format!("chat-reactor-{i}"))
                 .stack_size(512 << 10)
                 .spawn(move || r.run(&s))?;
+        }
+        if let Some(c) = &shared.cluster {
+            // cluster hook: subscriber, publisher and keeper threads.
+            let weak: std::sync::Weak<dyn cluster::Local> = Arc::downgrade(&shared) as _;
+            c.start(weak)?;
         }
         Ok(Self { listener, shared })
     }
@@ -400,6 +449,9 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
         shared.flusher.stop();
+        if let Some(c) = &shared.cluster {
+            c.shutdown(); // cluster hook: after the sessions' leave jobs
+        }
         Ok(())
     }
 }

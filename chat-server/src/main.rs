@@ -41,6 +41,11 @@ OPTIONS:
                              repeatable; * allows any) [default: same host:port only]
   --no-deflate               do not negotiate permessage-deflate compression
                              [default: negotiated when the client offers it]
+  --redis URL                be one node of a cluster sharing this Redis,
+                             redis://HOST:PORT[/DB] [default: single node]
+  --node-id ID               this node's name in the cluster [default: random]
+  --node-timeout SECS        a node silent this long is dead and its members
+                             are announced left; 1-3600 [default: 15]
   --quiet                    no per-connection log lines
   -h, --help                 this text
 
@@ -141,6 +146,9 @@ mod range {
     pub const ROOMS: (u64, u64) = (1, 1_000_000);
     /// More reactors than cores only add contention.
     pub const REACTORS: (u64, u64) = (1, 64);
+    /// Heartbeats go every third of it: under a second would beat faster
+    /// than a loaded Redis answers; an hour keeps the dead visible too long.
+    pub const NODE_TIMEOUT_SECS: (u64, u64) = (1, 3600);
 
     /// Smallest `--max-queue-bytes` for a `--max-text`: a room message of
     /// `max_text` characters goes out with each character escaped to at
@@ -152,6 +160,7 @@ mod range {
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
     let mut c = Config::default();
+    let (mut redis, mut node_id, mut node_timeout) = (None, None, None);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
             return Ok(None);
@@ -197,8 +206,29 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--rate-per-sec" => c.rate_per_sec = num(range::RATE)? as u32,
             "--control-burst" => c.control_burst = num(range::RATE)? as u32,
             "--control-per-sec" => c.control_per_sec = num(range::RATE)? as u32,
+            // cluster hook: --node-id and --node-timeout apply once --redis
+            // is known, in any order.
+            "--redis" => redis = Some(value),
+            "--node-id" => node_id = Some(value),
+            "--node-timeout" => node_timeout = Some(secs(range::NODE_TIMEOUT_SECS)?),
             _ => return Err(format!("unknown option {flag}")),
         }
+    }
+    match redis {
+        Some(url) => {
+            let mut cc = chat_server::ClusterConfig::new(&url);
+            if let Some(id) = node_id {
+                cc.node_id = id;
+            }
+            if let Some(t) = node_timeout {
+                cc.node_timeout = t;
+            }
+            c.cluster = Some(cc);
+        }
+        None if node_id.is_some() || node_timeout.is_some() => {
+            return Err("--node-id and --node-timeout need --redis".into());
+        }
+        None => {}
     }
     // Flags that bound each other, checked once all are known (in any order).
     if c.max_text > c.max_message_bytes {

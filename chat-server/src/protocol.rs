@@ -87,6 +87,9 @@ pub enum ErrorCode {
     NickTaken,
     UnknownUser,
     TooLong,
+    /// Cluster mode: Redis is unreachable, so cross-node work is refused
+    /// (DESIGN.md v2, "Cluster").
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -106,6 +109,7 @@ impl ErrorCode {
             Self::NickTaken => "nick_taken",
             Self::UnknownUser => "unknown_user",
             Self::TooLong => "too_long",
+            Self::Unavailable => "unavailable",
         }
     }
 }

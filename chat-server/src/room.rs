@@ -18,6 +18,7 @@
 //! pages (`who` with `after`/`limit`, sorted by case-folded nick).
 
 use crate::client::{Client, Outgoing};
+use crate::cluster::{Cluster, Remote}; // cluster hook
 use crate::history::{Bound as Hist, History, Stored};
 use crate::protocol::{nick_key, ErrorCode, Refusal, TOPIC_MAX_CHARS, WHO_LIMIT_DEFAULT};
 use serde_json::json;
@@ -64,6 +65,9 @@ pub(crate) struct Ctx {
     /// Some room waits for [`PRESENCE_EVERY`] to send a count: lets the
     /// reactors skip [`Hub::tick`](crate::hub::Hub::tick) while none does.
     pub presence_pending: AtomicBool,
+    /// cluster hook: the node's link when `--redis` is given; ids then
+    /// come from Redis and messages reach the room through it.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Ctx {
@@ -82,6 +86,7 @@ impl Ctx {
             log,
             next_id: AtomicU64::new(1),
             presence_pending: AtomicBool::new(false),
+            cluster: None,
         }
     }
 
@@ -112,6 +117,8 @@ impl Ctx {
 /// One chat room.
 #[derive(Debug)]
 pub struct Room {
+    /// cluster hook: the name, for the room's Redis stream.
+    name: String,
     /// The room's name as a JSON string (names need no escaping: `a-z 0-9 - _`).
     quoted: String,
     ctx: Arc<Ctx>,
@@ -138,6 +145,9 @@ struct State {
 struct Seat {
     nick: String,
     client: Arc<Client>,
+    /// cluster hook: messages up to this id were in the seat's greeting
+    /// (read from the stream), so the live copies are skipped.
+    floor: u64,
 }
 
 /// What a reply to entering describes: the `join`'s welcome, or an
@@ -150,6 +160,7 @@ pub(crate) enum Greeting<'a> {
 impl Room {
     pub(crate) fn new(name: &str, ctx: Arc<Ctx>) -> Self {
         Self {
+            name: name.to_owned(),
             quoted: json!(name).to_string(),
             state: Mutex::new(State {
                 members: BTreeMap::new(),
@@ -182,13 +193,32 @@ impl Room {
         client: &Arc<Client>,
         since: Option<u64>,
         greeting: Greeting<'_>,
+        remote: Option<Remote>,
     ) -> u64 {
         let mut st = self.lock();
+        // cluster hook: the greeting's history is the stream's entries
+        // (ids up to the counter read with them) plus what the ring got
+        // since; live copies up to its newest id are skipped.
+        let merged = remote.map(|r| {
+            let g = r.counter;
+            let mut all: Vec<Stored> = st
+                .history
+                .newest_first(Hist::All)
+                .take_while(|(i, _)| *i > g)
+                .filter(|(i, _)| since.is_none_or(|s| *i > s))
+                .cloned()
+                .collect();
+            all.extend(r.newest_first);
+            let floor = all.first().map_or(g, |(i, _)| (*i).max(g));
+            (all, floor)
+        });
+        let floor = merged.as_ref().map_or(0, |(_, f)| *f);
         let new = match st.members.get_mut(&id) {
             Some(seat) => {
                 // Entering again (or a takeover's welcome): a fresh
                 // greeting, nobody else told.
                 seat.client = Arc::clone(client);
+                seat.floor = floor;
                 false
             }
             None => {
@@ -198,6 +228,7 @@ impl Room {
                     Seat {
                         nick: nick.to_owned(),
                         client: Arc::clone(client),
+                        floor,
                     },
                 );
                 st.version += 1;
@@ -232,7 +263,10 @@ impl Room {
         };
         let bound = since.map_or(Hist::All, Hist::Since);
         let budget = ctx.reply_max.saturating_sub(head.len() + TAIL_MAX);
-        let (body, more) = newest_that_fit(st.history.newest_first(bound), usize::MAX, budget);
+        let (body, more) = match &merged {
+            Some((all, _)) => newest_that_fit(all.iter(), usize::MAX, budget),
+            None => newest_that_fit(st.history.newest_first(bound), usize::MAX, budget),
+        };
         let reply = format!(r#"{head}{body}],"more":{more}}}"#);
         client.send(client.frame(&reply));
         if new {
@@ -310,6 +344,18 @@ impl Room {
         self.ctx.check_len(text)?;
         let mut st = self.lock();
         let from = quote(&st.owned(id, client)?.nick);
+        if let Some(cluster) = &self.ctx.cluster {
+            // cluster hook: Redis allocates the id; the message comes back
+            // to every node, this one included, through the subscription.
+            drop(st);
+            let prefix = format!(r#"{{"type":"message","room":{},"id":"#, self.quoted);
+            let suffix = format!(
+                r#","ts":{},"from":{from},"text":{}}}"#,
+                now_ms(),
+                quote(text)
+            );
+            return cluster.submit(cluster.room_job(&self.name, prefix, suffix, client));
+        }
         let msg_id = self.ctx.take_id();
         let msg: Arc<str> = format!(
             r#"{{"type":"message","room":{},"id":{msg_id},"ts":{},"from":{from},"text":{}}}"#,
@@ -388,15 +434,49 @@ impl Room {
         limit: usize,
     ) -> Result<(), Refusal> {
         let head = format!(r#"{{"type":"history","room":{},"messages":["#, self.quoted);
+        self.lock().owned(id, client)?;
+        // cluster hook: pages come from the room's stream (one more than
+        // asked, to tell whether older ones exist); while Redis is down,
+        // from the local ring.
+        let remote = self.ctx.cluster.as_ref().and_then(|c| {
+            c.read_before(&self.name, before, limit.saturating_add(1))
+                .ok()
+        });
         let st = self.lock();
         st.owned(id, client)?;
         let bound = before.map_or(Hist::All, Hist::Before);
         let budget = self.ctx.reply_max.saturating_sub(head.len() + TAIL_MAX);
-        let (body, more) = newest_that_fit(st.history.newest_first(bound), limit, budget);
+        let (body, more) = match &remote {
+            Some(r) => newest_that_fit(r.newest_first.iter(), limit, budget),
+            None => newest_that_fit(st.history.newest_first(bound), limit, budget),
+        };
         drop(st);
         let msg = format!(r#"{head}{body}],"more":{more}}}"#);
         client.send(client.frame(&msg));
         Ok(())
+    }
+
+    /// cluster hook: a room message from the subscription (any node's,
+    /// this one's included), in id order: framed once for the local
+    /// members, kept in the ring. A seat whose greeting held it skips it.
+    pub(crate) fn deliver(&self, msg_id: u64, json: Arc<str>) {
+        let mut st = self.lock();
+        let mut out = Outgoing::text(&json);
+        for m in st.members.values() {
+            if m.floor < msg_id {
+                m.client.send(out.frame_for(&m.client));
+            }
+        }
+        st.history.append(msg_id, json);
+    }
+
+    /// cluster hook: a presence notice from another node, for the local
+    /// members while the room is within the presence limit.
+    pub(crate) fn notice(&self, json: &str) {
+        let st = self.lock();
+        if self.ctx.notices(st.members.len()) {
+            st.broadcast_deferred(json, None);
+        }
     }
 
     /// Members and topic, for the `rooms` list.

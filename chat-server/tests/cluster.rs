@@ -1,0 +1,438 @@
+//! Cluster mode (DESIGN.md v2, "Cluster"; issue 17) against a real
+//! `redis-server`, started by each test on a free 127.0.0.1 port without
+//! persistence. Nodes run in-process, except the one a test SIGKILLs (the
+//! binary). Skipped, saying so, only when `redis-server` is not installed
+//! (`.ci/run` installs it). Every read is bounded.
+
+mod common;
+
+use chat_server::{ClusterConfig, Running};
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child on 127.0.0.1, killed on drop.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// `None` (and a message) when the binary is absent.
+    fn start() -> Option<Self> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Self { port, child: None };
+        r.restart();
+        Some(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same port) and waits for PONG.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() {
+                    assert_eq!(&buf, b"+PONG\r\n");
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not answer on port {}", self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An in-process node of the cluster on `redis`.
+fn node(redis: &Redis, id: &str, timeout_secs: u64) -> Running {
+    start(|c| {
+        let mut cc = ClusterConfig::new(&redis.url());
+        cc.node_id = id.into();
+        cc.node_timeout = Duration::from_secs(timeout_secs);
+        c.cluster = Some(cc);
+        // The tests send faster than a person.
+        c.rate_burst = 10_000;
+        c.rate_per_sec = 10_000;
+    })
+}
+
+/// Joins as `nick`, retrying while the node is still connecting to Redis
+/// (`unavailable`); panics on any other refusal.
+fn join(addr: SocketAddr, nick: &str) -> (Client, Value) {
+    join_since(addr, nick, None)
+}
+
+fn join_since(addr: SocketAddr, nick: &str, since: Option<u64>) -> (Client, Value) {
+    let mut c = Client::connect(addr);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut req = json!({"type": "join", "nick": nick});
+        if let Some(s) = since {
+            req["since"] = json!(s);
+        }
+        c.send(req);
+        let v = c.recv();
+        if v["type"] == "welcome" {
+            return (c, v);
+        }
+        assert_eq!(v["code"], "unavailable", "{v}");
+        assert!(Instant::now() < deadline, "node never became available");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The next message of type `kind` within `wait`, skipping others.
+fn recv_within(c: &mut Client, kind: &str, wait: Duration) -> Option<Value> {
+    c.ws.set_idle_timeout(Some(wait));
+    let deadline = Instant::now() + wait;
+    let out = loop {
+        if Instant::now() >= deadline {
+            break None;
+        }
+        match c.ws.read() {
+            Ok(wsproto::Event::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == kind {
+                    break Some(v);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    c.ws.set_idle_timeout(Some(WAIT));
+    out
+}
+
+fn ids(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter().map(|m| m["id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn messages_cross_nodes_once_in_one_id_order_with_concurrent_senders() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "a", 15), node(&redis, "b", 15));
+    let (mut alice, _) = join(a.addr, "alice");
+    let (mut bob, _) = join(b.addr, "bob");
+    let (mut watch_a, _) = join(a.addr, "wa");
+    let (mut watch_b, _) = join(b.addr, "wb");
+    const N: usize = 50;
+    let sa = std::thread::spawn(move || {
+        for i in 0..N {
+            alice.send(json!({"type": "message", "text": format!("a{i}")}));
+        }
+        alice
+    });
+    let sb = std::thread::spawn(move || {
+        for i in 0..N {
+            bob.send(json!({"type": "message", "text": format!("b{i}")}));
+        }
+        bob
+    });
+    let (_alice, _bob) = (sa.join().unwrap(), sb.join().unwrap());
+    let seen_a: Vec<Value> = (0..2 * N).map(|_| watch_a.recv_type("message")).collect();
+    let seen_b: Vec<Value> = (0..2 * N).map(|_| watch_b.recv_type("message")).collect();
+    let (ia, ib) = (ids(&seen_a), ids(&seen_b));
+    assert!(ia.windows(2).all(|w| w[0] < w[1]), "not increasing: {ia:?}");
+    assert_eq!(ia, ib, "both nodes see one sequence");
+    for who in ["a", "b"] {
+        let texts: Vec<&str> = seen_b
+            .iter()
+            .map(|m| m["text"].as_str().unwrap())
+            .filter(|t| t.starts_with(who))
+            .collect();
+        let want: Vec<String> = (0..N).map(|i| format!("{who}{i}")).collect();
+        assert_eq!(texts, want, "each sender's messages once, in order");
+    }
+    assert!(recv_within(&mut watch_b, "message", Duration::from_millis(300)).is_none());
+}
+
+#[test]
+fn nicks_presence_and_private_messages_are_cluster_wide() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "a", 15), node(&redis, "b", 15));
+    let (mut alice, _) = join(a.addr, "alice");
+    let mut dup = Client::connect(b.addr);
+    dup.send(json!({"type": "join", "nick": "ALICE"}));
+    let v = dup.recv();
+    assert_eq!(v["code"], "nick_taken", "{v}");
+    // Presence across nodes: bob joins on B, alice on A hears it.
+    let (mut bob, _) = join(b.addr, "bob");
+    let v = recv_within(&mut alice, "joined", WAIT).expect("joined across nodes");
+    assert_eq!(
+        (v["nick"].as_str(), v["room"].as_str()),
+        (Some("bob"), Some("lobby"))
+    );
+    // Private message A -> B, delivered once to each end, with a cluster id.
+    alice.send(json!({"type": "private", "to": "BOB", "text": "psst"}));
+    let got = bob.recv_type("private");
+    assert_eq!(
+        (got["from"].as_str(), got["to"].as_str()),
+        (Some("alice"), Some("bob"))
+    );
+    let ack = alice.recv_type("private");
+    assert_eq!(ack["id"], got["id"]);
+    alice.send(json!({"type": "private", "to": "nobody", "text": "x"}));
+    assert_eq!(alice.recv_type("error")["code"], "unknown_user");
+    // Rooms: a member entering on A is announced to B's members there.
+    bob.send(json!({"type": "enter", "room": "rust"}));
+    bob.recv_type("entered");
+    alice.send(json!({"type": "enter", "room": "rust"}));
+    alice.recv_type("entered");
+    let v = recv_within(&mut bob, "joined", WAIT).expect("joined in rust");
+    assert_eq!(v["room"], "rust");
+    // Leaving frees the nick cluster-wide and is announced.
+    drop(alice);
+    let v = recv_within(&mut bob, "left", WAIT).expect("left across nodes");
+    assert_eq!(v["nick"], "alice");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        dup.send(json!({"type": "join", "nick": "ALICE"}));
+        let v = dup.recv();
+        if v["type"] == "welcome" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nick never freed: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn resume_on_another_node_while_messages_flow_has_no_gap_and_no_duplicate() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "a", 15), node(&redis, "b", 15));
+    let (mut reference, _) = join(a.addr, "ref");
+    let (mut reader, _) = join(a.addr, "reader");
+    let (mut sender, _) = join(a.addr, "sender");
+    const N: usize = 300;
+    let s = std::thread::spawn(move || {
+        for i in 0..N {
+            sender.send(json!({"type": "message", "text": format!("m{i}")}));
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        sender
+    });
+    // The reader sees some messages on A, then its node "goes away" and it
+    // resumes on B from the last id it saw, while the sender keeps going.
+    let mut last = 0;
+    for _ in 0..40 {
+        last = reader.recv_type("message")["id"].as_u64().unwrap();
+    }
+    drop(reader);
+    let (mut resumed, welcome) = join_since(b.addr, "reader2", Some(last));
+    let mut got = ids(welcome["history"].as_array().unwrap());
+    let all: Vec<u64> = ids(&(0..N)
+        .map(|_| reference.recv_type("message"))
+        .collect::<Vec<_>>());
+    let _sender = s.join().unwrap();
+    let want: Vec<u64> = all.iter().copied().filter(|&i| i > last).collect();
+    while got.len() < want.len() {
+        match recv_within(&mut resumed, "message", WAIT) {
+            Some(m) => got.push(m["id"].as_u64().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        got, want,
+        "resume after id {last}: exactly the rest, in order"
+    );
+    assert!(recv_within(&mut resumed, "message", Duration::from_millis(300)).is_none());
+    // history paging reads the stream on B, which never saw the start.
+    resumed.send(json!({"type": "history", "before": all[10], "limit": 5}));
+    let page = resumed.recv_type("history");
+    assert_eq!(
+        ids(page["messages"].as_array().unwrap()),
+        all[5..10].to_vec()
+    );
+}
+
+/// The binary as a cluster node; returns the child and its address (from
+/// its "listening on" log line).
+fn spawn_node(redis: &Redis, id: &str, timeout_secs: u64) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--redis",
+            &redis.url(),
+            "--node-id",
+            id,
+        ])
+        .args(["--node-timeout", &timeout_secs.to_string()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("node exited").unwrap();
+        if let Some(rest) = line.strip_prefix("chat: listening on http://") {
+            break rest.trim_end_matches('/').parse().unwrap();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[test]
+fn a_sigkilled_node_s_members_are_announced_left_once_and_their_nicks_freed() {
+    let Some(redis) = Redis::start() else { return };
+    let timeout = 2;
+    let (mut doomed, a_addr) = spawn_node(&redis, "doomed", timeout);
+    let b = node(&redis, "b", timeout);
+    let c = node(&redis, "c", timeout);
+    let (mut dave, _) = join(a_addr, "dave");
+    dave.send(json!({"type": "enter", "room": "rust"}));
+    dave.recv_type("entered");
+    let (mut bob, _) = join(b.addr, "bob");
+    bob.send(json!({"type": "enter", "room": "rust"}));
+    bob.recv_type("entered");
+    let (mut carol, _) = join(c.addr, "carol");
+    dave.send(json!({"type": "message", "room": "rust", "text": "before"}));
+    let before = bob.recv_type("message");
+    assert_eq!(before["text"], "before");
+    doomed.kill().unwrap();
+    let killed = Instant::now();
+    let _ = doomed.wait();
+    // bob (in lobby and rust) hears dave leave each room exactly once;
+    // carol, on another survivor, hears it once in the lobby.
+    let mut rooms = Vec::new();
+    while let Some(v) = recv_within(&mut bob, "left", Duration::from_secs(timeout * 3)) {
+        assert_eq!(v["nick"], "dave");
+        rooms.push(v["room"].as_str().unwrap().to_owned());
+        if rooms.len() == 2 {
+            break;
+        }
+    }
+    let elapsed = killed.elapsed();
+    rooms.sort();
+    assert_eq!(rooms, ["lobby", "rust"], "after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(timeout * 2 + 1),
+        "{elapsed:?}"
+    );
+    let v = recv_within(&mut carol, "left", WAIT).expect("carol hears it");
+    assert_eq!(v["nick"], "dave");
+    assert!(
+        recv_within(&mut carol, "left", Duration::from_secs(timeout)).is_none(),
+        "once"
+    );
+    // dave comes back on B: the nick is free and rust resumes from `before`.
+    let (mut dave2, _) = join(b.addr, "dave");
+    dave2.send(
+        json!({"type": "enter", "room": "rust", "since": before["id"].as_u64().unwrap() - 1}),
+    );
+    let e = dave2.recv_type("entered");
+    assert_eq!(
+        ids(e["history"].as_array().unwrap()),
+        [before["id"].as_u64().unwrap()]
+    );
+}
+
+#[test]
+fn redis_outage_answers_unavailable_then_recovers() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let (a, b) = (node(&redis, "a", 3), node(&redis, "b", 3));
+    let (mut alice, _) = join(a.addr, "alice");
+    let (mut bob, _) = join(b.addr, "bob");
+    alice.send(json!({"type": "message", "text": "one"}));
+    let first = bob.recv_type("message")["id"].as_u64().unwrap();
+    alice.recv_type("message");
+    redis.kill();
+    // Cross-node work is refused; the local member is still served.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        alice.send(json!({"type": "message", "text": "lost?"}));
+        let v = alice.recv();
+        if v["type"] == "error" {
+            assert_eq!(v["code"], "unavailable", "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never unavailable");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    alice.send(json!({"type": "who"}));
+    assert_eq!(alice.recv_type("users")["users"], json!(["alice"]));
+    redis.restart();
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(10);
+    let id = loop {
+        alice.send(json!({"type": "message", "text": "two"}));
+        let v = alice.recv();
+        if v["type"] == "message" && v["text"] == "two" {
+            break v["id"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "not recovered within 10 s: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        id > first,
+        "ids keep increasing across a Redis that lost its data"
+    );
+    let v = bob.recv_type("message");
+    assert_eq!(
+        (v["text"].as_str(), v["id"].as_u64()),
+        (Some("two"), Some(id))
+    );
+    // The nicks were restored: alice is still taken from B.
+    let mut dup = Client::connect(b.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        dup.send(json!({"type": "join", "nick": "alice"}));
+        let v = dup.recv();
+        if v["code"] == "nick_taken" {
+            break;
+        }
+        assert_eq!(v["code"], "unavailable", "{v}");
+        assert!(Instant::now() < deadline, "B never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("recovered {:?} after the restart", back.elapsed());
+}
