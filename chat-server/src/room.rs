@@ -205,7 +205,7 @@ impl Room {
                 .history
                 .newest_first(Hist::All)
                 .take_while(|(i, _)| *i > g)
-                .filter(|(i, _)| since.is_none_or(|s| *i > s))
+                .filter(|(i, _)| since.map_or(true, |s| *i > s))
                 .cloned()
                 .collect();
             all.extend(r.newest_first);

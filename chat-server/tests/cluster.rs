@@ -71,6 +71,16 @@ impl Redis {
         panic!("redis-server did not answer on port {}", self.port);
     }
 
+    /// Sends `sig` (e.g. "STOP", "CONT") to the server.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -435,4 +445,45 @@ fn redis_outage_answers_unavailable_then_recovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("recovered {:?} after the restart", back.elapsed());
+}
+
+#[test]
+fn after_a_redis_pause_what_the_cluster_missed_is_announced_and_nobody_is_reaped() {
+    let Some(redis) = Redis::start() else { return };
+    let timeout = 2;
+    let (a, b) = (node(&redis, "a", timeout), node(&redis, "b", timeout));
+    let (mut alice, _) = join(a.addr, "alice");
+    let (bob, _) = join(b.addr, "bob");
+    assert_eq!(
+        recv_within(&mut alice, "joined", WAIT).unwrap()["nick"],
+        "bob"
+    );
+    // Redis hangs (data kept): the nodes notice within their I/O timeout.
+    redis.signal("STOP");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        alice.send(json!({"type": "message", "text": "x"}));
+        if recv_within(&mut alice, "error", Duration::from_secs(3))
+            .is_some_and(|v| v["code"] == "unavailable")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never unavailable");
+    }
+    // bob leaves while Redis cannot hear it, and the pause outlasts the
+    // node timeout: on resume nobody may be declared dead for it.
+    drop(bob);
+    std::thread::sleep(Duration::from_secs(timeout + 1));
+    redis.signal("CONT");
+    let v = recv_within(&mut alice, "left", Duration::from_secs(10)).expect("bob's left");
+    assert_eq!(v["nick"], "bob");
+    assert!(
+        recv_within(&mut alice, "left", Duration::from_secs(timeout * 2)).is_none(),
+        "left once, and alice's node not reaped"
+    );
+    // bob's nick is free again, alice's is still held.
+    let (_bob, _) = join(a.addr, "bob");
+    let mut dup = Client::connect(b.addr);
+    dup.send(json!({"type": "join", "nick": "alice"}));
+    assert_eq!(dup.recv()["code"], "nick_taken");
 }

@@ -412,7 +412,7 @@ impl Cluster {
     }
 
     fn stopped(&self, local: &Weak<dyn Local>) -> bool {
-        self.stop.load(Ordering::Acquire) || local.upgrade().is_none_or(|l| l.stopping())
+        self.stop.load(Ordering::Acquire) || local.upgrade().map_or(true, |l| l.stopping())
     }
 
     /// The one subscription of the node: delivers every event into the
@@ -641,6 +641,11 @@ impl Cluster {
                 }
                 Err(e) => {
                     con = None;
+                    if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) && self.log
+                    {
+                        // A script refused: a bug, not an outage; say so.
+                        eprintln!("chat: redis refused the heartbeat: {e}");
+                    }
                     self.mark_down("heartbeat", &e);
                     drop(l);
                     backoff.sleep();
@@ -672,21 +677,14 @@ impl Cluster {
         // On the first beat, whatever a former run under this node id left
         // (a crash, then a restart with the same --node-id) is reaped.
         let forced = if first { self.node.as_str() } else { "" };
-        // Reap first: a forced reap of this node's former run must not
-        // remove the beat that follows.
-        let (_reaped, added): (i64, i64) = redis::pipe()
-            .cmd("EVAL")
-            .arg(scripts::REAP)
-            .arg(1)
-            .arg(NODES)
-            .arg(timeout_ms)
-            .arg(CHANNEL)
-            .arg(forced)
-            .cmd("EVAL")
-            .arg(scripts::HEARTBEAT)
+        let _reaped: i64 = redis::cmd("EVAL")
+            .arg(scripts::BEAT)
             .arg(1)
             .arg(NODES)
             .arg(&self.node)
+            .arg(timeout_ms)
+            .arg(CHANNEL)
+            .arg(forced)
             .query(c)?;
         if self.down.load(Ordering::Acquire) {
             if !self.subscribed.load(Ordering::Acquire) {
@@ -694,7 +692,7 @@ impl Cluster {
                 // ours goes unseen by our own members.
                 return Ok(false);
             }
-            self.resync(c, local, added == 1 && !first)?;
+            self.resync(c, local)?;
             self.down.store(false, Ordering::Release);
             if self.log && !first {
                 eprintln!("chat: redis available again; nicks and presence restored");
@@ -703,48 +701,44 @@ impl Cluster {
         Ok(true)
     }
 
-    /// Writes this node's members back into Redis: counter floor, nick
-    /// claims, seats; `announce` publishes their `joined` again (the
-    /// cluster declared this node dead meanwhile, or Redis lost its data).
-    fn resync(
-        &self,
-        c: &mut redis::Connection,
-        local: &dyn Local,
-        announce: bool,
-    ) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVAL")
+    /// Writes this node's members back into Redis after an outage: the
+    /// counter's floor, nick claims (freeing those of members gone
+    /// meanwhile), and seats, publishing `left`/`joined` for what the other
+    /// nodes missed (every seat when the node was reaped meanwhile or
+    /// Redis lost its data).
+    fn resync(&self, c: &mut redis::Connection, local: &dyn Local) -> redis::RedisResult<()> {
+        let members = local.members();
+        let mut nicks = redis::cmd("EVAL");
+        nicks.arg(scripts::RESYNC_NICKS).arg(0).arg(&self.node);
+        let mut seats = redis::cmd("EVAL");
+        seats
+            .arg(scripts::RESYNC_SEATS)
+            .arg(0)
+            .arg(&self.node)
+            .arg(CHANNEL);
+        for (key, value, nick, rooms) in &members {
+            nicks.arg(key).arg(value);
+            for room in rooms {
+                seats.arg(format!("{room}\t{nick}"));
+            }
+        }
+        let (lost,): (i64,) = redis::pipe()
+            .cmd("EVAL")
             .arg(scripts::FLOOR)
             .arg(1)
             .arg(COUNTER)
             .arg(self.max_seen.load(Ordering::Acquire))
-            .ignore();
-        let prefix = format!("{}\t", self.node);
-        for (key, value, nick, rooms) in local.members() {
-            pipe.cmd("EVAL")
-                .arg(scripts::CLAIM)
-                .arg(2)
-                .arg(nick_key(&key))
-                .arg(nicks_key(&self.node))
-                .arg(&value)
-                .arg(&prefix)
-                .arg(&key)
-                .ignore();
-            for room in rooms {
-                let seat = format!("{room}\t{nick}");
-                pipe.cmd("SADD")
-                    .arg(seats_key(&self.node))
-                    .arg(&seat)
-                    .ignore();
-                if announce {
-                    pipe.cmd("PUBLISH")
-                        .arg(CHANNEL)
-                        .arg(format!("J\t{}\t{seat}", self.node))
-                        .ignore();
-                }
-            }
+            .ignore()
+            .add_command(nicks)
+            .add_command(seats)
+            .ignore()
+            .query(c)?;
+        if lost > 0 && self.log {
+            eprintln!(
+                "chat: {lost} nicks of this node were taken on other nodes during the outage"
+            );
         }
-        pipe.query::<()>(c)
+        Ok(())
     }
 }
 

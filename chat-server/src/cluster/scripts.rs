@@ -52,30 +52,24 @@ end
 return 0
 ";
 
-/// KEYS: nodes set. ARGV: node. Scores the node with Redis' own clock
-/// (no skew between nodes). Returns 1 when the node was absent (first
-/// beat, reaped meanwhile, or Redis lost its data).
-pub const HEARTBEAT: &str = r"
+/// KEYS: nodes set. ARGV: node, timeout ms, channel, a node to reap first
+/// whatever its score ('' for none: this node's former run on its first
+/// beat). Scores the node with Redis' own clock (no skew between nodes),
+/// then reaps every node silent past the timeout: removes it, publishes
+/// `left` for each of its seats, frees the nicks it still holds. A node
+/// whose own previous beat is older than the timeout reaps nobody: it was
+/// cut off too (or Redis was), so silence says nothing about the others.
+/// Returns the number of seats announced.
+pub const BEAT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZADD', KEYS[1], now, ARGV[1])
-";
-
-/// KEYS: nodes set. ARGV: timeout ms, channel, a node to reap whatever its
-/// score ('' for none). For every node silent past the timeout: removes
-/// it, publishes `left` for each of its seats, frees the nicks it still
-/// holds. Returns the number of seats announced.
-pub const REAP: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
-if ARGV[3] ~= '' then dead[#dead + 1] = ARGV[3] end
-local n = 0
-for _, node in ipairs(dead) do
+local timeout = tonumber(ARGV[2])
+local function reap(node)
+  local n = 0
   redis.call('ZREM', KEYS[1], node)
   local seats = 'chat:seats:' .. node
   for _, seat in ipairs(redis.call('SMEMBERS', seats)) do
-    redis.call('PUBLISH', ARGV[2], 'L\t' .. node .. '\t' .. seat)
+    redis.call('PUBLISH', ARGV[3], 'L\t' .. node .. '\t' .. seat)
     n = n + 1
   end
   local nicks = 'chat:nicks:' .. node
@@ -87,6 +81,17 @@ for _, node in ipairs(dead) do
     end
   end
   redis.call('DEL', seats, nicks)
+  return n
+end
+local n = 0
+if ARGV[4] ~= '' then n = n + reap(ARGV[4]) end
+local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local fresh = mine and (now - tonumber(mine)) <= timeout
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+if fresh then
+  for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - timeout)) do
+    n = n + reap(node)
+  end
 end
 return n
 ";
@@ -96,5 +101,58 @@ return n
 pub const FLOOR: &str = r"
 local c = tonumber(redis.call('GET', KEYS[1]) or '0')
 if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+";
+
+/// ARGV: node, then nick key and claim value pairs of every local member.
+/// After an outage: frees this node's claims of members gone meanwhile,
+/// claims the others again (unless another node took one: counted).
+/// Returns the number of nicks lost to other nodes.
+pub const RESYNC_NICKS: &str = r"
+local prefix = ARGV[1] .. '\t'
+local nicks = 'chat:nicks:' .. ARGV[1]
+local keep = {}
+for i = 2, #ARGV, 2 do keep[ARGV[i]] = ARGV[i + 1] end
+for _, key in ipairs(redis.call('SMEMBERS', nicks)) do
+  if not keep[key] then
+    local v = redis.call('GET', 'chat:nick:' .. key)
+    if v and string.sub(v, 1, #prefix) == prefix then redis.call('DEL', 'chat:nick:' .. key) end
+    redis.call('SREM', nicks, key)
+  end
+end
+local lost = 0
+for key, value in pairs(keep) do
+  local v = redis.call('GET', 'chat:nick:' .. key)
+  if v and string.sub(v, 1, #prefix) ~= prefix then
+    lost = lost + 1
+  else
+    redis.call('SET', 'chat:nick:' .. key, value)
+    redis.call('SADD', nicks, key)
+  end
+end
+return lost
+";
+
+/// ARGV: node, channel, then every local seat (`room TAB nick`). After an
+/// outage: publishes `left` for the seats Redis holds that are gone, and
+/// `joined` for the seats it lacks (all of them when the node was reaped
+/// meanwhile or Redis lost its data), then stores the set.
+pub const RESYNC_SEATS: &str = r"
+local node = ARGV[1]
+local seats = 'chat:seats:' .. node
+local now = {}
+for i = 3, #ARGV do now[ARGV[i]] = true end
+for _, seat in ipairs(redis.call('SMEMBERS', seats)) do
+  if now[seat] then
+    now[seat] = false
+  else
+    redis.call('PUBLISH', ARGV[2], 'L\t' .. node .. '\t' .. seat)
+  end
+end
+redis.call('DEL', seats)
+for i = 3, #ARGV do
+  if now[ARGV[i]] then redis.call('PUBLISH', ARGV[2], 'J\t' .. node .. '\t' .. ARGV[i]) end
+  redis.call('SADD', seats, ARGV[i])
+end
 return 0
 ";
