@@ -210,9 +210,9 @@ impl cluster::Local for Shared {
     fn deliver_private(&self, to_key: &str, from_key: &str, json: &str) {
         self.room.deliver_private(to_key, from_key, json);
     }
-    fn notice(&self, room: &str, json: &str) {
+    fn presence(&self, room: &str, key: &str, nick: &str, joined: bool) {
         if let Some(r) = self.room.room(room) {
-            r.notice(json);
+            r.remote_presence(key, nick, joined);
         }
     }
     fn members(&self) -> Vec<(String, String, String, Vec<String>)> {

@@ -138,6 +138,9 @@ struct State {
     topic: String,
     /// When the last `presence` count went out, and the count it told.
     presence_sent: Option<(Instant, usize)>,
+    /// cluster hook: members on other nodes (nick key -> nick), from the
+    /// first greeting's read on, then kept by their presence events.
+    remote: Option<BTreeMap<String, String>>,
 }
 
 /// A member in this room: the nick it shows here and its connection.
@@ -169,6 +172,7 @@ impl Room {
                 history: History::new(ctx.history_len),
                 topic: String::new(),
                 presence_sent: None,
+                remote: None,
             }),
             ctx,
             pending: AtomicBool::new(false),
@@ -200,6 +204,11 @@ impl Room {
         // (ids up to the counter read with them) plus what the ring got
         // since; live copies up to its newest id are skipped.
         let merged = remote.map(|r| {
+            if st.remote.is_none() {
+                // The read ran under the registry lock after the room was
+                // registered, so no presence event since is lost.
+                st.remote = Some(r.members.unwrap_or_default().into_iter().collect());
+            }
             let g = r.counter;
             let mut all: Vec<Stored> = st
                 .history
@@ -470,12 +479,28 @@ impl Room {
         st.history.append(msg_id, json);
     }
 
-    /// cluster hook: a presence notice from another node, for the local
-    /// members while the room is within the presence limit.
-    pub(crate) fn notice(&self, json: &str) {
-        let st = self.lock();
+    /// cluster hook: member `nick` joined or left this room on another
+    /// node: the online list follows, and the local members hear it while
+    /// the room is within the presence limit.
+    pub(crate) fn remote_presence(&self, key: &str, nick: &str, joined: bool) {
+        let mut st = self.lock();
+        if let Some(remote) = &mut st.remote {
+            if joined {
+                remote.insert(key.to_owned(), nick.to_owned());
+            } else {
+                remote.remove(key);
+            }
+        }
+        st.version += 1;
         if self.ctx.notices(st.members.len()) {
-            st.broadcast_deferred(json, None);
+            let what = if joined { "joined" } else { "left" };
+            let json = format!(
+                r#"{{"type":"{what}","room":{},"nick":{},"ts":{}}}"#,
+                self.quoted,
+                quote(nick),
+                now_ms()
+            );
+            st.broadcast_deferred(&json, None);
         }
     }
 
@@ -574,15 +599,35 @@ impl State {
         let mut out = String::from("[");
         let mut taken = 0;
         let mut more = false;
-        for id in self
+        let mut local = self
             .by_nick
             .range::<str, _>((start, Bound::Unbounded))
-            .map(|(_, id)| id)
-        {
-            let Some(m) = self.members.get(id) else {
-                continue;
+            .filter_map(|(k, id)| Some((k.as_str(), self.members.get(id)?.nick.as_str())))
+            .peekable();
+        // cluster hook: other nodes' members, merged in key order.
+        let mut remote = self
+            .remote
+            .iter()
+            .flat_map(|r| r.range::<str, _>((start, Bound::Unbounded)))
+            .map(|(k, n)| (k.as_str(), n.as_str()))
+            .peekable();
+        let next = || -> Option<&str> {
+            let take_local = match (local.peek(), remote.peek()) {
+                (Some(l), Some(r)) => l.0 <= r.0,
+                (l, _) => l.is_some(),
             };
-            let nick = serde_json::to_string(&m.nick).unwrap_or_else(|_| "\"\"".into());
+            if take_local {
+                let (k, n) = local.next()?;
+                if remote.peek().is_some_and(|r| r.0 == k) {
+                    remote.next();
+                }
+                Some(n)
+            } else {
+                remote.next().map(|(_, n)| n)
+            }
+        };
+        for nick in std::iter::from_fn(next) {
+            let nick = serde_json::to_string(nick).unwrap_or_else(|_| "\"\"".into());
             if taken == limit || (taken > 0 && out.len() + 1 + nick.len() + 1 > budget) {
                 more = true;
                 break;

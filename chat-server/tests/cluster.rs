@@ -209,12 +209,19 @@ fn nicks_presence_and_private_messages_are_cluster_wide() {
     let v = dup.recv();
     assert_eq!(v["code"], "nick_taken", "{v}");
     // Presence across nodes: bob joins on B, alice on A hears it.
-    let (mut bob, _) = join(b.addr, "bob");
+    let (mut bob, welcome) = join(b.addr, "bob");
+    assert_eq!(
+        welcome["users"],
+        json!(["alice", "bob"]),
+        "online list across nodes"
+    );
     let v = recv_within(&mut alice, "joined", WAIT).expect("joined across nodes");
     assert_eq!(
         (v["nick"].as_str(), v["room"].as_str()),
         (Some("bob"), Some("lobby"))
     );
+    alice.send(json!({"type": "who"}));
+    assert_eq!(alice.recv_type("users")["users"], json!(["alice", "bob"]));
     // Private message A -> B, delivered once to each end, with a cluster id.
     alice.send(json!({"type": "private", "to": "BOB", "text": "psst"}));
     let got = bob.recv_type("private");
@@ -237,6 +244,8 @@ fn nicks_presence_and_private_messages_are_cluster_wide() {
     drop(alice);
     let v = recv_within(&mut bob, "left", WAIT).expect("left across nodes");
     assert_eq!(v["nick"], "alice");
+    bob.send(json!({"type": "who", "room": "rust"}));
+    assert_eq!(bob.recv_type("users")["users"], json!(["bob"]));
     let deadline = Instant::now() + WAIT;
     loop {
         dup.send(json!({"type": "join", "nick": "ALICE"}));
@@ -368,6 +377,8 @@ fn a_sigkilled_node_s_members_are_announced_left_once_and_their_nicks_freed() {
     );
     let v = recv_within(&mut carol, "left", WAIT).expect("carol hears it");
     assert_eq!(v["nick"], "dave");
+    carol.send(json!({"type": "who"}));
+    assert_eq!(carol.recv_type("users")["users"], json!(["bob", "carol"]));
     assert!(
         recv_within(&mut carol, "left", Duration::from_secs(timeout)).is_none(),
         "once"
@@ -409,7 +420,8 @@ fn redis_outage_answers_unavailable_then_recovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
     alice.send(json!({"type": "who"}));
-    assert_eq!(alice.recv_type("users")["users"], json!(["alice"]));
+    // The online list as last known (bob is still on B).
+    assert_eq!(alice.recv_type("users")["users"], json!(["alice", "bob"]));
     redis.restart();
     let back = Instant::now();
     let deadline = back + Duration::from_secs(10);

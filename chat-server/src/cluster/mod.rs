@@ -93,6 +93,9 @@ pub fn random_node_id() -> String {
 pub(crate) struct Remote {
     pub counter: u64,
     pub newest_first: Vec<Stored>,
+    /// The room's members on other nodes (nick key, nick), read with the
+    /// entries (a greeting's read only).
+    pub members: Option<Vec<(String, String)>>,
 }
 
 /// Work for the publisher thread, in the order the node produced it.
@@ -144,8 +147,9 @@ pub(crate) trait Local: Send + Sync + 'static {
     fn deliver(&self, room: &str, id: u64, json: Arc<str>);
     /// A private message for the local members called `to` and `from`.
     fn deliver_private(&self, to_key: &str, from_key: &str, json: &str);
-    /// A presence notice from another node for local room `room`.
-    fn notice(&self, room: &str, json: &str);
+    /// Member `nick` (key `key`) joined (`true`) or left local room `room`
+    /// on another node.
+    fn presence(&self, room: &str, key: &str, nick: &str, joined: bool);
     /// Every local member: (nick key, claim value, nick, rooms).
     fn members(&self) -> Vec<(String, String, String, Vec<String>)>;
     /// The server is stopping.
@@ -308,7 +312,7 @@ impl Cluster {
         count: usize,
     ) -> Result<Remote, Refusal> {
         let min = since.map_or("-".to_owned(), |s| (s.saturating_add(1)).to_string());
-        self.read(room, "+".to_owned(), min, count)
+        self.read(room, "+".to_owned(), min, count, true)
     }
 
     /// Reads a `history` page: the newest `count` entries before `before`.
@@ -323,16 +327,29 @@ impl Cluster {
             Some(b) => (b - 1).to_string(),
             None => "+".to_owned(),
         };
-        self.read(room, max, "-".to_owned(), count)
+        self.read(room, max, "-".to_owned(), count, false)
     }
 
-    fn read(&self, room: &str, max: String, min: String, count: usize) -> Result<Remote, Refusal> {
+    fn read(
+        &self,
+        room: &str,
+        max: String,
+        min: String,
+        count: usize,
+        members: bool,
+    ) -> Result<Remote, Refusal> {
+        let hash = if members {
+            members_key(room)
+        } else {
+            String::new()
+        };
         let raw: Vec<String> = self.with_cmd(|c| {
             redis::cmd("EVAL")
                 .arg(scripts::READ)
-                .arg(2)
+                .arg(3)
                 .arg(COUNTER)
                 .arg(stream_key(room))
+                .arg(&hash)
                 .arg(&max)
                 .arg(&min)
                 .arg(count.max(1))
@@ -340,8 +357,12 @@ impl Cluster {
         })?;
         let mut it = raw.into_iter();
         let counter = it.next().and_then(|g| g.parse().ok()).unwrap_or(0);
-        let mut newest_first = Vec::new();
-        while let (Some(id), Some(json)) = (it.next(), it.next()) {
+        let entries: usize = it.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let mut newest_first = Vec::with_capacity(entries);
+        for _ in 0..entries {
+            let (Some(id), Some(json)) = (it.next(), it.next()) else {
+                break;
+            };
             let id = id
                 .split('-')
                 .next()
@@ -349,9 +370,24 @@ impl Cluster {
                 .unwrap_or(0);
             newest_first.push((id, Arc::<str>::from(json)));
         }
+        // This node's own members are in the hash too; it knows them.
+        let own = format!("{}\t", self.node);
+        let members = members.then(|| {
+            let mut out = Vec::new();
+            while let (Some(key), Some(v)) = (it.next(), it.next()) {
+                if v.starts_with(&own) {
+                    continue;
+                }
+                if let Some((_, nick)) = v.split_once('\t') {
+                    out.push((key, nick.to_owned()));
+                }
+            }
+            out
+        });
         Ok(Remote {
             counter,
             newest_first,
+            members,
         })
     }
 
@@ -462,8 +498,8 @@ impl Cluster {
     }
 
     /// One event from [`CHANNEL`]: `M room id json`, `P to from id json`,
-    /// `J node room nick` or `L node room nick` (tab-separated; nicks have
-    /// no control characters and room names no tab).
+    /// `J node room key nick` or `L node room key nick` (tab-separated;
+    /// nicks have no control characters and room names no tab).
     fn handle_event(&self, local: &dyn Local, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else {
             return;
@@ -491,21 +527,16 @@ impl Cluster {
                 }
             }
             Some(kind @ ("J" | "L")) => {
-                let (Some(node), Some(room), Some(nick)) = (f.next(), f.next(), f.next()) else {
+                let (Some(node), Some(room), Some(key), Some(nick)) =
+                    (f.next(), f.next(), f.next(), f.next())
+                else {
                     return;
                 };
                 // This node told its own members already.
                 if node == self.node {
                     return;
                 }
-                let what = if kind == "J" { "joined" } else { "left" };
-                let json = format!(
-                    r#"{{"type":"{what}","room":{},"nick":{},"ts":{}}}"#,
-                    crate::room::quote(room),
-                    crate::room::quote(nick),
-                    crate::room::now_ms()
-                );
-                local.notice(room, &json);
+                local.presence(room, key, nick, kind == "J");
             }
             _ => {}
         }
@@ -591,17 +622,20 @@ impl Cluster {
                     .ignore();
             }
             Job::Seat { room, nick, enter } => {
-                let seat = format!("{room}\t{nick}");
-                let seats = seats_key(&self.node);
-                if *enter {
-                    pipe.cmd("SADD").arg(&seats).arg(&seat).ignore();
-                } else {
-                    pipe.cmd("SREM").arg(&seats).arg(&seat).ignore();
-                }
+                let key = crate::protocol::nick_key(nick);
+                let seat = format!("{room}\t{key}\t{nick}");
                 let kind = if *enter { 'J' } else { 'L' };
-                pipe.cmd("PUBLISH")
+                pipe.cmd("EVAL")
+                    .arg(scripts::SEAT)
+                    .arg(2)
+                    .arg(seats_key(&self.node))
+                    .arg(members_key(room))
+                    .arg(&seat)
+                    .arg(if *enter { "1" } else { "0" })
                     .arg(CHANNEL)
                     .arg(format!("{kind}\t{}\t{seat}", self.node))
+                    .arg(&key)
+                    .arg(format!("{}\t{nick}", self.node))
                     .ignore();
             }
             Job::Release { key, value } => {
@@ -719,7 +753,7 @@ impl Cluster {
         for (key, value, nick, rooms) in &members {
             nicks.arg(key).arg(value);
             for room in rooms {
-                seats.arg(format!("{room}\t{nick}"));
+                seats.arg(format!("{room}\t{key}\t{nick}"));
             }
         }
         let (lost,): (i64,) = redis::pipe()
@@ -775,6 +809,9 @@ fn nick_key(key: &str) -> String {
 }
 fn nicks_key(node: &str) -> String {
     format!("chat:nicks:{node}")
+}
+fn members_key(room: &str) -> String {
+    format!("chat:m:{room}")
 }
 fn seats_key(node: &str) -> String {
     format!("chat:seats:{node}")

@@ -18,16 +18,38 @@ redis.call('PUBLISH', ARGV[4], ARGV[5] .. id .. '\t' .. m)
 return id
 ";
 
-/// KEYS: counter, stream. ARGV: max, min, count. The counter (as read
-/// atomically with the entries) then id, message pairs, newest first.
+/// KEYS: counter, stream, the room's members hash ('' for none). ARGV:
+/// max, min, count. The counter (read atomically with the rest), the
+/// number of entries, the id, message pairs (newest first), then the
+/// room's members as nick key, `node TAB nick` pairs.
 pub const READ: &str = r"
 local g = redis.call('GET', KEYS[1]) or '0'
-local out = {g}
-for _, e in ipairs(redis.call('XREVRANGE', KEYS[2], ARGV[1], ARGV[2], 'COUNT', ARGV[3])) do
-  out[#out + 1] = e[1]
-  out[#out + 1] = e[2][2]
+local e = redis.call('XREVRANGE', KEYS[2], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
+local out = {g, tostring(#e)}
+for _, x in ipairs(e) do
+  out[#out + 1] = x[1]
+  out[#out + 1] = x[2][2]
+end
+if KEYS[3] ~= '' then
+  for _, v in ipairs(redis.call('HGETALL', KEYS[3])) do out[#out + 1] = v end
 end
 return out
+";
+
+/// KEYS: the node's seats set, the room's members hash. ARGV: seat (`room
+/// TAB key TAB nick`), '1' to enter or '0' to leave, channel, event, nick
+/// key, `node TAB nick`. One script, so a reader of the members hash and
+/// the subscription see one order.
+pub const SEAT: &str = r"
+if ARGV[2] == '1' then
+  redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+else
+  redis.call('SREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[5])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 0
 ";
 
 /// KEYS: nick key, this node's nick set. ARGV: claim value, this node's
@@ -69,6 +91,8 @@ local function reap(node)
   redis.call('ZREM', KEYS[1], node)
   local seats = 'chat:seats:' .. node
   for _, seat in ipairs(redis.call('SMEMBERS', seats)) do
+    local room, key = string.match(seat, '^([^\t]*)\t([^\t]*)\t')
+    if room then redis.call('HDEL', 'chat:m:' .. room, key) end
     redis.call('PUBLISH', ARGV[3], 'L\t' .. node .. '\t' .. seat)
     n = n + 1
   end
@@ -133,7 +157,7 @@ end
 return lost
 ";
 
-/// ARGV: node, channel, then every local seat (`room TAB nick`). After an
+/// ARGV: node, channel, then every local seat (`room TAB key TAB nick`). After an
 /// outage: publishes `left` for the seats Redis holds that are gone, and
 /// `joined` for the seats it lacks (all of them when the node was reaped
 /// meanwhile or Redis lost its data), then stores the set.
@@ -146,13 +170,18 @@ for _, seat in ipairs(redis.call('SMEMBERS', seats)) do
   if now[seat] then
     now[seat] = false
   else
+    local room, key = string.match(seat, '^([^\t]*)\t([^\t]*)\t')
+    if room then redis.call('HDEL', 'chat:m:' .. room, key) end
     redis.call('PUBLISH', ARGV[2], 'L\t' .. node .. '\t' .. seat)
   end
 end
 redis.call('DEL', seats)
 for i = 3, #ARGV do
-  if now[ARGV[i]] then redis.call('PUBLISH', ARGV[2], 'J\t' .. node .. '\t' .. ARGV[i]) end
-  redis.call('SADD', seats, ARGV[i])
+  local seat = ARGV[i]
+  local room, key, nick = string.match(seat, '^([^\t]*)\t([^\t]*)\t(.*)$')
+  if room then redis.call('HSET', 'chat:m:' .. room, key, node .. '\t' .. nick) end
+  if now[seat] then redis.call('PUBLISH', ARGV[2], 'J\t' .. node .. '\t' .. seat) end
+  redis.call('SADD', seats, seat)
 end
 return 0
 ";
