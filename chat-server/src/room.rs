@@ -597,7 +597,6 @@ impl State {
     fn users_page(&self, after: Option<&str>, limit: usize, budget: usize) -> (String, bool) {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut out = String::from("[");
-        let mut taken = 0;
         let mut more = false;
         let mut local = self
             .by_nick
@@ -626,7 +625,7 @@ impl State {
                 remote.next().map(|(_, n)| n)
             }
         };
-        for nick in std::iter::from_fn(next) {
+        for (taken, nick) in std::iter::from_fn(next).enumerate() {
             let nick = serde_json::to_string(nick).unwrap_or_else(|_| "\"\"".into());
             if taken == limit || (taken > 0 && out.len() + 1 + nick.len() + 1 > budget) {
                 more = true;
@@ -636,7 +635,6 @@ impl State {
                 out.push(',');
             }
             out.push_str(&nick);
-            taken += 1;
         }
         out.push(']');
         (out, more)
