@@ -139,6 +139,7 @@ impl Hub {
         let key = nick_key(nick);
         let mut reg = self.lock();
         let reg = &mut *reg;
+        let since_token = token; // cluster hook
         let resumed = token
             .and_then(|t| reg.by_token.get(t).copied())
             .filter(|id| reg.by_nick.get(&key) == Some(id));
@@ -156,21 +157,30 @@ impl Hub {
             if reg.by_nick.contains_key(&key) {
                 return Err(taken(nick));
             }
+            let mut token = new_token();
             if let Some(c) = &self.ctx.cluster {
                 // cluster hook: unique cluster-wide (under the registry
-                // lock, so a stale claim of this node's own is taken over).
-                if !c.claim_nick(&key, &c.claim_value(reg.next_member, nick))? {
+                // lock, so a stale claim of this node's own is taken over);
+                // a resume token held on another node moves the member here.
+                let next = reg.next_member;
+                let took = match since_token {
+                    Some(t) => c.take_over(&key, t, &c.claim_value(next, nick, t))?,
+                    None => false,
+                };
+                if took {
+                    token = since_token.unwrap_or_default().to_owned();
+                } else if !c.claim_nick(&key, &c.claim_value(next, nick, &token))? {
                     return Err(taken(nick));
                 }
                 c.submit_quiet(Job::Seat {
                     room: LOBBY.into(),
                     nick: nick.to_owned(),
                     enter: true,
+                    quiet: took,
                 });
             }
             let id = MemberId(reg.next_member);
             reg.next_member += 1;
-            let token = new_token();
             reg.by_nick.insert(key, id);
             reg.by_token.insert(token.clone(), id);
             reg.members.insert(
@@ -299,6 +309,7 @@ impl Hub {
                     room: name.to_owned(),
                     nick: member.nick.clone(),
                     enter: true,
+                    quiet: false,
                 });
             }
         }
@@ -326,6 +337,7 @@ impl Hub {
                 room: name.to_owned(),
                 nick: member.nick.clone(),
                 enter: false,
+                quiet: false,
             });
         }
         if let Some(room) = reg.rooms.get(name) {
@@ -359,10 +371,11 @@ impl Hub {
                     room: name.clone(),
                     nick: member.nick.clone(),
                     enter: false,
+                    quiet: false,
                 });
             }
             c.submit_quiet(Job::Release {
-                value: c.claim_value(id.0, &member.nick),
+                value: c.claim_value(id.0, &member.nick, &member.token),
                 key: key.clone(),
             });
         }
@@ -402,11 +415,11 @@ impl Hub {
             // cluster hook: claim the new nick, free the old claim; other
             // nodes see the move as `left` then `joined` per room.
             let old_key = nick_key(&member.nick);
-            if !c.claim_nick(&key, &c.claim_value(id.0, nick))? {
+            if !c.claim_nick(&key, &c.claim_value(id.0, nick, &member.token))? {
                 return Err(taken(nick));
             }
             c.submit_quiet(Job::Release {
-                value: c.claim_value(id.0, &member.nick),
+                value: c.claim_value(id.0, &member.nick, &member.token),
                 key: old_key,
             });
             for name in &member.rooms {
@@ -415,6 +428,7 @@ impl Hub {
                         room: name.clone(),
                         nick: n.clone(),
                         enter,
+                        quiet: false,
                     });
                 }
             }
@@ -539,6 +553,35 @@ impl Hub {
         c.submit(c.private_job(&to_key, &nick_key(&from), prefix, suffix, client))
     }
 
+    /// cluster hook: member `member` (nick key `key`) was taken over on
+    /// another node with its resume token: it leaves this node without a
+    /// notice (it lives on there) and its connection is closed with 4000.
+    pub(crate) fn kick(&self, key: &str, member: u64) {
+        let mut reg = self.lock();
+        let reg = &mut *reg;
+        let Some(&id) = reg.by_nick.get(key).filter(|id| id.0 == member) else {
+            return;
+        };
+        let Some(m) = reg.members.remove(&id) else {
+            return;
+        };
+        reg.by_nick.remove(key);
+        reg.by_token.remove(&m.token);
+        for name in &m.rooms {
+            if let Some(room) = reg.rooms.get(name) {
+                room.leave_quietly(id);
+            }
+        }
+        m.client.close(close_replaced(), "replaced");
+        if self.ctx.log {
+            eprintln!(
+                "chat: {} {:?} resumed on another node",
+                m.client.label(),
+                m.nick
+            );
+        }
+    }
+
     /// cluster hook: the local room called `name`, for the subscriber.
     pub(crate) fn room(&self, name: &str) -> Option<Arc<Room>> {
         self.lock().rooms.get(name).cloned()
@@ -570,7 +613,7 @@ impl Hub {
             .map(|(id, m)| {
                 (
                     nick_key(&m.nick),
-                    c.claim_value(id.0, &m.nick),
+                    c.claim_value(id.0, &m.nick, &m.token),
                     m.nick.clone(),
                     m.rooms.iter().cloned().collect(),
                 )

@@ -210,10 +210,13 @@ impl cluster::Local for Shared {
     fn deliver_private(&self, to_key: &str, from_key: &str, json: &str) {
         self.room.deliver_private(to_key, from_key, json);
     }
-    fn presence(&self, room: &str, key: &str, nick: &str, joined: bool) {
+    fn presence(&self, room: &str, key: &str, nick: &str, joined: bool, notify: bool) {
         if let Some(r) = self.room.room(room) {
-            r.remote_presence(key, nick, joined);
+            r.remote_presence(key, nick, joined, notify);
         }
+    }
+    fn kick(&self, key: &str, member: u64) {
+        self.room.kick(key, member);
     }
     fn members(&self) -> Vec<(String, String, String, Vec<String>)> {
         self.room.cluster_members()

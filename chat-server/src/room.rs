@@ -231,6 +231,10 @@ impl Room {
                 false
             }
             None => {
+                if let Some(remote) = &mut st.remote {
+                    // cluster hook: this node is now where it lives.
+                    remote.remove(&nick_key(nick));
+                }
                 st.by_nick.insert(nick_key(nick), id);
                 st.members.insert(
                     id,
@@ -290,6 +294,16 @@ impl Room {
             self.presence_changed(&mut st, total - 1);
         }
         st.version
+    }
+
+    /// cluster hook: member `id` moved to another node (a takeover by
+    /// token there): out of this room without a notice.
+    pub(crate) fn leave_quietly(&self, id: MemberId) {
+        let mut st = self.lock();
+        if let Some(seat) = st.members.remove(&id) {
+            st.by_nick.remove(&nick_key(&seat.nick));
+            st.version += 1;
+        }
     }
 
     /// Points member `id` at its new connection (a takeover by token).
@@ -482,7 +496,7 @@ impl Room {
     /// cluster hook: member `nick` joined or left this room on another
     /// node: the online list follows, and the local members hear it while
     /// the room is within the presence limit.
-    pub(crate) fn remote_presence(&self, key: &str, nick: &str, joined: bool) {
+    pub(crate) fn remote_presence(&self, key: &str, nick: &str, joined: bool, notify: bool) {
         let mut st = self.lock();
         if let Some(remote) = &mut st.remote {
             if joined {
@@ -492,7 +506,7 @@ impl Room {
             }
         }
         st.version += 1;
-        if self.ctx.notices(st.members.len()) {
+        if notify && self.ctx.notices(st.members.len()) {
             let what = if joined { "joined" } else { "left" };
             let json = format!(
                 r#"{{"type":"{what}","room":{},"nick":{},"ts":{}}}"#,

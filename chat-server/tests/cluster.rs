@@ -133,6 +133,21 @@ fn join_since(addr: SocketAddr, nick: &str, since: Option<u64>) -> (Client, Valu
     }
 }
 
+/// Sends `req` (a join expected to be refused) until the node is
+/// available; returns the refusal's code.
+fn refused(c: &mut Client, req: Value) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        c.send(req.clone());
+        let v = c.recv();
+        assert_eq!(v["type"], "error", "{v}");
+        if v["code"] != "unavailable" || Instant::now() > deadline {
+            return v["code"].as_str().unwrap().to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The next message of type `kind` within `wait`, skipping others.
 fn recv_within(c: &mut Client, kind: &str, wait: Duration) -> Option<Value> {
     c.ws.set_idle_timeout(Some(wait));
@@ -205,9 +220,10 @@ fn nicks_presence_and_private_messages_are_cluster_wide() {
     let (a, b) = (node(&redis, "a", 15), node(&redis, "b", 15));
     let (mut alice, _) = join(a.addr, "alice");
     let mut dup = Client::connect(b.addr);
-    dup.send(json!({"type": "join", "nick": "ALICE"}));
-    let v = dup.recv();
-    assert_eq!(v["code"], "nick_taken", "{v}");
+    assert_eq!(
+        refused(&mut dup, json!({"type": "join", "nick": "ALICE"})),
+        "nick_taken"
+    );
     // Presence across nodes: bob joins on B, alice on A hears it.
     let (mut bob, welcome) = join(b.addr, "bob");
     assert_eq!(
@@ -242,8 +258,14 @@ fn nicks_presence_and_private_messages_are_cluster_wide() {
     assert_eq!(v["room"], "rust");
     // Leaving frees the nick cluster-wide and is announced.
     drop(alice);
-    let v = recv_within(&mut bob, "left", WAIT).expect("left across nodes");
-    assert_eq!(v["nick"], "alice");
+    let mut rooms = Vec::new();
+    for _ in 0..2 {
+        let v = recv_within(&mut bob, "left", WAIT).expect("left across nodes");
+        assert_eq!(v["nick"], "alice");
+        rooms.push(v["room"].as_str().unwrap().to_owned());
+    }
+    rooms.sort();
+    assert_eq!(rooms, ["lobby", "rust"]);
     bob.send(json!({"type": "who", "room": "rust"}));
     assert_eq!(bob.recv_type("users")["users"], json!(["bob"]));
     let deadline = Instant::now() + WAIT;
@@ -403,6 +425,11 @@ fn redis_outage_answers_unavailable_then_recovers() {
     let (a, b) = (node(&redis, "a", 3), node(&redis, "b", 3));
     let (mut alice, _) = join(a.addr, "alice");
     let (mut bob, _) = join(b.addr, "bob");
+    // Presence is published asynchronously: wait until A knows bob.
+    assert_eq!(
+        recv_within(&mut alice, "joined", WAIT).unwrap()["nick"],
+        "bob"
+    );
     alice.send(json!({"type": "message", "text": "one"}));
     let first = bob.recv_type("message")["id"].as_u64().unwrap();
     alice.recv_type("message");
@@ -496,6 +523,51 @@ fn after_a_redis_pause_what_the_cluster_missed_is_announced_and_nobody_is_reaped
     // bob's nick is free again, alice's is still held.
     let (_bob, _) = join(a.addr, "bob");
     let mut dup = Client::connect(b.addr);
-    dup.send(json!({"type": "join", "nick": "alice"}));
-    assert_eq!(dup.recv()["code"], "nick_taken");
+    assert_eq!(
+        refused(&mut dup, json!({"type": "join", "nick": "alice"})),
+        "nick_taken"
+    );
+}
+
+#[test]
+fn a_resume_token_moves_a_member_to_another_node_silently() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "a", 15), node(&redis, "b", 15));
+    let (mut alice, welcome) = join(a.addr, "alice");
+    let token = welcome["token"].as_str().unwrap().to_owned();
+    let (mut bob, _) = join(b.addr, "bob");
+    assert_eq!(
+        recv_within(&mut alice, "joined", WAIT).unwrap()["nick"],
+        "bob"
+    );
+    alice.send(json!({"type": "message", "text": "one"}));
+    let one = bob.recv_type("message")["id"].as_u64().unwrap();
+    // A wrong token is no takeover.
+    let mut thief = Client::connect(b.addr);
+    thief.send(json!({"type": "join", "nick": "alice", "token": "00", "since": one}));
+    assert_eq!(thief.recv()["code"], "nick_taken");
+    // The right one moves alice to B: A closes her old connection 4000,
+    // nobody hears left/joined, and she resumes after `one`.
+    let mut moved = Client::connect(b.addr);
+    moved.send(json!({"type": "join", "nick": "alice", "token": token, "since": one}));
+    let w = moved.recv_type("welcome");
+    assert_eq!(w["history"], json!([]), "{w}");
+    assert_eq!(w["token"], token.as_str());
+    assert_eq!(alice.expect_close(), 4000);
+    bob.send(json!({"type": "who"}));
+    assert_eq!(bob.recv_type("users")["users"], json!(["alice", "bob"]));
+    moved.send(json!({"type": "message", "text": "two"}));
+    let two = bob.recv_type("message");
+    assert_eq!(
+        (two["from"].as_str(), two["text"].as_str()),
+        (Some("alice"), Some("two"))
+    );
+    assert!(recv_within(&mut bob, "left", Duration::from_millis(500)).is_none());
+    // Leaving from B is announced once and frees the nick on A too.
+    drop(moved);
+    assert_eq!(
+        recv_within(&mut bob, "left", WAIT).unwrap()["nick"],
+        "alice"
+    );
+    let (_again, _) = join(a.addr, "alice");
 }

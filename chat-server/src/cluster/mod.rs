@@ -110,11 +110,13 @@ pub(crate) enum Job {
         suffix: String,
         sender: Arc<Client>,
     },
-    /// A member entered (`true`) or left a room on this node.
+    /// A member entered (`true`) or left a room on this node; `quiet`
+    /// updates the online lists without a notice (a takeover).
     Seat {
         room: String,
         nick: String,
         enter: bool,
+        quiet: bool,
     },
     /// A nick this node no longer holds (`value` is the claim it made).
     Release { key: String, value: String },
@@ -149,7 +151,10 @@ pub(crate) trait Local: Send + Sync + 'static {
     fn deliver_private(&self, to_key: &str, from_key: &str, json: &str);
     /// Member `nick` (key `key`) joined (`true`) or left local room `room`
     /// on another node.
-    fn presence(&self, room: &str, key: &str, nick: &str, joined: bool);
+    fn presence(&self, room: &str, key: &str, nick: &str, joined: bool, notify: bool);
+    /// Another node took over local member `member` (nick key `key`) with
+    /// its resume token: close it, silently.
+    fn kick(&self, key: &str, member: u64);
     /// Every local member: (nick key, claim value, nick, rooms).
     fn members(&self) -> Vec<(String, String, String, Vec<String>)>;
     /// The server is stopping.
@@ -272,8 +277,28 @@ impl Cluster {
     }
 
     /// The claim value this node writes for member `member` called `nick`.
-    pub fn claim_value(&self, member: u64, nick: &str) -> String {
-        format!("{}\t{member}\t{nick}", self.node)
+    pub fn claim_value(&self, member: u64, nick: &str, token: &str) -> String {
+        format!("{}\t{member}\t{nick}\t{token}", self.node)
+    }
+
+    /// A join with a resume token for a nick another node holds: takes the
+    /// claim over when the token is that member's (the old node closes its
+    /// connection). False when it is not.
+    pub fn take_over(&self, key: &str, token: &str, value: &str) -> Result<bool, Refusal> {
+        let took: i64 = self.with_cmd(|c| {
+            redis::cmd("EVAL")
+                .arg(scripts::TAKEOVER)
+                .arg(2)
+                .arg(nick_key(key))
+                .arg(nicks_key(&self.node))
+                .arg(token)
+                .arg(value)
+                .arg(CHANNEL)
+                .arg(&self.node)
+                .arg(key)
+                .query(c)
+        })?;
+        Ok(took == 1)
     }
 
     /// Claims the nick key `key` cluster-wide for a local member (the
@@ -300,7 +325,7 @@ impl Cluster {
     /// cluster, if any.
     pub fn nick_owner(&self, key: &str) -> Result<Option<String>, Refusal> {
         let v: Option<String> = self.with_cmd(|c| redis::cmd("GET").arg(nick_key(key)).query(c))?;
-        Ok(v.and_then(|v| v.splitn(3, '\t').nth(2).map(str::to_owned)))
+        Ok(v.and_then(|v| v.split('\t').nth(2).map(str::to_owned)))
     }
 
     /// Reads the greeting's history of `room`: entries after `since`
@@ -526,7 +551,16 @@ impl Cluster {
                     local.deliver_private(to, from, json);
                 }
             }
-            Some(kind @ ("J" | "L")) => {
+            Some("K") => {
+                if let (Some(node), Some(key), Some(Ok(member))) =
+                    (f.next(), f.next(), f.next().map(str::parse::<u64>))
+                {
+                    if node == self.node {
+                        local.kick(key, member);
+                    }
+                }
+            }
+            Some(kind @ ("J" | "L" | "j" | "l")) => {
                 let (Some(node), Some(room), Some(key), Some(nick)) =
                     (f.next(), f.next(), f.next(), f.next())
                 else {
@@ -536,7 +570,8 @@ impl Cluster {
                 if node == self.node {
                     return;
                 }
-                local.presence(room, key, nick, kind == "J");
+                let joined = kind.eq_ignore_ascii_case("j");
+                local.presence(room, key, nick, joined, kind == "J" || kind == "L");
             }
             _ => {}
         }
@@ -621,10 +656,20 @@ impl Cluster {
                     .arg(header)
                     .ignore();
             }
-            Job::Seat { room, nick, enter } => {
+            Job::Seat {
+                room,
+                nick,
+                enter,
+                quiet,
+            } => {
                 let key = crate::protocol::nick_key(nick);
                 let seat = format!("{room}\t{key}\t{nick}");
-                let kind = if *enter { 'J' } else { 'L' };
+                let kind = match (*enter, *quiet) {
+                    (true, false) => 'J',
+                    (false, false) => 'L',
+                    (true, true) => 'j',
+                    (false, true) => 'l',
+                };
                 pipe.cmd("EVAL")
                     .arg(scripts::SEAT)
                     .arg(2)

@@ -185,3 +185,35 @@ for i = 3, #ARGV do
 end
 return 0
 ";
+
+/// KEYS: nick key, this node's nick set. ARGV: token, new claim value,
+/// channel, this node, nick key. A resume token presented on another node
+/// than the one holding the nick: if it is that member's token, the claim
+/// moves here, the old node's seats of the member go (silently for the
+/// lobby, where the member lives on; `left` for the other rooms, which a
+/// resume on another node does not carry over), and the old node is told
+/// to close its connection (`K`).
+/// Returns 1 when taken over.
+pub const TAKEOVER: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local node, member, token = string.match(v, '^([^\t]*)\t([^\t]*)\t[^\t]*\t(.*)$')
+if not node or token ~= ARGV[1] or node == ARGV[4] then return 0 end
+local seats = 'chat:seats:' .. node
+for _, seat in ipairs(redis.call('SMEMBERS', seats)) do
+  local room, k = string.match(seat, '^([^\t]*)\t([^\t]*)\t')
+  if k == ARGV[5] then
+    redis.call('SREM', seats, seat)
+    redis.call('HDEL', 'chat:m:' .. room, k)
+    -- The member resumes in the lobby only: it left the other rooms.
+    if room ~= 'lobby' then
+      redis.call('PUBLISH', ARGV[3], 'L\t' .. node .. '\t' .. seat)
+    end
+  end
+end
+redis.call('SREM', 'chat:nicks:' .. node, ARGV[5])
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[3], 'K\t' .. node .. '\t' .. ARGV[5] .. '\t' .. member)
+return 1
+";
