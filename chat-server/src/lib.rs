@@ -215,6 +215,11 @@ impl cluster::Local for Shared {
             r.remote_presence(key, nick, joined, notify);
         }
     }
+    fn topic(&self, room: &str, topic: &str, json: &str) {
+        if let Some(r) = self.room.room(room) {
+            r.remote_topic(topic, json);
+        }
+    }
     fn kick(&self, key: &str, member: u64) {
         self.room.kick(key, member);
     }

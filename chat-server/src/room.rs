@@ -206,8 +206,9 @@ impl Room {
         let merged = remote.map(|r| {
             if st.remote.is_none() {
                 // The read ran under the registry lock after the room was
-                // registered, so no presence event since is lost.
+                // registered, so no presence or topic event since is lost.
                 st.remote = Some(r.members.unwrap_or_default().into_iter().collect());
+                st.topic = r.topic;
             }
             let g = r.counter;
             let mut all: Vec<Stored> = st
@@ -294,6 +295,13 @@ impl Room {
             self.presence_changed(&mut st, total - 1);
         }
         st.version
+    }
+
+    /// cluster hook: a topic set on any node, from the subscription.
+    pub(crate) fn remote_topic(&self, topic: &str, json: &str) {
+        let mut st = self.lock();
+        st.topic = topic.to_owned();
+        st.broadcast(json, None);
     }
 
     /// cluster hook: member `id` moved to another node (a takeover by
@@ -408,14 +416,20 @@ impl Room {
                 format!("a topic is at most {TOPIC_MAX_CHARS} characters"),
             ));
         }
-        // store hook: the room's topic is written through here.
-        st.topic = topic.to_owned();
         let msg = format!(
             r#"{{"type":"topic","room":{},"topic":{},"by":{by},"ts":{}}}"#,
             self.quoted,
             json!(topic),
             now_ms()
         );
+        if let Some(c) = &self.ctx.cluster {
+            // cluster hook: stored in Redis and applied on every node (this
+            // one included) from the subscription, in one order.
+            drop(st);
+            return c.submit(c.topic_job(&self.name, topic, msg, client));
+        }
+        // store hook: the room's topic is written through here.
+        st.topic = topic.to_owned();
         st.broadcast(&msg, None);
         Ok(())
     }

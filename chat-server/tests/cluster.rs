@@ -256,6 +256,26 @@ fn nicks_presence_and_private_messages_are_cluster_wide() {
     alice.recv_type("entered");
     let v = recv_within(&mut bob, "joined", WAIT).expect("joined in rust");
     assert_eq!(v["room"], "rust");
+    // Topics: set on A, heard on B; a room new to B greets with it.
+    alice.send(json!({"type": "topic", "room": "rust", "topic": "crabs"}));
+    let t = bob.recv_type("topic");
+    assert_eq!(
+        (t["topic"].as_str(), t["by"].as_str()),
+        (Some("crabs"), Some("alice"))
+    );
+    assert_eq!(alice.recv_type("topic")["topic"], "crabs");
+    alice.send(json!({"type": "enter", "room": "go"}));
+    alice.recv_type("entered");
+    alice.send(json!({"type": "topic", "room": "go", "topic": "gophers"}));
+    alice.recv_type("topic");
+    bob.send(json!({"type": "enter", "room": "go"}));
+    let e = bob.recv_type("entered");
+    assert_eq!(
+        (e["topic"].as_str(), e["users"].clone()),
+        (Some("gophers"), json!(["alice", "bob"]))
+    );
+    bob.send(json!({"type": "leave", "room": "go"}));
+    bob.recv_type("left_room");
     // Leaving frees the nick cluster-wide and is announced.
     drop(alice);
     let mut rooms = Vec::new();

@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 pub const CHANNEL: &str = "chat:ev";
 /// The cluster-wide id counter (room and private messages share it).
 const COUNTER: &str = "chat:id";
+/// Room topics: room -> topic.
+const TOPICS: &str = "chat:topics";
 /// The heartbeat sorted set: node id scored by Redis' clock (ms).
 const NODES: &str = "chat:nodes";
 
@@ -96,6 +98,8 @@ pub(crate) struct Remote {
     /// The room's members on other nodes (nick key, nick), read with the
     /// entries (a greeting's read only).
     pub members: Option<Vec<(String, String)>>,
+    /// The room's topic (a greeting's read only).
+    pub topic: String,
 }
 
 /// Work for the publisher thread, in the order the node produced it.
@@ -117,6 +121,13 @@ pub(crate) enum Job {
         nick: String,
         enter: bool,
         quiet: bool,
+    },
+    /// A room's new topic; `json` is the `topic` notice every member gets.
+    Topic {
+        room: String,
+        topic: String,
+        json: String,
+        sender: Arc<Client>,
     },
     /// A nick this node no longer holds (`value` is the claim it made).
     Release { key: String, value: String },
@@ -152,6 +163,8 @@ pub(crate) trait Local: Send + Sync + 'static {
     /// Member `nick` (key `key`) joined (`true`) or left local room `room`
     /// on another node.
     fn presence(&self, room: &str, key: &str, nick: &str, joined: bool, notify: bool);
+    /// A topic set on any node (this one included) for local room `room`.
+    fn topic(&self, room: &str, topic: &str, json: &str);
     /// Another node took over local member `member` (nick key `key`) with
     /// its resume token: close it, silently.
     fn kick(&self, key: &str, member: u64);
@@ -371,17 +384,20 @@ impl Cluster {
         let raw: Vec<String> = self.with_cmd(|c| {
             redis::cmd("EVAL")
                 .arg(scripts::READ)
-                .arg(3)
+                .arg(4)
                 .arg(COUNTER)
                 .arg(stream_key(room))
                 .arg(&hash)
+                .arg(TOPICS)
                 .arg(&max)
                 .arg(&min)
                 .arg(count.max(1))
+                .arg(room)
                 .query(c)
         })?;
         let mut it = raw.into_iter();
         let counter = it.next().and_then(|g| g.parse().ok()).unwrap_or(0);
+        let topic = it.next().unwrap_or_default();
         let entries: usize = it.next().and_then(|n| n.parse().ok()).unwrap_or(0);
         let mut newest_first = Vec::with_capacity(entries);
         for _ in 0..entries {
@@ -413,6 +429,7 @@ impl Cluster {
             counter,
             newest_first,
             members,
+            topic,
         })
     }
 
@@ -450,6 +467,16 @@ impl Cluster {
             header: format!("M\t{room}\t"),
             prefix,
             suffix,
+            sender: Arc::clone(sender),
+        }
+    }
+
+    /// A topic for `room`, to store and publish.
+    pub fn topic_job(&self, room: &str, topic: &str, json: String, sender: &Arc<Client>) -> Job {
+        Job::Topic {
+            room: room.to_owned(),
+            topic: topic.to_owned(),
+            json,
             sender: Arc::clone(sender),
         }
     }
@@ -549,6 +576,17 @@ impl Cluster {
                 ) {
                     self.max_seen.fetch_max(id, Ordering::AcqRel);
                     local.deliver_private(to, from, json);
+                }
+            }
+            Some("T") => {
+                let mut f = text[2..].splitn(2, '\t');
+                if let (Some(room), Some(json)) = (f.next(), f.next()) {
+                    let topic = serde_json::from_str::<serde_json::Value>(json)
+                        .ok()
+                        .and_then(|v| v["topic"].as_str().map(str::to_owned));
+                    if let Some(topic) = topic {
+                        local.topic(room, &topic, json);
+                    }
                 }
             }
             Some("K") => {
@@ -681,6 +719,19 @@ impl Cluster {
                     .arg(format!("{kind}\t{}\t{seat}", self.node))
                     .arg(&key)
                     .arg(format!("{}\t{nick}", self.node))
+                    .ignore();
+            }
+            Job::Topic {
+                room, topic, json, ..
+            } => {
+                pipe.cmd("EVAL")
+                    .arg(scripts::TOPIC)
+                    .arg(1)
+                    .arg(TOPICS)
+                    .arg(room)
+                    .arg(topic)
+                    .arg(CHANNEL)
+                    .arg(format!("T\t{room}\t{json}"))
                     .ignore();
             }
             Job::Release { key, value } => {
@@ -832,7 +883,7 @@ impl std::fmt::Debug for Cluster {
 
 fn refuse_all(batch: &[Job]) {
     for job in batch {
-        if let Job::Message { sender, .. } = job {
+        if let Job::Message { sender, .. } | Job::Topic { sender, .. } = job {
             sender.send(sender.frame(&unavailable().to_json()));
         }
     }

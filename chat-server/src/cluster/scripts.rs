@@ -18,14 +18,15 @@ redis.call('PUBLISH', ARGV[4], ARGV[5] .. id .. '\t' .. m)
 return id
 ";
 
-/// KEYS: counter, stream, the room's members hash ('' for none). ARGV:
-/// max, min, count. The counter (read atomically with the rest), the
-/// number of entries, the id, message pairs (newest first), then the
-/// room's members as nick key, `node TAB nick` pairs.
+/// KEYS: counter, stream, the room's members hash ('' for none), the
+/// topics hash. ARGV: max, min, count, room. The counter (read atomically
+/// with the rest), the room's topic, the number of entries, the id,
+/// message pairs (newest first), then the room's members as nick key,
+/// `node TAB nick` pairs.
 pub const READ: &str = r"
 local g = redis.call('GET', KEYS[1]) or '0'
 local e = redis.call('XREVRANGE', KEYS[2], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
-local out = {g, tostring(#e)}
+local out = {g, redis.call('HGET', KEYS[4], ARGV[4]) or '', tostring(#e)}
 for _, x in ipairs(e) do
   out[#out + 1] = x[1]
   out[#out + 1] = x[2][2]
@@ -216,4 +217,17 @@ redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[5])
 redis.call('PUBLISH', ARGV[3], 'K\t' .. node .. '\t' .. ARGV[5] .. '\t' .. member)
 return 1
+";
+
+/// KEYS: the topics hash. ARGV: room, topic, channel, event. Stores and
+/// publishes a topic in one step (so a greeting's read and the events
+/// agree).
+pub const TOPIC: &str = r"
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 0
 ";
