@@ -152,6 +152,10 @@ pub(crate) struct Cluster {
     /// comes back empty, so ids keep increasing.
     max_seen: AtomicU64,
     stop: AtomicBool,
+    /// Jobs published, and the round trips (pipelines) they took: logged
+    /// at shutdown, the cost per message in Redis round trips.
+    published: AtomicU64,
+    round_trips: AtomicU64,
 }
 
 /// What the cluster threads need of the server they serve.
@@ -200,6 +204,8 @@ impl Cluster {
             queue: Mutex::new(Some(rx)),
             max_seen: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            published: AtomicU64::new(0),
+            round_trips: AtomicU64::new(0),
         })
     }
 
@@ -224,6 +230,16 @@ impl Cluster {
     /// Stops the threads (at their next timeout).
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
+        let (jobs, trips) = (
+            self.published.load(Ordering::Acquire),
+            self.round_trips.load(Ordering::Acquire),
+        );
+        if self.log && jobs > 0 {
+            eprintln!(
+                "chat: redis publisher: {jobs} jobs in {trips} round trips ({:.3} per job)",
+                trips as f64 / jobs as f64
+            );
+        }
     }
 
     /// Redis is reachable and the subscription is live.
@@ -660,6 +676,11 @@ impl Cluster {
                 if let Some(c) = con.as_mut() {
                     sent = pipe.query::<redis::Value>(c);
                 }
+            }
+            self.round_trips.fetch_add(1, Ordering::AcqRel);
+            if sent.is_ok() {
+                self.published
+                    .fetch_add(batch.len() as u64, Ordering::AcqRel);
             }
             if let Err(e) = sent {
                 if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
