@@ -46,6 +46,9 @@ const NODES: &str = "chat:nodes";
 
 /// Jobs the publisher may hold before requests get `unavailable`.
 const QUEUE: usize = 8192;
+/// Events read but not yet delivered, at most; past it the subscriber
+/// waits (and Redis buffers, up to its pub/sub output limit).
+const EVENTS: usize = 65_536;
 /// Jobs sent in one pipeline at most.
 const BATCH: usize = 512;
 /// How long a request waits on Redis at most.
@@ -218,8 +221,14 @@ impl Cluster {
             .take()
             .ok_or_else(|| std::io::Error::other("cluster already started"))?;
         let spawn = |name: &str| std::thread::Builder::new().name(name.into());
+        // The subscriber only reads; a second thread delivers, corked per
+        // run of events already read, so a burst costs each client one
+        // write (self-clocked like the reactors: no timer, no added wait).
+        let (events, inbox) = std::sync::mpsc::sync_channel::<Vec<u8>>(EVENTS);
         let (me, l) = (Arc::clone(self), local.clone());
-        spawn("chat-redis-sub").spawn(move || me.subscriber(&l))?;
+        spawn("chat-redis-sub").spawn(move || me.subscriber(&l, &events))?;
+        let (me, l) = (Arc::clone(self), local.clone());
+        spawn("chat-redis-deliver").spawn(move || me.deliverer(&l, &inbox))?;
         let me = Arc::clone(self);
         spawn("chat-redis-pub").spawn(move || me.publisher(&rx))?;
         let me = Arc::clone(self);
@@ -521,7 +530,7 @@ impl Cluster {
 
     /// The one subscription of the node: delivers every event into the
     /// local rooms, and reconnects with backoff when the link drops.
-    fn subscriber(&self, local: &Weak<dyn Local>) {
+    fn subscriber(&self, local: &Weak<dyn Local>, events: &SyncSender<Vec<u8>>) {
         let mut backoff = Backoff::new();
         while !self.stopped(local) {
             let mut con = match self.connect() {
@@ -546,8 +555,8 @@ impl Cluster {
             loop {
                 match ps.get_message() {
                     Ok(msg) => {
-                        if let Some(l) = local.upgrade() {
-                            self.handle_event(&*l, msg.get_payload_bytes());
+                        if events.send(msg.get_payload_bytes().to_vec()).is_err() {
+                            return;
                         }
                     }
                     Err(e) if e.is_timeout() => {
@@ -560,6 +569,32 @@ impl Cluster {
                         self.mark_down("subscription", &e);
                         break;
                     }
+                }
+            }
+        }
+    }
+
+    /// Delivers the events the subscriber read, in order, corking this
+    /// thread's writes over each run of events already waiting.
+    fn deliverer(&self, local: &Weak<dyn Local>, inbox: &Receiver<Vec<u8>>) {
+        loop {
+            let first = match inbox.recv_timeout(Duration::from_millis(300)) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.stopped(local) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let Some(l) = local.upgrade() else { return };
+            let _cork = crate::client::cork();
+            self.handle_event(&*l, &first);
+            for _ in 1..BATCH {
+                match inbox.try_recv() {
+                    Ok(e) => self.handle_event(&*l, &e),
+                    Err(_) => break,
                 }
             }
         }
