@@ -159,6 +159,8 @@ pub(crate) struct Cluster {
     /// at shutdown, the cost per message in Redis round trips.
     published: AtomicU64,
     round_trips: AtomicU64,
+    /// Some presence or nick job was lost: the keeper resyncs.
+    resync_needed: AtomicBool,
 }
 
 /// What the cluster threads need of the server they serve.
@@ -209,6 +211,7 @@ impl Cluster {
             stop: AtomicBool::new(false),
             published: AtomicU64::new(0),
             round_trips: AtomicU64::new(0),
+            resync_needed: AtomicBool::new(false),
         })
     }
 
@@ -473,10 +476,13 @@ impl Cluster {
         }
     }
 
-    /// Queues presence/cleanup work that the keeper's resync repairs if it
-    /// is lost in an outage (so it is dropped silently while down).
+    /// Queues presence/cleanup work. It never refuses the request it
+    /// belongs to: a job lost (queue full, Redis down, batch refused) makes
+    /// the keeper resync the node's nicks and seats at its next beat.
     pub fn submit_quiet(&self, job: Job) {
-        let _ = self.jobs.try_send(job);
+        if self.jobs.try_send(job).is_err() {
+            self.resync_needed.store(true, Ordering::Release);
+        }
     }
 
     /// A room message to publish: `prefix` ends where the id goes.
@@ -725,6 +731,12 @@ impl Cluster {
                     eprintln!("chat: redis refused a batch: {e}");
                 }
                 refuse_all(&batch);
+                if batch
+                    .iter()
+                    .any(|j| matches!(j, Job::Seat { .. } | Job::Release { .. }))
+                {
+                    self.resync_needed.store(true, Ordering::Release);
+                }
             }
         }
     }
@@ -872,6 +884,9 @@ impl Cluster {
             .arg(CHANNEL)
             .arg(forced)
             .query(c)?;
+        if !self.down.load(Ordering::Acquire) && self.resync_needed.swap(false, Ordering::AcqRel) {
+            self.resync(c, local)?;
+        }
         if self.down.load(Ordering::Acquire) {
             if !self.subscribed.load(Ordering::Acquire) {
                 // Not up until the subscription is back, so no message of
