@@ -403,7 +403,7 @@ fn a_sigkilled_node_s_members_are_announced_left_once_and_their_nicks_freed() {
     // bob (in lobby and rust) hears dave leave each room exactly once;
     // carol, on another survivor, hears it once in the lobby.
     let mut rooms = Vec::new();
-    while let Some(v) = recv_within(&mut bob, "left", Duration::from_secs(timeout * 3)) {
+    while let Some(v) = recv_within(&mut bob, "left", Duration::from_secs(10)) {
         assert_eq!(v["nick"], "dave");
         rooms.push(v["room"].as_str().unwrap().to_owned());
         if rooms.len() == 2 {
@@ -413,8 +413,11 @@ fn a_sigkilled_node_s_members_are_announced_left_once_and_their_nicks_freed() {
     let elapsed = killed.elapsed();
     rooms.sort();
     assert_eq!(rooms, ["lobby", "rust"], "after {elapsed:?}");
+    // Dead after `timeout` of silence, seen at a survivor's next beat (every
+    // third of it); the rest is slack for a loaded machine.
+    eprintln!("left announced {elapsed:?} after the SIGKILL (--node-timeout {timeout}s)");
     assert!(
-        elapsed < Duration::from_secs(timeout * 2 + 1),
+        elapsed < Duration::from_secs(timeout * 2 + 3),
         "{elapsed:?}"
     );
     let v = recv_within(&mut carol, "left", WAIT).expect("carol hears it");
