@@ -413,7 +413,7 @@ impl Hub {
         let member = owned(&mut reg.members, id, client)?;
         if let Some(c) = &self.ctx.cluster {
             // cluster hook: claim the new nick, free the old claim; other
-            // nodes see the move as `left` then `joined` per room.
+            // nodes say `renamed` in each room.
             let old_key = nick_key(&member.nick);
             if !c.claim_nick(&key, &c.claim_value(id.0, nick, &member.token))? {
                 return Err(taken(nick));
@@ -422,16 +422,11 @@ impl Hub {
                 value: c.claim_value(id.0, &member.nick, &member.token),
                 key: old_key,
             });
-            for name in &member.rooms {
-                for (n, enter) in [(&member.nick, false), (&nick.to_owned(), true)] {
-                    c.submit_quiet(Job::Seat {
-                        room: name.clone(),
-                        nick: n.clone(),
-                        enter,
-                        quiet: false,
-                    });
-                }
-            }
+            c.submit_quiet(Job::Rename {
+                rooms: member.rooms.iter().cloned().collect(),
+                old: member.nick.clone(),
+                new: nick.to_owned(),
+            });
         }
         let old = std::mem::replace(&mut member.nick, nick.to_owned());
         reg.by_nick.remove(&nick_key(&old));

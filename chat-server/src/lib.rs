@@ -215,6 +215,11 @@ impl cluster::Local for Shared {
             r.remote_presence(key, nick, joined, notify);
         }
     }
+    fn renamed(&self, room: &str, old_key: &str, new_key: &str, new: &str, old: &str) {
+        if let Some(r) = self.room.room(room) {
+            r.remote_rename(old_key, new_key, new, old);
+        }
+    }
     fn topic(&self, room: &str, topic: &str, json: &str) {
         if let Some(r) = self.room.room(room) {
             r.remote_topic(topic, json);

@@ -297,6 +297,27 @@ impl Room {
         st.version
     }
 
+    /// cluster hook: a member of another node renamed: the list follows
+    /// and the local members hear `renamed` (within the presence limit).
+    pub(crate) fn remote_rename(&self, old_key: &str, new_key: &str, new: &str, old: &str) {
+        let mut st = self.lock();
+        if let Some(remote) = &mut st.remote {
+            remote.remove(old_key);
+            remote.insert(new_key.to_owned(), new.to_owned());
+        }
+        st.version += 1;
+        if self.ctx.notices(st.members.len()) {
+            let msg = format!(
+                r#"{{"type":"renamed","room":{},"from":{},"to":{},"ts":{}}}"#,
+                self.quoted,
+                quote(old),
+                quote(new),
+                now_ms()
+            );
+            st.broadcast(&msg, None);
+        }
+    }
+
     /// cluster hook: a topic set on any node, from the subscription.
     pub(crate) fn remote_topic(&self, topic: &str, json: &str) {
         let mut st = self.lock();

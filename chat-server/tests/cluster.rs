@@ -249,6 +249,22 @@ fn nicks_presence_and_private_messages_are_cluster_wide() {
     assert_eq!(ack["id"], got["id"]);
     alice.send(json!({"type": "private", "to": "nobody", "text": "x"}));
     assert_eq!(alice.recv_type("error")["code"], "unknown_user");
+    // A rename on B is `renamed` on A (not left + joined).
+    bob.send(json!({"type": "nick", "nick": "robert"}));
+    bob.recv_type("renamed");
+    let r = recv_within(&mut alice, "renamed", WAIT).expect("renamed across nodes");
+    assert_eq!(
+        (r["from"].as_str(), r["to"].as_str()),
+        (Some("bob"), Some("robert"))
+    );
+    alice.send(json!({"type": "who"}));
+    assert_eq!(
+        alice.recv_type("users")["users"],
+        json!(["alice", "robert"])
+    );
+    bob.send(json!({"type": "nick", "nick": "bob"}));
+    bob.recv_type("renamed");
+    assert_eq!(alice.recv_type("renamed")["to"], "bob");
     // Rooms: a member entering on A is announced to B's members there.
     bob.send(json!({"type": "enter", "room": "rust"}));
     bob.recv_type("entered");

@@ -125,6 +125,12 @@ pub(crate) enum Job {
         enter: bool,
         quiet: bool,
     },
+    /// A local member renamed: its seats in `rooms` follow.
+    Rename {
+        rooms: Vec<String>,
+        old: String,
+        new: String,
+    },
     /// A room's new topic; `json` is the `topic` notice every member gets.
     Topic {
         room: String,
@@ -172,6 +178,9 @@ pub(crate) trait Local: Send + Sync + 'static {
     /// Member `nick` (key `key`) joined (`true`) or left local room `room`
     /// on another node.
     fn presence(&self, room: &str, key: &str, nick: &str, joined: bool, notify: bool);
+    /// Member `old_key` of local room `room` is now `new` (key `new_key`),
+    /// renamed on another node from `old`.
+    fn renamed(&self, room: &str, old_key: &str, new_key: &str, new: &str, old: &str);
     /// A topic set on any node (this one included) for local room `room`.
     fn topic(&self, room: &str, topic: &str, json: &str);
     /// Another node took over local member `member` (nick key `key`) with
@@ -635,6 +644,22 @@ impl Cluster {
                     local.deliver_private(to, from, json);
                 }
             }
+            Some("R") => {
+                let mut f = text[2..].splitn(6, '\t');
+                if let (
+                    Some(node),
+                    Some(room),
+                    Some(old_key),
+                    Some(new_key),
+                    Some(new),
+                    Some(old),
+                ) = (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+                {
+                    if node != self.node {
+                        local.renamed(room, old_key, new_key, new, old);
+                    }
+                }
+            }
             Some("T") => {
                 let mut f = text[2..].splitn(2, '\t');
                 if let (Some(room), Some(json)) = (f.next(), f.next()) {
@@ -731,10 +756,12 @@ impl Cluster {
                     eprintln!("chat: redis refused a batch: {e}");
                 }
                 refuse_all(&batch);
-                if batch
-                    .iter()
-                    .any(|j| matches!(j, Job::Seat { .. } | Job::Release { .. }))
-                {
+                if batch.iter().any(|j| {
+                    matches!(
+                        j,
+                        Job::Seat { .. } | Job::Release { .. } | Job::Rename { .. }
+                    )
+                }) {
                     self.resync_needed.store(true, Ordering::Release);
                 }
             }
@@ -788,6 +815,23 @@ impl Cluster {
                     .arg(&key)
                     .arg(format!("{}\t{nick}", self.node))
                     .ignore();
+            }
+            Job::Rename { rooms, old, new } => {
+                let cmd = pipe
+                    .cmd("EVAL")
+                    .arg(scripts::RENAME)
+                    .arg(1)
+                    .arg(seats_key(&self.node))
+                    .arg(&self.node)
+                    .arg(CHANNEL)
+                    .arg(crate::protocol::nick_key(old))
+                    .arg(old)
+                    .arg(crate::protocol::nick_key(new))
+                    .arg(new);
+                for room in rooms {
+                    cmd.arg(room);
+                }
+                cmd.ignore();
             }
             Job::Topic {
                 room, topic, json, ..

@@ -231,3 +231,21 @@ end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 0
 ";
+
+/// KEYS: this node's seats set. ARGV: node, channel, old key, old nick,
+/// new key, new nick, then the member's rooms. Moves the member's seats
+/// and list entries to the new nick and publishes one `R` per room, so
+/// the other nodes say `renamed` (not `left` and `joined`).
+pub const RENAME: &str = r"
+local node = ARGV[1]
+for i = 7, #ARGV do
+  local room = ARGV[i]
+  redis.call('SREM', KEYS[1], room .. '\t' .. ARGV[3] .. '\t' .. ARGV[4])
+  redis.call('SADD', KEYS[1], room .. '\t' .. ARGV[5] .. '\t' .. ARGV[6])
+  redis.call('HDEL', 'chat:m:' .. room, ARGV[3])
+  redis.call('HSET', 'chat:m:' .. room, ARGV[5], node .. '\t' .. ARGV[6])
+  redis.call('PUBLISH', ARGV[2],
+    'R\t' .. node .. '\t' .. room .. '\t' .. ARGV[3] .. '\t' .. ARGV[5] .. '\t' .. ARGV[6] .. '\t' .. ARGV[4])
+end
+return 0
+";
