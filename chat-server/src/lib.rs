@@ -161,7 +161,9 @@ pub struct Config {
     /// Where room messages, private messages, rooms, accounts and media
     /// are kept (`--data DIR`; DESIGN.md, "Storage"); `None` keeps
     /// everything in memory (`--ephemeral`, v1 behaviour). The library
-    /// default is `None`; the command line's is `./chat-data`.
+    /// default is `None`; the command line's is `./chat-data`. With
+    /// `cluster`, Redis is the store of record: no store is opened here and
+    /// the directory holds only this node's `media/`.
     pub data: Option<std::path::PathBuf>,
     /// Room messages kept per room in the store (`--retain-messages`);
     /// older ones are deleted. Private messages are kept as many.
