@@ -17,6 +17,7 @@
 //! lobby always.
 
 use crate::client::{close_replaced, Client};
+use crate::cluster::{Cluster, Job, Remote}; // cluster hook
 use crate::media::Media;
 use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal};
 use crate::room::{quote, Ctx, Greeting, MemberId, Room, LOBBY};
@@ -85,19 +86,27 @@ pub(crate) struct Joined {
 impl Hub {
     /// A hub with the lobby and, with a `store`, every room it kept (those
     /// with messages or a topic), each with its topic and newest messages.
+    /// With a `cluster` (`--redis`) there is no store: Redis keeps the
+    /// history and the topics.
     ///
     /// # Errors
     ///
     /// A database error while reading the kept rooms.
-    pub(crate) fn new(l: Limits, store: Option<Arc<Store>>) -> io::Result<Self> {
-        let ctx = Arc::new(Ctx::new(
+    pub(crate) fn new(
+        l: Limits,
+        store: Option<Arc<Store>>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> io::Result<Self> {
+        let mut ctx = Ctx::new(
             l.history,
             l.max_text,
             l.max_queue,
             l.presence_limit,
             l.log,
             store.clone(),
-        ));
+        );
+        ctx.cluster = cluster; // cluster hook
+        let ctx = Arc::new(ctx);
         let mut reg = Registry::default();
         reg.rooms
             .insert(LOBBY.into(), Arc::new(Room::new(LOBBY, Arc::clone(&ctx))));
@@ -165,9 +174,13 @@ impl Hub {
         let key = nick_key(nick);
         let mut reg = self.lock();
         let reg = &mut *reg;
+        let since_token = token; // cluster hook
         let resumed = token
             .and_then(|t| reg.by_token.get(t).copied())
             .filter(|id| reg.by_nick.get(&key) == Some(id));
+        // cluster hook: the lobby's greeting is read from its stream (the
+        // lobby is always registered, so the subscriber already fills it).
+        let remote = self.read_since(LOBBY, since)?;
         let (id, old) = if let Some(id) = resumed {
             let member = reg
                 .members
@@ -179,9 +192,30 @@ impl Hub {
             if reg.by_nick.contains_key(&key) {
                 return Err(taken(nick));
             }
+            let mut token = new_token();
+            if let Some(c) = &self.ctx.cluster {
+                // cluster hook: unique cluster-wide (under the registry
+                // lock, so a stale claim of this node's own is taken over);
+                // a resume token held on another node moves the member here.
+                let next = reg.next_member;
+                let took = match since_token {
+                    Some(t) => c.take_over(&key, t, &c.claim_value(next, nick, t))?,
+                    None => false,
+                };
+                if took {
+                    token = since_token.unwrap_or_default().to_owned();
+                } else if !c.claim_nick(&key, &c.claim_value(next, nick, &token))? {
+                    return Err(taken(nick));
+                }
+                c.submit_quiet(Job::Seat {
+                    room: LOBBY.into(),
+                    nick: nick.to_owned(),
+                    enter: true,
+                    quiet: took,
+                });
+            }
             let id = MemberId(reg.next_member);
             reg.next_member += 1;
-            let token = new_token();
             reg.by_nick.insert(key, id);
             reg.by_token.insert(token.clone(), id);
             reg.members.insert(
@@ -215,6 +249,7 @@ impl Hub {
                 nick: &member.nick,
                 token: &member.token,
             },
+            remote,
         );
         let mut rooms = Vec::with_capacity(member.rooms.len());
         for name in &member.rooms {
@@ -279,6 +314,7 @@ impl Hub {
         let mut reg = self.lock();
         let reg = &mut *reg;
         let member = owned(&mut reg.members, id, client)?;
+        let new_seat = !member.rooms.contains(name);
         let room = if member.rooms.contains(name) {
             Arc::clone(&reg.rooms[name])
         } else {
@@ -309,10 +345,32 @@ impl Hub {
                     room
                 }
             };
-            member.rooms.insert(name.to_owned());
             room
         };
-        let version = room.enter(id, &member.nick, client, since, Greeting::Entered);
+        // cluster hook: read after the room is registered (the subscriber
+        // fills its ring from then on); a room created for nothing goes.
+        let remote = match self.read_since(name, since) {
+            Ok(r) => r,
+            Err(e) => {
+                if new_seat && name != LOBBY && room.summary().0 == 0 {
+                    reg.rooms.remove(name);
+                }
+                return Err(e);
+            }
+        };
+        let member = owned(&mut reg.members, id, client)?;
+        if new_seat {
+            member.rooms.insert(name.to_owned());
+            if let Some(c) = &self.ctx.cluster {
+                c.submit_quiet(Job::Seat {
+                    room: name.to_owned(),
+                    nick: member.nick.clone(),
+                    enter: true,
+                    quiet: false,
+                });
+            }
+        }
+        let version = room.enter(id, &member.nick, client, since, Greeting::Entered, remote);
         Ok((room, version))
     }
 
@@ -329,6 +387,15 @@ impl Hub {
         let member = owned(&mut reg.members, id, client)?;
         if !member.rooms.remove(name) {
             return Err(not_in_room());
+        }
+        if let Some(c) = &self.ctx.cluster {
+            // cluster hook
+            c.submit_quiet(Job::Seat {
+                room: name.to_owned(),
+                nick: member.nick.clone(),
+                enter: false,
+                quiet: false,
+            });
         }
         if let Some(room) = reg.rooms.get(name) {
             if room.leave(id) && name != LOBBY {
@@ -353,7 +420,23 @@ impl Hub {
         let Some(member) = reg.members.remove(&id) else {
             return;
         };
-        reg.by_nick.remove(&nick_key(&member.nick));
+        let key = nick_key(&member.nick);
+        if let Some(c) = &self.ctx.cluster {
+            // cluster hook: presence elsewhere, then the nick freed.
+            for name in &member.rooms {
+                c.submit_quiet(Job::Seat {
+                    room: name.clone(),
+                    nick: member.nick.clone(),
+                    enter: false,
+                    quiet: false,
+                });
+            }
+            c.submit_quiet(Job::Release {
+                value: c.claim_value(id.0, &member.nick, &member.token),
+                key: key.clone(),
+            });
+        }
+        reg.by_nick.remove(&key);
         reg.by_token.remove(&member.token);
         for name in &member.rooms {
             if let Some(room) = reg.rooms.get(name) {
@@ -385,6 +468,23 @@ impl Hub {
             return Err(taken(nick));
         }
         let member = owned(&mut reg.members, id, client)?;
+        if let Some(c) = &self.ctx.cluster {
+            // cluster hook: claim the new nick, free the old claim; other
+            // nodes say `renamed` in each room.
+            let old_key = nick_key(&member.nick);
+            if !c.claim_nick(&key, &c.claim_value(id.0, nick, &member.token))? {
+                return Err(taken(nick));
+            }
+            c.submit_quiet(Job::Release {
+                value: c.claim_value(id.0, &member.nick, &member.token),
+                key: old_key,
+            });
+            c.submit_quiet(Job::Rename {
+                rooms: member.rooms.iter().cloned().collect(),
+                old: member.nick.clone(),
+                new: nick.to_owned(),
+            });
+        }
         let old = std::mem::replace(&mut member.nick, nick.to_owned());
         reg.by_nick.remove(&nick_key(&old));
         reg.by_nick.insert(key, id);
@@ -418,6 +518,9 @@ impl Hub {
         image: Option<&str>,
         media: &Media,
     ) -> Result<(), Refusal> {
+        if let Some(c) = &self.ctx.cluster {
+            return self.private_cluster(c, id, client, to, text, (image, media));
+        }
         let mut reg = self.lock();
         let reg = &mut *reg;
         owned(&mut reg.members, id, client)?;
@@ -458,6 +561,135 @@ impl Hub {
             });
         }
         Ok(())
+    }
+
+    /// cluster hook: the greeting's stream read (none without `--redis`).
+    fn read_since(&self, room: &str, since: Option<u64>) -> Result<Option<Remote>, Refusal> {
+        let Some(c) = &self.ctx.cluster else {
+            return Ok(None);
+        };
+        // A resume reaches past the ring, as far as one reply holds.
+        let count = if since.is_some() {
+            1000
+        } else {
+            self.ctx.history_len
+        };
+        c.read_since(room, since, count).map(Some)
+    }
+
+    /// cluster hook: a private message through Redis (its id is
+    /// cluster-wide); both ends get it from the subscription, on whichever
+    /// node they are.
+    fn private_cluster(
+        &self,
+        c: &Cluster,
+        id: MemberId,
+        client: &Arc<Client>,
+        to: &str,
+        text: &str,
+        (image, media): (Option<&str>, &Media),
+    ) -> Result<(), Refusal> {
+        let to_key = nick_key(to);
+        let (from, local_to) = {
+            let mut reg = self.lock();
+            let reg = &mut *reg;
+            let from = owned(&mut reg.members, id, client)?.nick.clone();
+            let local_to = reg
+                .by_nick
+                .get(&to_key)
+                .and_then(|t| reg.members.get(t))
+                .map(|m| m.nick.clone());
+            (from, local_to)
+        };
+        let to_nick = match local_to {
+            Some(n) => n,
+            None => c.nick_owner(&to_key)?.ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::UnknownUser,
+                    format!("nobody called {to:?} is online"),
+                )
+            })?,
+        };
+        self.ctx.check_len(text)?;
+        // media: the URL names this node's copy (media are node-local).
+        let (image_json, _) = crate::room::image_fields(image, media)?;
+        let prefix = r#"{"type":"private","id":"#.to_owned();
+        let suffix = format!(
+            r#","ts":{},"from":{},"to":{},"text":{}{image_json}}}"#,
+            crate::room::now_ms(),
+            quote(&from),
+            quote(&to_nick),
+            quote(text)
+        );
+        c.submit(c.private_job(&to_key, &nick_key(&from), prefix, suffix, client))
+    }
+
+    /// cluster hook: member `member` (nick key `key`) was taken over on
+    /// another node with its resume token: it leaves this node without a
+    /// notice (it lives on there) and its connection is closed with 4000.
+    pub(crate) fn kick(&self, key: &str, member: u64) {
+        let mut reg = self.lock();
+        let reg = &mut *reg;
+        let Some(&id) = reg.by_nick.get(key).filter(|id| id.0 == member) else {
+            return;
+        };
+        let Some(m) = reg.members.remove(&id) else {
+            return;
+        };
+        reg.by_nick.remove(key);
+        reg.by_token.remove(&m.token);
+        for name in &m.rooms {
+            if let Some(room) = reg.rooms.get(name) {
+                room.leave_quietly(id);
+            }
+        }
+        m.client.close(close_replaced(), "replaced");
+        if self.ctx.log {
+            eprintln!(
+                "chat: {} {:?} resumed on another node",
+                m.client.label(),
+                m.nick
+            );
+        }
+    }
+
+    /// cluster hook: the local room called `name`, for the subscriber.
+    pub(crate) fn room(&self, name: &str) -> Option<Arc<Room>> {
+        self.lock().rooms.get(name).cloned()
+    }
+
+    /// cluster hook: a private message from the subscription to the local
+    /// members called `to_key` and `from_key` (once if they are one).
+    pub(crate) fn deliver_private(&self, to_key: &str, from_key: &str, json: &str) {
+        let reg = self.lock();
+        let mut out = crate::client::Outgoing::text(json);
+        let to = reg.by_nick.get(to_key).copied();
+        let from = reg.by_nick.get(from_key).copied();
+        for m in [to, from.filter(|f| Some(*f) != to)].into_iter().flatten() {
+            if let Some(m) = reg.members.get(&m) {
+                m.client.send(out.frame_for(&m.client));
+            }
+        }
+    }
+
+    /// cluster hook: every local member as (nick key, claim, nick, rooms),
+    /// for restoring Redis after an outage.
+    pub(crate) fn cluster_members(&self) -> Vec<(String, String, String, Vec<String>)> {
+        let Some(c) = &self.ctx.cluster else {
+            return Vec::new();
+        };
+        self.lock()
+            .members
+            .iter()
+            .map(|(id, m)| {
+                (
+                    nick_key(&m.nick),
+                    c.claim_value(id.0, &m.nick, &m.token),
+                    m.nick.clone(),
+                    m.rooms.iter().cloned().collect(),
+                )
+            })
+            .collect()
     }
 
     /// Sends `client` the rooms after the name `after`, sorted by name, as

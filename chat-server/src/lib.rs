@@ -44,6 +44,7 @@
 
 mod accounts;
 mod client;
+mod cluster; // cluster hook
 mod flusher;
 mod history;
 mod http;
@@ -73,6 +74,7 @@ use hub::Hub;
 use wsproto::CloseCode;
 
 pub use accounts::{AuthParams, Password};
+pub use cluster::{random_node_id, ClusterConfig}; // cluster hook
 pub use room::REPLY_MAX_BYTES;
 pub use tls::{TlsError, TlsFiles};
 
@@ -159,7 +161,9 @@ pub struct Config {
     /// Where room messages, private messages, rooms, accounts and media
     /// are kept (`--data DIR`; DESIGN.md, "Storage"); `None` keeps
     /// everything in memory (`--ephemeral`, v1 behaviour). The library
-    /// default is `None`; the command line's is `./chat-data`.
+    /// default is `None`; the command line's is `./chat-data`. With
+    /// `cluster`, Redis is the store of record: no store is opened here and
+    /// the directory holds only this node's `media/`.
     pub data: Option<std::path::PathBuf>,
     /// Room messages kept per room in the store (`--retain-messages`);
     /// older ones are deleted. Private messages are kept as many.
@@ -187,6 +191,10 @@ pub struct Config {
     /// The whole upload body must arrive within this (`--upload-timeout`);
     /// else 408 (slowloris).
     pub upload_timeout: Duration,
+    /// cluster hook: `--redis` (with `--node-id`, `--node-timeout`) makes
+    /// this server one node of a cluster sharing one Redis (DESIGN.md v2,
+    /// "Cluster"); `None` is the single-node server.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -226,6 +234,7 @@ impl Default for Config {
             upload_rate: 10,
             max_concurrent_uploads: 32,
             upload_timeout: Duration::from_secs(60),
+            cluster: None,
         }
     }
 }
@@ -258,6 +267,44 @@ struct Shared {
     store: Option<Arc<store::Store>>,
     /// Registered nicks.
     accounts: Arc<accounts::Accounts>,
+    /// cluster hook: the node's Redis link with `--redis`.
+    cluster: Option<Arc<cluster::Cluster>>,
+}
+
+// cluster hook: what the cluster threads reach of this server.
+impl cluster::Local for Shared {
+    fn deliver(&self, room: &str, id: u64, json: Arc<str>) {
+        if let Some(r) = self.room.room(room) {
+            r.deliver(id, json);
+        }
+    }
+    fn deliver_private(&self, to_key: &str, from_key: &str, json: &str) {
+        self.room.deliver_private(to_key, from_key, json);
+    }
+    fn presence(&self, room: &str, key: &str, nick: &str, joined: bool, notify: bool) {
+        if let Some(r) = self.room.room(room) {
+            r.remote_presence(key, nick, joined, notify);
+        }
+    }
+    fn renamed(&self, room: &str, old_key: &str, new_key: &str, new: &str, old: &str) {
+        if let Some(r) = self.room.room(room) {
+            r.remote_rename(old_key, new_key, new, old);
+        }
+    }
+    fn topic(&self, room: &str, topic: &str, json: &str) {
+        if let Some(r) = self.room.room(room) {
+            r.remote_topic(topic, json);
+        }
+    }
+    fn kick(&self, key: &str, member: u64) {
+        self.room.kick(key, member);
+    }
+    fn members(&self) -> Vec<(String, String, String, Vec<String>)> {
+        self.room.cluster_members()
+    }
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
 }
 
 macro_rules! log {
@@ -415,14 +462,17 @@ impl Server {
         // costs its client a one-second retransmit (issue 11).
         sys::set_backlog(&listener, LISTEN_BACKLOG)?;
         listener.set_nonblocking(true)?;
-        let store = match &config.data {
-            Some(dir) => Some(store::Store::open(&store::StoreConfig {
+        // cluster hook: with --redis, Redis is the store of record
+        // (DESIGN.md v2, "Cluster"): no SQLite store, --data holds only
+        // this node's media.
+        let store = match (&config.data, &config.cluster) {
+            (Some(dir), None) => Some(store::Store::open(&store::StoreConfig {
                 dir: dir.clone(),
                 retain_messages: config.retain_messages,
                 write_queue: store::WRITE_QUEUE,
                 log: config.log,
             })?),
-            None => None,
+            _ => None,
         };
         if let (Some(store), true) = (&store, config.log) {
             eprintln!(
@@ -431,6 +481,14 @@ impl Server {
                 store.first_id()
             );
         }
+        // cluster hook: the link is made before the hub that uses it.
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(
+                cluster::Cluster::new(c, config.history.max(1000), config.log)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            )),
+            None => None,
+        };
         let hub = Hub::new(
             hub::Limits {
                 history: config.history,
@@ -442,6 +500,7 @@ impl Server {
                 log: config.log,
             },
             store.clone(),
+            cluster.clone(),
         )
         .inspect_err(|_| store.iter().for_each(|s| s.close()))?;
         let accounts = accounts::Accounts::start(config.auth, store.clone())
@@ -468,6 +527,7 @@ impl Server {
         let shared = Arc::new(Shared {
             reactors,
             room: hub,
+            cluster,
             store,
             accounts,
             media,
@@ -487,6 +547,11 @@ impl Server {
                 .name(format!("chat-reactor-{i}"))
                 .stack_size(512 << 10)
                 .spawn(move || r.run(&s))?;
+        }
+        if let Some(c) = &shared.cluster {
+            // cluster hook: subscriber, publisher and keeper threads.
+            let weak: std::sync::Weak<dyn cluster::Local> = Arc::downgrade(&shared) as _;
+            c.start(weak)?;
         }
         Ok(Self {
             listener,
@@ -587,6 +652,9 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
         shared.flusher.stop();
+        if let Some(c) = &shared.cluster {
+            c.shutdown(); // cluster hook: after the sessions' leave jobs
+        }
         if let Some(store) = &shared.store {
             // Every queued message is written before run returns.
             store.close();

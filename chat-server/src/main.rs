@@ -61,6 +61,13 @@ OPTIONS:
                              1-100000 [default: 10]
   --max-concurrent-uploads N uploads received at once, then 503; 1-10000 [default: 32]
   --upload-timeout SECS      an upload body's deadline, then 408; 1-3600 [default: 60]
+  --redis URL                be one node of a cluster sharing this Redis,
+                             redis://HOST:PORT[/DB] [default: single node]. Redis is
+                             then the store of record: no SQLite, --data holds only
+                             this node's media/; registering nicks is unavailable
+  --node-id ID               this node's name in the cluster [default: random]
+  --node-timeout SECS        a node silent this long is dead and its members
+                             are announced left; 1-3600 [default: 15]
   --quiet                    no per-connection log lines
   -h, --help                 this text
 
@@ -184,6 +191,9 @@ mod range {
     pub const UPLOAD_SECS: (u64, u64) = (1, 3600);
     /// More reactors than cores only add contention.
     pub const REACTORS: (u64, u64) = (1, 64);
+    /// Heartbeats go every third of it: under a second would beat faster
+    /// than a loaded Redis answers; an hour keeps the dead visible too long.
+    pub const NODE_TIMEOUT_SECS: (u64, u64) = (1, 3600);
 
     /// Smallest `--max-queue-bytes` for a `--max-text`: a room message of
     /// `max_text` characters goes out with each character escaped to at
@@ -199,6 +209,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
     // The command line persists by default.
     let mut data = Some(PathBuf::from("./chat-data"));
     let mut ephemeral = false;
+    let (mut redis, mut node_id, mut node_timeout) = (None, None, None);
     while let Some(flag) = args.next() {
         if flag == "--ephemeral" {
             ephemeral = true;
@@ -257,8 +268,29 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--tls-cert" => cert = Some(value.into()),
             "--tls-key" => key = Some(value.into()),
             "--redirect-http" => c.redirect_http = Some(num((1, 65_535))? as u16),
+            // cluster hook: --node-id and --node-timeout apply once --redis
+            // is known, in any order.
+            "--redis" => redis = Some(value),
+            "--node-id" => node_id = Some(value),
+            "--node-timeout" => node_timeout = Some(secs(range::NODE_TIMEOUT_SECS)?),
             _ => return Err(format!("unknown option {flag}")),
         }
+    }
+    match redis {
+        Some(url) => {
+            let mut cc = chat_server::ClusterConfig::new(&url);
+            if let Some(id) = node_id {
+                cc.node_id = id;
+            }
+            if let Some(t) = node_timeout {
+                cc.node_timeout = t;
+            }
+            c.cluster = Some(cc);
+        }
+        None if node_id.is_some() || node_timeout.is_some() => {
+            return Err("--node-id and --node-timeout need --redis".into());
+        }
+        None => {}
     }
     c.data = if ephemeral { None } else { data };
     // Flags that bound each other, checked once all are known (in any order).

@@ -116,6 +116,9 @@ pub enum ErrorCode {
     TooLong,
     /// media: an image URL the server does not hold.
     UnknownMedia,
+    /// Cluster mode: Redis is unreachable, so cross-node work is refused
+    /// (DESIGN.md v2, "Cluster").
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -139,6 +142,7 @@ impl ErrorCode {
             Self::UnknownUser => "unknown_user",
             Self::TooLong => "too_long",
             Self::UnknownMedia => "unknown_media",
+            Self::Unavailable => "unavailable",
         }
     }
 }

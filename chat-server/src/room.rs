@@ -18,6 +18,7 @@
 //! pages (`who` with `after`/`limit`, sorted by case-folded nick).
 
 use crate::client::{Client, Outgoing};
+use crate::cluster::{Cluster, Remote}; // cluster hook
 use crate::history::{Bound as Hist, History, Stored};
 use crate::media::Media;
 use crate::protocol::{nick_key, ErrorCode, Refusal, TOPIC_MAX_CHARS, WHO_LIMIT_DEFAULT};
@@ -69,6 +70,9 @@ pub(crate) struct Ctx {
     /// Where messages, rooms and topics are persisted (`None`:
     /// `--ephemeral`).
     pub store: Option<Arc<Store>>,
+    /// cluster hook: the node's link when `--redis` is given; ids then
+    /// come from Redis and messages reach the room through it.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Ctx {
@@ -90,6 +94,7 @@ impl Ctx {
             next_id: AtomicU64::new(store.as_ref().map_or(1, |s| s.first_id())),
             presence_pending: AtomicBool::new(false),
             store,
+            cluster: None,
         }
     }
 
@@ -125,6 +130,7 @@ impl Ctx {
 /// One chat room.
 #[derive(Debug)]
 pub struct Room {
+    /// cluster hook: the name, for the room's Redis stream.
     name: String,
     /// The room's name as a JSON string (names need no escaping: `a-z 0-9 - _`).
     quoted: String,
@@ -147,6 +153,9 @@ struct State {
     presence_sent: Option<(Instant, usize)>,
     /// The store has a row for this room (so it is listed after a restart).
     row_stored: bool,
+    /// cluster hook: members on other nodes (nick key -> nick), from the
+    /// first greeting's read on, then kept by their presence events.
+    remote: Option<BTreeMap<String, String>>,
 }
 
 /// A member in this room: the nick it shows here and its connection.
@@ -154,6 +163,9 @@ struct State {
 struct Seat {
     nick: String,
     client: Arc<Client>,
+    /// cluster hook: messages up to this id were in the seat's greeting
+    /// (read from the stream), so the live copies are skipped.
+    floor: u64,
 }
 
 /// What a reply to entering describes: the `join`'s welcome, or an
@@ -176,6 +188,7 @@ impl Room {
                 topic: String::new(),
                 presence_sent: None,
                 row_stored: false,
+                remote: None,
             }),
             ctx,
             pending: AtomicBool::new(false),
@@ -219,22 +232,52 @@ impl Room {
         client: &Arc<Client>,
         since: Option<u64>,
         greeting: Greeting<'_>,
+        remote: Option<Remote>,
     ) -> u64 {
         let mut st = self.lock();
+        // cluster hook: the greeting's history is the stream's entries
+        // (ids up to the counter read with them) plus what the ring got
+        // since; live copies up to its newest id are skipped.
+        let merged = remote.map(|r| {
+            if st.remote.is_none() {
+                // The read ran under the registry lock after the room was
+                // registered, so no presence or topic event since is lost.
+                st.remote = Some(r.members.unwrap_or_default().into_iter().collect());
+                st.topic = r.topic;
+            }
+            let g = r.counter;
+            let mut all: Vec<Stored> = st
+                .history
+                .newest_first(Hist::All)
+                .take_while(|(i, _)| *i > g)
+                .filter(|(i, _)| since.map_or(true, |s| *i > s))
+                .cloned()
+                .collect();
+            all.extend(r.newest_first);
+            let floor = all.first().map_or(g, |(i, _)| (*i).max(g));
+            (all, floor)
+        });
+        let floor = merged.as_ref().map_or(0, |(_, f)| *f);
         let new = match st.members.get_mut(&id) {
             Some(seat) => {
                 // Entering again (or a takeover's welcome): a fresh
                 // greeting, nobody else told.
                 seat.client = Arc::clone(client);
+                seat.floor = floor;
                 false
             }
             None => {
+                if let Some(remote) = &mut st.remote {
+                    // cluster hook: this node is now where it lives.
+                    remote.remove(&nick_key(nick));
+                }
                 st.by_nick.insert(nick_key(nick), id);
                 st.members.insert(
                     id,
                     Seat {
                         nick: nick.to_owned(),
                         client: Arc::clone(client),
+                        floor,
                     },
                 );
                 st.version += 1;
@@ -269,10 +312,17 @@ impl Room {
         };
         let bound = since.map_or(Hist::All, Hist::Since);
         let budget = ctx.reply_max.saturating_sub(head.len() + TAIL_MAX);
-        let (body, cut) = newest_that_fit(st.history.newest_first(bound), usize::MAX, budget);
-        // Older messages than the ring's may be on disk: `more` sends the
-        // client paging back with `history` (a resume across a restart).
-        let more = cut || st.history.older_than_ring(since);
+        let (body, more) = match &merged {
+            Some((all, _)) => newest_that_fit(all.iter(), usize::MAX, budget),
+            None => {
+                let (body, cut) =
+                    newest_that_fit(st.history.newest_first(bound), usize::MAX, budget);
+                // Older messages than the ring's may be on disk: `more` sends
+                // the client paging back with `history` (a resume across a
+                // restart).
+                (body, cut || st.history.older_than_ring(since))
+            }
+        };
         let reply = format!(r#"{head}{body}],"more":{more}}}"#);
         client.send(client.frame(&reply));
         if new {
@@ -287,6 +337,44 @@ impl Room {
             self.presence_changed(&mut st, total - 1);
         }
         st.version
+    }
+
+    /// cluster hook: a member of another node renamed: the list follows
+    /// and the local members hear `renamed` (within the presence limit).
+    pub(crate) fn remote_rename(&self, old_key: &str, new_key: &str, new: &str, old: &str) {
+        let mut st = self.lock();
+        if let Some(remote) = &mut st.remote {
+            remote.remove(old_key);
+            remote.insert(new_key.to_owned(), new.to_owned());
+        }
+        st.version += 1;
+        if self.ctx.notices(st.members.len()) {
+            let msg = format!(
+                r#"{{"type":"renamed","room":{},"from":{},"to":{},"ts":{}}}"#,
+                self.quoted,
+                quote(old),
+                quote(new),
+                now_ms()
+            );
+            st.broadcast(&msg, None);
+        }
+    }
+
+    /// cluster hook: a topic set on any node, from the subscription.
+    pub(crate) fn remote_topic(&self, topic: &str, json: &str) {
+        let mut st = self.lock();
+        st.topic = topic.to_owned();
+        st.broadcast(json, None);
+    }
+
+    /// cluster hook: member `id` moved to another node (a takeover by
+    /// token there): out of this room without a notice.
+    pub(crate) fn leave_quietly(&self, id: MemberId) {
+        let mut st = self.lock();
+        if let Some(seat) = st.members.remove(&id) {
+            st.by_nick.remove(&nick_key(&seat.nick));
+            st.version += 1;
+        }
     }
 
     /// Points member `id` at its new connection (a takeover by token).
@@ -360,6 +448,18 @@ impl Room {
         let mut st = self.lock();
         let nick = st.owned(id, client)?.nick.clone();
         let from = quote(&nick);
+        if let Some(cluster) = &self.ctx.cluster {
+            // cluster hook: Redis allocates the id; the message comes back
+            // to every node, this one included, through the subscription.
+            drop(st);
+            let prefix = format!(r#"{{"type":"message","room":{},"id":"#, self.quoted);
+            let suffix = format!(
+                r#","ts":{},"from":{from},"text":{}{image_json}}}"#,
+                now_ms(),
+                quote(text)
+            );
+            return cluster.submit(cluster.room_job(&self.name, prefix, suffix, client));
+        }
         let msg_id = self.ctx.take_id();
         let ts = now_ms();
         let msg: Arc<str> = format!(
@@ -408,8 +508,19 @@ impl Room {
                 format!("a topic is at most {TOPIC_MAX_CHARS} characters"),
             ));
         }
-        st.topic = topic.to_owned();
         let ts = now_ms();
+        let msg = format!(
+            r#"{{"type":"topic","room":{},"topic":{},"by":{by},"ts":{ts}}}"#,
+            self.quoted,
+            json!(topic),
+        );
+        if let Some(c) = &self.ctx.cluster {
+            // cluster hook: stored in Redis and applied on every node (this
+            // one included) from the subscription, in one order.
+            drop(st);
+            return c.submit(c.topic_job(&self.name, topic, msg, client));
+        }
+        st.topic = topic.to_owned();
         if let Some(store) = &self.ctx.store {
             st.row_stored = true;
             store.save_room(RoomRow {
@@ -419,11 +530,6 @@ impl Room {
                 topic_ts: Some(ts),
             });
         }
-        let msg = format!(
-            r#"{{"type":"topic","room":{},"topic":{},"by":{by},"ts":{ts}}}"#,
-            self.quoted,
-            json!(topic),
-        );
         st.broadcast(&msg, None);
         Ok(())
     }
@@ -465,14 +571,28 @@ impl Room {
         limit: usize,
     ) -> Result<(), Refusal> {
         let head = format!(r#"{{"type":"history","room":{},"messages":["#, self.quoted);
+        self.lock().owned(id, client)?;
+        // cluster hook: pages come from the room's stream (one more than
+        // asked, to tell whether older ones exist); while Redis is down,
+        // from the local ring.
+        let remote = self.ctx.cluster.as_ref().and_then(|c| {
+            c.read_before(&self.name, before, limit.saturating_add(1))
+                .ok()
+        });
         let st = self.lock();
         st.owned(id, client)?;
         let bound = before.map_or(Hist::All, Hist::Before);
         let budget = self.ctx.reply_max.saturating_sub(head.len() + TAIL_MAX);
-        let (body, more) = newest_that_fit(st.history.newest_first(bound), limit, budget);
-        if let (Some(store), false, Some(oldest)) =
-            (&self.ctx.store, more, st.history.oldest_on_disk_before())
-        {
+        let (body, more) = match &remote {
+            Some(r) => newest_that_fit(r.newest_first.iter(), limit, budget),
+            None => newest_that_fit(st.history.newest_first(bound), limit, budget),
+        };
+        if let (None, Some(store), false, Some(oldest)) = (
+            &remote,
+            &self.ctx.store,
+            more,
+            st.history.oldest_on_disk_before(),
+        ) {
             // Older messages are on disk: the reader thread answers, with
             // the ring's part snapshotted here.
             let ring = st
@@ -497,6 +617,46 @@ impl Room {
         let msg = format!(r#"{head}{body}],"more":{more}}}"#);
         client.send(client.frame(&msg));
         Ok(())
+    }
+
+    /// cluster hook: a room message from the subscription (any node's,
+    /// this one's included), in id order: framed once for the local
+    /// members, kept in the ring. A seat whose greeting held it skips it.
+    pub(crate) fn deliver(&self, msg_id: u64, json: Arc<str>) {
+        let mut st = self.lock();
+        let mut out = Outgoing::text(&json);
+        for m in st.members.values() {
+            if m.floor < msg_id {
+                m.client.send(out.frame_for(&m.client));
+            }
+        }
+        // Older ones are in the room's stream, not in a local store.
+        st.history.append(msg_id, json, false);
+    }
+
+    /// cluster hook: member `nick` joined or left this room on another
+    /// node: the online list follows, and the local members hear it while
+    /// the room is within the presence limit.
+    pub(crate) fn remote_presence(&self, key: &str, nick: &str, joined: bool, notify: bool) {
+        let mut st = self.lock();
+        if let Some(remote) = &mut st.remote {
+            if joined {
+                remote.insert(key.to_owned(), nick.to_owned());
+            } else {
+                remote.remove(key);
+            }
+        }
+        st.version += 1;
+        if notify && self.ctx.notices(st.members.len()) {
+            let what = if joined { "joined" } else { "left" };
+            let json = format!(
+                r#"{{"type":"{what}","room":{},"nick":{},"ts":{}}}"#,
+                self.quoted,
+                quote(nick),
+                now_ms()
+            );
+            st.broadcast_deferred(&json, None);
+        }
     }
 
     /// Members and topic, for the `rooms` list.
@@ -592,17 +752,36 @@ impl State {
     fn users_page(&self, after: Option<&str>, limit: usize, budget: usize) -> (String, bool) {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut out = String::from("[");
-        let mut taken = 0;
         let mut more = false;
-        for id in self
+        let mut local = self
             .by_nick
             .range::<str, _>((start, Bound::Unbounded))
-            .map(|(_, id)| id)
-        {
-            let Some(m) = self.members.get(id) else {
-                continue;
+            .filter_map(|(k, id)| Some((k.as_str(), self.members.get(id)?.nick.as_str())))
+            .peekable();
+        // cluster hook: other nodes' members, merged in key order.
+        let mut remote = self
+            .remote
+            .iter()
+            .flat_map(|r| r.range::<str, _>((start, Bound::Unbounded)))
+            .map(|(k, n)| (k.as_str(), n.as_str()))
+            .peekable();
+        let next = || -> Option<&str> {
+            let take_local = match (local.peek(), remote.peek()) {
+                (Some(l), Some(r)) => l.0 <= r.0,
+                (l, _) => l.is_some(),
             };
-            let nick = serde_json::to_string(&m.nick).unwrap_or_else(|_| "\"\"".into());
+            if take_local {
+                let (k, n) = local.next()?;
+                if remote.peek().is_some_and(|r| r.0 == k) {
+                    remote.next();
+                }
+                Some(n)
+            } else {
+                remote.next().map(|(_, n)| n)
+            }
+        };
+        for (taken, nick) in std::iter::from_fn(next).enumerate() {
+            let nick = serde_json::to_string(nick).unwrap_or_else(|_| "\"\"".into());
             if taken == limit || (taken > 0 && out.len() + 1 + nick.len() + 1 > budget) {
                 more = true;
                 break;
@@ -611,7 +790,6 @@ impl State {
                 out.push(',');
             }
             out.push_str(&nick);
-            taken += 1;
         }
         out.push(']');
         (out, more)

@@ -1,0 +1,717 @@
+//! Cluster mode (DESIGN.md v2, "Cluster"; issue 17) against a real
+//! `redis-server`, started by each test on a free 127.0.0.1 port without
+//! persistence. Nodes run in-process, except the one a test SIGKILLs (the
+//! binary). Skipped, saying so, only when `redis-server` is not installed
+//! (`.ci/run` installs it). Every read is bounded.
+
+mod common;
+
+use chat_server::{ClusterConfig, Running};
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child on 127.0.0.1, killed on drop.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// `None` (and a message) when the binary is absent.
+    fn start() -> Option<Self> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Self { port, child: None };
+        r.restart();
+        Some(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same port) and waits for PONG.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() {
+                    assert_eq!(&buf, b"+PONG\r\n");
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not answer on port {}", self.port);
+    }
+
+    /// Sends `sig` (e.g. "STOP", "CONT") to the server.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An in-process node of the cluster on `redis`.
+fn node(redis: &Redis, id: &str, timeout_secs: u64) -> Running {
+    start(|c| {
+        let mut cc = ClusterConfig::new(&redis.url());
+        cc.node_id = id.into();
+        cc.node_timeout = Duration::from_secs(timeout_secs);
+        c.cluster = Some(cc);
+        // The tests send faster than a person.
+        c.rate_burst = 10_000;
+        c.rate_per_sec = 10_000;
+    })
+}
+
+/// Joins as `nick`, retrying while the node is still connecting to Redis
+/// (`unavailable`); panics on any other refusal.
+fn join(addr: SocketAddr, nick: &str) -> (Client, Value) {
+    join_since(addr, nick, None)
+}
+
+fn join_since(addr: SocketAddr, nick: &str, since: Option<u64>) -> (Client, Value) {
+    let mut c = Client::connect(addr);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut req = json!({"type": "join", "nick": nick});
+        if let Some(s) = since {
+            req["since"] = json!(s);
+        }
+        c.send(req);
+        let v = c.recv();
+        if v["type"] == "welcome" {
+            return (c, v);
+        }
+        assert_eq!(v["code"], "unavailable", "{v}");
+        assert!(Instant::now() < deadline, "node never became available");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends `req` (a join expected to be refused) until the node is
+/// available; returns the refusal's code.
+fn refused(c: &mut Client, req: Value) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        c.send(req.clone());
+        let v = c.recv();
+        assert_eq!(v["type"], "error", "{v}");
+        if v["code"] != "unavailable" || Instant::now() > deadline {
+            return v["code"].as_str().unwrap().to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The next message of type `kind` within `wait`, skipping others.
+fn recv_within(c: &mut Client, kind: &str, wait: Duration) -> Option<Value> {
+    c.ws.set_idle_timeout(Some(wait));
+    let deadline = Instant::now() + wait;
+    let out = loop {
+        if Instant::now() >= deadline {
+            break None;
+        }
+        match c.ws.read() {
+            Ok(wsproto::Event::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == kind {
+                    break Some(v);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    c.ws.set_idle_timeout(Some(WAIT));
+    out
+}
+
+fn ids(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter().map(|m| m["id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn messages_cross_nodes_once_in_one_id_order_with_concurrent_senders() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "a", 15), node(&redis, "b", 15));
+    let (mut alice, _) = join(a.addr, "alice");
+    let (mut bob, _) = join(b.addr, "bob");
+    let (mut watch_a, _) = join(a.addr, "wa");
+    let (mut watch_b, _) = join(b.addr, "wb");
+    const N: usize = 50;
+    let sa = std::thread::spawn(move || {
+        for i in 0..N {
+            alice.send(json!({"type": "message", "text": format!("a{i}")}));
+        }
+        alice
+    });
+    let sb = std::thread::spawn(move || {
+        for i in 0..N {
+            bob.send(json!({"type": "message", "text": format!("b{i}")}));
+        }
+        bob
+    });
+    let (_alice, _bob) = (sa.join().unwrap(), sb.join().unwrap());
+    let seen_a: Vec<Value> = (0..2 * N).map(|_| watch_a.recv_type("message")).collect();
+    let seen_b: Vec<Value> = (0..2 * N).map(|_| watch_b.recv_type("message")).collect();
+    let (ia, ib) = (ids(&seen_a), ids(&seen_b));
+    assert!(ia.windows(2).all(|w| w[0] < w[1]), "not increasing: {ia:?}");
+    assert_eq!(ia, ib, "both nodes see one sequence");
+    for who in ["a", "b"] {
+        let texts: Vec<&str> = seen_b
+            .iter()
+            .map(|m| m["text"].as_str().unwrap())
+            .filter(|t| t.starts_with(who))
+            .collect();
+        let want: Vec<String> = (0..N).map(|i| format!("{who}{i}")).collect();
+        assert_eq!(texts, want, "each sender's messages once, in order");
+    }
+    assert!(recv_within(&mut watch_b, "message", Duration::from_millis(300)).is_none());
+}
+
+#[test]
+fn nicks_presence_and_private_messages_are_cluster_wide() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "a", 15), node(&redis, "b", 15));
+    let (mut alice, _) = join(a.addr, "alice");
+    let mut dup = Client::connect(b.addr);
+    assert_eq!(
+        refused(&mut dup, json!({"type": "join", "nick": "ALICE"})),
+        "nick_taken"
+    );
+    // Presence across nodes: bob joins on B, alice on A hears it.
+    let (mut bob, welcome) = join(b.addr, "bob");
+    assert_eq!(
+        welcome["users"],
+        json!(["alice", "bob"]),
+        "online list across nodes"
+    );
+    let v = recv_within(&mut alice, "joined", WAIT).expect("joined across nodes");
+    assert_eq!(
+        (v["nick"].as_str(), v["room"].as_str()),
+        (Some("bob"), Some("lobby"))
+    );
+    alice.send(json!({"type": "who"}));
+    assert_eq!(alice.recv_type("users")["users"], json!(["alice", "bob"]));
+    // Private message A -> B, delivered once to each end, with a cluster id.
+    alice.send(json!({"type": "private", "to": "BOB", "text": "psst"}));
+    let got = bob.recv_type("private");
+    assert_eq!(
+        (got["from"].as_str(), got["to"].as_str()),
+        (Some("alice"), Some("bob"))
+    );
+    let ack = alice.recv_type("private");
+    assert_eq!(ack["id"], got["id"]);
+    alice.send(json!({"type": "private", "to": "nobody", "text": "x"}));
+    assert_eq!(alice.recv_type("error")["code"], "unknown_user");
+    // A rename on B is `renamed` on A (not left + joined).
+    bob.send(json!({"type": "nick", "nick": "robert"}));
+    bob.recv_type("renamed");
+    let r = recv_within(&mut alice, "renamed", WAIT).expect("renamed across nodes");
+    assert_eq!(
+        (r["from"].as_str(), r["to"].as_str()),
+        (Some("bob"), Some("robert"))
+    );
+    alice.send(json!({"type": "who"}));
+    assert_eq!(
+        alice.recv_type("users")["users"],
+        json!(["alice", "robert"])
+    );
+    bob.send(json!({"type": "nick", "nick": "bob"}));
+    bob.recv_type("renamed");
+    assert_eq!(alice.recv_type("renamed")["to"], "bob");
+    // Rooms: a member entering on A is announced to B's members there.
+    bob.send(json!({"type": "enter", "room": "rust"}));
+    bob.recv_type("entered");
+    alice.send(json!({"type": "enter", "room": "rust"}));
+    alice.recv_type("entered");
+    let v = recv_within(&mut bob, "joined", WAIT).expect("joined in rust");
+    assert_eq!(v["room"], "rust");
+    // Topics: set on A, heard on B; a room new to B greets with it.
+    alice.send(json!({"type": "topic", "room": "rust", "topic": "crabs"}));
+    let t = bob.recv_type("topic");
+    assert_eq!(
+        (t["topic"].as_str(), t["by"].as_str()),
+        (Some("crabs"), Some("alice"))
+    );
+    assert_eq!(alice.recv_type("topic")["topic"], "crabs");
+    alice.send(json!({"type": "enter", "room": "go"}));
+    alice.recv_type("entered");
+    alice.send(json!({"type": "topic", "room": "go", "topic": "gophers"}));
+    alice.recv_type("topic");
+    bob.send(json!({"type": "enter", "room": "go"}));
+    let e = bob.recv_type("entered");
+    assert_eq!(
+        (e["topic"].as_str(), e["users"].clone()),
+        (Some("gophers"), json!(["alice", "bob"]))
+    );
+    bob.send(json!({"type": "leave", "room": "go"}));
+    bob.recv_type("left_room");
+    // Leaving frees the nick cluster-wide and is announced.
+    drop(alice);
+    let mut rooms = Vec::new();
+    for _ in 0..2 {
+        let v = recv_within(&mut bob, "left", WAIT).expect("left across nodes");
+        assert_eq!(v["nick"], "alice");
+        rooms.push(v["room"].as_str().unwrap().to_owned());
+    }
+    rooms.sort();
+    assert_eq!(rooms, ["lobby", "rust"]);
+    bob.send(json!({"type": "who", "room": "rust"}));
+    assert_eq!(bob.recv_type("users")["users"], json!(["bob"]));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        dup.send(json!({"type": "join", "nick": "ALICE"}));
+        let v = dup.recv();
+        if v["type"] == "welcome" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nick never freed: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn resume_on_another_node_while_messages_flow_has_no_gap_and_no_duplicate() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "a", 15), node(&redis, "b", 15));
+    let (mut reference, _) = join(a.addr, "ref");
+    let (mut reader, _) = join(a.addr, "reader");
+    let (mut sender, _) = join(a.addr, "sender");
+    const N: usize = 300;
+    let s = std::thread::spawn(move || {
+        for i in 0..N {
+            sender.send(json!({"type": "message", "text": format!("m{i}")}));
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        sender
+    });
+    // The reader sees some messages on A, then its node "goes away" and it
+    // resumes on B from the last id it saw, while the sender keeps going.
+    let mut last = 0;
+    for _ in 0..40 {
+        last = reader.recv_type("message")["id"].as_u64().unwrap();
+    }
+    drop(reader);
+    let (mut resumed, welcome) = join_since(b.addr, "reader2", Some(last));
+    let mut got = ids(welcome["history"].as_array().unwrap());
+    let all: Vec<u64> = ids(&(0..N)
+        .map(|_| reference.recv_type("message"))
+        .collect::<Vec<_>>());
+    let _sender = s.join().unwrap();
+    let want: Vec<u64> = all.iter().copied().filter(|&i| i > last).collect();
+    while got.len() < want.len() {
+        match recv_within(&mut resumed, "message", WAIT) {
+            Some(m) => got.push(m["id"].as_u64().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        got, want,
+        "resume after id {last}: exactly the rest, in order"
+    );
+    assert!(recv_within(&mut resumed, "message", Duration::from_millis(300)).is_none());
+    // history paging reads the stream on B, which never saw the start.
+    resumed.send(json!({"type": "history", "before": all[10], "limit": 5}));
+    let page = resumed.recv_type("history");
+    assert_eq!(
+        ids(page["messages"].as_array().unwrap()),
+        all[5..10].to_vec()
+    );
+}
+
+/// The binary as a cluster node; returns the child and its address (from
+/// its "listening on" log line).
+fn spawn_node(redis: &Redis, id: &str, timeout_secs: u64) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--redis",
+            &redis.url(),
+            "--node-id",
+            id,
+        ])
+        .args(["--node-timeout", &timeout_secs.to_string()])
+        // Media stay node-local under --redis: in a throwaway directory,
+        // not the default ./chat-data of the test's working directory.
+        .arg("--data")
+        .arg(std::env::temp_dir().join(format!("chat-cluster-{id}-{}", std::process::id())))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("node exited").unwrap();
+        if let Some(rest) = line.strip_prefix("chat: listening on http://") {
+            break rest.trim_end_matches('/').parse().unwrap();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[test]
+fn a_sigkilled_node_s_members_are_announced_left_once_and_their_nicks_freed() {
+    let Some(redis) = Redis::start() else { return };
+    let timeout = 2;
+    let (mut doomed, a_addr) = spawn_node(&redis, "doomed", timeout);
+    let b = node(&redis, "b", timeout);
+    let c = node(&redis, "c", timeout);
+    let (mut dave, _) = join(a_addr, "dave");
+    dave.send(json!({"type": "enter", "room": "rust"}));
+    dave.recv_type("entered");
+    let (mut bob, _) = join(b.addr, "bob");
+    bob.send(json!({"type": "enter", "room": "rust"}));
+    bob.recv_type("entered");
+    let (mut carol, _) = join(c.addr, "carol");
+    dave.send(json!({"type": "message", "room": "rust", "text": "before"}));
+    let before = bob.recv_type("message");
+    assert_eq!(before["text"], "before");
+    doomed.kill().unwrap();
+    let killed = Instant::now();
+    let _ = doomed.wait();
+    // bob (in lobby and rust) hears dave leave each room exactly once;
+    // carol, on another survivor, hears it once in the lobby.
+    let mut rooms = Vec::new();
+    while let Some(v) = recv_within(&mut bob, "left", Duration::from_secs(10)) {
+        assert_eq!(v["nick"], "dave");
+        rooms.push(v["room"].as_str().unwrap().to_owned());
+        if rooms.len() == 2 {
+            break;
+        }
+    }
+    let elapsed = killed.elapsed();
+    rooms.sort();
+    assert_eq!(rooms, ["lobby", "rust"], "after {elapsed:?}");
+    // Dead after `timeout` of silence, seen at a survivor's next beat (every
+    // third of it); the rest is slack for a loaded machine.
+    eprintln!("left announced {elapsed:?} after the SIGKILL (--node-timeout {timeout}s)");
+    assert!(
+        elapsed < Duration::from_secs(timeout * 2 + 3),
+        "{elapsed:?}"
+    );
+    let v = recv_within(&mut carol, "left", WAIT).expect("carol hears it");
+    assert_eq!(v["nick"], "dave");
+    carol.send(json!({"type": "who"}));
+    assert_eq!(carol.recv_type("users")["users"], json!(["bob", "carol"]));
+    assert!(
+        recv_within(&mut carol, "left", Duration::from_secs(timeout)).is_none(),
+        "once"
+    );
+    // dave comes back on B: the nick is free and rust resumes from `before`.
+    let (mut dave2, _) = join(b.addr, "dave");
+    dave2.send(
+        json!({"type": "enter", "room": "rust", "since": before["id"].as_u64().unwrap() - 1}),
+    );
+    let e = dave2.recv_type("entered");
+    assert_eq!(
+        ids(e["history"].as_array().unwrap()),
+        [before["id"].as_u64().unwrap()]
+    );
+}
+
+#[test]
+fn redis_outage_answers_unavailable_then_recovers() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let (a, b) = (node(&redis, "a", 3), node(&redis, "b", 3));
+    let (mut alice, _) = join(a.addr, "alice");
+    let (mut bob, _) = join(b.addr, "bob");
+    // Presence is published asynchronously: wait until A knows bob.
+    assert_eq!(
+        recv_within(&mut alice, "joined", WAIT).unwrap()["nick"],
+        "bob"
+    );
+    alice.send(json!({"type": "message", "text": "one"}));
+    let first = bob.recv_type("message")["id"].as_u64().unwrap();
+    alice.recv_type("message");
+    redis.kill();
+    // Cross-node work is refused; the local member is still served.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        alice.send(json!({"type": "message", "text": "lost?"}));
+        let v = alice.recv();
+        if v["type"] == "error" {
+            assert_eq!(v["code"], "unavailable", "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never unavailable");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    alice.send(json!({"type": "who"}));
+    // The online list as last known (bob is still on B).
+    assert_eq!(alice.recv_type("users")["users"], json!(["alice", "bob"]));
+    redis.restart();
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(10);
+    let id = loop {
+        alice.send(json!({"type": "message", "text": "two"}));
+        let v = alice.recv();
+        if v["type"] == "message" && v["text"] == "two" {
+            break v["id"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "not recovered within 10 s: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        id > first,
+        "ids keep increasing across a Redis that lost its data"
+    );
+    let v = bob.recv_type("message");
+    assert_eq!(
+        (v["text"].as_str(), v["id"].as_u64()),
+        (Some("two"), Some(id))
+    );
+    // The nicks were restored: alice is still taken from B.
+    let mut dup = Client::connect(b.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        dup.send(json!({"type": "join", "nick": "alice"}));
+        let v = dup.recv();
+        if v["code"] == "nick_taken" {
+            break;
+        }
+        assert_eq!(v["code"], "unavailable", "{v}");
+        assert!(Instant::now() < deadline, "B never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("recovered {:?} after the restart", back.elapsed());
+}
+
+#[test]
+fn after_a_redis_pause_what_the_cluster_missed_is_announced_and_nobody_is_reaped() {
+    let Some(redis) = Redis::start() else { return };
+    let timeout = 2;
+    let (a, b) = (node(&redis, "a", timeout), node(&redis, "b", timeout));
+    let (mut alice, _) = join(a.addr, "alice");
+    let (bob, _) = join(b.addr, "bob");
+    assert_eq!(
+        recv_within(&mut alice, "joined", WAIT).unwrap()["nick"],
+        "bob"
+    );
+    // Redis hangs (data kept): the nodes notice within their I/O timeout.
+    redis.signal("STOP");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        alice.send(json!({"type": "message", "text": "x"}));
+        if recv_within(&mut alice, "error", Duration::from_secs(3))
+            .is_some_and(|v| v["code"] == "unavailable")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never unavailable");
+    }
+    // bob leaves while Redis cannot hear it, and the pause outlasts the
+    // node timeout: on resume nobody may be declared dead for it.
+    drop(bob);
+    std::thread::sleep(Duration::from_secs(timeout + 1));
+    redis.signal("CONT");
+    let v = recv_within(&mut alice, "left", Duration::from_secs(10)).expect("bob's left");
+    assert_eq!(v["nick"], "bob");
+    assert!(
+        recv_within(&mut alice, "left", Duration::from_secs(timeout * 2)).is_none(),
+        "left once, and alice's node not reaped"
+    );
+    // bob's nick is free again, alice's is still held.
+    let (_bob, _) = join(a.addr, "bob");
+    let mut dup = Client::connect(b.addr);
+    assert_eq!(
+        refused(&mut dup, json!({"type": "join", "nick": "alice"})),
+        "nick_taken"
+    );
+}
+
+#[test]
+fn a_resume_token_moves_a_member_to_another_node_silently() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "a", 15), node(&redis, "b", 15));
+    let (mut alice, welcome) = join(a.addr, "alice");
+    let token = welcome["token"].as_str().unwrap().to_owned();
+    let (mut bob, _) = join(b.addr, "bob");
+    assert_eq!(
+        recv_within(&mut alice, "joined", WAIT).unwrap()["nick"],
+        "bob"
+    );
+    alice.send(json!({"type": "message", "text": "one"}));
+    let one = bob.recv_type("message")["id"].as_u64().unwrap();
+    // A wrong token is no takeover.
+    let mut thief = Client::connect(b.addr);
+    thief.send(json!({"type": "join", "nick": "alice", "token": "00", "since": one}));
+    assert_eq!(thief.recv()["code"], "nick_taken");
+    // The right one moves alice to B: A closes her old connection 4000,
+    // nobody hears left/joined, and she resumes after `one`.
+    let mut moved = Client::connect(b.addr);
+    moved.send(json!({"type": "join", "nick": "alice", "token": token, "since": one}));
+    let w = moved.recv_type("welcome");
+    assert_eq!(w["history"], json!([]), "{w}");
+    assert_eq!(w["token"], token.as_str());
+    assert_eq!(alice.expect_close(), 4000);
+    bob.send(json!({"type": "who"}));
+    assert_eq!(bob.recv_type("users")["users"], json!(["alice", "bob"]));
+    moved.send(json!({"type": "message", "text": "two"}));
+    let two = bob.recv_type("message");
+    assert_eq!(
+        (two["from"].as_str(), two["text"].as_str()),
+        (Some("alice"), Some("two"))
+    );
+    assert!(recv_within(&mut bob, "left", Duration::from_millis(500)).is_none());
+    // Leaving from B is announced once and frees the nick on A too.
+    drop(moved);
+    assert_eq!(
+        recv_within(&mut bob, "left", WAIT).unwrap()["nick"],
+        "alice"
+    );
+    let (_again, _) = join(a.addr, "alice");
+}
+
+/// A GIF header (all `imagesize` reads) of `w` x `h`, then a trailer.
+fn gif(w: u16, h: u16) -> Vec<u8> {
+    let mut out = b"GIF89a".to_vec();
+    out.extend_from_slice(&w.to_le_bytes());
+    out.extend_from_slice(&h.to_le_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0x3b]);
+    out
+}
+
+/// POSTs `body` to `/upload` with the session `token`; returns the status
+/// line's code and the body.
+fn upload(addr: SocketAddr, token: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: image/gif\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Where the cluster meets storage, accounts and media (merge of issue 17
+/// with the v2 storage): with --redis no SQLite store is opened in
+/// `--data` (Redis is the store of record), `register` is refused as
+/// `unavailable` (accounts are not cluster-wide), and images are kept in
+/// `--data`'s `media/` of the node that took the upload; image messages,
+/// room and private, cross nodes with their image fields.
+#[test]
+fn with_redis_data_holds_only_media_and_register_is_unavailable() {
+    let Some(redis) = Redis::start() else { return };
+    let dir = std::env::temp_dir().join(format!("chat-cluster-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.clone();
+    let a = start(|c| {
+        let mut cc = ClusterConfig::new(&redis.url());
+        cc.node_id = "a".into();
+        c.cluster = Some(cc);
+        c.data = Some(d);
+    });
+    let b = node(&redis, "b", 15);
+    assert_eq!(a.handle().media_dir(), dir.join("media"));
+    let (mut alice, w) = join(a.addr, "alice");
+    let (mut bob, _) = join(b.addr, "bob");
+    alice.send(json!({"type": "register", "password": "correct horse battery"}));
+    let r = alice.recv_type("error");
+    assert_eq!(r["code"], "unavailable", "{r}");
+    // An image this node does not hold is refused before Redis is asked.
+    alice.send(json!({"type": "message", "image": "/media/00.gif"}));
+    assert_eq!(alice.recv_type("error")["code"], "unknown_media");
+    alice.send(json!({"type": "private", "to": "bob", "image": "/media/00.gif"}));
+    assert_eq!(alice.recv_type("error")["code"], "unknown_media");
+    let (status, body) = upload(a.addr, w["token"].as_str().unwrap(), &gif(5, 7));
+    assert_eq!(status, 201, "{body}");
+    let url = serde_json::from_str::<Value>(&body).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.send(json!({"type": "message", "image": url, "text": "pic"}));
+    let m = bob.recv_type("message");
+    assert_eq!(
+        (
+            m["image"].as_str(),
+            m["width"].as_u64(),
+            m["height"].as_u64()
+        ),
+        (Some(&*url), Some(5), Some(7)),
+        "{m}"
+    );
+    alice.send(json!({"type": "private", "to": "bob", "image": url}));
+    let p = bob.recv_type("private");
+    assert_eq!(
+        (p["image"].as_str(), p["height"].as_u64()),
+        (Some(&*url), Some(7))
+    );
+    drop((alice, bob));
+    a.stop().unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["media"], "no SQLite store beside the media");
+    let _ = std::fs::remove_dir_all(&dir);
+}
