@@ -4,10 +4,12 @@
 #   bash chat-server/tests/browser/run.sh
 # Installs what it needs (apt: chromium, chromium-driver, nodejs, npm;
 # npm: playwright-core into target-browser/), builds and starts the server
-# on a free 127.0.0.1 port, runs test.mjs, and leaves a screenshot in
-# ci-artifacts/chat-browser.png. Then crowd.mjs (its own server, restarted
-# twice under CROWD_PAGES pages, default 50) leaves ci-artifacts/chat-crowd.png
-# and chat-crowd-server.log. Exits non-zero on any failure.
+# on a free 127.0.0.1 port, runs test.mjs, and leaves screenshots in
+# ci-artifacts/chat-browser.png (and -mobile*.png at 390 px, -password.png:
+# the password dialog of a registered nick). Then crowd.mjs (its own server,
+# restarted twice under CROWD_PAGES pages, default 50) leaves
+# ci-artifacts/chat-crowd.png and chat-crowd-server.log. Exits non-zero on
+# any failure.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"

@@ -4,7 +4,9 @@
 // as text, and two users in two rooms (unread counts, drafts, scroll,
 // topic, leaving, the collapsed room list at 390 px), and images: one
 // chosen in a file chooser appears for the other user, with the page's
-// hash-based Content-Security-Policy in force.
+// hash-based Content-Security-Policy in force. Last, registered nicks: a
+// user registers its nick, another page joining as it gets the password
+// dialog, a wrong password is refused there, the right one joins.
 // Usage: node test.mjs URL SCREENSHOT USER_DATA_DIR PLAYWRIGHT_CORE_INDEX
 import { createRequire } from "node:module";
 import { deflateSync } from "node:zlib";
@@ -92,15 +94,27 @@ try {
   const sentTypes = {};
   // WebSocket closes per page, as the browser saw them.
   const wsCloses = new Map();
+  // Every console line of every page (a password must never appear), and
+  // the join frames each page sent.
+  const consoleLines = [];
+  const joinFrames = new Map();
   context.on("page", (p) => {
     wsCloses.set(p, 0);
     p.on("websocket", (ws) => ws.on("close", () => wsCloses.set(p, wsCloses.get(p) + 1)));
     p.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
     p.on("pageerror", (e) => { console.error("page error:", e.message); failed = true; });
-    p.on("console", (m) => { if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text()); });
+    p.on("console", (m) => {
+      consoleLines.push(m.text());
+      if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
+    });
+    joinFrames.set(p, []);
     p.on("websocket", (ws) => ws.on("framesent", (f) => {
       let type = "?";
-      try { type = JSON.parse(f.payload).type; } catch {}
+      try {
+        const m = JSON.parse(f.payload);
+        type = m.type;
+        if (type === "join") joinFrames.get(p).push(m);
+      } catch {}
       sentTypes[type] = (sentTypes[type] || 0) + 1;
     }));
   });
@@ -368,6 +382,137 @@ try {
   check(dialogs.length === 0, "no script from the network ran (no dialogs)");
   await a.screenshot({ path: screenshot });
   console.log(`screenshot: ${screenshot}`);
+
+  // Registered nicks (issue 16, accounts), after the screenshot. erin
+  // registers from the 🔑 menu (the page checks 8-256 bytes and the
+  // confirmation before sending), then renames away; a new page joining as
+  // erin gets the password dialog: Esc gives up, a wrong password shows
+  // the error in the dialog, the right one joins; a dropped socket resumes
+  // by token without the password. A `/nick` to a registered nick asks
+  // too, and Unregister takes the password.
+  const authStart = Date.now();
+  const PW = "correct horse ✓";
+  const authError = (p) => p.textContent("#auth-error");
+  const authSubmit = async (p, pw, confirm) => {
+    await p.fill("#auth-password", pw);
+    if (confirm !== undefined) await p.fill("#auth-confirm", confirm);
+    await p.press("#auth-password", "Enter");
+  };
+  const waitAuthError = (p, re) => p.waitForFunction((src) =>
+    new RegExp(src, "i").test(document.getElementById("auth-error").textContent), re.source, T);
+  const erin = await context.newPage();
+  await join(erin, "erin");
+  await erin.click("#account-btn");
+  await erin.click("#register-btn");
+  await erin.locator("#auth").waitFor(T);
+  check((await erin.textContent("#auth-title")) === "Register erin" && (await erin.isVisible("#auth-confirm")),
+    "Register nick opens the dialog for the current nick, with a confirmation field");
+  await authSubmit(erin, "short", "short");
+  check(/8-256 bytes; this one is 5/.test(await authError(erin)), "a password under 8 bytes is refused by the page");
+  await authSubmit(erin, PW, PW + "!");
+  check(/differ/.test(await authError(erin)), "a confirmation that differs is refused by the page");
+  check(!sentTypes.register, "neither refused password was sent");
+  await authSubmit(erin, PW, PW);
+  await lineWith(erin, "erin is now registered").waitFor(T);
+  check(!(await erin.isVisible("#auth")) && sentTypes.register === 1, "the server's `registered` closes the dialog and shows in the log");
+  await erin.fill("#msg-input", "/nick erin-away");
+  await erin.press("#msg-input", "Enter");
+  await erin.waitForFunction(() => document.getElementById("me").textContent === "as erin-away", null, T);
+
+  const e2 = await context.newPage();
+  await e2.goto(url, T);
+  await e2.fill("#nick-input", "erin");
+  await e2.press("#nick-input", "Enter");
+  await e2.locator("#auth").waitFor(T);
+  check((await e2.textContent("#auth-title")) === "Password for erin" && !(await e2.isVisible("#auth-confirm"))
+    && (await e2.getAttribute("#auth-password", "type")) === "password",
+    "joining as a registered nick opens the password dialog (a password field)");
+  await e2.keyboard.press("Escape");
+  await e2.locator("#auth").waitFor({ state: "hidden", ...T });
+  check(await e2.isVisible("#join") && /needs its password/.test(await e2.textContent("#join-error")),
+    "Esc closes the dialog, back to the nickname prompt");
+  await e2.press("#nick-input", "Enter");
+  await e2.locator("#auth").waitFor(T);
+  await authSubmit(e2, "not the password");
+  await waitAuthError(e2, /wrong password/);
+  check(await e2.isVisible("#auth") && (await e2.inputValue("#auth-password")) === "",
+    "a wrong password shows \"wrong password\" in the dialog, ready for another try");
+  await e2.screenshot({ path: screenshot.replace(/\.png$/, "-password.png") });
+  await authSubmit(e2, PW);
+  await e2.locator("#auth").waitFor({ state: "hidden", ...T });
+  await e2.waitForFunction(() => document.getElementById("me").textContent === "as erin" && window.__chat.status === "joined", null, T);
+  check(!(await e2.isVisible("#join")), "the right password joins as the registered nick");
+  const e2Joins = joinFrames.get(e2);
+  check(e2Joins.length === 4 && e2Joins.slice(0, 2).every((j) => !("password" in j))
+    && e2Joins[2].password === "not the password" && e2Joins[3].password === PW
+    && (await e2.evaluate(() => window.__chat.connects)) === 2,
+    "after auth_required the join goes again with the password, on the same socket");
+  // The resume token takes over the session while the server still holds
+  // it (a new socket before the server saw the old one close): no password.
+  await e2.evaluate(() => connect());
+  await e2.waitForFunction(() => window.__chat.welcomes === 2 && window.__chat.status === "joined", null, T);
+  const resume = e2Joins[e2Joins.length - 1];
+  check(e2Joins.length === 5 && resume.token && !("password" in resume) && (await e2.textContent("#me")) === "as erin"
+    && !(await e2.isVisible("#auth")), "a resume by token takes the registered nick over without the password");
+  // Once the server has seen the session close, the token is gone: the
+  // resume gets auth_required and the dialog asks; the password rejoins
+  // from the last seen id, with no duplicate.
+  await erin.fill("#msg-input", "said while erin was away");
+  await erin.press("#msg-input", "Enter");
+  await lineWith(e2, "said while erin was away").waitFor(T);
+  await e2.evaluate(() => state.ws.close(4001, "test drop"));
+  await e2.locator("#auth").waitFor(T);
+  check((await e2.textContent("#auth-title")) === "Password for erin", "after a drop the server saw, the resume asks for the password");
+  await authSubmit(e2, PW);
+  await e2.waitForFunction(() => window.__chat.welcomes === 3 && window.__chat.status === "joined", null, T);
+  const relogin = e2Joins[e2Joins.length - 1];
+  check(relogin.password === PW && typeof relogin.since === "number" && relogin.since > 0 && !relogin.token
+    && (await lineWith(e2, "said while erin was away").count()) === 1 && (await lineWith(e2, "Reconnected.").count()) === 2,
+    "the password rejoins from the last seen id (since), no duplicate");
+  // A rename to the registered nick asks for the password too.
+  await e2.fill("#msg-input", "/nick erin-two");
+  await e2.press("#msg-input", "Enter");
+  await e2.waitForFunction(() => document.getElementById("me").textContent === "as erin-two", null, T);
+  await erin.fill("#msg-input", "/nick erin");
+  await erin.press("#msg-input", "Enter");
+  await erin.locator("#auth").waitFor(T);
+  await authSubmit(erin, PW);
+  await erin.waitForFunction(() => document.getElementById("me").textContent === "as erin", null, T);
+  check(!(await erin.isVisible("#auth")), "a /nick to a registered nick asks for its password and renames with it");
+  // Unregister: a wrong password is refused, the right one removes it.
+  // (A background tab's clicks wait on its throttled animation frames.)
+  await erin.bringToFront();
+  await erin.click("#account-btn");
+  await erin.click("#unregister-btn");
+  await authSubmit(erin, "wrong again");
+  await waitAuthError(erin, /wrong password/);
+  await authSubmit(erin, PW);
+  await lineWith(erin, "erin is no longer registered").waitFor(T);
+  check(!(await erin.isVisible("#auth")), "Unregister takes the password; `unregistered` shows in the log");
+  // Five wrong passwords lock the nick: the dialog shows the server's
+  // rate_limited message (erin-two registered for this, by e2).
+  await e2.bringToFront();
+  await e2.click("#account-btn");
+  await e2.click("#register-btn");
+  await authSubmit(e2, PW, PW);
+  await lineWith(e2, "erin-two is now registered").waitFor(T);
+  const e3 = await context.newPage();
+  await e3.goto(url, T);
+  await e3.fill("#nick-input", "erin-two");
+  await e3.press("#nick-input", "Enter");
+  await e3.locator("#auth").waitFor(T);
+  for (let i = 0; i < 6; i++) {
+    await authSubmit(e3, `guess number ${i}`);
+    await e3.waitForFunction(() => document.getElementById("auth-error").textContent !== ""
+      && !document.getElementById("auth-submit").disabled, null, T);
+  }
+  check((await authError(e3)) === "too many wrong passwords for this nickname; try again in a minute",
+    `after 5 wrong passwords the dialog shows the server's rate_limited message: ${await authError(e3)}`);
+  const stored = await Promise.all([erin, e2, e3].map((p) => p.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }))));
+  check(stored.every((s) => !s.includes(PW)) && consoleLines.every((l) => !l.includes(PW) && !/not the password|guess number/.test(l)),
+    "no password in localStorage, sessionStorage or the console");
+  check(cspViolations.length === 0, "still no Content-Security-Policy violation");
+  console.log(`registered nicks part: ${((Date.now() - authStart) / 1000).toFixed(1)} s`);
 } catch (e) {
   console.error(e);
   failed = true;
