@@ -523,7 +523,7 @@ fn upload(shared: &Arc<Shared>, stream: &mut Wire, addr: SocketAddr, head: &[u8]
         );
         return;
     };
-    let Some(slot) = media.slot() else {
+    let Some(slot) = media.slot(who) else {
         refuse(
             stream,
             503,

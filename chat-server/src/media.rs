@@ -209,15 +209,36 @@ pub(crate) struct Media {
     /// minute per session; only accepted uploads count").
     accepted: Mutex<HashMap<MemberId, VecDeque<Instant>>>,
     uploading: AtomicUsize,
+    /// Uploads in flight per member: one session must not hold every slot
+    /// of `max_concurrent` (each for up to `timeout`) and lock out the rest.
+    per_member: Mutex<HashMap<MemberId, usize>>,
     pub limits: Limits,
 }
 
+/// Uploads one member may have in flight at once (a page sends one at a
+/// time; two leaves room for a retry racing its predecessor's end).
+pub(crate) const UPLOADS_PER_MEMBER: usize = 2;
+
 /// An upload slot, given back on drop.
-pub(crate) struct Slot<'a>(&'a AtomicUsize);
+pub(crate) struct Slot<'a> {
+    media: &'a Media,
+    member: MemberId,
+}
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.media.uploading.fetch_sub(1, Ordering::AcqRel);
+        let mut per = self
+            .media
+            .per_member
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per.get_mut(&self.member) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.member);
+            }
+        }
     }
 }
 
@@ -277,6 +298,7 @@ impl Media {
             index: RwLock::new(index),
             accepted: Mutex::new(HashMap::new()),
             uploading: AtomicUsize::new(0),
+            per_member: Mutex::new(HashMap::new()),
             limits,
         })
     }
@@ -310,10 +332,23 @@ impl Media {
         self.dir.join(name.file_name())
     }
 
-    /// Takes one of the `max_concurrent` upload slots, if one is free.
-    pub(crate) fn slot(&self) -> Option<Slot<'_>> {
+    /// Takes one of the `max_concurrent` upload slots for `member`, if one
+    /// is free and the member has fewer than [`UPLOADS_PER_MEMBER`] in
+    /// flight.
+    pub(crate) fn slot(&self, member: MemberId) -> Option<Slot<'_>> {
+        {
+            let mut per = self.per_member.lock().unwrap_or_else(|e| e.into_inner());
+            let n = per.entry(member).or_insert(0);
+            if *n >= UPLOADS_PER_MEMBER {
+                return None;
+            }
+            *n += 1;
+        }
         let before = self.uploading.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(&self.uploading);
+        let slot = Slot {
+            media: self,
+            member,
+        };
         (before < self.limits.max_concurrent).then_some(slot)
     }
 

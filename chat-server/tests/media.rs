@@ -799,6 +799,49 @@ fn upload_slots_and_the_body_deadline() {
     );
 }
 
+/// One session cannot hold every upload slot: past two uploads in flight
+/// its next one gets 503 while another member's upload still gets 201.
+#[test]
+fn one_session_cannot_take_every_upload_slot() {
+    let server = start(|c| {
+        c.max_concurrent_uploads = 32;
+        c.upload_timeout = Duration::from_secs(2);
+    });
+    let addr = server.addr;
+    let (_a, wa) = Client::join(addr, "alice");
+    let (_b, wb) = Client::join(addr, "bob");
+    let (ta, tb) = (token(&wa), token(&wb));
+    let img = png(4, 4, [7, 7, 7]);
+    // Two slow uploads of alice's: the head and 10 bytes, then nothing.
+    let slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(
+                format!(
+                    "POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ta}\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+                    img.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            s.write_all(&img[..10]).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let third = upload(addr, &ta, "image/png", &img);
+    assert_eq!(
+        third.status, 503,
+        "a third upload in flight for one session"
+    );
+    assert_eq!(upload(addr, &tb, "image/png", &img).status, 201);
+    // Once alice's stalled uploads time out, her slots come back.
+    for mut s in slow {
+        assert_eq!(read_answer(&mut s).status, 408);
+    }
+    assert_eq!(upload(addr, &ta, "image/png", &img).status, 201);
+}
+
 /// The page's policy names its own inline script and style by hash and
 /// allows images only from the server and data:/blob: (the preview).
 #[test]
