@@ -513,6 +513,54 @@ try {
     "no password in localStorage, sessionStorage or the console");
   check(cspViolations.length === 0, "still no Content-Security-Policy violation");
   console.log(`registered nicks part: ${((Date.now() - authStart) / 1000).toFixed(1)} s`);
+
+  // "Load older": 120 messages in a fresh room (four sockets of this origin,
+  // 30 each: within the rate burst), then a page entering it gets the newest
+  // ones (the ring holds 100) with "Load older"; clicking pages back, from
+  // disk, to the very first message, keeping the view where it was.
+  const pager = await context.newPage();
+  await join(pager, "pager");
+  await pager.evaluate(async () => {
+    const url = "ws://" + location.host + "/ws";
+    await Promise.all([0, 1, 2, 3].map((k) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      let acks = 0;
+      const nick = `filler${k}`;
+      setTimeout(() => reject(new Error(`${nick}: timed out`)), 15000);
+      ws.onopen = () => ws.send(JSON.stringify({ type: "join", nick }));
+      ws.onmessage = (e) => {
+        const m = JSON.parse(e.data);
+        if (m.type === "welcome") ws.send(JSON.stringify({ type: "enter", room: "paging" }));
+        else if (m.type === "entered") {
+          for (let i = 0; i < 30; i++) {
+            ws.send(JSON.stringify({ type: "message", room: "paging", text: `old ${String(k * 30 + i).padStart(3, "0")}` }));
+          }
+        } else if (m.type === "message" && m.from === nick && ++acks === 30) { ws.close(1000); resolve(); }
+        else if (m.type === "error") reject(new Error(`${nick}: ${m.code}`));
+      };
+    })));
+  });
+  await pager.click("#new-room-btn");
+  await pager.fill("#new-room-input", "paging");
+  await pager.press("#new-room-input", "Enter");
+  const olderBtn = pager.locator('.log[data-room="paging"] .older');
+  await olderBtn.waitFor({ state: "visible", ...T });
+  const shownPaging = () => pager.locator('.log[data-room="paging"] .line.msg').count();
+  const firstShown = await shownPaging();
+  check(firstShown <= 100 && firstShown > 0, `entering a room with 120 messages shows the newest ${firstShown} and "Load older"`);
+  for (let i = 0; i < 5 && await olderBtn.isVisible(); i++) {
+    const n = await shownPaging();
+    await olderBtn.click();
+    await pager.waitForFunction((n) => document.querySelectorAll('.log[data-room="paging"] .line.msg').length > n
+      || document.querySelector('.log[data-room="paging"] .older').classList.contains("hidden"), n, T);
+  }
+  const texts = await pager.locator('.log[data-room="paging"] .line.msg .text').allTextContents();
+  const olds = texts.filter((t) => t.startsWith("old "));
+  check(olds.length === 120 && new Set(olds).size === 120 && !(await olderBtn.isVisible()),
+    `"Load older" pages back through all 120 messages, none twice, then hides (${olds.length} shown)`);
+  const ids = await pager.locator('.log[data-room="paging"] .line.msg').evaluateAll((ls) => ls.map((l) => Number(l.dataset.id)));
+  check(ids.every((id, i) => i === 0 || id > ids[i - 1]) && ["old 000", "old 030", "old 060", "old 090"].every((t) => olds.includes(t)),
+    "paged messages land above in id order, back to each sender's first");
 } catch (e) {
   console.error(e);
   failed = true;
