@@ -6,6 +6,8 @@
 //! Each test binary uses a part of this module, hence `dead_code` allowed.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use chat_server::{Config, Running, Server};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
