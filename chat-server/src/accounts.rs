@@ -17,8 +17,16 @@
 //!
 //! Passwords live in [`Password`], whose `Debug` is redacted, and are
 //! never logged nor echoed.
+//!
+//! Where the accounts are kept is a [`Storage`]: this node's map (saved in
+//! the SQLite store, if any) or, on a cluster node (`--redis`), Redis
+//! (`cluster::accounts`: atomic creation, a replica of the names for the
+//! check every `join` makes). The rules above are this file's, once, for
+//! both; reads and writes of Redis run on the workers too. While Redis is
+//! unreachable an operation that needs it answers `unavailable`.
 
 use crate::client::Client;
+use crate::cluster::accounts::RedisAccounts;
 use crate::hub::Joined;
 use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal};
 use crate::room::MemberId;
@@ -117,6 +125,98 @@ struct Account {
     hash: String,
 }
 
+/// Where the accounts are kept.
+#[derive(Debug)]
+pub(crate) enum Storage {
+    /// This node's map, saved in the SQLite store when there is one.
+    Local(Option<Arc<Store>>),
+    /// Redis, shared by every node of the cluster.
+    Redis(Arc<RedisAccounts>),
+}
+
+/// The backend behind [`Storage`]: the rules never look past it.
+enum Backend {
+    Local {
+        accounts: Mutex<HashMap<String, Account>>,
+        store: Option<Arc<Store>>,
+    },
+    Redis(Arc<RedisAccounts>),
+}
+
+/// What a password check found.
+enum Checked {
+    /// It matches the stored value (`None`: not registered, or no more).
+    Match(Option<String>),
+    Wrong,
+}
+
+impl Backend {
+    fn is_registered(&self, key: &str) -> Result<bool, Refusal> {
+        match self {
+            Self::Local { accounts, .. } => {
+                let all = lock(accounts);
+                // Skips the lookup on a server without accounts (a join
+                // storm pays nothing for the feature).
+                Ok(!all.is_empty() && all.contains_key(key))
+            }
+            Self::Redis(r) => r.is_registered(key),
+        }
+    }
+
+    /// The stored value of `key` and its hash (on a worker).
+    fn stored(&self, key: &str) -> Result<Option<(String, String)>, Refusal> {
+        match self {
+            Self::Local { accounts, .. } => Ok(lock(accounts)
+                .get(key)
+                .map(|a| (a.hash.clone(), a.hash.clone()))),
+            Self::Redis(r) => Ok(r.stored(key)?.map(|v| {
+                let hash = v.split_once('\t').map_or("", |(_, h)| h).to_owned();
+                (v, hash)
+            })),
+        }
+    }
+
+    /// Creates the account: `nick_registered` when it exists already.
+    fn insert(&self, key: String, nick: &str, hash: String) -> Result<(), Refusal> {
+        match self {
+            Self::Local { accounts, store } => {
+                let mut all = lock(accounts);
+                if all.contains_key(&key) {
+                    return Err(registered(nick));
+                }
+                if let Some(store) = store {
+                    store.save_account(key.clone(), nick.to_owned(), hash.clone());
+                }
+                all.insert(key, Account { hash });
+                Ok(())
+            }
+            Self::Redis(r) => match r.create(&key, nick, &hash)? {
+                true => Ok(()),
+                false => Err(registered(nick)),
+            },
+        }
+    }
+
+    /// Removes the account if it still holds `stored`; false when it
+    /// changed meanwhile.
+    fn remove(&self, key: String, stored: &str) -> Result<bool, Refusal> {
+        match self {
+            Self::Local { accounts, store } => {
+                let mut all = lock(accounts);
+                if all.get(&key).map(|a| a.hash.as_str()) != Some(stored) {
+                    return Ok(false);
+                }
+                all.remove(&key);
+                if let Some(store) = store {
+                    store.remove_account(key);
+                }
+                Ok(true)
+            }
+            Self::Redis(r) => r.remove(&key, stored),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Attempts {
     failures: VecDeque<Instant>,
@@ -128,12 +228,11 @@ type Job = Box<dyn FnOnce(&Accounts) + Send>;
 
 /// The registered nicks, their lockouts and the hashing pool.
 pub struct Accounts {
-    accounts: Mutex<HashMap<String, Account>>,
+    backend: Backend,
     attempts: Mutex<HashMap<String, Attempts>>,
     jobs: SyncSender<Job>,
     argon: Argon2<'static>,
     window: Duration,
-    store: Option<Arc<Store>>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -147,28 +246,37 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Accounts {
-    /// Loads the accounts from `store` (if any) and starts the pool.
+    /// Loads the accounts from the SQLite store (if any; Redis is read
+    /// when needed) and starts the pool.
     ///
     /// # Errors
     ///
     /// Bad Argon2 parameters, a database error, or no thread.
-    pub fn start(params: AuthParams, store: Option<Arc<Store>>) -> io::Result<Arc<Self>> {
+    pub(crate) fn start(params: AuthParams, storage: Storage) -> io::Result<Arc<Self>> {
         let p = Params::new(params.memory_kib, params.passes, params.lanes, None)
             .map_err(|e| io::Error::other(format!("argon2 parameters: {e}")))?;
-        let mut accounts = HashMap::new();
-        if let Some(store) = &store {
-            for (key, _nick, hash) in store.accounts()? {
-                accounts.insert(key, Account { hash });
+        let backend = match storage {
+            Storage::Local(store) => {
+                let mut accounts = HashMap::new();
+                if let Some(store) = &store {
+                    for (key, _nick, hash) in store.accounts()? {
+                        accounts.insert(key, Account { hash });
+                    }
+                }
+                Backend::Local {
+                    accounts: Mutex::new(accounts),
+                    store,
+                }
             }
-        }
+            Storage::Redis(r) => Backend::Redis(r),
+        };
         let (jobs, rx) = mpsc::sync_channel::<Job>(JOB_QUEUE);
         let me = Arc::new(Self {
-            accounts: Mutex::new(accounts),
+            backend,
             attempts: Mutex::new(HashMap::new()),
             jobs,
             argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, p),
             window: params.window,
-            store,
         });
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..params.threads.max(1) {
@@ -183,12 +291,28 @@ impl Accounts {
         Ok(me)
     }
 
-    /// Whether `nick` (any case variant) is registered.
-    pub fn is_registered(&self, nick: &str) -> bool {
-        let all = lock(&self.accounts);
-        // Skips the case folding on a server without accounts (a join
-        // storm pays nothing for the feature).
-        !all.is_empty() && all.contains_key(&nick_key(nick))
+    /// Whether `nick` (any case variant) is registered (`unavailable`
+    /// when that cannot be known: a cluster node cut from Redis before its
+    /// replica of the names was loaded).
+    pub(crate) fn is_registered(&self, nick: &str) -> Result<bool, Refusal> {
+        if let Backend::Local { accounts, .. } = &self.backend {
+            // Skips the case folding on a server without accounts.
+            if lock(accounts).is_empty() {
+                return Ok(false);
+            }
+        }
+        self.backend.is_registered(&nick_key(nick))
+    }
+
+    /// On a cluster node, a resume token held by the member called `nick`
+    /// on another node (the contract's takeover without password, across
+    /// nodes); on a worker. Always false on a single node (the hub knows
+    /// its own tokens).
+    fn remote_resume(&self, nick: &str, token: &str) -> Result<bool, Refusal> {
+        match &self.backend {
+            Backend::Local { .. } => Ok(false),
+            Backend::Redis(r) => r.token_holds(&nick_key(nick), token),
+        }
     }
 
     /// Starts a password attempt for `nick` and queues `job` to check it:
@@ -200,21 +324,25 @@ impl Accounts {
         job: impl FnOnce(&Accounts) + Send + 'static,
     ) -> Result<(), Refusal> {
         let key = nick_key(nick);
-        let now = Instant::now();
-        {
-            let mut all = lock(&self.attempts);
-            let a = all.entry(key.clone()).or_default();
-            self.expire(a, now);
-            if a.locked_until.is_some() || a.failures.len() + a.in_flight >= MAX_FAILURES {
-                return Err(locked());
-            }
-            a.in_flight += 1;
-        }
+        self.begin(&key)?;
         self.submit(Box::new(job)).inspect_err(|_| {
             if let Some(a) = lock(&self.attempts).get_mut(&key) {
                 a.in_flight -= 1;
             }
         })
+    }
+
+    /// Counts an attempt in flight for nick key `key`, unless the nick is
+    /// locked out (or would be, counting the attempts in flight).
+    fn begin(&self, key: &str) -> Result<(), Refusal> {
+        let mut all = lock(&self.attempts);
+        let a = all.entry(key.to_owned()).or_default();
+        self.expire(a, Instant::now());
+        if a.locked_until.is_some() || a.failures.len() + a.in_flight >= MAX_FAILURES {
+            return Err(locked());
+        }
+        a.in_flight += 1;
+        Ok(())
     }
 
     fn submit(&self, job: Job) -> Result<(), Refusal> {
@@ -243,18 +371,34 @@ impl Accounts {
 
     /// Checks `password` for `nick` (on a worker: slow) and ends the
     /// attempt begun by [`attempt`](Self::attempt): true when it matches.
-    pub(crate) fn verify(&self, nick: &str, password: &Password) -> bool {
+    /// `unavailable` (not counted as a failure) when the stored hash cannot
+    /// be read.
+    pub(crate) fn verify(&self, nick: &str, password: &Password) -> Result<bool, Refusal> {
+        Ok(matches!(self.check(nick, password)?, Checked::Match(_)))
+    }
+
+    fn check(&self, nick: &str, password: &Password) -> Result<Checked, Refusal> {
         let key = nick_key(nick);
-        let hash = lock(&self.accounts).get(&key).map(|a| a.hash.clone());
+        let stored = self.backend.stored(&key);
+        let now = Instant::now();
+        let stored = match stored {
+            Ok(s) => s,
+            Err(r) => {
+                let mut all = lock(&self.attempts);
+                if let Some(a) = all.get_mut(&key) {
+                    a.in_flight = a.in_flight.saturating_sub(1);
+                }
+                return Err(r);
+            }
+        };
         // A nick unregistered meanwhile needs no password.
-        let ok = hash.map_or(true, |h| {
-            PasswordHash::new(&h).is_ok_and(|parsed| {
+        let ok = stored.as_ref().map_or(true, |(_, h)| {
+            PasswordHash::new(h).is_ok_and(|parsed| {
                 self.argon
                     .verify_password(password.bytes(), &parsed)
                     .is_ok()
             })
         });
-        let now = Instant::now();
         let mut all = lock(&self.attempts);
         let a = all.entry(key.clone()).or_default();
         a.in_flight = a.in_flight.saturating_sub(1);
@@ -269,7 +413,11 @@ impl Accounts {
                 a.locked_until = Some(now + self.window);
             }
         }
-        ok
+        Ok(if ok {
+            Checked::Match(stored.map(|(v, _)| v))
+        } else {
+            Checked::Wrong
+        })
     }
 
     /// Registers `nick` with `password` (hashing on a worker) and answers
@@ -280,13 +428,13 @@ impl Accounts {
         nick: String,
         password: Password,
     ) -> Result<(), Refusal> {
-        if self.is_registered(&nick) {
+        if self.is_registered(&nick)? {
             return Err(registered(&nick));
         }
         let client = Arc::clone(client);
         self.submit(Box::new(move |acc: &Accounts| {
             let reply = match acc.hash(&password) {
-                Some(hash) => acc.insert(&nick, hash),
+                Some(hash) => acc.backend.insert(nick_key(&nick), &nick, hash),
                 None => Err(Refusal::new(
                     ErrorCode::BadRequest,
                     "cannot hash this password",
@@ -309,22 +457,25 @@ impl Accounts {
         nick: String,
         password: Password,
     ) -> Result<(), Refusal> {
-        if !self.is_registered(&nick) {
-            return Err(Refusal::new(
-                ErrorCode::BadRequest,
-                format!("the nickname {nick:?} is not registered"),
-            ));
+        if !self.is_registered(&nick)? {
+            return Err(not_registered(&nick));
         }
         let client = Arc::clone(client);
         let who = nick.clone();
         self.attempt(&who, move |acc: &Accounts| {
-            if !acc.verify(&nick, &password) {
-                return send(&client, &failed().to_json());
-            }
-            let key = nick_key(&nick);
-            lock(&acc.accounts).remove(&key);
-            if let Some(store) = &acc.store {
-                store.remove_account(key);
+            let removed = match acc.check(&nick, &password) {
+                Err(r) => Err(r),
+                Ok(Checked::Wrong) => Err(failed()),
+                Ok(Checked::Match(None)) => Err(not_registered(&nick)),
+                // Changed meanwhile (unregistered, registered again): the
+                // password was checked against another account.
+                Ok(Checked::Match(Some(stored))) => acc
+                    .backend
+                    .remove(nick_key(&nick), &stored)
+                    .and_then(|done| done.then_some(()).ok_or_else(|| not_registered(&nick))),
+            };
+            if let Err(r) = removed {
+                return send(&client, &r.to_json());
             }
             send(
                 &client,
@@ -341,19 +492,6 @@ impl Accounts {
             .hash_password(password.bytes(), &salt)
             .ok()
             .map(|h| h.to_string())
-    }
-
-    fn insert(&self, nick: &str, hash: String) -> Result<(), Refusal> {
-        let key = nick_key(nick);
-        let mut all = lock(&self.accounts);
-        if all.contains_key(&key) {
-            return Err(registered(nick));
-        }
-        if let Some(store) = &self.store {
-            store.save_account(key.clone(), nick.to_owned(), hash.clone());
-        }
-        all.insert(key, Account { hash });
-        Ok(())
     }
 }
 
@@ -379,6 +517,13 @@ fn work(rx: &Mutex<Receiver<Job>>, accounts: &std::sync::Weak<Accounts>) {
 
 fn send(client: &Arc<Client>, json: &str) {
     client.send(client.frame(json));
+}
+
+fn not_registered(nick: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::BadRequest,
+        format!("the nickname {nick:?} is not registered"),
+    )
 }
 
 fn registered(nick: &str) -> Refusal {
@@ -462,25 +607,50 @@ pub(crate) fn join_gate(
     password: Option<&Password>,
 ) -> Result<Option<Arc<PendingJoin>>, Refusal> {
     check_nick(nick)?;
-    if !shared.accounts.is_registered(nick) || shared.room.resumes(nick, token) {
+    if !shared.accounts.is_registered(nick)? || shared.room.resumes(nick, token) {
         return Ok(None);
     }
-    let Some(password) = password.cloned() else {
+    // On a cluster the token may be held on another node: a worker asks
+    // Redis (then the password, if any, as usual).
+    let remote = matches!(shared.accounts.backend, Backend::Redis(_)) && token.is_some();
+    if password.is_none() && !remote {
         return Err(required(nick));
-    };
+    }
     let pending = Arc::new(PendingJoin(Mutex::new(Pending::Waiting)));
     let (p, s, c) = (Arc::clone(&pending), Arc::clone(shared), Arc::clone(client));
     let (nick, token) = (nick.to_owned(), token.map(str::to_owned));
+    let password = password.cloned();
     let who = nick.clone();
-    shared.accounts.attempt(&who, move |acc: &Accounts| {
-        let ok = acc.verify(&nick, &password);
+    let job = move |acc: &Accounts, counted: bool| {
+        let resumed = match (&token, remote) {
+            (Some(t), true) => acc.remote_resume(&nick, t),
+            _ => Ok(false),
+        };
+        let ok = match (resumed, &password) {
+            (Err(r), _) => Err(r),
+            (Ok(true), _) => Ok(true),
+            (Ok(false), None) => Err(required(&nick)),
+            (Ok(false), Some(pw)) => {
+                // A remote check counts its attempt only now it needs one.
+                let key = nick_key(&nick);
+                match counted || acc.begin(&key).is_ok() {
+                    true => acc.verify(&nick, pw),
+                    false => Err(locked()),
+                }
+            }
+        };
         let mut st = lock(&p.0);
         if matches!(*st, Pending::Abandoned) {
             return;
         }
-        if !ok {
+        let refusal = match ok {
+            Ok(true) => None,
+            Ok(false) => Some(failed()),
+            Err(r) => Some(r),
+        };
+        if let Some(r) = refusal {
             *st = Pending::Refused;
-            return send(&c, &failed().to_json());
+            return send(&c, &r.to_json());
         }
         match s.room.join(&c, &nick, since, token.as_deref()) {
             Ok(j) => *st = Pending::Joined(j),
@@ -489,7 +659,16 @@ pub(crate) fn join_gate(
                 send(&c, &r.to_json());
             }
         }
-    })?;
+    };
+    if remote {
+        shared
+            .accounts
+            .submit(Box::new(move |acc: &Accounts| job(acc, false)))?;
+    } else {
+        shared
+            .accounts
+            .attempt(&who, move |acc: &Accounts| job(acc, true))?;
+    }
     Ok(Some(pending))
 }
 
@@ -503,7 +682,7 @@ pub(crate) fn rename_gate(
     password: Option<&Password>,
 ) -> Result<bool, Refusal> {
     check_nick(nick)?;
-    if !shared.accounts.is_registered(nick) {
+    if !shared.accounts.is_registered(nick)? {
         return Ok(false);
     }
     // A case variant of one's own nick needs no password.
@@ -516,8 +695,10 @@ pub(crate) fn rename_gate(
     let (s, c, nick) = (Arc::clone(shared), Arc::clone(client), nick.to_owned());
     let who = nick.clone();
     shared.accounts.attempt(&who, move |acc: &Accounts| {
-        if !acc.verify(&nick, &password) {
-            return send(&c, &failed().to_json());
+        match acc.verify(&nick, &password) {
+            Ok(true) => {}
+            Ok(false) => return send(&c, &failed().to_json()),
+            Err(r) => return send(&c, &r.to_json()),
         }
         if let Err(r) = s.room.rename(id, &c, &nick) {
             send(&c, &r.to_json());
@@ -535,7 +716,7 @@ mod tests {
     #[test]
     #[ignore = "a measurement, run by hand in release"]
     fn hash_cost() {
-        let acc = Accounts::start(AuthParams::default(), None).unwrap();
+        let acc = Accounts::start(AuthParams::default(), Storage::Local(None)).unwrap();
         let pw = Password::new("correct horse battery".into());
         let mut times = Vec::new();
         for _ in 0..5 {

@@ -405,6 +405,7 @@ fn json_response(status: u16, extra: &[&str], body: &str) -> Vec<u8> {
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
         429 => "Too Many Requests",
+        507 => "Insufficient Storage",
         s => wsproto::handshake::reason_phrase(s),
     };
     let mut out = format!(
@@ -523,6 +524,18 @@ fn upload(shared: &Arc<Shared>, stream: &mut Wire, addr: SocketAddr, head: &[u8]
         );
         return;
     };
+    // accounts + media hook: a cluster node cut from Redis cannot store
+    // the image; said before the body is read.
+    if !media.available() {
+        refuse(
+            stream,
+            503,
+            &["Retry-After: 2"],
+            "unavailable",
+            "the image store (Redis) is unreachable; try again shortly",
+        );
+        return;
+    }
     let Some(slot) = media.slot(who) else {
         refuse(
             stream,
@@ -597,13 +610,21 @@ fn upload(shared: &Arc<Shared>, stream: &mut Wire, addr: SocketAddr, head: &[u8]
             let location = format!("Location: {url}");
             answer(stream, &json_response(201, &[&location], &body));
         }
-        Err(e) => refuse(
+        // accounts + media hook: the cluster's store answers 503/507.
+        Err(e @ crate::media::CommitError::Disk(_)) => {
+            refuse(stream, 500, &[], "server_error", &e.to_string())
+        }
+        Err(e @ crate::media::CommitError::Unavailable(_)) => refuse(
             stream,
-            500,
-            &[],
-            "server_error",
-            &format!("media directory: {e}"),
+            503,
+            &["Retry-After: 2"],
+            "unavailable",
+            &e.to_string(),
         ),
+        Err(e @ crate::media::CommitError::Full { retry_after }) => {
+            let retry = format!("Retry-After: {}", retry_after.as_secs().max(1));
+            refuse(stream, 507, &[&retry], "storage_full", &e.to_string())
+        }
     }
 }
 
@@ -622,12 +643,18 @@ impl Read for Body<'_> {
 /// up, so no name reaches outside the media directory).
 fn serve_media(shared: &Arc<Shared>, stream: &mut Wire, addr: SocketAddr, route: &str) {
     let media = &shared.media;
-    let found = Name::from_url(route).and_then(|n| {
-        media.get(&n)?;
-        let file = std::fs::File::open(media.path(&n)).ok()?;
-        let len = file.metadata().ok()?.len();
-        Some((n, file, len))
-    });
+    // accounts + media hook: on a cluster node the bytes come from Redis
+    // (on this thread, not a reactor); unreachable -> 503.
+    let found = match Name::from_url(route).map(|n| (n, media.open_image(&n))) {
+        Some((n, Ok(Some((file, len))))) => Some((n, file, len)),
+        Some((_, Err(e))) => {
+            log!(shared, "chat: {addr} http 503 media: {e}");
+            let body = "the image store is unreachable; try again shortly\n";
+            answer(stream, &http_response(503, &["Retry-After: 2"], body));
+            return;
+        }
+        _ => None,
+    };
     let Some((name, mut file, len)) = found else {
         log!(shared, "chat: {addr} http 404 {:?}", truncate(route, 80));
         answer(stream, &http_response(404, &[], "not found\n"));

@@ -74,6 +74,7 @@ use hub::Hub;
 use wsproto::CloseCode;
 
 pub use accounts::{AuthParams, Password};
+pub use cluster::media::MediaLimits; // accounts + media hook
 pub use cluster::{random_node_id, ClusterConfig}; // cluster hook
 pub use room::REPLY_MAX_BYTES;
 pub use tls::{TlsError, TlsFiles};
@@ -503,7 +504,27 @@ impl Server {
             cluster.clone(),
         )
         .inspect_err(|_| store.iter().for_each(|s| s.close()))?;
-        let accounts = accounts::Accounts::start(config.auth, store.clone())
+        // accounts + media hook: on a cluster node both live in Redis, with
+        // one sync thread keeping this node's replicas of their indexes.
+        let redis = match &cluster {
+            Some(c) => {
+                let limits = config
+                    .cluster
+                    .as_ref()
+                    .map(|cc| cc.media)
+                    .unwrap_or_default();
+                let a = Arc::new(cluster::accounts::RedisAccounts::new(c));
+                let m = Arc::new(cluster::media::RedisMedia::new(c, limits));
+                cluster::media::start_sync(&a, &m)?;
+                Some((a, m))
+            }
+            None => None,
+        };
+        let storage = match &redis {
+            Some((a, _)) => accounts::Storage::Redis(Arc::clone(a)),
+            None => accounts::Storage::Local(store.clone()),
+        };
+        let accounts = accounts::Accounts::start(config.auth, storage)
             .inspect_err(|_| store.iter().for_each(|s| s.close()))?;
         // With storage, images live beside the database (the store made
         // DIR/media); without, in a temporary directory of this process.
@@ -519,6 +540,7 @@ impl Server {
                 max_concurrent: config.max_concurrent_uploads,
                 timeout: config.upload_timeout,
             },
+            redis.map(|(_, m)| m),
         )
         .inspect_err(|_| store.iter().for_each(|s| s.close()))?;
         let reactors = (0..config.reactor_threads.max(1))

@@ -63,11 +63,17 @@ OPTIONS:
   --upload-timeout SECS      an upload body's deadline, then 408; 1-3600 [default: 60]
   --redis URL                be one node of a cluster sharing this Redis,
                              redis://HOST:PORT[/DB] [default: single node]. Redis is
-                             then the store of record: no SQLite, --data holds only
-                             this node's media/; registering nicks is unavailable
+                             then the store of record for everything (messages,
+                             rooms, nicks, accounts, images): --data holds nothing
   --node-id ID               this node's name in the cluster [default: random]
   --node-timeout SECS        a node silent this long is dead and its members
                              are announced left; 1-3600 [default: 15]
+  --media-max-bytes N        image bytes the cluster keeps in Redis, then 507;
+                             1048576-68719476736 [default: 268435456]
+  --media-max-files N        images the cluster keeps in Redis, then 507;
+                             1-10000000 [default: 10000]
+  --media-ttl SECS           an image is kept this long after its last upload;
+                             60-315360000 [default: 2592000, 30 days]
   --quiet                    no per-connection log lines
   -h, --help                 this text
 
@@ -143,6 +149,12 @@ fn main() -> ExitCode {
 /// a zero timeout makes `set_read_timeout` fail; `Instant + Duration` panics
 /// on overflow), so every duration and size has a floor and a ceiling.
 mod range {
+    /// Image bytes in Redis: at least one megabyte; 64 GiB is past any
+    /// single Redis a chat would run.
+    pub const MEDIA_BYTES: (u64, u64) = (1 << 20, 64 << 30);
+    pub const MEDIA_FILES: (u64, u64) = (1, 10_000_000);
+    /// A minute to ten years.
+    pub const MEDIA_TTL_SECS: (u64, u64) = (60, 315_360_000);
     /// 0 keeps no history (the welcome's is empty); a million 4 KiB texts
     /// is already gigabytes.
     pub const HISTORY: (u64, u64) = (0, 1_000_000);
@@ -210,6 +222,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
     let mut data = Some(PathBuf::from("./chat-data"));
     let mut ephemeral = false;
     let (mut redis, mut node_id, mut node_timeout) = (None, None, None);
+    let mut media: Vec<(&'static str, u64)> = Vec::new();
     while let Some(flag) = args.next() {
         if flag == "--ephemeral" {
             ephemeral = true;
@@ -273,6 +286,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--redis" => redis = Some(value),
             "--node-id" => node_id = Some(value),
             "--node-timeout" => node_timeout = Some(secs(range::NODE_TIMEOUT_SECS)?),
+            "--media-max-bytes" => media.push(("bytes", num(range::MEDIA_BYTES)?)),
+            "--media-max-files" => media.push(("files", num(range::MEDIA_FILES)?)),
+            "--media-ttl" => media.push(("ttl", num(range::MEDIA_TTL_SECS)?)),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -285,10 +301,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             if let Some(t) = node_timeout {
                 cc.node_timeout = t;
             }
+            for (what, n) in media {
+                match what {
+                    "bytes" => cc.media.max_bytes = n,
+                    "files" => cc.media.max_files = n,
+                    _ => cc.media.ttl = Duration::from_secs(n),
+                }
+            }
             c.cluster = Some(cc);
         }
-        None if node_id.is_some() || node_timeout.is_some() => {
-            return Err("--node-id and --node-timeout need --redis".into());
+        None if node_id.is_some() || node_timeout.is_some() || !media.is_empty() => {
+            return Err("--node-id, --node-timeout and --media-* need --redis".into());
         }
         None => {}
     }

@@ -11,7 +11,14 @@
 //! system), so a reader never sees half a file and identical bytes land on
 //! the same name. Memory per upload is [`CHUNK`] plus the prober's 8 KiB
 //! buffer, whatever the image's size.
+//!
+//! On a cluster node (`--redis`) the checks are the same and the upload is
+//! still received into a temporary file (in a directory of this process,
+//! not `--data`), but the store of record is Redis (`cluster::media`):
+//! `commit` sends the file there, `get` answers from the node's replica of
+//! Redis' index, and `open` reads the bytes back from Redis.
 
+use crate::cluster::media::{RedisMedia, RedisReader, StoreError};
 use crate::room::MemberId;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -20,7 +27,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Bytes read from the socket (and written to disk) at a time.
@@ -213,6 +220,49 @@ pub(crate) struct Media {
     /// of `max_concurrent` (each for up to `timeout`) and lock out the rest.
     per_member: Mutex<HashMap<MemberId, usize>>,
     pub limits: Limits,
+    /// The cluster's store, with `--redis` (then the directory holds only
+    /// uploads being received).
+    redis: Option<Arc<RedisMedia>>,
+}
+
+/// Why an accepted upload could not be stored.
+#[derive(Debug)]
+pub(crate) enum CommitError {
+    /// 500: the media directory failed.
+    Disk(io::Error),
+    /// 503: the cluster's store (Redis) is unreachable.
+    Unavailable(String),
+    /// 507: the cluster's store is at its bound for `retry_after`.
+    Full { retry_after: Duration },
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Disk(e) => write!(f, "media directory: {e}"),
+            Self::Unavailable(e) => write!(f, "the image store (Redis) is unreachable: {e}"),
+            Self::Full { retry_after } => write!(
+                f,
+                "the image store is full; space frees in {} s",
+                retry_after.as_secs().max(1)
+            ),
+        }
+    }
+}
+
+/// A stored image opened for reading.
+pub(crate) enum Reader<'a> {
+    File(File),
+    Redis(RedisReader<'a>),
+}
+
+impl Read for Reader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::File(f) => f.read(buf),
+            Self::Redis(r) => r.read(buf),
+        }
+    }
 }
 
 /// Uploads one member may have in flight at once (a page sends one at a
@@ -246,7 +296,14 @@ impl Media {
     /// Opens (creating it) `dir`, or a fresh directory under the system's
     /// temporary directory when `None`; removes temporary files a crash
     /// left behind and indexes every well-named image.
-    pub(crate) fn open(dir: Option<&Path>, limits: Limits) -> io::Result<Self> {
+    pub(crate) fn open(
+        dir: Option<&Path>,
+        limits: Limits,
+        redis: Option<Arc<RedisMedia>>,
+    ) -> io::Result<Self> {
+        // With Redis, only uploads in flight touch the disk, in a directory
+        // of this process (DESIGN.md: `--data` holds nothing).
+        let dir = if redis.is_some() { None } else { dir };
         let (dir, owned_dir) = match dir {
             Some(d) => (d.to_path_buf(), false),
             None => (
@@ -300,6 +357,7 @@ impl Media {
             uploading: AtomicUsize::new(0),
             per_member: Mutex::new(HashMap::new()),
             limits,
+            redis,
         })
     }
 
@@ -321,6 +379,9 @@ impl Media {
 
     /// The index entry of `name`.
     pub(crate) fn get(&self, name: &Name) -> Option<Entry> {
+        if let Some(r) = &self.redis {
+            return r.get(name);
+        }
         self.index
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -330,6 +391,32 @@ impl Media {
 
     pub(crate) fn path(&self, name: &Name) -> PathBuf {
         self.dir.join(name.file_name())
+    }
+
+    /// Whether uploads can be stored now (false: a cluster node cut from
+    /// Redis, 503 before the body is read).
+    pub(crate) fn available(&self) -> bool {
+        self.redis.as_ref().map_or(true, |r| r.available())
+    }
+
+    /// Opens stored image `name`: `Ok(None)` when not held (404), `Err`
+    /// when the cluster's store is unreachable (503). On a cluster node
+    /// this is a Redis round trip: `http.rs` calls it on the connection's
+    /// own thread, never on a reactor.
+    pub(crate) fn open_image(&self, name: &Name) -> Result<Option<(Reader<'_>, u64)>, String> {
+        if let Some(r) = &self.redis {
+            return Ok(r.open(name)?.map(|(rd, len)| (Reader::Redis(rd), len)));
+        }
+        if self.get(name).is_none() {
+            return Ok(None);
+        }
+        let Ok(file) = File::open(self.path(name)) else {
+            return Ok(None);
+        };
+        let Ok(meta) = file.metadata() else {
+            return Ok(None);
+        };
+        Ok(Some((Reader::File(file), meta.len())))
     }
 
     /// Takes one of the `max_concurrent` upload slots for `member`, if one
@@ -465,12 +552,25 @@ impl Media {
 
     /// Moves a received upload into place under its content address (the
     /// same bytes as a stored file: the stored one stays) and indexes it.
-    pub(crate) fn commit(&self, r: Received) -> io::Result<(Name, Entry)> {
+    pub(crate) fn commit(&self, r: Received) -> Result<(Name, Entry), CommitError> {
         let Received {
             mut temp,
             name,
             entry,
         } = r;
+        if let Some(redis) = &self.redis {
+            return match redis.store(&mut temp.file, &name, &entry) {
+                Ok(()) => Ok((name, entry)),
+                Err(StoreError::Full { retry_after }) => Err(CommitError::Full { retry_after }),
+                Err(StoreError::Unavailable(e)) => Err(CommitError::Unavailable(e)),
+                Err(StoreError::Disk(e)) => Err(CommitError::Disk(e)),
+            };
+        }
+        self.commit_file(temp, name, entry)
+            .map_err(CommitError::Disk)
+    }
+
+    fn commit_file(&self, mut temp: Temp, name: Name, entry: Entry) -> io::Result<(Name, Entry)> {
         let path = self.path(&name);
         if self.get(&name).is_none() || !path.exists() {
             // Durable before it is announced: the file's bytes, then the
@@ -527,6 +627,7 @@ impl Temp {
     fn create(dir: &Path) -> io::Result<Self> {
         let path = dir.join(format!(".tmp-{}", random_hex(12)));
         let file = fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&path)?;

@@ -581,16 +581,6 @@ impl Session {
             }
             Request::Register { password } => {
                 let nick = hub.nick_of(id, client)?;
-                if self.shared.cluster.is_some() {
-                    // cluster hook: accounts live in the SQLite store, which
-                    // --redis turns off; node-local accounts would let
-                    // another node hand the nick to anyone.
-                    return Err(Refusal::new(
-                        ErrorCode::Unavailable,
-                        "registering nicks is not available on a cluster (--redis): \
-                         accounts are not shared between nodes",
-                    ));
-                }
                 self.shared.accounts.register(client, nick, password)
             }
             Request::Unregister { password } => {

@@ -25,6 +25,8 @@
 //! plus the ring's entries above `G`, and the new seat skips live messages
 //! up to the greeting's newest id (see [`Remote`]).
 
+pub(crate) mod accounts; // accounts + media hook
+pub(crate) mod media; // accounts + media hook
 mod scripts;
 
 use crate::client::Client;
@@ -63,6 +65,8 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// A node silent this long is dead: its members are announced `left`.
     pub node_timeout: Duration,
+    /// The bounds of the image store in Redis (accounts + media hook).
+    pub media: media::MediaLimits,
 }
 
 impl ClusterConfig {
@@ -78,6 +82,7 @@ impl ClusterConfig {
             url: url.to_owned(),
             node_id: random_node_id(),
             node_timeout: Duration::from_secs(15),
+            media: media::MediaLimits::default(),
         }
     }
 }

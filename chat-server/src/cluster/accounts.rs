@@ -1,0 +1,153 @@
+//! Registered nicks in Redis (DESIGN.md v2, "Cluster": accounts are
+//! cluster-wide). The rules (password length, Argon2id, lockout, error
+//! codes and their order) stay in `crate::accounts`, once; this is only
+//! where the accounts are kept when the node is part of a cluster.
+//!
+//! Keys: [`ACCOUNTS`], a hash from the case-folded nick to
+//! `nick TAB <Argon2id PHC string>` (never a password). Creation is one
+//! `HSETNX` inside a script that also publishes the change, so two nodes
+//! registering the same nick at once get exactly one winner; removal
+//! deletes only the very hash the password was checked against.
+//!
+//! Every node keeps a replica of the registered names ([`SYNC_CHANNEL`]
+//! events, reloaded after each (re)subscription, see `cluster::media`), so
+//! the question asked on every `join` and rename, "is this nick
+//! registered?", costs no Redis round trip on a reactor. The slow work
+//! (reading a hash, creating, removing) runs on the accounts' hashing
+//! workers, never on a reactor.
+
+use super::Cluster;
+use crate::protocol::Refusal;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// The accounts hash: nick key -> `nick TAB hash`.
+pub(crate) const ACCOUNTS: &str = "chat:acct";
+/// The channel of account and media changes (one more subscription per
+/// node, read by the sync thread of `cluster::media`; the room traffic
+/// stays on the cluster's own channel).
+pub(crate) const SYNC_CHANNEL: &str = "chat:sync";
+
+/// KEYS: accounts hash. ARGV: nick key, `nick TAB hash`, channel. 1 when
+/// created, 0 when the nick is registered already.
+const CREATE: &str = r"
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('PUBLISH', ARGV[3], 'A+\t' .. ARGV[1])
+return 1
+";
+
+/// KEYS: accounts hash. ARGV: nick key, the stored value the password was
+/// checked against, channel. 1 when removed; 0 when it changed meanwhile.
+const REMOVE: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[3], 'A-\t' .. ARGV[1])
+return 1
+";
+
+/// The accounts of a cluster node: Redis, and the replica of the names.
+#[derive(Debug)]
+pub(crate) struct RedisAccounts {
+    pub(super) cluster: Arc<Cluster>,
+    names: RwLock<HashSet<String>>,
+    /// The replica has been loaded since the last (re)subscription.
+    pub(super) synced: AtomicBool,
+}
+
+impl RedisAccounts {
+    pub(crate) fn new(cluster: &Arc<Cluster>) -> Self {
+        Self {
+            cluster: Arc::clone(cluster),
+            names: RwLock::new(HashSet::new()),
+            synced: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the nick key `key` is registered. From the replica while it
+    /// is in sync (no round trip); before the first sync or after an
+    /// outage, until the replica is reloaded, Redis is asked (rare, and
+    /// `unavailable` if it cannot be).
+    pub(crate) fn is_registered(&self, key: &str) -> Result<bool, Refusal> {
+        if self.synced.load(Ordering::Acquire) {
+            return Ok(self
+                .names
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(key));
+        }
+        self.cluster
+            .with_cmd(|c| redis::cmd("HEXISTS").arg(ACCOUNTS).arg(key).query(c))
+    }
+
+    /// The stored value (`nick TAB hash`) of `key` (on a worker).
+    pub(crate) fn stored(&self, key: &str) -> Result<Option<String>, Refusal> {
+        self.cluster
+            .with_cmd(|c| redis::cmd("HGET").arg(ACCOUNTS).arg(key).query(c))
+    }
+
+    /// Creates the account; `Ok(false)` when the nick is registered already
+    /// (on any node).
+    pub(crate) fn create(&self, key: &str, nick: &str, hash: &str) -> Result<bool, Refusal> {
+        let value = format!("{nick}\t{hash}");
+        let n: i64 = self.cluster.with_cmd(|c| {
+            redis::cmd("EVAL")
+                .arg(CREATE)
+                .arg(1)
+                .arg(ACCOUNTS)
+                .arg(key)
+                .arg(&value)
+                .arg(SYNC_CHANNEL)
+                .query(c)
+        })?;
+        if n == 1 {
+            self.apply(true, key);
+        }
+        Ok(n == 1)
+    }
+
+    /// Removes the account if it still holds `stored`.
+    pub(crate) fn remove(&self, key: &str, stored: &str) -> Result<bool, Refusal> {
+        let n: i64 = self.cluster.with_cmd(|c| {
+            redis::cmd("EVAL")
+                .arg(REMOVE)
+                .arg(1)
+                .arg(ACCOUNTS)
+                .arg(key)
+                .arg(stored)
+                .arg(SYNC_CHANNEL)
+                .query(c)
+        })?;
+        if n == 1 {
+            self.apply(false, key);
+        }
+        Ok(n == 1)
+    }
+
+    /// Whether `token` is the resume token of the member holding nick key
+    /// `key` on any node (a takeover needs no password, DESIGN.md
+    /// "Registered nicks"; the claim value ends with the token).
+    pub(crate) fn token_holds(&self, key: &str, token: &str) -> Result<bool, Refusal> {
+        let v: Option<String> = self
+            .cluster
+            .with_cmd(|c| redis::cmd("GET").arg(super::nick_key(key)).query(c))?;
+        Ok(v.is_some_and(|v| v.split('\t').nth(3) == Some(token)))
+    }
+
+    /// An event from [`SYNC_CHANNEL`] (or this node's own change).
+    pub(super) fn apply(&self, registered: bool, key: &str) {
+        let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
+        if registered {
+            names.insert(key.to_owned());
+        } else {
+            names.remove(key);
+        }
+    }
+
+    /// Replaces the replica with `keys`, read after subscribing (events
+    /// read after it are applied on top, in order, so the replica ends as
+    /// Redis is).
+    pub(super) fn reload(&self, keys: Vec<String>) {
+        *self.names.write().unwrap_or_else(|e| e.into_inner()) = keys.into_iter().collect();
+    }
+}

@@ -1,0 +1,593 @@
+//! Images in Redis (DESIGN.md v2, "Cluster": media are cluster-wide, and
+//! with `--redis` "Redis is the store of record and `--data` holds
+//! nothing"). Why Redis rather than a shared directory: every node already
+//! depends on Redis and nothing else; a shared file system (NFS, a volume
+//! mounted on every machine) would be a second store of record to deploy,
+//! back up and keep consistent, with its own failure modes. Redis holds
+//! memory, so the store is bounded: at most [`MediaLimits::max_bytes`] of
+//! image bytes and [`MediaLimits::max_files`] images, each kept
+//! [`MediaLimits::ttl`] after its last upload. When full, an upload gets
+//! 507 (Insufficient Storage, RFC 4918 §11.5) with `Retry-After` the time
+//! until the oldest image expires: images already sent stay viewable
+//! (evicting them would break pictures people are looking at, silently).
+//!
+//! Keys (one Redis, not Redis Cluster: scripts build keys):
+//! - `chat:media:<sha256>.<ext>`: the bytes, with a TTL;
+//! - [`META`]: file name -> `width height bytes expires_ms`;
+//! - [`EXPIRY`]: the names by expiry (Redis' clock, ms), to forget
+//!   expired ones and give their bytes back to [`TOTAL`].
+//!
+//! An upload is still received into a temporary file (the checks of
+//! `crate::media` read it), then sent in [`PIECE`]-sized round trips into a
+//! temporary key, which one script ([`STORE`]) renames into place after
+//! checking the bounds, so memory per upload stays bounded whatever the
+//! image's size. A fetch (`GET /media/...`, on the connection's own HTTP
+//! thread, never a reactor) reads the key in [`PIECE`]s too.
+//!
+//! Every node keeps a replica of [`META`] (with the accounts' names, see
+//! `cluster::accounts`), fed by [`SYNC_CHANNEL`] and reloaded after each
+//! (re)subscription, so checking an image a message names costs no round
+//! trip on the reactor. The event is published by the upload's script,
+//! before the uploader gets its 201 (so before anyone can know the URL).
+
+use super::accounts::{RedisAccounts, ACCOUNTS, SYNC_CHANNEL};
+use super::{Backoff, Cluster};
+use crate::media::{Entry, Name};
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+/// Image name -> `width height bytes expires_ms`.
+const META: &str = "chat:media:meta";
+/// Image names scored by expiry (ms).
+const EXPIRY: &str = "chat:media:exp";
+/// Image bytes held.
+const TOTAL: &str = "chat:media:total";
+/// Bytes per round trip, upload and fetch.
+pub(crate) const PIECE: usize = 256 << 10;
+/// Idle connections kept for uploads and fetches.
+const POOL: usize = 8;
+/// How long a half-sent upload's temporary key lives (a node that dies
+/// mid-upload leaves nothing behind for longer).
+const TEMP_TTL_MS: u64 = 120_000;
+
+/// KEYS: temporary key ('' when the bytes were not sent), data key, META,
+/// EXPIRY, TOTAL. ARGV: name, `width height bytes`, bytes, ttl ms, max
+/// bytes, max files, channel. First forgets what expired; then an image
+/// already held has its TTL renewed ('ok'); else the bytes must have been
+/// sent ('send' when not), fit the bounds ('full', ms until the oldest
+/// expires) and are renamed into place ('ok'). Publishes the entry.
+const STORE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function bytes_of(m)
+  return tonumber(string.match(m or '', '^%d+ %d+ (%d+)')) or 0
+end
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)) do
+  local m = redis.call('HGET', KEYS[3], n)
+  if m then
+    redis.call('DECRBY', KEYS[5], bytes_of(m))
+    redis.call('HDEL', KEYS[3], n)
+  end
+  redis.call('ZREM', KEYS[4], n)
+end
+local exp = now + tonumber(ARGV[4])
+local meta = ARGV[2] .. ' ' .. exp
+local old = redis.call('HGET', KEYS[3], ARGV[1])
+if old and redis.call('EXISTS', KEYS[2]) == 1 then
+  if KEYS[1] ~= '' then redis.call('DEL', KEYS[1]) end
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+else
+  if KEYS[1] == '' or redis.call('STRLEN', KEYS[1]) ~= tonumber(ARGV[3]) then
+    return {'send'}
+  end
+  local total = tonumber(redis.call('GET', KEYS[5]) or '0') - bytes_of(old)
+  local files = redis.call('HLEN', KEYS[3]) - (old and 1 or 0)
+  if total + tonumber(ARGV[3]) > tonumber(ARGV[5]) or files + 1 > tonumber(ARGV[6]) then
+    redis.call('DEL', KEYS[1])
+    local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+    return {'full', tostring(math.max(0, (tonumber(oldest[2]) or now) - now))}
+  end
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  redis.call('INCRBY', KEYS[5], tonumber(ARGV[3]) - bytes_of(old))
+end
+redis.call('HSET', KEYS[3], ARGV[1], meta)
+redis.call('ZADD', KEYS[4], exp, ARGV[1])
+redis.call('PUBLISH', ARGV[7], 'I\t' .. ARGV[1] .. '\t' .. meta)
+return {'ok'}
+";
+
+/// The bounds of the image store in Redis (`--media-max-bytes`,
+/// `--media-max-files`, `--media-ttl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaLimits {
+    /// Image bytes Redis holds at most (default 256 MiB).
+    pub max_bytes: u64,
+    /// Images Redis holds at most (default 10,000).
+    pub max_files: u64,
+    /// How long an image is kept after its last upload (default 30 days).
+    pub ttl: Duration,
+}
+
+impl Default for MediaLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 << 20,
+            max_files: 10_000,
+            ttl: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+/// Why an upload was not stored.
+#[derive(Debug)]
+pub(crate) enum StoreError {
+    /// 507: the store is at its bound until the oldest image expires.
+    Full { retry_after: Duration },
+    /// 503: Redis cannot be reached (or refused).
+    Unavailable(String),
+    /// 500: the temporary file could not be read back.
+    Disk(io::Error),
+}
+
+/// The image store of a cluster node.
+pub(crate) struct RedisMedia {
+    cluster: Arc<Cluster>,
+    limits: MediaLimits,
+    /// Name -> (entry, expiry in ms since the epoch).
+    index: RwLock<HashMap<Name, (Entry, u64)>>,
+    synced: AtomicBool,
+    pool: Mutex<Vec<redis::Connection>>,
+}
+
+impl std::fmt::Debug for RedisMedia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisMedia")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn data_key(name: &Name) -> String {
+    format!("chat:media:{}", name.file_name())
+}
+
+fn now_ms() -> u64 {
+    crate::room::now_ms()
+}
+
+impl RedisMedia {
+    pub(crate) fn new(cluster: &Arc<Cluster>, limits: MediaLimits) -> Self {
+        Self {
+            cluster: Arc::clone(cluster),
+            limits,
+            index: RwLock::new(HashMap::new()),
+            synced: AtomicBool::new(false),
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Redis is reachable (as far as the node knows).
+    pub(crate) fn available(&self) -> bool {
+        self.cluster.available()
+    }
+
+    /// The entry of `name`: from the replica (no round trip) while it is
+    /// in sync; before the first sync, or until it is reloaded after an
+    /// outage, Redis is asked.
+    pub(crate) fn get(&self, name: &Name) -> Option<Entry> {
+        if !self.synced.load(Ordering::Acquire) && self.available() {
+            let meta: Option<String> = self
+                .cluster
+                .with_cmd(|c| redis::cmd("HGET").arg(META).arg(name.file_name()).query(c))
+                .ok()
+                .flatten();
+            let (_, (e, exp)) = parse_meta(&name.file_name(), &meta?)?;
+            return (exp > now_ms()).then_some(e);
+        }
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let (e, exp) = index.get(name)?;
+        (*exp > now_ms()).then_some(*e)
+    }
+
+    fn take(&self) -> redis::RedisResult<redis::Connection> {
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => self.cluster.connect(),
+        }
+    }
+
+    fn give_back(&self, c: redis::Connection) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL {
+            pool.push(c);
+        }
+    }
+
+    /// Stores the received image (its bytes in `file`) under `name`: sent
+    /// only when the replica does not know it already.
+    pub(crate) fn store(
+        &self,
+        file: &mut std::fs::File,
+        name: &Name,
+        entry: &Entry,
+    ) -> Result<(), StoreError> {
+        if !self.available() {
+            return Err(StoreError::Unavailable("Redis is unreachable".into()));
+        }
+        let mut con = self
+            .take()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let out = self.store_on(&mut con, file, name, entry);
+        // A connection that failed mid-way may hold a half-read answer.
+        if !matches!(out, Err(StoreError::Unavailable(_))) {
+            self.give_back(con);
+        }
+        out
+    }
+
+    fn store_on(
+        &self,
+        con: &mut redis::Connection,
+        file: &mut std::fs::File,
+        name: &Name,
+        entry: &Entry,
+    ) -> Result<(), StoreError> {
+        let redis_err = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
+        let mut temp = String::new();
+        let mut sent = false;
+        if self.get(name).is_none() {
+            temp = format!("chat:media:up:{}", super::random_node_id());
+            self.send(con, file, &temp).map_err(|e| match e {
+                SendError::Redis(e) => redis_err(e),
+                SendError::Disk(e) => StoreError::Disk(e),
+            })?;
+            sent = true;
+        }
+        loop {
+            let answer: Vec<String> = redis::cmd("EVAL")
+                .arg(STORE)
+                .arg(5)
+                .arg(&temp)
+                .arg(data_key(name))
+                .arg(META)
+                .arg(EXPIRY)
+                .arg(TOTAL)
+                .arg(name.file_name())
+                .arg(format!("{} {} {}", entry.width, entry.height, entry.bytes))
+                .arg(entry.bytes)
+                .arg(self.limits.ttl.as_millis() as u64)
+                .arg(self.limits.max_bytes)
+                .arg(self.limits.max_files)
+                .arg(SYNC_CHANNEL)
+                .query(con)
+                .map_err(redis_err)?;
+            match answer.first().map(String::as_str) {
+                Some("ok") => {
+                    let exp = now_ms() + self.limits.ttl.as_millis() as u64;
+                    self.index
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(*name, (*entry, exp));
+                    return Ok(());
+                }
+                Some("full") => {
+                    let ms: u64 = answer.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    return Err(StoreError::Full {
+                        retry_after: Duration::from_millis(ms),
+                    });
+                }
+                // The replica knew a name that expired meanwhile: send.
+                Some("send") if !sent => {
+                    temp = format!("chat:media:up:{}", super::random_node_id());
+                    self.send(con, file, &temp).map_err(|e| match e {
+                        SendError::Redis(e) => redis_err(e),
+                        SendError::Disk(e) => StoreError::Disk(e),
+                    })?;
+                    sent = true;
+                }
+                other => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the store script answered {other:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Sends the file into `temp`, one [`PIECE`] per round trip.
+    fn send(
+        &self,
+        con: &mut redis::Connection,
+        file: &mut std::fs::File,
+        temp: &str,
+    ) -> Result<(), SendError> {
+        use std::io::Seek;
+        file.seek(io::SeekFrom::Start(0)).map_err(SendError::Disk)?;
+        let mut buf = vec![0u8; PIECE];
+        let mut first = true;
+        loop {
+            let n = read_full(file, &mut buf).map_err(SendError::Disk)?;
+            if n == 0 && !first {
+                return Ok(());
+            }
+            if first {
+                redis::cmd("SET")
+                    .arg(temp)
+                    .arg(&buf[..n])
+                    .arg("PX")
+                    .arg(TEMP_TTL_MS)
+                    .query::<()>(con)
+                    .map_err(SendError::Redis)?;
+                first = false;
+            } else {
+                redis::cmd("APPEND")
+                    .arg(temp)
+                    .arg(&buf[..n])
+                    .query::<()>(con)
+                    .map_err(SendError::Redis)?;
+            }
+            if n < buf.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Opens `name` for reading: its length and a reader that fetches it a
+    /// [`PIECE`] per round trip. `Ok(None)`: not held (404); `Err`: Redis
+    /// is unreachable (503).
+    pub(crate) fn open(&self, name: &Name) -> Result<Option<(RedisReader<'_>, u64)>, String> {
+        if !self.available() {
+            return Err("Redis is unreachable".into());
+        }
+        let mut con = self.take().map_err(|e| e.to_string())?;
+        let key = data_key(name);
+        let (len, first): (u64, Vec<u8>) = redis::pipe()
+            .cmd("STRLEN")
+            .arg(&key)
+            .cmd("GETRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(PIECE - 1)
+            .query(&mut con)
+            .map_err(|e| e.to_string())?;
+        if len == 0 {
+            self.give_back(con);
+            return Ok(None);
+        }
+        let at = first.len() as u64;
+        Ok(Some((
+            RedisReader {
+                media: self,
+                con: Some(con),
+                key,
+                buf: first,
+                pos: 0,
+                at,
+                len,
+            },
+            len,
+        )))
+    }
+
+    fn apply(&self, fields: &str) {
+        // `name TAB width height bytes expires_ms`
+        let Some((name, meta)) = fields.split_once('\t') else {
+            return;
+        };
+        if let Some((n, e)) = parse_meta(name, meta) {
+            self.index
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(n, e);
+        }
+    }
+
+    fn reload(&self, all: Vec<String>) {
+        let mut index = HashMap::with_capacity(all.len() / 2);
+        for pair in all.chunks_exact(2) {
+            if let Some((n, e)) = parse_meta(&pair[0], &pair[1]) {
+                index.insert(n, e);
+            }
+        }
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+    }
+
+    fn sweep(&self) {
+        let now = now_ms();
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (_, exp)| *exp > now);
+    }
+}
+
+fn parse_meta(name: &str, meta: &str) -> Option<(Name, (Entry, u64))> {
+    let name = Name::parse(name)?;
+    let mut f = meta.split(' ').map(str::parse::<u64>);
+    let (Some(Ok(w)), Some(Ok(h)), Some(Ok(bytes)), Some(Ok(exp))) =
+        (f.next(), f.next(), f.next(), f.next())
+    else {
+        return None;
+    };
+    let entry = Entry {
+        width: u32::try_from(w).ok()?,
+        height: u32::try_from(h).ok()?,
+        bytes,
+    };
+    Some((name, (entry, exp)))
+}
+
+enum SendError {
+    Redis(redis::RedisError),
+    Disk(io::Error),
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// An image read from Redis a [`PIECE`] at a time.
+pub(crate) struct RedisReader<'a> {
+    media: &'a RedisMedia,
+    con: Option<redis::Connection>,
+    key: String,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Bytes of the image fetched so far.
+    at: u64,
+    len: u64,
+}
+
+impl Read for RedisReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.buf.len() {
+            if self.at >= self.len {
+                return Ok(0);
+            }
+            let con = self
+                .con
+                .as_mut()
+                .ok_or_else(|| io::Error::other("connection lost"))?;
+            let end = (self.at + PIECE as u64).min(self.len) - 1;
+            let got: Vec<u8> = redis::cmd("GETRANGE")
+                .arg(&self.key)
+                .arg(self.at)
+                .arg(end)
+                .query(con)
+                .map_err(|e| {
+                    self.con = None;
+                    io::Error::other(e.to_string())
+                })?;
+            if got.is_empty() {
+                // Expired mid-read: the answer is cut short.
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.at += got.len() as u64;
+            self.buf = got;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for RedisReader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.con.take() {
+            if self.at >= self.len && self.pos == self.buf.len() {
+                self.media.give_back(c);
+            }
+        }
+    }
+}
+
+/// Starts the node's sync thread: one subscription to [`SYNC_CHANNEL`];
+/// after each (re)subscription the replicas of the registered names and
+/// of the images are reloaded (subscribe first, then read, then apply the
+/// events in order: the replicas end as Redis is).
+pub(crate) fn start_sync(accounts: &Arc<RedisAccounts>, media: &Arc<RedisMedia>) -> io::Result<()> {
+    let (a, m) = (Arc::downgrade(accounts), Arc::downgrade(media));
+    let cluster = Arc::clone(&accounts.cluster);
+    std::thread::Builder::new()
+        .name("chat-redis-sync".into())
+        .spawn(move || sync(&cluster, &a, &m))?;
+    Ok(())
+}
+
+fn sync(cluster: &Cluster, accounts: &Weak<RedisAccounts>, media: &Weak<RedisMedia>) {
+    let mut backoff = Backoff::new();
+    let gone = || {
+        cluster.stop.load(Ordering::Acquire)
+            || accounts.strong_count() == 0
+            || media.strong_count() == 0
+    };
+    let unsync = || {
+        if let Some(a) = accounts.upgrade() {
+            a.synced.store(false, Ordering::Release);
+        }
+        if let Some(m) = media.upgrade() {
+            m.synced.store(false, Ordering::Release);
+        }
+    };
+    while !gone() {
+        let (Ok(mut con), Ok(mut reader)) = (cluster.connect(), cluster.connect()) else {
+            unsync();
+            backoff.sleep();
+            continue;
+        };
+        let mut ps = con.as_pubsub();
+        let subscribed = ps
+            .subscribe(SYNC_CHANNEL)
+            .and_then(|()| ps.set_read_timeout(Some(Duration::from_millis(300))));
+        let loaded: redis::RedisResult<(Vec<String>, Vec<String>)> = subscribed.and_then(|()| {
+            redis::pipe()
+                .cmd("HKEYS")
+                .arg(ACCOUNTS)
+                .cmd("HGETALL")
+                .arg(META)
+                .query(&mut reader)
+        });
+        let Ok((names, images)) = loaded else {
+            unsync();
+            backoff.sleep();
+            continue;
+        };
+        drop(reader);
+        let (Some(a), Some(m)) = (accounts.upgrade(), media.upgrade()) else {
+            return;
+        };
+        a.reload(names);
+        m.reload(images);
+        a.synced.store(true, Ordering::Release);
+        m.synced.store(true, Ordering::Release);
+        drop((a, m));
+        backoff = Backoff::new();
+        let mut swept = Instant::now();
+        loop {
+            match ps.get_message() {
+                Ok(msg) => {
+                    let payload = msg.get_payload_bytes();
+                    let Ok(text) = std::str::from_utf8(payload) else {
+                        continue;
+                    };
+                    if let Some(key) = text.strip_prefix("A+\t") {
+                        accounts.upgrade().inspect(|a| a.apply(true, key));
+                    } else if let Some(key) = text.strip_prefix("A-\t") {
+                        accounts.upgrade().inspect(|a| a.apply(false, key));
+                    } else if let Some(fields) = text.strip_prefix("I\t") {
+                        media.upgrade().inspect(|m| m.apply(fields));
+                    }
+                }
+                Err(e) if e.is_timeout() => {
+                    if gone() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    unsync();
+                    break;
+                }
+            }
+            if swept.elapsed() >= Duration::from_secs(60) {
+                swept = Instant::now();
+                media.upgrade().inspect(|m| m.sweep());
+            }
+        }
+    }
+}
