@@ -6,12 +6,11 @@
 
 mod common;
 
-use chat_server::ClusterConfig;
 use common::redis::{node, Redis};
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -520,105 +519,4 @@ fn a_resume_token_moves_a_member_to_another_node_silently() {
         "alice"
     );
     let (_again, _) = join(a.addr, "alice");
-}
-
-/// A GIF header (all `imagesize` reads) of `w` x `h`, then a trailer.
-fn gif(w: u16, h: u16) -> Vec<u8> {
-    let mut out = b"GIF89a".to_vec();
-    out.extend_from_slice(&w.to_le_bytes());
-    out.extend_from_slice(&h.to_le_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0x3b]);
-    out
-}
-
-/// POSTs `body` to `/upload` with the session `token`; returns the status
-/// line's code and the body.
-fn upload(addr: SocketAddr, token: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.set_write_timeout(Some(WAIT)).unwrap();
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: image/gif\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let mut all = Vec::new();
-    let _ = s.read_to_end(&mut all);
-    let text = String::from_utf8_lossy(&all).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
-}
-
-/// Where the cluster meets storage, accounts and media (merge of issue 17
-/// with the v2 storage): with --redis no SQLite store is opened in
-/// `--data` (Redis is the store of record), `register` is refused as
-/// `unavailable` (accounts are not cluster-wide), and images are kept in
-/// `--data`'s `media/` of the node that took the upload; image messages,
-/// room and private, cross nodes with their image fields.
-#[test]
-fn with_redis_data_holds_only_media_and_register_is_unavailable() {
-    let Some(redis) = Redis::start() else { return };
-    let dir = std::env::temp_dir().join(format!("chat-cluster-data-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let d = dir.clone();
-    let a = start(|c| {
-        let mut cc = ClusterConfig::new(&redis.url());
-        cc.node_id = "a".into();
-        c.cluster = Some(cc);
-        c.data = Some(d);
-    });
-    let b = node(&redis, "b", 15);
-    assert_eq!(a.handle().media_dir(), dir.join("media"));
-    let (mut alice, w) = join(a.addr, "alice");
-    let (mut bob, _) = join(b.addr, "bob");
-    alice.send(json!({"type": "register", "password": "correct horse battery"}));
-    let r = alice.recv_type("error");
-    assert_eq!(r["code"], "unavailable", "{r}");
-    // An image this node does not hold is refused before Redis is asked.
-    alice.send(json!({"type": "message", "image": "/media/00.gif"}));
-    assert_eq!(alice.recv_type("error")["code"], "unknown_media");
-    alice.send(json!({"type": "private", "to": "bob", "image": "/media/00.gif"}));
-    assert_eq!(alice.recv_type("error")["code"], "unknown_media");
-    let (status, body) = upload(a.addr, w["token"].as_str().unwrap(), &gif(5, 7));
-    assert_eq!(status, 201, "{body}");
-    let url = serde_json::from_str::<Value>(&body).unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    alice.send(json!({"type": "message", "image": url, "text": "pic"}));
-    let m = bob.recv_type("message");
-    assert_eq!(
-        (
-            m["image"].as_str(),
-            m["width"].as_u64(),
-            m["height"].as_u64()
-        ),
-        (Some(&*url), Some(5), Some(7)),
-        "{m}"
-    );
-    alice.send(json!({"type": "private", "to": "bob", "image": url}));
-    let p = bob.recv_type("private");
-    assert_eq!(
-        (p["image"].as_str(), p["height"].as_u64()),
-        (Some(&*url), Some(7))
-    );
-    drop((alice, bob));
-    a.stop().unwrap();
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["media"], "no SQLite store beside the media");
-    let _ = std::fs::remove_dir_all(&dir);
 }
