@@ -169,10 +169,17 @@ impl Backend {
             Self::Local { accounts, .. } => Ok(lock(accounts)
                 .get(key)
                 .map(|a| (a.hash.clone(), a.hash.clone()))),
-            Self::Redis(r) => Ok(r.stored(key)?.map(|v| {
-                let hash = v.split_once('\t').map_or("", |(_, h)| h).to_owned();
-                (v, hash)
-            })),
+            Self::Redis(r) => {
+                // The lockout is cluster-wide: failures on any node count.
+                let (stored, locked_out) = r.stored(key)?;
+                if locked_out {
+                    return Err(locked());
+                }
+                Ok(stored.map(|v| {
+                    let hash = v.split_once('\t').map_or("", |(_, h)| h).to_owned();
+                    (v, hash)
+                }))
+            }
         }
     }
 
@@ -399,6 +406,10 @@ impl Accounts {
                     .is_ok()
             })
         });
+        if let (false, Backend::Redis(r)) = (ok, &self.backend) {
+            // Best effort: a failure Redis did not record still counts here.
+            let _ = r.failed(&key, self.window, MAX_FAILURES);
+        }
         let mut all = lock(&self.attempts);
         let a = all.entry(key.clone()).or_default();
         a.in_flight = a.in_flight.saturating_sub(1);

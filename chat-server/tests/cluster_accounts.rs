@@ -130,6 +130,28 @@ fn a_nick_registered_on_one_node_is_protected_and_logs_in_on_the_other() {
 }
 
 #[test]
+fn the_lockout_counts_wrong_passwords_sent_to_every_node() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "a"), node(&redis, "b"));
+    let (mut watcher, _) = joined(a.addr, "watcher");
+    let (mut alice, _) = joined(a.addr, "alice");
+    let reg = json!({"type": "register", "password": PW});
+    assert_eq!(ask(&mut alice, &reg, WAIT)["type"], "registered");
+    drop(alice);
+    wait_left(&mut watcher, "alice");
+    // Five wrong ones, split 3 + 2 over the nodes (each node alone saw
+    // fewer than the limit): the right one is now refused on both.
+    for addr in [a.addr, b.addr, a.addr, b.addr, a.addr] {
+        let (_, v) = join(addr, "alice", Some("wrong password"));
+        assert_eq!(code(&v), "auth_failed");
+    }
+    for addr in [b.addr, a.addr] {
+        let (_, v) = join(addr, "alice", Some(PW));
+        assert_eq!(code(&v), "rate_limited", "{addr}");
+    }
+}
+
+#[test]
 fn a_resume_token_moves_a_registered_nick_across_nodes_without_its_password() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (node(&redis, "a"), node(&redis, "b"));
