@@ -163,8 +163,8 @@ pub struct Config {
     /// are kept (`--data DIR`; DESIGN.md, "Storage"); `None` keeps
     /// everything in memory (`--ephemeral`, v1 behaviour). The library
     /// default is `None`; the command line's is `./chat-data`. With
-    /// `cluster`, Redis is the store of record: no store is opened here and
-    /// the directory holds only this node's `media/`.
+    /// `cluster`, Redis is the store of record (accounts and media
+    /// included): nothing is kept in this directory.
     pub data: Option<std::path::PathBuf>,
     /// Room messages kept per room in the store (`--retain-messages`);
     /// older ones are deleted. Private messages are kept as many.

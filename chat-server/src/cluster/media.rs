@@ -101,7 +101,19 @@ return {'ok'}
 ";
 
 /// The bounds of the image store in Redis (`--media-max-bytes`,
-/// `--media-max-files`, `--media-ttl`).
+/// `--media-max-files`, `--media-ttl`): a cluster node's uploads past them
+/// get 507 until the oldest image expires.
+///
+/// ```
+/// use std::time::Duration;
+/// let mut cluster = chat_server::ClusterConfig::new("redis://127.0.0.1:6379");
+/// assert_eq!(cluster.media.max_bytes, 256 << 20);
+/// cluster.media = chat_server::MediaLimits {
+///     max_bytes: 64 << 20,
+///     max_files: 1_000,
+///     ttl: Duration::from_secs(7 * 86_400),
+/// };
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MediaLimits {
     /// Image bytes Redis holds at most (default 256 MiB).
