@@ -455,7 +455,22 @@ fn upload(shared: &Arc<Shared>, stream: &mut Wire, addr: SocketAddr, head: &[u8]
         let (scheme, token) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
-    let Some(who) = token.and_then(|t| shared.room.member_by_token(t)) else {
+    // accounts + media hook: on a cluster the session may live on another
+    // node (a load balancer chooses per connection): asked of Redis here,
+    // on this connection's thread.
+    let who = match token.map(|t| (t, shared.room.member_by_token(t))) {
+        Some((_, Some(m))) => Some(m),
+        Some((t, None)) => match media.remote_member(t) {
+            Ok(m) => m,
+            Err(e) => {
+                let msg = format!("the session store (Redis) is unreachable: {e}");
+                refuse(stream, 503, &["Retry-After: 2"], "unavailable", &msg);
+                return;
+            }
+        },
+        None => None,
+    };
+    let Some(who) = who else {
         let msg = if token.is_some() {
             "unknown token: join first, and upload while joined"
         } else {

@@ -207,6 +207,7 @@ impl Hub {
                 } else if !c.claim_nick(&key, &c.claim_value(next, nick, &token))? {
                     return Err(taken(nick));
                 }
+                c.note_token(&token, next); // accounts + media hook: uploads on any node
                 c.submit_quiet(Job::Seat {
                     room: LOBBY.into(),
                     nick: nick.to_owned(),
@@ -435,6 +436,7 @@ impl Hub {
                 value: c.claim_value(id.0, &member.nick, &member.token),
                 key: key.clone(),
             });
+            c.forget_token(&member.token, id.0); // accounts + media hook
         }
         reg.by_nick.remove(&key);
         reg.by_token.remove(&member.token);

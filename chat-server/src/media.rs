@@ -393,6 +393,16 @@ impl Media {
         self.dir.join(name.file_name())
     }
 
+    /// On a cluster node, the member of another node holding session
+    /// `token` (`Ok(None)` on a single node or when none does; `Err` when
+    /// Redis is unreachable).
+    pub(crate) fn remote_member(&self, token: &str) -> Result<Option<MemberId>, String> {
+        match &self.redis {
+            Some(r) => r.remote_member(token),
+            None => Ok(None),
+        }
+    }
+
     /// Whether uploads can be stored now (false: a cluster node cut from
     /// Redis, 503 before the body is read).
     pub(crate) fn available(&self) -> bool {

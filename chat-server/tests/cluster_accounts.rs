@@ -160,13 +160,9 @@ fn a_resume_token_moves_a_registered_nick_across_nodes_without_its_password() {
     let reg = json!({"type": "register", "password": PW});
     assert_eq!(ask(&mut alice, &reg, WAIT)["type"], "registered");
     // A wrong token is no takeover: the password is asked for.
-    let (_, v) = {
-        let mut c = Client::connect(b.addr);
-        c.send(json!({"type": "join", "nick": "alice", "token": "00"}));
-        let v = c.recv();
-        (c, v)
-    };
-    assert_eq!(code(&v), "auth_required");
+    let mut thief = Client::connect(b.addr);
+    let wrong = json!({"type": "join", "nick": "alice", "token": "00"});
+    assert_eq!(code(&ask(&mut thief, &wrong, WAIT)), "auth_required");
     let mut moved = Client::connect(b.addr);
     moved.send(json!({"type": "join", "nick": "alice", "token": token}));
     let w = moved.recv_type("welcome");
@@ -255,7 +251,7 @@ fn an_image_uploaded_through_one_node_is_served_and_sent_through_another() {
     let (mut bob, bw) = joined(b.addr, "bob");
     // An image nobody uploaded is refused.
     bob.send(json!({"type": "message", "image": format!("/media/{}.gif", "0".repeat(64))}));
-    assert_eq!(code(&bob.recv()), "unknown_media");
+    assert_eq!(code(&bob.recv_type("error")), "unknown_media");
     let img = gif(5, 7);
     let token = w["token"].as_str().unwrap().to_owned();
     let (status, _, up) = retry_503(|| upload(a.addr, &token, &img));
@@ -302,6 +298,41 @@ fn an_image_uploaded_through_one_node_is_served_and_sent_through_another() {
         "--data holds nothing with --redis: {left:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Behind a load balancer the upload's connection may land on another node
+/// than the session's WebSocket: the token is known cluster-wide while the
+/// session lives, and no more once it has left.
+#[test]
+fn an_upload_may_reach_any_node_while_its_session_lives() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "a"), node(&redis, "b"));
+    let (mut watcher, _) = joined(b.addr, "watcher");
+    let (alice, w) = joined(a.addr, "alice");
+    let token = w["token"].as_str().unwrap().to_owned();
+    // The token's entry is written by A's publisher, just after the join.
+    let deadline = Instant::now() + WAIT;
+    let (status, up) = loop {
+        let (status, _, up) = upload(b.addr, &token, &gif(9, 9));
+        if status != 401 || Instant::now() > deadline {
+            break (status, up);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status, 201, "{up}");
+    let (status, _, body) = fetch(a.addr, up["url"].as_str().unwrap());
+    assert_eq!((status, body), (200, gif(9, 9)));
+    assert_eq!(upload(b.addr, "0123456789abcdef", &gif(9, 9)).0, 401);
+    drop(alice);
+    wait_left(&mut watcher, "alice");
+    let deadline = Instant::now() + WAIT;
+    while upload(b.addr, &token, &gif(9, 8)).0 != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "a gone session's token still uploads"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -33,6 +33,7 @@
 use super::accounts::{RedisAccounts, ACCOUNTS, SYNC_CHANNEL};
 use super::{Backoff, Cluster};
 use crate::media::{Entry, Name};
+use crate::room::MemberId;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +100,74 @@ redis.call('ZADD', KEYS[4], exp, ARGV[1])
 redis.call('PUBLISH', ARGV[7], 'I\t' .. ARGV[1] .. '\t' .. meta)
 return {'ok'}
 ";
+
+/// Session tokens held anywhere in the cluster (`POST /upload` may reach
+/// any node behind a load balancer): `chat:tok:<token>` = `node TAB
+/// member`, written by the node holding the session (through its
+/// publisher, never on a reactor) and deleted when the session leaves.
+fn token_key(token: &str) -> String {
+    format!("chat:tok:{token}")
+}
+
+/// How long a token entry lives without its session leaving (a node that
+/// dies leaves its entries; lookups also check the node is alive).
+const TOKEN_TTL_SECS: u64 = 7 * 86_400;
+
+/// KEYS: the token's key. ARGV: the value it must still hold.
+const FORGET_TOKEN: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// KEYS: the token's key, the heartbeat set. The holder (`node TAB
+/// member`) if its node is alive, else nil.
+const LOOKUP_TOKEN: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local node = string.match(v, '^[^	]+')
+if redis.call('ZSCORE', KEYS[2], node) then return v end
+return false
+";
+
+/// The pipeline part of [`super::Job::Token`].
+pub(super) fn token_job(pipe: &mut redis::Pipeline, token: &str, value: &str, set: bool) {
+    if set {
+        pipe.cmd("SET")
+            .arg(token_key(token))
+            .arg(value)
+            .arg("EX")
+            .arg(TOKEN_TTL_SECS)
+            .ignore();
+    } else {
+        pipe.cmd("EVAL")
+            .arg(FORGET_TOKEN)
+            .arg(1)
+            .arg(token_key(token))
+            .arg(value)
+            .ignore();
+    }
+}
+
+impl Cluster {
+    /// accounts + media hook: member `member` of this node holds session
+    /// `token` (a join, or a takeover from another node).
+    pub(crate) fn note_token(&self, token: &str, member: u64) {
+        self.submit_quiet(super::Job::Token {
+            token: token.to_owned(),
+            value: format!("{}\t{member}", self.node),
+            set: true,
+        });
+    }
+
+    /// accounts + media hook: member `member` of this node left.
+    pub(crate) fn forget_token(&self, token: &str, member: u64) {
+        self.submit_quiet(super::Job::Token {
+            token: token.to_owned(),
+            value: format!("{}\t{member}", self.node),
+            set: false,
+        });
+    }
+}
 
 /// The bounds of the image store in Redis (`--media-max-bytes`,
 /// `--media-max-files`, `--media-ttl`): a cluster node's uploads past them
@@ -347,6 +416,34 @@ impl RedisMedia {
                 return Ok(());
             }
         }
+    }
+
+    /// The member holding session `token` on another node (an upload that
+    /// a load balancer sent elsewhere than the session's WebSocket): an id
+    /// of its own for the upload limits, derived from the token. `Err`:
+    /// Redis is unreachable. On the HTTP thread, never a reactor.
+    pub(crate) fn remote_member(&self, token: &str) -> Result<Option<MemberId>, String> {
+        if !self.available() {
+            return Err("Redis is unreachable".into());
+        }
+        let mut con = self.take().map_err(|e| e.to_string())?;
+        let holder: Option<String> = redis::cmd("EVAL")
+            .arg(LOOKUP_TOKEN)
+            .arg(2)
+            .arg(token_key(token))
+            .arg(super::NODES)
+            .query(&mut con)
+            .map_err(|e| e.to_string())?;
+        self.give_back(con);
+        Ok(holder.map(|_| {
+            use sha2::{Digest, Sha256};
+            let d = Sha256::digest(token.as_bytes());
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(&d[..8]);
+            // Local member ids count up from 1: the top bit keeps these
+            // apart from them.
+            MemberId(u64::from_le_bytes(raw) | 1 << 63)
+        }))
     }
 
     /// Opens `name` for reading: its length and a reader that fetches it a

@@ -145,6 +145,13 @@ pub(crate) enum Job {
     },
     /// A nick this node no longer holds (`value` is the claim it made).
     Release { key: String, value: String },
+    /// accounts + media hook: session `token` is held by `value` (`node
+    /// TAB member`; `set` false: no more, if it still is).
+    Token {
+        token: String,
+        value: String,
+        set: bool,
+    },
 }
 
 /// One node's link to the cluster.
@@ -861,6 +868,7 @@ impl Cluster {
                     .arg(key)
                     .ignore();
             }
+            Job::Token { token, value, set } => media::token_job(pipe, token, value, *set),
         }
     }
 
