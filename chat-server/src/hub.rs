@@ -613,7 +613,7 @@ impl Hub {
             })?,
         };
         self.ctx.check_len(text)?;
-        // media: the URL names this node's copy (media are node-local).
+        // media: checked against the cluster-wide image store (Redis).
         let (image_json, _) = crate::room::image_fields(image, media)?;
         let prefix = r#"{"type":"private","id":"#.to_owned();
         let suffix = format!(

@@ -464,8 +464,8 @@ impl Server {
         sys::set_backlog(&listener, LISTEN_BACKLOG)?;
         listener.set_nonblocking(true)?;
         // cluster hook: with --redis, Redis is the store of record
-        // (DESIGN.md v2, "Cluster"): no SQLite store, --data holds only
-        // this node's media.
+        // (DESIGN.md v2, "Cluster"): no SQLite store; accounts and media
+        // are in Redis too, so --data holds nothing.
         let store = match (&config.data, &config.cluster) {
             (Some(dir), None) => Some(store::Store::open(&store::StoreConfig {
                 dir: dir.clone(),
