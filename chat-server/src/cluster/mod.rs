@@ -8,8 +8,13 @@
 //!   each batch as one pipeline (one round trip for a burst);
 //! - the **keeper** thread heartbeats, reaps dead nodes, and after an
 //!   outage restores the node's nicks and presence;
-//! - a command connection for the few reads a request must wait for (nick
-//!   claims, stream reads for `since` and `history`).
+//! - the **worker** thread owns the command connection, for the requests
+//!   that wait on an answer (nick claims, stream reads for `since` and
+//!   `history`, the `rooms` list): a reactor hands it the request as a
+//!   [`Task`] through a bounded queue and goes on serving its other
+//!   clients; the task answers the client itself and wakes the session's
+//!   reactor (see `session::Waiting`), so a slow or stopped Redis never
+//!   stalls a reactor.
 //!
 //! Ids: a room message gets its id, its stream entry and its publication
 //! in one Lua script ([`PUBLISH`]), the approach Centrifugo takes: scripts
@@ -49,6 +54,10 @@ const QUEUE: usize = 8192;
 /// Events read but not yet delivered, at most; past it the subscriber
 /// waits (and Redis buffers, up to its pub/sub output limit).
 const EVENTS: usize = 65_536;
+/// Requests that may wait for the worker before new ones get
+/// `unavailable` (each is one or two round trips: a full queue is seconds
+/// of a stopped Redis).
+const TASKS: usize = 4096;
 /// Jobs sent in one pipeline at most.
 const BATCH: usize = 512;
 /// How long a request waits on Redis at most.
@@ -105,6 +114,10 @@ pub(crate) struct Remote {
     pub topic: String,
 }
 
+/// A request for the worker thread: runs with Redis' answers, sends the
+/// client its reply and hands the session what changed.
+pub(crate) type Task = Box<dyn FnOnce() + Send>;
+
 /// Work for the publisher thread, in the order the node produced it.
 #[derive(Debug)]
 pub(crate) enum Job {
@@ -112,6 +125,8 @@ pub(crate) enum Job {
     /// between `prefix` and `suffix`; `stream` is empty for a private one.
     Message {
         stream: String,
+        /// The room ('' for a private message), listed by the script.
+        room: String,
         header: String,
         prefix: String,
         suffix: String,
@@ -157,6 +172,8 @@ pub(crate) struct Cluster {
     subscribed: AtomicBool,
     jobs: SyncSender<Job>,
     queue: Mutex<Option<Receiver<Job>>>,
+    tasks: SyncSender<Task>,
+    task_queue: Mutex<Option<Receiver<Task>>>,
     /// The newest id this node has seen: restores the counter when Redis
     /// comes back empty, so ids keep increasing.
     max_seen: AtomicU64,
@@ -205,6 +222,7 @@ impl Cluster {
         let client =
             redis::Client::open(c.url.as_str()).map_err(|e| format!("--redis {}: {e}", c.url))?;
         let (jobs, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let (tasks, task_rx) = std::sync::mpsc::sync_channel(TASKS);
         Ok(Self {
             node: c.node_id.clone(),
             client,
@@ -216,6 +234,8 @@ impl Cluster {
             subscribed: AtomicBool::new(false),
             jobs,
             queue: Mutex::new(Some(rx)),
+            tasks,
+            task_queue: Mutex::new(Some(task_rx)),
             max_seen: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             published: AtomicU64::new(0),
@@ -224,7 +244,8 @@ impl Cluster {
         })
     }
 
-    /// Starts the subscriber, publisher and keeper threads.
+    /// Starts the subscriber, deliverer, publisher, worker and keeper
+    /// threads.
     pub fn start(self: &Arc<Self>, local: Weak<dyn Local>) -> std::io::Result<()> {
         let rx = self
             .queue
@@ -243,6 +264,14 @@ impl Cluster {
         spawn("chat-redis-deliver").spawn(move || me.deliverer(&l, &inbox))?;
         let me = Arc::clone(self);
         spawn("chat-redis-pub").spawn(move || me.publisher(&rx))?;
+        let tasks = self
+            .task_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| std::io::Error::other("cluster already started"))?;
+        let (me, l) = (Arc::clone(self), local.clone());
+        spawn("chat-redis-worker").spawn(move || me.worker(&l, &tasks))?;
         let me = Arc::clone(self);
         spawn("chat-redis-keeper").spawn(move || me.keeper(&local))?;
         Ok(())
@@ -260,6 +289,41 @@ impl Cluster {
                 "chat: redis publisher: {jobs} jobs in {trips} round trips ({:.3} per job)",
                 trips as f64 / jobs as f64
             );
+        }
+    }
+
+    /// Hands `task` to the worker thread (the caller is a reactor: it must
+    /// not wait on Redis); `unavailable` while Redis is down or when the
+    /// queue is full.
+    pub fn call(&self, task: Task) -> Result<(), Refusal> {
+        if !self.available() {
+            return Err(unavailable());
+        }
+        match self.tasks.try_send(task) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "the cluster store (Redis) is slow to answer; try again",
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(unavailable()),
+        }
+    }
+
+    /// Runs the tasks, one at a time on the one command connection.
+    fn worker(&self, local: &Weak<dyn Local>, tasks: &Receiver<Task>) {
+        loop {
+            match tasks.recv_timeout(Duration::from_millis(300)) {
+                Ok(task) => {
+                    // A bug in one request must not end the worker.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.stopped(local) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
         }
     }
 
@@ -332,15 +396,22 @@ impl Cluster {
     }
 
     /// A join with a resume token for a nick another node holds: takes the
-    /// claim over when the token is that member's (the old node closes its
-    /// connection). False when it is not.
-    pub fn take_over(&self, key: &str, token: &str, value: &str) -> Result<bool, Refusal> {
-        let took: i64 = self.with_cmd(|c| {
+    /// claim and the member's seats over when the token is that member's
+    /// (the old node closes its connection). The member's rooms, or `None`
+    /// when it is not.
+    pub fn take_over(
+        &self,
+        key: &str,
+        token: &str,
+        value: &str,
+    ) -> Result<Option<Vec<String>>, Refusal> {
+        let rooms: Vec<String> = self.with_cmd(|c| {
             redis::cmd("EVAL")
                 .arg(scripts::TAKEOVER)
-                .arg(2)
+                .arg(3)
                 .arg(nick_key(key))
                 .arg(nicks_key(&self.node))
+                .arg(seats_key(&self.node))
                 .arg(token)
                 .arg(value)
                 .arg(CHANNEL)
@@ -348,7 +419,7 @@ impl Cluster {
                 .arg(key)
                 .query(c)
         })?;
-        Ok(took == 1)
+        Ok((!rooms.is_empty()).then_some(rooms))
     }
 
     /// Claims the nick key `key` cluster-wide for a local member (the
@@ -380,14 +451,17 @@ impl Cluster {
 
     /// Reads the greeting's history of `room`: entries after `since`
     /// (newest first, at most `count`) and the counter.
+    /// Lists the room cluster-wide unless `max_rooms` are listed already
+    /// (`too_many_rooms`; 0 checks nothing).
     pub fn read_since(
         &self,
         room: &str,
         since: Option<u64>,
         count: usize,
+        max_rooms: usize,
     ) -> Result<Remote, Refusal> {
         let min = since.map_or("-".to_owned(), |s| (s.saturating_add(1)).to_string());
-        self.read(room, "+".to_owned(), min, count, true)
+        self.read(room, "+".to_owned(), min, count, Some(max_rooms))
     }
 
     /// Reads a `history` page: the newest `count` entries before `before`.
@@ -402,7 +476,7 @@ impl Cluster {
             Some(b) => (b - 1).to_string(),
             None => "+".to_owned(),
         };
-        self.read(room, max, "-".to_owned(), count, false)
+        self.read(room, max, "-".to_owned(), count, None)
     }
 
     fn read(
@@ -411,8 +485,9 @@ impl Cluster {
         max: String,
         min: String,
         count: usize,
-        members: bool,
+        max_rooms: Option<usize>,
     ) -> Result<Remote, Refusal> {
+        let members = max_rooms.is_some();
         let hash = if members {
             members_key(room)
         } else {
@@ -430,8 +505,16 @@ impl Cluster {
                 .arg(&min)
                 .arg(count.max(1))
                 .arg(room)
+                .arg(max_rooms.unwrap_or(0))
                 .query(c)
         })?;
+        if raw.first().is_some_and(|f| f == "full") {
+            let n = raw.get(1).map_or("", String::as_str);
+            return Err(Refusal::new(
+                ErrorCode::TooManyRooms,
+                format!("the cluster holds {n} rooms, the most allowed"),
+            ));
+        }
         let mut it = raw.into_iter();
         let counter = it.next().and_then(|g| g.parse().ok()).unwrap_or(0);
         let topic = it.next().unwrap_or_default();
@@ -470,6 +553,28 @@ impl Cluster {
         })
     }
 
+    /// The cluster's rooms after the name `after` (at most `count`, sorted):
+    /// (name, topic, members on other nodes).
+    pub fn rooms(
+        &self,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<(String, String, usize)>, Refusal> {
+        let raw: Vec<String> = self.with_cmd(|c| {
+            redis::cmd("EVAL")
+                .arg(scripts::ROOMS)
+                .arg(0)
+                .arg(&self.node)
+                .arg(after.unwrap_or(""))
+                .arg(count.max(1))
+                .query(c)
+        })?;
+        Ok(raw
+            .chunks_exact(3)
+            .map(|r| (r[0].clone(), r[1].clone(), r[2].parse().unwrap_or(0)))
+            .collect())
+    }
+
     /// Queues a job; `unavailable` while Redis is down or the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), Refusal> {
         if !self.available() {
@@ -504,6 +609,7 @@ impl Cluster {
     ) -> Job {
         Job::Message {
             stream: stream_key(room),
+            room: room.to_owned(),
             header: format!("M\t{room}\t"),
             prefix,
             suffix,
@@ -532,6 +638,7 @@ impl Cluster {
     ) -> Job {
         Job::Message {
             stream: String::new(),
+            room: String::new(),
             header: format!("P\t{to_key}\t{from_key}\t"),
             prefix,
             suffix,
@@ -772,6 +879,7 @@ impl Cluster {
         match job {
             Job::Message {
                 stream,
+                room,
                 header,
                 prefix,
                 suffix,
@@ -787,6 +895,8 @@ impl Cluster {
                     .arg(self.retain)
                     .arg(CHANNEL)
                     .arg(header)
+                    .arg(trim_mode(self.retain))
+                    .arg(room)
                     .ignore();
             }
             Job::Seat {
@@ -1011,6 +1121,21 @@ pub(crate) fn unavailable() -> Refusal {
         "the cluster store (Redis) is unreachable; only this node's members are served until it returns",
     )
 }
+
+/// How a room's stream is trimmed to `--retain-messages` on each append:
+/// `~` (whole macro nodes, Redis' cheap way, keeping at most ~100 more) for
+/// the usual large retentions, exact (`=`) for small ones, where 100 more
+/// would be most of what a person asked to keep.
+fn trim_mode(retain: usize) -> &'static str {
+    if retain >= EXACT_TRIM_BELOW {
+        "~"
+    } else {
+        "="
+    }
+}
+
+/// Retentions below this are trimmed exactly (see [`trim_mode`]).
+const EXACT_TRIM_BELOW: usize = 10_000;
 
 fn stream_key(room: &str) -> String {
     format!("chat:s:{room}")
