@@ -72,6 +72,9 @@ struct Member {
     rooms: BTreeSet<String>,
 }
 
+/// A room to greet a member in, pinned, with its stream read (cluster).
+type GreetingRead = (String, Arc<Room>, Option<Remote>);
+
 /// A room a session is in, as the session keeps it.
 pub(crate) type Entered = (String, Arc<Room>);
 
@@ -314,7 +317,11 @@ impl Hub {
             } else {
                 Greeting::Entered
             };
-            let v = room.enter(id, &member.nick, client, since, greeting, remote, announce);
+            let remote = remote.map(|r| Remote {
+                moved: !announce,
+                ..r
+            });
+            let v = room.enter(id, &member.nick, client, since, greeting, remote);
             if name == LOBBY {
                 users_version = v;
             }
@@ -364,7 +371,7 @@ impl Hub {
         &self,
         names: &[String],
         since: Option<u64>,
-    ) -> Result<Vec<(String, Arc<Room>, Option<Remote>)>, Refusal> {
+    ) -> Result<Vec<GreetingRead>, Refusal> {
         let rooms: Vec<(String, Arc<Room>)> = {
             let mut reg = self.lock();
             names
@@ -408,7 +415,7 @@ impl Hub {
         }
     }
 
-    fn unpin_all(&self, reg: &mut Registry, reads: &[(String, Arc<Room>, Option<Remote>)]) {
+    fn unpin_all(&self, reg: &mut Registry, reads: &[GreetingRead]) {
         for (name, room, _) in reads {
             self.unpin(reg, name, room);
         }
@@ -517,7 +524,7 @@ impl Hub {
             }
         }
         let greeting = Greeting::Entered;
-        let version = room.enter(id, &member.nick, client, since, greeting, remote, true);
+        let version = room.enter(id, &member.nick, client, since, greeting, remote);
         reg.rooms
             .entry(name.to_owned())
             .or_insert_with(|| Arc::clone(&room));
@@ -929,7 +936,7 @@ impl Hub {
             let entry = format!(
                 r#"{{"name":{},"users":{users},"topic":{}}}"#,
                 quote(name),
-                quote(&topic)
+                quote(topic)
             );
             let cost = entry.len() + usize::from(!first);
             if !first && used + cost > budget {

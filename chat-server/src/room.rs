@@ -250,8 +250,8 @@ impl Room {
     /// Puts member `id` (showing `nick`, connected by `client`) in the room
     /// if it is not there yet, and sends `client` the greeting: the room's
     /// users, topic and the newest history with id > `since` that fits.
-    /// A new member's `joined` goes to the others (unless `announce` is
-    /// false: a member moved here from another node, which nobody hears).
+    /// A new member's `joined` goes to the others (unless `remote` says it
+    /// moved here from another node, which nobody hears).
     /// Returns the membership version of the users list sent.
     pub(crate) fn enter(
         &self,
@@ -261,8 +261,10 @@ impl Room {
         since: Option<u64>,
         greeting: Greeting<'_>,
         remote: Option<Remote>,
-        announce: bool,
     ) -> u64 {
+        // cluster hook: a member moved here from another node is seated
+        // without a notice.
+        let announce = remote.as_ref().map_or(true, |r| !r.moved);
         let mut st = self.lock();
         // cluster hook: the greeting's history is the stream's entries
         // (ids up to the counter read with them) plus what the ring got

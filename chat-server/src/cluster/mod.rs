@@ -112,6 +112,9 @@ pub(crate) struct Remote {
     pub members: Option<Vec<(String, String)>>,
     /// The room's topic (a greeting's read only).
     pub topic: String,
+    /// The member was moved here from another node (a resume token):
+    /// seated without a notice.
+    pub moved: bool,
 }
 
 /// A request for the worker thread: runs with Redis' answers, sends the
@@ -550,6 +553,7 @@ impl Cluster {
             newest_first,
             members,
             topic,
+            moved: false,
         })
     }
 
