@@ -128,8 +128,6 @@ pub(crate) enum Job {
     /// between `prefix` and `suffix`; `stream` is empty for a private one.
     Message {
         stream: String,
-        /// The room ('' for a private message), listed by the script.
-        room: String,
         header: String,
         prefix: String,
         suffix: String,
@@ -287,7 +285,9 @@ impl Cluster {
             self.published.load(Ordering::Acquire),
             self.round_trips.load(Ordering::Acquire),
         );
-        if self.log && jobs > 0 {
+        // Even with --quiet: one line, the cost per message in round trips
+        // (benches/scripts/cluster_load.sh reads it).
+        if jobs > 0 {
             eprintln!(
                 "chat: redis publisher: {jobs} jobs in {trips} round trips ({:.3} per job)",
                 trips as f64 / jobs as f64
@@ -613,7 +613,6 @@ impl Cluster {
     ) -> Job {
         Job::Message {
             stream: stream_key(room),
-            room: room.to_owned(),
             header: format!("M\t{room}\t"),
             prefix,
             suffix,
@@ -642,7 +641,6 @@ impl Cluster {
     ) -> Job {
         Job::Message {
             stream: String::new(),
-            room: String::new(),
             header: format!("P\t{to_key}\t{from_key}\t"),
             prefix,
             suffix,
@@ -883,7 +881,6 @@ impl Cluster {
         match job {
             Job::Message {
                 stream,
-                room,
                 header,
                 prefix,
                 suffix,
@@ -900,7 +897,6 @@ impl Cluster {
                     .arg(CHANNEL)
                     .arg(header)
                     .arg(trim_mode(self.retain))
-                    .arg(room)
                     .ignore();
             }
             Job::Seat {

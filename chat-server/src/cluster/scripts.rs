@@ -5,8 +5,9 @@
 //! Keys built inside scripts are fine for one Redis (not Redis Cluster).
 //!
 //! The room list is the sorted set `chat:rooms` (all scores 0, so it is
-//! ordered by name): a room is added when a member enters it, a message
-//! or a topic uses it, and dropped (by [`forget!`]) when its last member
+//! ordered by name): a room is added when a member enters it (a sender is
+//! always a member: its seat was published before its message) or gets a
+//! topic, and dropped (by [`forget!`]) when its last member
 //! leaves, on any node, unless it holds messages or a topic (DESIGN.md v2,
 //! "Rooms"; the lobby stays).
 
@@ -27,7 +28,7 @@ end
 }
 
 /// KEYS: counter, stream ('' for a private message). ARGV: prefix, suffix,
-/// MAXLEN, channel, header, trim mode (`~` or `=`), room. Allocates the id,
+/// MAXLEN, channel, header, trim mode (`~` or `=`). Allocates the id,
 /// appends the message to the room's stream under the stream id `<id>-0`
 /// (trimmed to MAXLEN: `--retain-messages`), publishes
 /// `header..id..TAB..message`. Returns the id.
@@ -36,7 +37,6 @@ local id = redis.call('INCR', KEYS[1])
 local m = ARGV[1] .. id .. ARGV[2]
 if KEYS[2] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], ARGV[3], id .. '-0', 'm', m)
-  redis.call('ZADD', 'chat:rooms', 0, ARGV[7])
 end
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. id .. '\t' .. m)
 return id
