@@ -5,6 +5,11 @@
 # the cost per message in Redis commands and round trips.
 #
 #   benches/scripts/cluster_load.sh [--runs N] [--redis-core C] [--gen-core C] [--out DIR]
+#                                   [--scenario fanout|saturation]
+#
+# `--scenario saturation` (client 0 keeps 64 messages in flight) shows the
+# publisher's batching: under a burst, jobs queued during one round trip
+# go in the next pipeline together.
 #
 # Placement (a 2-core machine has no third core):
 # - single: the node on core 0 (default storage, SQLite in a temporary
@@ -28,12 +33,14 @@ RUNS=3
 REDIS_CORE=1
 GEN_CORE=1
 OUT=""
+SCENARIO=fanout
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
         --redis-core) REDIS_CORE=$2; shift 2 ;;
         --gen-core) GEN_CORE=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
+        --scenario) SCENARIO=$2; shift 2 ;;
         *) echo "cluster_load.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -78,7 +85,7 @@ calls() { # total commands Redis ran so far
 }
 
 gen() { # label addrs pids
-    taskset -c "$GEN_CORE" "$TARGET/release/loadgen" fanout --addr "$2" --server-pid "$3" \
+    taskset -c "$GEN_CORE" "$TARGET/release/loadgen" "$SCENARIO" --addr "$2" --server-pid "$3" \
         --label "$1" >"$OUT/one" 2>&1 || echo "cluster_load.sh: loadgen failed ($1)" >&2
     cat "$OUT/one" >>"$OUT/log"
 }
@@ -129,7 +136,7 @@ for run in $(seq "$RUNS"); do
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg"
 
-python3 - "$OUT/results" <<'EOF' | tee "$OUT/table.md"
+python3 - "$OUT/results" "$SCENARIO" <<'EOF' | tee "$OUT/table.md"
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -146,7 +153,7 @@ def ratio(field):
     v = [x["cluster"] / x["single"] for x in per_run.values() if len(x) == 2 and x["single"]]
     return statistics.median(v) if v else float("nan")
 n = len(rows.get("cluster", []))
-print(f"| fan-out 1000 msg/s, 100 clients (medians of {n} runs) | single node | 2 nodes + Redis | cluster / single |")
+print(f"| {sys.argv[2]} (medians of {n} runs) | single node | 2 nodes + Redis | cluster / single |")
 print("|---|---|---|---|")
 for field, name in [("deliv_s", "deliveries/s"), ("p99_ms", "p99 ms"), ("lost", "lost"),
                     ("srv_us_per_deliv", "server CPU us per delivery"),
