@@ -166,18 +166,18 @@ impl Hub {
 
     /// Joins `client` as `nick` and enters the lobby, or takes over the
     /// member that `token` names when its nick matches (its rooms with it).
-    /// The welcome describes the lobby; a takeover with `since` then sends
-    /// an `entered` per other room of the member, each with its messages
-    /// after `since` (ids are one counter, delivered in order, so the last
-    /// id a client saw anywhere is where every room resumes). A takeover
-    /// closes the old connection with 4000 under the registry lock: from
-    /// then on its requests are refused, since it no longer owns the
-    /// member.
+    /// The welcome describes the lobby. A takeover closes the old
+    /// connection with 4000 under the registry lock: from then on its
+    /// requests are refused, since it no longer owns the member.
     ///
-    /// cluster hook: with `--redis` this runs on the cluster worker (it
-    /// waits on Redis: the nick claim, or the takeover of a member another
-    /// node holds, whose seats then move here, and the greetings' stream
-    /// reads), and the registry lock is never held while it waits.
+    /// cluster hook: a takeover of a member another node holds moves its
+    /// seats here, and the welcome is followed by an `entered` per other
+    /// room, each with the messages after `since` (a cluster's ids are one
+    /// counter published on one channel, so every node delivers them in
+    /// id order: the last id a client saw in any room is where each of its
+    /// rooms resumes). With `--redis` this runs on the cluster worker (it
+    /// waits on Redis: the nick claim or takeover, and the greetings'
+    /// stream reads), and the registry lock is never held while it waits.
     pub(crate) fn join(
         &self,
         client: &Arc<Client>,
@@ -235,15 +235,12 @@ impl Hub {
                 new_token = t.to_owned();
             }
         }
-        // The rooms greeted now: the lobby first, then the member's others
-        // on a takeover with `since` (from here, or moved from elsewhere:
-        // those always, the new node has to seat it).
+        // The rooms greeted now: the lobby first, then, for a member moved
+        // from another node, its other rooms (this node seats it there).
+        // A takeover here keeps its seats live; the client re-enters them
+        // with its own `since` each (what the page does).
         let mut greet = vec![LOBBY.to_owned()];
-        let others = match (&here, &moved) {
-            (Some(rooms), _) if since.is_some() => rooms.clone(),
-            (_, Some(rooms)) => rooms.clone(),
-            _ => Vec::new(),
-        };
+        let others = moved.clone().unwrap_or_default();
         greet.extend(others.into_iter().filter(|r| r != LOBBY));
         let reads = match self.greeting_reads(&greet, since) {
             Ok(r) => r,
