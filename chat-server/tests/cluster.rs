@@ -1013,3 +1013,38 @@ fn enter(c: &mut Client, room: &str) -> Value {
     c.send(json!({"type": "enter", "room": room}));
     c.recv_type("entered")
 }
+
+#[test]
+fn requests_sent_behind_one_that_waits_on_redis_are_answered_in_order() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, "a", 15);
+    // Wait until the node is up, then send without reading in between:
+    // the join and the enter run on the cluster worker, and what follows
+    // each is held until it is done, then run in order.
+    drop(join(a.addr, "probe"));
+    let mut c = Client::connect(a.addr);
+    c.send(json!({"type": "join", "nick": "eager"}));
+    c.send(json!({"type": "enter", "room": "rust"}));
+    c.send(json!({"type": "message", "room": "rust", "text": "first"}));
+    c.send(json!({"type": "who", "room": "rust"}));
+    c.send(json!({"type": "history", "room": "rust", "limit": 5}));
+    c.send(json!({"type": "rooms"}));
+    let mut kinds = Vec::new();
+    while kinds.len() < 6 {
+        let v = recv_any(&mut c, WAIT).expect("every request answered");
+        if ["joined", "left"].contains(&v["type"].as_str().unwrap()) {
+            continue;
+        }
+        kinds.push(v["type"].as_str().unwrap().to_owned());
+    }
+    // The message comes back through Redis, so it may pass the `who`
+    // reply; everything else keeps the order it was asked in.
+    let mut without_message = kinds.clone();
+    without_message.retain(|k| k != "message");
+    assert_eq!(
+        without_message,
+        ["welcome", "entered", "users", "history", "rooms"],
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"message".to_owned()), "{kinds:?}");
+}
