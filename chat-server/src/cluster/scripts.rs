@@ -253,6 +253,9 @@ local v = redis.call('GET', KEYS[1])
 if not v then return {} end
 local node, member, token = string.match(v, '^([^\t]*)\t([^\t]*)\t[^\t]*\t(.*)$')
 if not node or token ~= ARGV[1] or node == ARGV[4] then return {} end
+-- The old node drops its seats first, then hears where they went: its
+-- counts never hold the member twice.
+redis.call('PUBLISH', ARGV[3], 'K\t' .. node .. '\t' .. ARGV[5] .. '\t' .. member)
 local seats = 'chat:seats:' .. node
 local rooms = {}
 for _, seat in ipairs(redis.call('SMEMBERS', seats)) do
@@ -268,7 +271,6 @@ end
 redis.call('SREM', 'chat:nicks:' .. node, ARGV[5])
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[3], 'K\t' .. node .. '\t' .. ARGV[5] .. '\t' .. member)
 if #rooms == 0 then rooms[1] = 'lobby' end
 return rooms
 ";
