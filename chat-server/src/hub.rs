@@ -386,7 +386,7 @@ impl Hub {
         };
         let mut out = Vec::with_capacity(rooms.len());
         for (name, room) in rooms {
-            match self.read_since(&name, since, 0) {
+            match self.read_since(&room, since, 0) {
                 Ok(remote) => out.push((name, room, remote)),
                 Err(e) => {
                     let mut reg = self.lock();
@@ -492,7 +492,7 @@ impl Hub {
         // cluster hook: read after the room is registered (the subscriber
         // fills its ring from then on).
         let max_rooms = if new_seat { self.max_rooms } else { 0 };
-        let remote = self.read_since(name, since, max_rooms);
+        let remote = self.read_since(&room, since, max_rooms);
         let mut reg = self.lock();
         let reg = &mut *reg;
         let remote = match remote {
@@ -750,7 +750,7 @@ impl Hub {
     /// cluster hook: the greeting's stream read (none without `--redis`).
     fn read_since(
         &self,
-        room: &str,
+        room: &Room,
         since: Option<u64>,
         max_rooms: usize,
     ) -> Result<Option<Remote>, Refusal> {
@@ -763,7 +763,9 @@ impl Hub {
         } else {
             self.ctx.history_len
         };
-        c.read_since(room, since, count, max_rooms).map(Some)
+        let members = !room.knows_remote();
+        c.read_since(room.name(), since, count, max_rooms, members)
+            .map(Some)
     }
 
     /// cluster hook: a private message through Redis (its id is

@@ -200,6 +200,17 @@ impl Room {
         }
     }
 
+    /// cluster hook: the name (the room's Redis keys).
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// cluster hook: the list of members on other nodes is kept here
+    /// already (read with the room's first greeting on this node).
+    pub(crate) fn knows_remote(&self) -> bool {
+        self.lock().remote.is_some()
+    }
+
     /// cluster hook: a request will seat a member here (see `pins`).
     pub(crate) fn pin(&self) {
         self.pins.fetch_add(1, Ordering::AcqRel);

@@ -54,7 +54,11 @@ const QUEUE: usize = 8192;
 /// Events read but not yet delivered, at most; past it the subscriber
 /// waits (and Redis buffers, up to its pub/sub output limit).
 const EVENTS: usize = 65_536;
-/// Requests that may wait for the worker before new ones get
+/// Worker threads (each with its own command connection while it runs a
+/// request): requests of different sessions wait on Redis side by side
+/// (one session's run one at a time: it holds its next ones).
+const WORKERS: usize = 4;
+/// Requests that may wait for the workers before new ones get
 /// `unavailable` (each is one or two round trips: a full queue is seconds
 /// of a stopped Redis).
 const TASKS: usize = 4096;
@@ -165,7 +169,9 @@ pub(crate) struct Cluster {
     node_timeout: Duration,
     retain: usize,
     log: bool,
-    cmd: Mutex<Option<redis::Connection>>,
+    /// The workers' command connections, idle ones (one per worker at
+    /// most: a worker takes one for a request and puts it back).
+    cmds: Mutex<Vec<redis::Connection>>,
     /// Set by any thread that saw Redis fail; cleared by the keeper once it
     /// has restored the node's state.
     down: AtomicBool,
@@ -230,7 +236,7 @@ impl Cluster {
             node_timeout: c.node_timeout,
             retain: retain.max(1),
             log,
-            cmd: Mutex::new(None),
+            cmds: Mutex::new(Vec::new()),
             down: AtomicBool::new(true),
             subscribed: AtomicBool::new(false),
             jobs,
@@ -271,8 +277,11 @@ impl Cluster {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or_else(|| std::io::Error::other("cluster already started"))?;
-        let (me, l) = (Arc::clone(self), local.clone());
-        spawn("chat-redis-worker").spawn(move || me.worker(&l, &tasks))?;
+        let tasks = Arc::new(Mutex::new(tasks));
+        for _ in 0..WORKERS {
+            let (me, l, t) = (Arc::clone(self), local.clone(), Arc::clone(&tasks));
+            spawn("chat-redis-worker").spawn(move || me.worker(&l, &t))?;
+        }
         let me = Arc::clone(self);
         spawn("chat-redis-keeper").spawn(move || me.keeper(&local))?;
         Ok(())
@@ -312,10 +321,15 @@ impl Cluster {
         }
     }
 
-    /// Runs the tasks, one at a time on the one command connection.
-    fn worker(&self, local: &Weak<dyn Local>, tasks: &Receiver<Task>) {
+    /// Runs tasks, one at a time (one of [`WORKERS`]).
+    fn worker(&self, local: &Weak<dyn Local>, tasks: &Mutex<Receiver<Task>>) {
         loop {
-            match tasks.recv_timeout(Duration::from_millis(300)) {
+            // The receiver is shared: one idle worker waits on it at a time.
+            let next = tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .recv_timeout(Duration::from_millis(300));
+            match next {
                 Ok(task) => {
                     // A bug in one request must not end the worker.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
@@ -352,32 +366,36 @@ impl Cluster {
         if !self.available() {
             return Err(unavailable());
         }
-        let mut guard = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = || self.cmds.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = idle().pop();
         // A connection from before a Redis restart fails once with
         // "dropped" (the command never reached the new server), so one
         // retry on a fresh connection is safe and spares an outage.
         for retry in [false, true] {
-            if guard.is_none() {
-                match self.connect() {
-                    Ok(c) => *guard = Some(c),
+            let mut con = match held.take() {
+                Some(c) => c,
+                None => match self.connect() {
+                    Ok(c) => c,
                     Err(e) => {
                         self.mark_down("connect", &e);
                         return Err(unavailable());
                     }
-                }
-            }
-            let Some(con) = guard.as_mut() else {
-                return Err(unavailable());
+                },
             };
-            match f(con) {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_connection_dropped() && !retry => *guard = None,
+            match f(&mut con) {
+                Ok(v) => {
+                    idle().push(con);
+                    return Ok(v);
+                }
+                Err(e) if e.is_connection_dropped() && !retry => {}
                 Err(e) => {
                     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                        *guard = None;
                         self.mark_down("command", &e);
-                    } else if self.log {
-                        eprintln!("chat: redis refused a command: {e}");
+                    } else {
+                        if self.log {
+                            eprintln!("chat: redis refused a command: {e}");
+                        }
+                        idle().push(con);
                     }
                     return Err(unavailable());
                 }
@@ -453,7 +471,10 @@ impl Cluster {
     }
 
     /// Reads the greeting's history of `room`: entries after `since`
-    /// (newest first, at most `count`) and the counter.
+    /// (newest first, at most `count`) and the counter; with `members`,
+    /// the room's members on other nodes too (only the first greeting of
+    /// a room on this node needs them: events keep the list after that,
+    /// and reading a big room's hash per join would cost O(members)).
     /// Lists the room cluster-wide unless `max_rooms` are listed already
     /// (`too_many_rooms`; 0 checks nothing).
     pub fn read_since(
@@ -462,9 +483,10 @@ impl Cluster {
         since: Option<u64>,
         count: usize,
         max_rooms: usize,
+        members: bool,
     ) -> Result<Remote, Refusal> {
         let min = since.map_or("-".to_owned(), |s| (s.saturating_add(1)).to_string());
-        self.read(room, "+".to_owned(), min, count, Some(max_rooms))
+        self.read(room, "+".to_owned(), min, count, (max_rooms, members))
     }
 
     /// Reads a `history` page: the newest `count` entries before `before`.
@@ -479,7 +501,7 @@ impl Cluster {
             Some(b) => (b - 1).to_string(),
             None => "+".to_owned(),
         };
-        self.read(room, max, "-".to_owned(), count, None)
+        self.read(room, max, "-".to_owned(), count, (0, false))
     }
 
     fn read(
@@ -488,9 +510,8 @@ impl Cluster {
         max: String,
         min: String,
         count: usize,
-        max_rooms: Option<usize>,
+        (max_rooms, members): (usize, bool),
     ) -> Result<Remote, Refusal> {
-        let members = max_rooms.is_some();
         let hash = if members {
             members_key(room)
         } else {
@@ -508,7 +529,7 @@ impl Cluster {
                 .arg(&min)
                 .arg(count.max(1))
                 .arg(room)
-                .arg(max_rooms.unwrap_or(0))
+                .arg(max_rooms)
                 .query(c)
         })?;
         if raw.first().is_some_and(|f| f == "full") {
