@@ -5,11 +5,13 @@
 # the cost per message in Redis commands and round trips.
 #
 #   benches/scripts/cluster_load.sh [--runs N] [--redis-core C] [--gen-core C] [--out DIR]
-#                                   [--scenario fanout|saturation]
+#                                   [--scenario fanout|saturation|storm] [--gen-args "ARGS"]
 #
 # `--scenario saturation` (client 0 keeps 64 messages in flight) shows the
 # publisher's batching: under a burst, jobs queued during one round trip
-# go in the next pipeline together.
+# go in the next pipeline together. `--scenario storm --gen-args "--clients
+# 4000 --ramp 2000"` is a join storm (every join a nick claim and a stream
+# read on the nodes' workers).
 #
 # Placement (a 2-core machine has no third core):
 # - single: the node on core 0 (default storage, SQLite in a temporary
@@ -34,6 +36,7 @@ REDIS_CORE=1
 GEN_CORE=1
 OUT=""
 SCENARIO=fanout
+GEN_ARGS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
         --gen-core) GEN_CORE=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --scenario) SCENARIO=$2; shift 2 ;;
+        --gen-args) GEN_ARGS=$2; shift 2 ;;
         *) echo "cluster_load.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -85,8 +89,9 @@ calls() { # total commands Redis ran so far
 }
 
 gen() { # label addrs pids
-    taskset -c "$GEN_CORE" "$TARGET/release/loadgen" "$SCENARIO" --addr "$2" --server-pid "$3" \
-        --label "$1" >"$OUT/one" 2>&1 || echo "cluster_load.sh: loadgen failed ($1)" >&2
+    # shellcheck disable=SC2086
+    taskset -c "$GEN_CORE" "$TARGET/release/loadgen" "$SCENARIO" $GEN_ARGS --addr "$2" \
+        --server-pid "$3" --label "$1" >"$OUT/one" 2>&1 || echo "cluster_load.sh: loadgen failed ($1)" >&2
     cat "$OUT/one" >>"$OUT/log"
 }
 

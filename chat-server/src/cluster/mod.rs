@@ -1,20 +1,20 @@
 //! Cluster mode (`--redis`, DESIGN.md v2 "Cluster"): several nodes sharing
 //! one Redis act as one server.
 //!
-//! Per node, four Redis connections whatever the number of clients:
+//! Per node, at most seven Redis connections whatever the number of clients:
 //! - the **subscriber** thread holds the one subscription of the node (the
 //!   channel [`CHANNEL`]) and delivers every event into the local rooms;
 //! - the **publisher** thread drains a bounded queue of [`Job`]s and sends
 //!   each batch as one pipeline (one round trip for a burst);
 //! - the **keeper** thread heartbeats, reaps dead nodes, and after an
 //!   outage restores the node's nicks and presence;
-//! - the **worker** thread owns the command connection, for the requests
-//!   that wait on an answer (nick claims, stream reads for `since` and
-//!   `history`, the `rooms` list): a reactor hands it the request as a
-//!   [`Task`] through a bounded queue and goes on serving its other
-//!   clients; the task answers the client itself and wakes the session's
-//!   reactor (see `session::Waiting`), so a slow or stopped Redis never
-//!   stalls a reactor.
+//! - four **worker** threads (pooled command connections) run the
+//!   requests that wait on an answer (nick claims, stream reads for
+//!   `since` and `history`, the `rooms` list): a reactor hands one the
+//!   request as a [`Task`] through a bounded queue and goes on serving its
+//!   other clients; the task answers the client itself and wakes the
+//!   session's reactor (see `session::Waiting`), so a slow or stopped
+//!   Redis never stalls a reactor.
 //!
 //! Ids: a room message gets its id, its stream entry and its publication
 //! in one Lua script ([`PUBLISH`]), the approach Centrifugo takes: scripts
