@@ -17,7 +17,7 @@
 //!   Redis never stalls a reactor.
 //!
 //! Ids: a room message gets its id, its stream entry and its publication
-//! in one Lua script ([`PUBLISH`]), the approach Centrifugo takes: scripts
+//! in one Lua script ([`PUBLISH`](scripts::PUBLISH)), the approach Centrifugo takes: scripts
 //! run one at a time, so the order of publication on the one channel is
 //! the order of ids, for every room at once. Every node, the sender's
 //! included, receives the message from the subscription and fans it out

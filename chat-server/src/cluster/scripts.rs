@@ -7,7 +7,7 @@
 //! The room list is the sorted set `chat:rooms` (all scores 0, so it is
 //! ordered by name): a room is added when a member enters it (a sender is
 //! always a member: its seat was published before its message) or gets a
-//! topic, and dropped (by [`forget!`]) when its last member
+//! topic, and dropped (by `forget!`) when its last member
 //! leaves, on any node, unless it holds messages or a topic (DESIGN.md v2,
 //! "Rooms"; the lobby stays).
 
