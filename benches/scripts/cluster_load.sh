@@ -117,8 +117,11 @@ for run in $(seq "$RUNS"); do
     PIDS+=($!)
     wait_port "$REDIS_PORT"
     url="redis://127.0.0.1:$REDIS_PORT"
-    node 0 $((BASE + 1)) "$OUT/a.log" --redis "$url" --node-id a
-    node 1 $((BASE + 2)) "$OUT/b.log" --redis "$url" --node-id b
+    # (--data: with --redis it holds only each node's media)
+    data=$(mktemp -d)
+    node 0 $((BASE + 1)) "$OUT/a.log" --redis "$url" --node-id a --data "$data/a"
+    node 1 $((BASE + 2)) "$OUT/b.log" --redis "$url" --node-id b --data "$data/b"
+
     wait_port $((BASE + 1))
     wait_port $((BASE + 2))
     sleep 1 # the nodes' subscriptions are up
@@ -130,6 +133,7 @@ for run in $(seq "$RUNS"); do
     kill "${PIDS[1]}" "${PIDS[2]}"
     wait "${PIDS[1]}" "${PIDS[2]}" 2>/dev/null || true
     cleanup
+    rm -rf "$data"
     sent=$(grep -o '^RESULT .* sent=[0-9]*' "$OUT/one" | grep -o 'sent=[0-9]*$' | cut -d= -f2)
     read -r jobs trips < <(cat "$OUT/a.log" "$OUT/b.log" |
         sed -n 's/.*redis publisher: \([0-9]*\) jobs in \([0-9]*\) round trips.*/\1 \2/p' |
