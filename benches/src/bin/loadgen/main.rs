@@ -106,7 +106,7 @@ struct Opts {
 }
 
 fn main() {
-    let opts = match parse_opts() {
+    let opts = match parse_opts(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("loadgen: {e}");
@@ -127,8 +127,7 @@ fn main() {
     }
 }
 
-fn parse_opts() -> Result<Opts, String> {
-    let mut args = std::env::args().skip(1);
+fn parse_opts(mut args: impl Iterator<Item = String>) -> Result<Opts, String> {
     let name = args
         .next()
         .ok_or("usage: loadgen fanout|saturation|storm|idle|slow [options]")?;
@@ -481,6 +480,11 @@ impl Gen {
         })
     }
 
+    /// The server client `i` connects to: round-robin over `--addr`.
+    fn addr_of(&self, i: usize) -> SocketAddrV4 {
+        self.addrs[i % self.addrs.len()]
+    }
+
     /// Clients that were welcomed or ended (or both).
     fn settled(&self) -> usize {
         self.tally.welcomed + self.tally.dead - self.tally.dead_welcomed
@@ -504,7 +508,7 @@ impl Gen {
             welcomed: false,
             reads: true,
         };
-        let addr = self.addrs[i % self.addrs.len()];
+        let addr = self.addr_of(i);
         match sys::connect_nonblocking(src, addr).and_then(|s| {
             self.ep.add(s.as_raw_fd(), sys::OUT, i as u64)?;
             Ok(s)
@@ -568,7 +572,7 @@ impl Gen {
         let res = match stream.take_error() {
             Ok(None) => (|| {
                 stream.set_nodelay(true)?;
-                let addr = self.addrs[i % self.addrs.len()];
+                let addr = self.addr_of(i);
                 let mut req = ClientRequest::new(&addr.ip().to_string(), addr.port(), "/ws")
                     .map_err(io::Error::other)?;
                 if self.deflate {
@@ -1157,6 +1161,20 @@ mod tests {
         assert_eq!(parse_head(b"12 x 3 "), None);
         assert_eq!(find(b"aab", b"ab"), Some(1));
         assert_eq!(find(b"a", b"ab"), None);
+    }
+
+    #[test]
+    fn several_servers_split_the_clients_round_robin() {
+        let args = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let o = parse_opts(
+            args("fanout --addr 127.0.0.1:1,127.0.0.1:2 --server-pid 10,11").into_iter(),
+        )
+        .unwrap();
+        assert_eq!(o.pids, [10, 11]);
+        let g = Gen::new(&o).unwrap();
+        let port = |i: usize| g.addr_of(i).port();
+        assert_eq!((0..4).map(port).collect::<Vec<_>>(), [1, 2, 1, 2]);
+        assert!(parse_opts(args("fanout --addr 127.0.0.1:1,nope").into_iter()).is_err());
     }
 
     #[test]
