@@ -565,6 +565,7 @@ impl Gen {
     }
 
     fn on_connected(&mut self, i: usize) {
+        let addr = self.addr_of(i);
         let c = &mut self.clients[i];
         let Some(stream) = c.stream.as_mut() else {
             return;
@@ -572,7 +573,6 @@ impl Gen {
         let res = match stream.take_error() {
             Ok(None) => (|| {
                 stream.set_nodelay(true)?;
-                let addr = self.addr_of(i);
                 let mut req = ClientRequest::new(&addr.ip().to_string(), addr.port(), "/ws")
                     .map_err(io::Error::other)?;
                 if self.deflate {
