@@ -22,7 +22,7 @@ use crate::media::Media;
 use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal};
 use crate::room::{quote, Ctx, Greeting, MemberId, Room, LOBBY};
 use crate::store::{Record, Store};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
@@ -58,6 +58,9 @@ struct Registry {
     by_token: HashMap<String, MemberId>,
     /// Sorted by name: the order of the `rooms` list.
     rooms: BTreeMap<String, Arc<Room>>,
+    /// Nick keys a join or rename is claiming (cluster: in Redis, without
+    /// the lock held): taken for everyone else meanwhile.
+    reserved: HashSet<String>,
 }
 
 /// A nick online, with the one connection that acts for it.
@@ -68,6 +71,9 @@ struct Member {
     client: Arc<Client>,
     rooms: BTreeSet<String>,
 }
+
+/// A room to greet a member in, pinned, with its stream read (cluster).
+type GreetingRead = (String, Arc<Room>, Option<Remote>);
 
 /// A room a session is in, as the session keeps it.
 pub(crate) type Entered = (String, Arc<Room>);
@@ -163,6 +169,15 @@ impl Hub {
     /// The welcome describes the lobby. A takeover closes the old
     /// connection with 4000 under the registry lock: from then on its
     /// requests are refused, since it no longer owns the member.
+    ///
+    /// cluster hook: a takeover of a member another node holds moves its
+    /// seats here, and the welcome is followed by an `entered` per other
+    /// room, each with the messages after `since` (a cluster's ids are one
+    /// counter published on one channel, so every node delivers them in
+    /// id order: the last id a client saw in any room is where each of its
+    /// rooms resumes). With `--redis` this runs on the cluster worker (it
+    /// waits on Redis: the nick claim or takeover, and the greetings'
+    /// stream reads), and the registry lock is never held while it waits.
     pub(crate) fn join(
         &self,
         client: &Arc<Client>,
@@ -172,104 +187,174 @@ impl Hub {
     ) -> Result<Joined, Refusal> {
         check_nick(nick)?;
         let key = nick_key(nick);
-        let mut reg = self.lock();
-        let reg = &mut *reg;
-        let since_token = token; // cluster hook
-        let resumed = token
-            .and_then(|t| reg.by_token.get(t).copied())
-            .filter(|id| reg.by_nick.get(&key) == Some(id));
-        // cluster hook: the lobby's greeting is read from its stream (the
-        // lobby is always registered, so the subscriber already fills it).
-        let remote = self.read_since(LOBBY, since)?;
-        let (id, old) = if let Some(id) = resumed {
-            let member = reg
-                .members
-                .get_mut(&id)
-                .ok_or_else(|| Refusal::new(ErrorCode::NickTaken, "member vanished"))?;
-            let old = std::mem::replace(&mut member.client, Arc::clone(client));
-            (id, Some(old))
-        } else {
-            if reg.by_nick.contains_key(&key) {
-                return Err(taken(nick));
+        let cluster = self.ctx.cluster.as_ref();
+        // 1. Under the lock: a takeover here, or the nick reserved.
+        let (id, here) = {
+            let mut reg = self.lock();
+            let reg = &mut *reg;
+            let resumed = token
+                .and_then(|t| reg.by_token.get(t).copied())
+                .filter(|id| reg.by_nick.get(&key) == Some(id));
+            match resumed.and_then(|id| Some((id, reg.members.get(&id)?))) {
+                Some((id, m)) => (id, Some(m.rooms.iter().cloned().collect::<Vec<_>>())),
+                None => {
+                    if reg.by_nick.contains_key(&key) || reg.reserved.contains(&key) {
+                        return Err(taken(nick));
+                    }
+                    reg.reserved.insert(key.clone());
+                    let id = MemberId(reg.next_member);
+                    reg.next_member += 1;
+                    (id, None)
+                }
             }
-            let mut token = new_token();
-            if let Some(c) = &self.ctx.cluster {
-                // cluster hook: unique cluster-wide (under the registry
-                // lock, so a stale claim of this node's own is taken over);
-                // a resume token held on another node moves the member here.
-                let next = reg.next_member;
-                let took = match since_token {
-                    Some(t) => c.take_over(&key, t, &c.claim_value(next, nick, t))?,
-                    None => false,
-                };
-                if took {
-                    token = since_token.unwrap_or_default().to_owned();
-                } else if !c.claim_nick(&key, &c.claim_value(next, nick, &token))? {
+        };
+        // 2. cluster hook: the claim (or a takeover from another node),
+        // without the lock.
+        let mut new_token = new_token();
+        let mut moved = None;
+        if let (Some(c), None) = (cluster, &here) {
+            let claimed = (|| {
+                if let Some(t) = token {
+                    if let Some(rooms) = c.take_over(&key, t, &c.claim_value(id.0, nick, t))? {
+                        return Ok(Some(rooms));
+                    }
+                }
+                if !c.claim_nick(&key, &c.claim_value(id.0, nick, &new_token))? {
                     return Err(taken(nick));
                 }
-                c.note_token(&token, next); // accounts + media hook: uploads on any node
-                c.submit_quiet(Job::Seat {
-                    room: LOBBY.into(),
-                    nick: nick.to_owned(),
-                    enter: true,
-                    quiet: took,
-                });
+                Ok(None)
+            })();
+            match claimed {
+                Ok(m) => moved = m,
+                Err(e) => {
+                    self.lock().reserved.remove(&key);
+                    return Err(e);
+                }
             }
-            let id = MemberId(reg.next_member);
-            reg.next_member += 1;
-            reg.by_nick.insert(key, id);
-            reg.by_token.insert(token.clone(), id);
-            reg.members.insert(
-                id,
-                Member {
-                    nick: nick.to_owned(),
-                    token,
-                    client: Arc::clone(client),
-                    rooms: BTreeSet::new(),
-                },
-            );
-            (id, None)
+            if let (Some(_), Some(t)) = (&moved, token) {
+                new_token = t.to_owned();
+            }
+        }
+        // The rooms greeted now: the lobby first, then, for a member moved
+        // from another node, its other rooms (this node seats it there).
+        // A takeover here keeps its seats live; the client re-enters them
+        // with its own `since` each (what the page does).
+        let mut greet = vec![LOBBY.to_owned()];
+        let others = moved.clone().unwrap_or_default();
+        greet.extend(others.into_iter().filter(|r| r != LOBBY));
+        let reads = match self.greeting_reads(&greet, since) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut reg = self.lock();
+                reg.reserved.remove(&key);
+                if let (Some(c), None) = (cluster, &here) {
+                    c.submit_quiet(Job::Release {
+                        key: key.clone(),
+                        value: c.claim_value(id.0, nick, &new_token),
+                    });
+                }
+                return Err(e);
+            }
+        };
+        // 3. Under the lock again: the member made (or taken over), its
+        // greetings sent.
+        let mut reg = self.lock();
+        let reg = &mut *reg;
+        let old = match &here {
+            Some(_) => {
+                let member = reg.members.get_mut(&id);
+                let Some(member) = member else {
+                    self.unpin_all(reg, &reads);
+                    return Err(Refusal::new(ErrorCode::NickTaken, "member vanished"));
+                };
+                Some(std::mem::replace(&mut member.client, Arc::clone(client)))
+            }
+            None => {
+                reg.reserved.remove(&key);
+                if let Some(c) = cluster {
+                    // accounts + media hook: uploads through any node.
+                    c.note_token(&new_token, id.0);
+                }
+                if let (Some(c), None) = (cluster, &moved) {
+                    c.submit_quiet(Job::Seat {
+                        room: LOBBY.into(),
+                        nick: nick.to_owned(),
+                        enter: true,
+                        quiet: false,
+                    });
+                }
+                reg.by_nick.insert(key, id);
+                reg.by_token.insert(new_token.clone(), id);
+                reg.members.insert(
+                    id,
+                    Member {
+                        nick: nick.to_owned(),
+                        token: new_token,
+                        client: Arc::clone(client),
+                        rooms: greet.iter().cloned().collect(),
+                    },
+                );
+                None
+            }
         };
         if let Some(old) = &old {
             old.close(close_replaced(), "replaced");
         }
-        let member = reg
-            .members
-            .get_mut(&id)
-            .ok_or_else(|| Refusal::new(ErrorCode::NickTaken, "member vanished"))?;
-        member.rooms.insert(LOBBY.into());
-        let lobby = Arc::clone(&reg.rooms[LOBBY]);
+        let Some(member) = reg.members.get(&id) else {
+            self.unpin_all(reg, &reads);
+            return Err(Refusal::new(ErrorCode::NickTaken, "member vanished"));
+        };
         // The welcome first (it must be the new connection's first
         // message), then the other rooms follow the member to it.
-        let users_version = lobby.enter(
-            id,
-            &member.nick,
-            client,
-            since,
-            Greeting::Welcome {
-                nick: &member.nick,
-                token: &member.token,
-            },
-            remote,
-        );
+        let announce = here.is_none() && moved.is_none();
+        let mut users_version = 0;
+        let mut greeted = BTreeSet::new();
+        for (name, room, remote) in reads {
+            let greeting = if name == LOBBY {
+                Greeting::Welcome {
+                    nick: &member.nick,
+                    token: &member.token,
+                }
+            } else {
+                Greeting::Entered
+            };
+            let remote = remote.map(|r| Remote {
+                moved: !announce,
+                ..r
+            });
+            let v = room.enter(id, &member.nick, client, since, greeting, remote);
+            if name == LOBBY {
+                users_version = v;
+            }
+            reg.rooms
+                .entry(name.clone())
+                .or_insert_with(|| Arc::clone(&room));
+            room.unpin();
+            greeted.insert(name);
+        }
         let mut rooms = Vec::with_capacity(member.rooms.len());
         for name in &member.rooms {
             if let Some(room) = reg.rooms.get(name) {
-                if name != LOBBY {
+                if !greeted.contains(name) {
                     room.replace_client(id, client);
                 }
                 rooms.push((name.clone(), Arc::clone(room)));
             }
         }
         if self.ctx.log {
-            match &old {
-                Some(old) => eprintln!(
+            match (&old, &moved) {
+                (Some(old), _) => eprintln!(
                     "chat: {} resumed {:?} from {}",
                     client.label(),
                     member.nick,
                     old.label()
                 ),
-                None => eprintln!("chat: {} joined as {:?}", client.label(), member.nick),
+                (None, Some(_)) => eprintln!(
+                    "chat: {} resumed {:?} from another node",
+                    client.label(),
+                    member.nick
+                ),
+                (None, None) => eprintln!("chat: {} joined as {:?}", client.label(), member.nick),
             }
         }
         Ok(Joined {
@@ -277,6 +362,64 @@ impl Hub {
             users_version,
             rooms,
         })
+    }
+
+    /// The rooms `names` registered here (made if new) and pinned, each
+    /// with its greeting's stream read (cluster; `None` without): read
+    /// after the room is registered, so the subscriber fills its ring from
+    /// before the read on and the greeting misses nothing.
+    fn greeting_reads(
+        &self,
+        names: &[String],
+        since: Option<u64>,
+    ) -> Result<Vec<GreetingRead>, Refusal> {
+        let rooms: Vec<(String, Arc<Room>)> = {
+            let mut reg = self.lock();
+            names
+                .iter()
+                .map(|name| {
+                    let room = Arc::clone(
+                        reg.rooms
+                            .entry(name.clone())
+                            .or_insert_with(|| Arc::new(Room::new(name, Arc::clone(&self.ctx)))),
+                    );
+                    room.pin();
+                    (name.clone(), room)
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(rooms.len());
+        for (name, room) in rooms {
+            match self.read_since(&room, since, 0) {
+                Ok(remote) => out.push((name, room, remote)),
+                Err(e) => {
+                    let mut reg = self.lock();
+                    let reg = &mut *reg;
+                    for (n, r, _) in &out {
+                        self.unpin(reg, n, r);
+                    }
+                    self.unpin(reg, &name, &room);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A request that pinned `room` is done with it: an unused room goes.
+    fn unpin(&self, reg: &mut Registry, name: &str, room: &Arc<Room>) {
+        if room.unpin()
+            && name != LOBBY
+            && reg.rooms.get(name).is_some_and(|r| Arc::ptr_eq(r, room))
+        {
+            reg.rooms.remove(name);
+        }
+    }
+
+    fn unpin_all(&self, reg: &mut Registry, reads: &[GreetingRead]) {
+        for (name, room, _) in reads {
+            self.unpin(reg, name, room);
+        }
     }
 
     /// Whether `token` resumes the member now called `nick` (a takeover,
@@ -305,6 +448,10 @@ impl Hub {
     /// Member `id` enters the room `name` (created on first entry), or
     /// gets its `entered` again when it is already in. Returns the room and
     /// the membership version of the users list sent.
+    ///
+    /// cluster hook: runs on the cluster worker (the greeting's read, and
+    /// the cluster-wide `--max-rooms` check, wait on Redis), without the
+    /// registry lock held meanwhile.
     pub(crate) fn enter(
         &self,
         id: MemberId,
@@ -313,12 +460,9 @@ impl Hub {
         since: Option<u64>,
     ) -> Result<(Arc<Room>, u64), Refusal> {
         let mut reg = self.lock();
-        let reg = &mut *reg;
         let member = owned(&mut reg.members, id, client)?;
         let new_seat = !member.rooms.contains(name);
-        let room = if member.rooms.contains(name) {
-            Arc::clone(&reg.rooms[name])
-        } else {
+        if new_seat {
             if member.rooms.len() >= self.max_rooms_per_user {
                 return Err(Refusal::new(
                     ErrorCode::TooManyRooms,
@@ -328,38 +472,47 @@ impl Hub {
                     ),
                 ));
             }
-            let room = match reg.rooms.get(name) {
-                Some(room) => Arc::clone(room),
-                None => {
-                    if reg.rooms.len() >= self.max_rooms {
-                        return Err(Refusal::new(
-                            ErrorCode::TooManyRooms,
-                            format!(
-                                "the server holds {} rooms, the most allowed",
-                                reg.rooms.len()
-                            ),
-                        ));
-                    }
-                    // Persisted once it gets a message or a topic.
-                    let room = Arc::new(Room::new(name, Arc::clone(&self.ctx)));
-                    reg.rooms.insert(name.to_owned(), Arc::clone(&room));
-                    room
-                }
-            };
-            room
-        };
+            // A cluster counts its rooms in Redis (the read below).
+            let known = reg.rooms.contains_key(name);
+            if !known && self.ctx.cluster.is_none() && reg.rooms.len() >= self.max_rooms {
+                return Err(Refusal::new(
+                    ErrorCode::TooManyRooms,
+                    format!(
+                        "the server holds {} rooms, the most allowed",
+                        reg.rooms.len()
+                    ),
+                ));
+            }
+        }
+        // Made here if new (persisted once it gets a message or a topic),
+        // pinned until the member sits in it.
+        let room = Arc::clone(
+            reg.rooms
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(Room::new(name, Arc::clone(&self.ctx)))),
+        );
+        room.pin();
+        drop(reg);
         // cluster hook: read after the room is registered (the subscriber
-        // fills its ring from then on); a room created for nothing goes.
-        let remote = match self.read_since(name, since) {
+        // fills its ring from then on).
+        let max_rooms = if new_seat { self.max_rooms } else { 0 };
+        let remote = self.read_since(&room, since, max_rooms);
+        let mut reg = self.lock();
+        let reg = &mut *reg;
+        let remote = match remote {
             Ok(r) => r,
             Err(e) => {
-                if new_seat && name != LOBBY && room.summary().0 == 0 {
-                    reg.rooms.remove(name);
-                }
+                self.unpin(reg, name, &room);
                 return Err(e);
             }
         };
-        let member = owned(&mut reg.members, id, client)?;
+        let member = match owned(&mut reg.members, id, client) {
+            Ok(m) => m,
+            Err(e) => {
+                self.unpin(reg, name, &room);
+                return Err(e);
+            }
+        };
         if new_seat {
             member.rooms.insert(name.to_owned());
             if let Some(c) = &self.ctx.cluster {
@@ -371,7 +524,12 @@ impl Hub {
                 });
             }
         }
-        let version = room.enter(id, &member.nick, client, since, Greeting::Entered, remote);
+        let greeting = Greeting::Entered;
+        let version = room.enter(id, &member.nick, client, since, greeting, remote);
+        reg.rooms
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::clone(&room));
+        room.unpin();
         Ok((room, version))
     }
 
@@ -455,6 +613,9 @@ impl Hub {
     /// Renames member `id` server-wide; a case variant of one's own nick is
     /// allowed. Each room the member is in hears `renamed` once; a member
     /// in no room gets its ack without `room`.
+    ///
+    /// cluster hook: the new nick is claimed in Redis on the cluster
+    /// worker, reserved here meanwhile (the registry lock is not held).
     pub(crate) fn rename(
         &self,
         id: MemberId,
@@ -464,29 +625,55 @@ impl Hub {
         check_nick(nick)?;
         let key = nick_key(nick);
         let mut reg = self.lock();
-        let reg = &mut *reg;
-        owned(&mut reg.members, id, client)?;
-        if reg.by_nick.get(&key).is_some_and(|&owner| owner != id) {
+        let member = owned(&mut reg.members, id, client)?;
+        let (old_nick, token) = (member.nick.clone(), member.token.clone());
+        let own = nick_key(&old_nick) == key;
+        if !own && (reg.by_nick.contains_key(&key) || reg.reserved.contains(&key)) {
             return Err(taken(nick));
         }
-        let member = owned(&mut reg.members, id, client)?;
         if let Some(c) = &self.ctx.cluster {
-            // cluster hook: claim the new nick, free the old claim; other
-            // nodes say `renamed` in each room.
-            let old_key = nick_key(&member.nick);
-            if !c.claim_nick(&key, &c.claim_value(id.0, nick, &member.token))? {
-                return Err(taken(nick));
+            // Claim the new nick, free the old claim; other nodes say
+            // `renamed` in each room.
+            if !own {
+                reg.reserved.insert(key.clone());
             }
-            c.submit_quiet(Job::Release {
-                value: c.claim_value(id.0, &member.nick, &member.token),
-                key: old_key,
-            });
+            drop(reg);
+            let claimed = c.claim_nick(&key, &c.claim_value(id.0, nick, &token));
+            reg = self.lock();
+            if !own {
+                reg.reserved.remove(&key);
+            }
+            let gone = owned(&mut reg.members, id, client).is_err();
+            match claimed {
+                Ok(true) if gone => {
+                    c.submit_quiet(Job::Release {
+                        value: c.claim_value(id.0, nick, &token),
+                        key: key.clone(),
+                    });
+                    return Err(Refusal::new(
+                        ErrorCode::NotJoined,
+                        "this connection was replaced by a newer one",
+                    ));
+                }
+                Ok(true) => {}
+                Ok(false) => return Err(taken(nick)),
+                Err(e) => return Err(e),
+            }
+            if !own {
+                c.submit_quiet(Job::Release {
+                    value: c.claim_value(id.0, &old_nick, &token),
+                    key: nick_key(&old_nick),
+                });
+            }
+            let member = owned(&mut reg.members, id, client)?;
             c.submit_quiet(Job::Rename {
                 rooms: member.rooms.iter().cloned().collect(),
-                old: member.nick.clone(),
+                old: old_nick.clone(),
                 new: nick.to_owned(),
             });
         }
+        let reg = &mut *reg;
+        let member = owned(&mut reg.members, id, client)?;
         let old = std::mem::replace(&mut member.nick, nick.to_owned());
         reg.by_nick.remove(&nick_key(&old));
         reg.by_nick.insert(key, id);
@@ -566,7 +753,12 @@ impl Hub {
     }
 
     /// cluster hook: the greeting's stream read (none without `--redis`).
-    fn read_since(&self, room: &str, since: Option<u64>) -> Result<Option<Remote>, Refusal> {
+    fn read_since(
+        &self,
+        room: &Room,
+        since: Option<u64>,
+        max_rooms: usize,
+    ) -> Result<Option<Remote>, Refusal> {
         let Some(c) = &self.ctx.cluster else {
             return Ok(None);
         };
@@ -576,7 +768,9 @@ impl Hub {
         } else {
             self.ctx.history_len
         };
-        c.read_since(room, since, count).map(Some)
+        let members = !room.knows_remote();
+        c.read_since(room.name(), since, count, max_rooms, members)
+            .map(Some)
     }
 
     /// cluster hook: a private message through Redis (its id is
@@ -702,22 +896,51 @@ impl Hub {
         // A snapshot of the map, so no room lock is taken under the
         // registry's (a busy room's broadcast would hold up every join).
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let rooms: Vec<(String, Arc<Room>)> = self
+        let local: Vec<(String, Arc<Room>)> = self
             .lock()
             .rooms
             .range::<str, _>((start, Bound::Unbounded))
             .map(|(name, room)| (name.clone(), Arc::clone(room)))
             .collect();
+        // name -> (members, topic): this node's rooms, plus (cluster hook)
+        // every room of the cluster with its members on other nodes
+        // (this node counts its own: its seats reach Redis a moment later).
+        let mut rooms: BTreeMap<String, (usize, String)> = local
+            .iter()
+            .map(|(name, room)| (name.clone(), room.summary()))
+            .collect();
+        let mut more = false;
+        if let Some(c) = &self.ctx.cluster {
+            const PAGE: usize = 4096;
+            let listed = match c.rooms(after, PAGE) {
+                Ok(l) => l,
+                Err(e) => {
+                    client.send(client.frame(&e.to_json()));
+                    return;
+                }
+            };
+            more = listed.len() == PAGE;
+            if let Some((last, ..)) = listed.last().filter(|_| more) {
+                // Past Redis' page, the next page answers.
+                let last = last.clone();
+                rooms.retain(|name, _| *name <= last);
+            }
+            for (name, topic, others) in listed {
+                let e = rooms.entry(name).or_insert((0, String::new()));
+                e.0 += others;
+                if e.1.is_empty() {
+                    e.1 = topic;
+                }
+            }
+        }
         let mut out = String::from(HEAD);
         let mut used = 0;
-        let mut more = false;
         let mut first = true;
-        for (name, room) in &rooms {
-            let (users, topic) = room.summary();
+        for (name, (users, topic)) in &rooms {
             let entry = format!(
                 r#"{{"name":{},"users":{users},"topic":{}}}"#,
                 quote(name),
-                quote(&topic)
+                quote(topic)
             );
             let cost = entry.len() + usize::from(!first);
             if !first && used + cost > budget {

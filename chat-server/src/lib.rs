@@ -485,7 +485,7 @@ impl Server {
         // cluster hook: the link is made before the hub that uses it.
         let cluster = match &config.cluster {
             Some(c) => Some(Arc::new(
-                cluster::Cluster::new(c, config.history.max(1000), config.log)
+                cluster::Cluster::new(c, config.retain_messages, config.log)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
             )),
             None => None,

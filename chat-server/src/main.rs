@@ -44,7 +44,8 @@ OPTIONS:
                              repeatable; * allows any) [default: same host:port only]
   --data DIR                 keep messages, rooms, accounts and media in DIR (created;
                              SQLite chat.db in WAL mode, media/) [default: ./chat-data]
-  --retain-messages N        room messages kept per room in DIR, older deleted;
+  --retain-messages N        room messages kept per room (in DIR, or in Redis's
+                             streams with --redis), older deleted;
                              1-1000000000 [default: 100000]
   --ephemeral                keep nothing on disk: history lives in memory only (v1)
   --no-deflate               do not negotiate permessage-deflate compression

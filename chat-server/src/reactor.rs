@@ -32,6 +32,9 @@ const MAX_REPOLLS: usize = 64;
 pub(crate) struct Reactor {
     epoll: Epoll,
     inbox: Mutex<Vec<Session>>,
+    /// Sessions whose request finished off this thread (cluster worker):
+    /// resumed at the next wake-up.
+    ready: Mutex<Vec<u64>>,
     wake_tx: UnixStream,
     wake_rx: UnixStream,
 }
@@ -46,6 +49,7 @@ impl Reactor {
         Ok(Arc::new(Self {
             epoll,
             inbox: Mutex::new(Vec::new()),
+            ready: Mutex::new(Vec::new()),
             wake_tx,
             wake_rx,
         }))
@@ -56,6 +60,16 @@ impl Reactor {
         let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
         inbox.push(s);
         if inbox.len() == 1 {
+            let _ = (&self.wake_tx).write(&[1]);
+        }
+    }
+
+    /// Session `id`'s request finished on another thread: the reactor
+    /// wakes and resumes it (see `session::Waiting`).
+    pub(crate) fn wake_session(&self, id: u64) {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        ready.push(id);
+        if ready.len() == 1 {
             let _ = (&self.wake_tx).write(&[1]);
         }
     }
@@ -80,7 +94,10 @@ impl Reactor {
                     continue;
                 }
                 due = due.min(s.next_timer());
-                sessions.insert(s.id(), s);
+                let id = s.id();
+                sessions.insert(id, s);
+                // Its request may have finished before it got here.
+                self.resume(&mut sessions, id);
             }
             if shared.stop.load(Ordering::Acquire) && sessions.is_empty() {
                 return;
@@ -143,6 +160,14 @@ impl Reactor {
             if token == WAKE {
                 let mut sink = [0u8; 64];
                 while matches!((&self.wake_rx).read(&mut sink), Ok(k) if k > 0) {}
+                let ready =
+                    std::mem::take(&mut *self.ready.lock().unwrap_or_else(|e| e.into_inner()));
+                for id in ready {
+                    self.resume(sessions, id);
+                    if let Some(s) = sessions.get(&id) {
+                        *due = (*due).min(s.next_timer());
+                    }
+                }
                 continue;
             }
             let Some(s) = sessions.get_mut(&token) else {
@@ -170,6 +195,23 @@ impl Reactor {
                 }
             } else {
                 *due = (*due).min(s.next_timer());
+            }
+        }
+    }
+
+    /// Resumes session `id` after its request finished off this thread:
+    /// the requests it held meanwhile run now.
+    fn resume(&self, sessions: &mut HashMap<u64, Session>, id: u64) {
+        let Some(s) = sessions.get_mut(&id) else {
+            return;
+        };
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.resume()));
+        if ok.is_err() {
+            s.set_why("internal error (panic), dropped");
+        }
+        if ok.is_err() || s.is_over() {
+            if let Some(s) = sessions.remove(&id) {
+                self.end(s);
             }
         }
     }

@@ -26,7 +26,7 @@ use crate::store::{HistoryRead, ImageRef, Record, RoomRow, Store};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -138,6 +138,10 @@ pub struct Room {
     state: Mutex<State>,
     /// This room's count waits for its second (see [`Ctx::presence_pending`]).
     pending: AtomicBool,
+    /// cluster hook: requests between their registry steps (waiting on
+    /// Redis) that will seat a member here: an empty room is not
+    /// forgotten meanwhile.
+    pins: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -192,7 +196,41 @@ impl Room {
             }),
             ctx,
             pending: AtomicBool::new(false),
+            pins: AtomicUsize::new(0),
         }
+    }
+
+    /// cluster hook: the name (the room's Redis keys).
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// cluster hook: the list of members on other nodes is kept here
+    /// already (read with the room's first greeting on this node).
+    pub(crate) fn knows_remote(&self) -> bool {
+        self.lock().remote.is_some()
+    }
+
+    /// cluster hook: a request will seat a member here (see `pins`).
+    pub(crate) fn pin(&self) {
+        self.pins.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The request that pinned the room is done. True when the room is
+    /// then unused: no member, no message, no topic, no other pin.
+    pub(crate) fn unpin(&self) -> bool {
+        self.pins.fetch_sub(1, Ordering::AcqRel);
+        self.forgettable()
+    }
+
+    /// No member, no message, no topic, no pin: the hub forgets it
+    /// (never the lobby: the hub checks).
+    pub(crate) fn forgettable(&self) -> bool {
+        let st = self.lock();
+        st.members.is_empty()
+            && !st.history.is_used()
+            && st.topic.is_empty()
+            && self.pins.load(Ordering::Acquire) == 0
     }
 
     /// A room kept by the store: its topic, the newest `ring` messages
@@ -223,8 +261,9 @@ impl Room {
     /// Puts member `id` (showing `nick`, connected by `client`) in the room
     /// if it is not there yet, and sends `client` the greeting: the room's
     /// users, topic and the newest history with id > `since` that fits.
-    /// A new member's `joined` goes to the others. Returns the membership
-    /// version of the users list sent.
+    /// A new member's `joined` goes to the others (unless `remote` says it
+    /// moved here from another node, which nobody hears).
+    /// Returns the membership version of the users list sent.
     pub(crate) fn enter(
         &self,
         id: MemberId,
@@ -234,6 +273,9 @@ impl Room {
         greeting: Greeting<'_>,
         remote: Option<Remote>,
     ) -> u64 {
+        // cluster hook: a member moved here from another node is seated
+        // without a notice.
+        let announce = remote.as_ref().map_or(true, |r| !r.moved);
         let mut st = self.lock();
         // cluster hook: the greeting's history is the stream's entries
         // (ids up to the counter read with them) plus what the ring got
@@ -287,7 +329,8 @@ impl Room {
         let ctx = &self.ctx;
         // Under the limit the greeting lists everyone (v1), as far as half a
         // reply holds; above it, or when cut, the first page and the total.
-        let total = st.members.len();
+        // cluster hook: the limit counts the members on every node.
+        let total = st.total();
         let limit = if ctx.notices(total) {
             usize::MAX
         } else {
@@ -325,7 +368,7 @@ impl Room {
         };
         let reply = format!(r#"{head}{body}],"more":{more}}}"#);
         client.send(client.frame(&reply));
-        if new {
+        if new && announce {
             if ctx.notices(total) {
                 let joined = format!(
                     r#"{{"type":"joined","room":{room},"nick":{},"ts":{}}}"#,
@@ -348,7 +391,7 @@ impl Room {
             remote.insert(new_key.to_owned(), new.to_owned());
         }
         st.version += 1;
-        if self.ctx.notices(st.members.len()) {
+        if self.ctx.notices(st.total()) {
             let msg = format!(
                 r#"{{"type":"renamed","room":{},"from":{},"to":{},"ts":{}}}"#,
                 self.quoted,
@@ -392,7 +435,7 @@ impl Room {
         if let Some(seat) = st.members.remove(&id) {
             st.by_nick.remove(&nick_key(&seat.nick));
             st.version += 1;
-            let after = st.members.len();
+            let after = st.total();
             if self.ctx.notices(after) {
                 let msg = format!(
                     r#"{{"type":"left","room":{},"nick":{},"ts":{}}}"#,
@@ -404,7 +447,10 @@ impl Room {
             }
             self.presence_changed(&mut st, after + 1);
         }
-        st.members.is_empty() && !st.history.is_used() && st.topic.is_empty()
+        st.members.is_empty()
+            && !st.history.is_used()
+            && st.topic.is_empty()
+            && self.pins.load(Ordering::Acquire) == 0
     }
 
     /// Member `id` is now called `nick`: the room's list follows and every
@@ -426,7 +472,7 @@ impl Room {
             json!(nick),
             now_ms()
         );
-        if self.ctx.notices(st.members.len()) {
+        if self.ctx.notices(st.total()) {
             st.broadcast(&msg, None);
         } else {
             renamer.send(renamer.frame(&msg));
@@ -554,7 +600,7 @@ impl Room {
             r#"{{"type":"users","room":{},"users":{page},"more":{more}}}"#,
             self.quoted
         );
-        let version = self.ctx.notices(st.members.len()).then_some(st.version);
+        let version = self.ctx.notices(st.total()).then_some(st.version);
         drop(st);
         client.send(client.frame(&users));
         Ok(version)
@@ -639,6 +685,7 @@ impl Room {
     /// the room is within the presence limit.
     pub(crate) fn remote_presence(&self, key: &str, nick: &str, joined: bool, notify: bool) {
         let mut st = self.lock();
+        let before = st.total();
         if let Some(remote) = &mut st.remote {
             if joined {
                 remote.insert(key.to_owned(), nick.to_owned());
@@ -647,7 +694,12 @@ impl Room {
             }
         }
         st.version += 1;
-        if notify && self.ctx.notices(st.members.len()) {
+        let total = st.total();
+        if total != before {
+            // Above the limit the count covers every node's members.
+            self.presence_changed(&mut st, before);
+        }
+        if notify && self.ctx.notices(total) {
             let what = if joined { "joined" } else { "left" };
             let json = format!(
                 r#"{{"type":"{what}","room":{},"nick":{},"ts":{}}}"#,
@@ -688,7 +740,7 @@ impl Room {
     /// after), members learn the new count now if none went out in the last
     /// second, else at the next [`tick`](Self::tick) that is due.
     fn presence_changed(&self, st: &mut State, before: usize) {
-        if before.max(st.members.len()) <= self.ctx.presence_limit {
+        if before.max(st.total()) <= self.ctx.presence_limit {
             return;
         }
         let now = Instant::now();
@@ -730,6 +782,13 @@ pub(crate) fn newest_that_fit<'a>(
 }
 
 impl State {
+    /// Members on this node and (cluster) on the others: what the
+    /// presence limit and the counts are about (DESIGN.md v2, "Presence
+    /// that scales", cluster-wide).
+    fn total(&self) -> usize {
+        self.members.len() + self.remote.as_ref().map_or(0, BTreeMap::len)
+    }
+
     /// The seat of member `id`, if `client` is the connection that acts for
     /// it: a connection replaced by a takeover acts for nobody.
     fn owned(&self, id: MemberId, client: &Arc<Client>) -> Result<&Seat, Refusal> {
@@ -797,7 +856,7 @@ impl State {
 
     /// Tells every member the member count (`presence`, DESIGN.md).
     fn send_presence(&mut self, room: &str, now: Instant) {
-        let users = self.members.len();
+        let users = self.total();
         if self.presence_sent.is_some_and(|(_, told)| told == users) {
             return;
         }

@@ -7,12 +7,13 @@ use crate::accounts::{self, PendingJoin};
 use crate::client::{Client, Phase, Sent, Transport};
 use crate::hub::{not_in_room, Joined};
 use crate::protocol::{self, ErrorCode, Refusal, Request};
+use crate::reactor::Reactor;
 use crate::room::{MemberId, Room};
 use crate::{log, Config, LiveGuard, Shared};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wsproto::deflate::DeflateParams;
 use wsproto::{CloseCode, Connection, Event, Role, State};
@@ -115,6 +116,75 @@ impl RateLimit {
     }
 }
 
+/// Requests a session holds while one of its requests waits on the
+/// cluster worker, at most (past it: closed 1008, like a flood).
+const HELD_MAX: usize = 256;
+
+/// cluster hook: a request of a session that runs on the cluster worker
+/// (it waits on Redis) while the reactor serves its other sessions. The
+/// worker sends the client its reply, leaves here what the session must
+/// take over, and wakes the session's reactor.
+pub(crate) struct Waiting {
+    state: Mutex<WaitState>,
+    reactor: Arc<Reactor>,
+    session: u64,
+}
+
+enum WaitState {
+    Waiting,
+    Done(Done),
+    Abandoned,
+}
+
+/// What a request done on the worker changed for its session.
+pub(crate) enum Done {
+    /// Nothing (the reply went out, or a refusal).
+    Nothing,
+    /// A join: the member it made or took over.
+    Joined(Joined),
+    /// An `enter`: the room, and the membership version of its users list.
+    Entered(String, Arc<Room>, u64),
+}
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WaitState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker is done. Hands `done` back when the session ended
+    /// meanwhile (the caller undoes a join then).
+    fn finish(&self, done: Done) -> Option<Done> {
+        let mut st = self.lock();
+        if matches!(*st, WaitState::Abandoned) {
+            return Some(done);
+        }
+        *st = WaitState::Done(done);
+        drop(st);
+        self.reactor.wake_session(self.session);
+        None
+    }
+
+    /// What the request changed, once done.
+    fn take(&self) -> Option<Done> {
+        let mut st = self.lock();
+        match std::mem::replace(&mut *st, WaitState::Waiting) {
+            WaitState::Done(d) => Some(d),
+            other => {
+                *st = other;
+                None
+            }
+        }
+    }
+
+    /// The session ends: what the request changed, if it is done.
+    fn abandon(&self) -> Option<Done> {
+        match std::mem::replace(&mut *self.lock(), WaitState::Abandoned) {
+            WaitState::Done(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
 /// One upgraded connection, owned by a reactor thread.
 pub(crate) struct Session {
     id: u64,
@@ -128,6 +198,10 @@ pub(crate) struct Session {
     rooms: HashMap<String, Seat>,
     /// A join waiting for its password check.
     pending: Option<Arc<PendingJoin>>,
+    /// cluster hook: a request running on the cluster worker, and the
+    /// requests that arrived meanwhile (run in order once it is done).
+    waiting: Option<Arc<Waiting>>,
+    held: VecDeque<String>,
     rate: RateLimit,
     /// Pings and Pongs from the client: each costs a reply or a wake-up,
     /// so a flood of them is closed 1008 like a flood of text.
@@ -196,6 +270,8 @@ pub(crate) fn start(
         member: None,
         rooms: HashMap::new(),
         pending: None,
+        waiting: None,
+        held: VecDeque::new(),
         rate: RateLimit::new(cfg),
         control: Bucket::new(cfg.control_burst, cfg.control_per_sec),
         join_deadline: now + cfg.join_timeout,
@@ -273,6 +349,7 @@ impl Session {
     /// Handles expired timers; true when the session should end now.
     pub(crate) fn on_timer(&mut self, now: Instant) -> bool {
         self.poll_pending();
+        self.resume();
         match self.client.phase() {
             Phase::Done => return true,
             Phase::Closing { deadline, .. } => {
@@ -306,6 +383,9 @@ impl Session {
     pub(crate) fn end(mut self) {
         // A join checked too late joins nobody.
         if let Some(joined) = self.pending.take().and_then(|p| p.abandon()) {
+            self.member = Some(joined.id);
+        }
+        if let Some(Done::Joined(joined)) = self.waiting.take().and_then(|w| w.abandon()) {
             self.member = Some(joined.id);
         }
         if let Some(id) = self.member {
@@ -416,6 +496,22 @@ impl Session {
                 return self.close(CloseCode::POLICY_VIOLATION, "rate limit");
             }
         }
+        if self.waiting.is_some() {
+            self.resume();
+        }
+        if self.waiting.is_some() {
+            // In order, after the request on the worker.
+            if self.held.len() >= HELD_MAX {
+                return self.close(CloseCode::POLICY_VIOLATION, "too many requests in flight");
+            }
+            self.held.push_back(text.to_owned());
+            return;
+        }
+        self.run(text);
+    }
+
+    /// Runs one request (rate-checked already).
+    fn run(&mut self, text: &str) {
         self.poll_pending();
         if let Err(r) = self.dispatch(text) {
             self.refuse(&r);
@@ -426,6 +522,73 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// cluster hook: takes over what a request done on the worker changed,
+    /// then runs the requests held meanwhile (until one waits again).
+    pub(crate) fn resume(&mut self) {
+        let Some(w) = &self.waiting else {
+            return;
+        };
+        let Some(done) = w.take() else {
+            return;
+        };
+        self.waiting = None;
+        match done {
+            Done::Nothing => {}
+            Done::Joined(joined) => self.adopt(joined),
+            Done::Entered(name, room, version) => {
+                self.rooms.insert(
+                    name,
+                    Seat {
+                        room,
+                        users_seen: Some(version),
+                    },
+                );
+            }
+        }
+        let _cork = crate::client::cork();
+        while self.waiting.is_none() && self.client.is_open() {
+            let Some(text) = self.held.pop_front() else {
+                break;
+            };
+            self.run(&text);
+        }
+    }
+
+    /// cluster hook: runs `f` on the cluster worker (it waits on Redis);
+    /// the session holds its next requests until it is done. A refusal is
+    /// sent to the client from there.
+    fn off_reactor(
+        &mut self,
+        f: impl FnOnce(&Arc<Shared>, &Arc<Client>) -> Result<Done, Refusal> + Send + 'static,
+    ) -> Result<(), Refusal> {
+        let Some(cluster) = &self.shared.cluster else {
+            return Err(Refusal::new(ErrorCode::Unavailable, "not a cluster"));
+        };
+        let reactors = &self.shared.reactors;
+        let w = Arc::new(Waiting {
+            state: Mutex::new(WaitState::Waiting),
+            reactor: Arc::clone(&reactors[(self.id as usize) % reactors.len()]),
+            session: self.id,
+        });
+        let (shared, client, waiting) = (
+            Arc::clone(&self.shared),
+            Arc::clone(&self.client),
+            Arc::clone(&w),
+        );
+        cluster.call(Box::new(move || {
+            let done = f(&shared, &client).unwrap_or_else(|r| {
+                client.send(Client::frame_text(&r.to_json()));
+                Done::Nothing
+            });
+            if let Some(Done::Joined(j)) = waiting.finish(done) {
+                // The session ended meanwhile: nobody acts for the member.
+                shared.room.leave_all(j.id, &client);
+            }
+        }))?;
+        self.waiting = Some(w);
+        Ok(())
     }
 
     /// Takes the member of a join whose password check ended.
@@ -497,6 +660,13 @@ impl Session {
                     self.pending = Some(pending);
                     return Ok(());
                 }
+                if self.shared.cluster.is_some() {
+                    let (nick, since, token) = (nick.clone(), *since, token.clone());
+                    return self.off_reactor(move |shared, client| {
+                        let j = shared.room.join(client, &nick, since, token.as_deref())?;
+                        Ok(Done::Joined(j))
+                    });
+                }
                 let joined = hub.join(&self.client, nick, *since, token.as_deref())?;
                 self.adopt(joined);
                 return Ok(());
@@ -531,6 +701,13 @@ impl Session {
                 None => Err(not_in_room()),
             },
             Request::History { before, limit, .. } => match seat {
+                Some(seat) if self.shared.cluster.is_some() => {
+                    let room = Arc::clone(&seat.room);
+                    self.off_reactor(move |_, client| {
+                        room.history(id, client, before, limit)?;
+                        Ok(Done::Nothing)
+                    })
+                }
                 Some(seat) => seat.room.history(id, client, before, limit),
                 None => Err(not_in_room()),
             },
@@ -550,6 +727,12 @@ impl Session {
                 seat.users_seen = version;
                 Ok(())
             }
+            Request::Enter { room, since } if self.shared.cluster.is_some() => {
+                self.off_reactor(move |shared, client| {
+                    let (entered, version) = shared.room.enter(id, client, &room, since)?;
+                    Ok(Done::Entered(room, entered, version))
+                })
+            }
             Request::Enter { room, since } => {
                 let (entered, version) = hub.enter(id, client, &room, since)?;
                 self.rooms.insert(
@@ -566,16 +749,36 @@ impl Session {
                 self.rooms.remove(&room);
                 Ok(())
             }
+            Request::Rooms { after } if self.shared.cluster.is_some() => {
+                self.off_reactor(move |shared, client| {
+                    shared.room.rooms(client, after.as_deref());
+                    Ok(Done::Nothing)
+                })
+            }
             Request::Rooms { after } => {
                 hub.rooms(client, after.as_deref());
                 Ok(())
             }
+            Request::Private { to, text, image } if self.shared.cluster.is_some() => self
+                .off_reactor(move |shared, client| {
+                    let media = &shared.media;
+                    shared
+                        .room
+                        .private(id, client, &to, &text, image.as_deref(), media)?;
+                    Ok(Done::Nothing)
+                }),
             Request::Private { to, text, image } => {
                 hub.private(id, client, &to, &text, image.as_deref(), &self.shared.media)
             }
             Request::Nick { nick, password } => {
                 if accounts::rename_gate(&self.shared, client, id, &nick, password.as_ref())? {
                     return Ok(());
+                }
+                if self.shared.cluster.is_some() {
+                    return self.off_reactor(move |shared, client| {
+                        shared.room.rename(id, client, &nick)?;
+                        Ok(Done::Nothing)
+                    });
                 }
                 hub.rename(id, client, &nick)
             }

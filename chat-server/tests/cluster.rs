@@ -6,13 +6,22 @@
 
 mod common;
 
-use common::redis::{node, Redis};
+use common::redis::{node, node_with, Redis};
 use common::*;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// One command to the test's Redis (its own connection), for what the
+/// nodes left there.
+fn redis_query<T: ::redis::FromRedisValue>(redis: &Redis, cmd: &mut ::redis::Cmd) -> T {
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_connection_with_timeout(WAIT).unwrap();
+    con.set_read_timeout(Some(WAIT)).unwrap();
+    cmd.query(&mut con).unwrap()
+}
 
 /// Joins as `nick`, retrying while the node is still connecting to Redis
 /// (`unavailable`); panics on any other refusal.
@@ -519,4 +528,317 @@ fn a_resume_token_moves_a_member_to_another_node_silently() {
         "alice"
     );
     let (_again, _) = join(a.addr, "alice");
+}
+
+/// The `rooms` reply of `c` once it equals `want` (name, users, topic),
+/// the seats reaching Redis a moment after each `entered`.
+fn rooms_until(c: &mut Client, want: &Value) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        c.send(json!({"type": "rooms"}));
+        let r = c.recv_type("rooms");
+        if &r["rooms"] == want || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_rooms_list_the_room_bound_and_the_presence_limit_are_cluster_wide() {
+    let Some(redis) = Redis::start() else { return };
+    let tune = |c: &mut chat_server::Config| {
+        c.max_rooms = 3;
+        c.presence_limit = 3;
+    };
+    let (a, b) = (
+        node_with(&redis, "a", 15, tune),
+        node_with(&redis, "b", 15, tune),
+    );
+    let (mut alice, _) = join(a.addr, "alice");
+    let (mut bob, _) = join(b.addr, "bob");
+    let (mut carol, _) = join(b.addr, "carol");
+    enter(&mut alice, "rust");
+    enter(&mut bob, "rust");
+    enter(&mut carol, "go");
+    carol.send(json!({"type": "topic", "room": "go", "topic": "gophers"}));
+    carol.recv_type("topic");
+    // Every node lists every room with the members of every node.
+    let want = json!([
+        {"name": "go", "users": 1, "topic": "gophers"},
+        {"name": "lobby", "users": 3, "topic": ""},
+        {"name": "rust", "users": 2, "topic": ""},
+    ]);
+    for c in [&mut alice, &mut bob] {
+        let r = rooms_until(c, &want);
+        assert_eq!(r["rooms"], want, "{r}");
+        assert_eq!(r["more"], false);
+    }
+    // --max-rooms 3 counts the cluster's rooms: A alone holds two.
+    alice.send(json!({"type": "enter", "room": "zig"}));
+    assert_eq!(alice.recv_type("error")["code"], "too_many_rooms");
+    // A room emptied everywhere (no message, no topic) is forgotten by
+    // the cluster: then there is room for one more.
+    alice.send(json!({"type": "leave", "room": "rust"}));
+    alice.recv_type("left_room");
+    bob.send(json!({"type": "leave", "room": "rust"}));
+    bob.recv_type("left_room");
+    let want = json!([
+        {"name": "go", "users": 1, "topic": "gophers"},
+        {"name": "lobby", "users": 3, "topic": ""},
+    ]);
+    assert_eq!(rooms_until(&mut alice, &want)["rooms"], want);
+    enter(&mut alice, "zig");
+    // --presence-limit 3 counts every node's members: a fourth member
+    // anywhere puts the lobby over it, so A's alice gets a count, not
+    // `joined` (A alone has two members).
+    let (_dave, _) = join(a.addr, "dave");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = alice.recv();
+        assert!(
+            !(v["type"] == "joined" && v["nick"] == "dave"),
+            "a notice over the cluster-wide limit: {v}"
+        );
+        if v["type"] == "presence" && v["room"] == "lobby" && v["users"] == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no presence count");
+    }
+}
+
+#[test]
+fn a_resume_on_another_node_gets_every_room_back_without_gap_or_duplicate() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "a", 15), node(&redis, "b", 15));
+    const ROOMS: [&str; 3] = ["lobby", "rust", "go"];
+    let (mut reader, welcome) = join(a.addr, "reader");
+    let token = welcome["token"].as_str().unwrap().to_owned();
+    let (mut reference, _) = join(b.addr, "ref");
+    let (mut sender, _) = join(b.addr, "sender");
+    for room in &ROOMS[1..] {
+        for c in [&mut reader, &mut reference, &mut sender] {
+            enter(c, room);
+        }
+    }
+    const N: usize = 300;
+    let s = std::thread::spawn(move || {
+        for i in 0..N {
+            let room = ROOMS[i % 3];
+            sender.send(json!({"type": "message", "room": room, "text": format!("m{i}")}));
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        sender
+    });
+    // The reader sees some messages on A, then moves to B with its token
+    // and the last id it saw, while the sender keeps going (A still holds
+    // its old connection: a network switch).
+    let mut last = 0;
+    for _ in 0..40 {
+        last = reader.recv_type("message")["id"].as_u64().unwrap();
+    }
+    let mut moved = Client::connect(b.addr);
+    moved.send(json!({"type": "join", "nick": "reader", "token": token, "since": last}));
+    let all: Vec<Value> = (0..N).map(|_| reference.recv_type("message")).collect();
+    let _sender = s.join().unwrap();
+    let mut got: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let mut greeted = Vec::new();
+    let want_total = all
+        .iter()
+        .filter(|m| m["id"].as_u64().unwrap() > last)
+        .count();
+    let deadline = Instant::now() + WAIT;
+    while got.values().map(Vec::len).sum::<usize>() < want_total || greeted.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "greeted {greeted:?}, got {got:?}"
+        );
+        let Some(v) = recv_any(&mut moved, WAIT) else {
+            break;
+        };
+        let room = v["room"].as_str().unwrap_or("").to_owned();
+        match v["type"].as_str() {
+            Some("welcome" | "entered") => {
+                greeted.push(room.clone());
+                let ids = ids(v["history"].as_array().unwrap());
+                got.entry(room).or_default().extend(ids);
+            }
+            Some("message") => got.entry(room).or_default().push(v["id"].as_u64().unwrap()),
+            _ => {}
+        }
+    }
+    assert_eq!(greeted[0], "lobby", "the welcome first");
+    greeted.sort();
+    assert_eq!(greeted, ["go", "lobby", "rust"], "every room greeted once");
+    for room in ROOMS {
+        let want: Vec<u64> = all
+            .iter()
+            .filter(|m| m["room"] == room && m["id"].as_u64().unwrap() > last)
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            got.get(room).cloned().unwrap_or_default(),
+            want,
+            "{room}: exactly what it missed after {last}, in order"
+        );
+    }
+    assert_eq!(reader.expect_close(), 4000);
+    assert!(recv_within(&mut moved, "message", Duration::from_millis(300)).is_none());
+    // Nobody heard it leave or join: it lives on, in every room, on B.
+    for room in ROOMS {
+        reference.send(json!({"type": "who", "room": room}));
+        let users = reference.recv_type("users");
+        assert_eq!(users["users"], json!(["reader", "ref", "sender"]), "{room}");
+    }
+    assert!(recv_within(&mut reference, "left", Duration::from_millis(300)).is_none());
+    moved.send(json!({"type": "message", "room": "go", "text": "back"}));
+    assert_eq!(reference.recv_type("message")["text"], "back");
+}
+
+/// The next JSON message within `wait`, pings skipped.
+fn recv_any(c: &mut Client, wait: Duration) -> Option<Value> {
+    c.ws.set_idle_timeout(Some(wait));
+    let deadline = Instant::now() + wait;
+    let out = loop {
+        if Instant::now() >= deadline {
+            break None;
+        }
+        match c.ws.read() {
+            Ok(wsproto::Event::Text(t)) => break Some(serde_json::from_str(t.as_str()).unwrap()),
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    c.ws.set_idle_timeout(Some(WAIT));
+    out
+}
+
+#[test]
+fn a_stopped_redis_never_stalls_a_reactor() {
+    let Some(redis) = Redis::start() else { return };
+    // One reactor: a wait on Redis there would stall every session.
+    let a = node_with(&redis, "a", 15, |c| c.reactor_threads = 1);
+    let (mut alice, _) = join(a.addr, "alice");
+    let (mut bob, _) = join(a.addr, "bob");
+    alice.recv_type("joined");
+    redis.signal("STOP");
+    // Requests that wait on Redis: a join (the nick claim), a history
+    // page, a rooms list, a private message to someone elsewhere.
+    let mut carol = Client::connect(a.addr);
+    carol.send(json!({"type": "join", "nick": "carol"}));
+    bob.send(json!({"type": "history", "limit": 5}));
+    bob.send(json!({"type": "rooms"}));
+    bob.send(json!({"type": "private", "to": "zed", "text": "x"}));
+    std::thread::sleep(Duration::from_millis(100));
+    // Meanwhile alice, on the same reactor, is answered at once, again
+    // and again (a reactor waiting on Redis answers after its 2 s timeout).
+    let end = Instant::now() + Duration::from_millis(1500);
+    let mut answers = 0;
+    while Instant::now() < end {
+        let t = Instant::now();
+        alice.send(json!({"type": "who"}));
+        let u = recv_within(&mut alice, "users", Duration::from_secs(1));
+        assert!(u.is_some(), "no answer within 1 s");
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_millis(400),
+            "answered after {took:?} while Redis was stopped"
+        );
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(answers >= 3);
+    redis.signal("CONT");
+    // The waiting requests are answered in order once Redis is back (or
+    // refused `unavailable`), and the node serves on.
+    let v = recv_any(&mut carol, Duration::from_secs(10)).expect("join answered");
+    assert!(v["type"] == "welcome" || v["code"] == "unavailable", "{v}");
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let v = recv_any(&mut bob, Duration::from_secs(10)).expect("answered");
+        if v["type"] == "joined" {
+            continue;
+        }
+        kinds.push(if v["type"] == "error" {
+            v["code"].as_str().unwrap().to_owned()
+        } else {
+            v["type"].as_str().unwrap().to_owned()
+        });
+    }
+    for (k, want) in kinds.iter().zip(["history", "rooms", "unknown_user"]) {
+        assert!(k == want || k == "unavailable", "{kinds:?}");
+    }
+}
+
+#[test]
+fn room_streams_are_trimmed_to_retain_messages() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node_with(&redis, "a", 15, |c| c.retain_messages = 5);
+    let (mut alice, _) = join(a.addr, "alice");
+    for i in 0..30 {
+        alice.send(json!({"type": "message", "text": format!("m{i}")}));
+    }
+    let ids: Vec<u64> = (0..30)
+        .map(|_| alice.recv_type("message")["id"].as_u64().unwrap())
+        .collect();
+    let len: u64 = redis_query(&redis, ::redis::cmd("XLEN").arg("chat:s:lobby"));
+    assert_eq!(len, 5, "--retain-messages 5 keeps 5 in the stream");
+    alice.send(json!({"type": "history", "limit": 100}));
+    let page = alice.recv_type("history");
+    assert_eq!(ids_of(&page), ids[25..].to_vec());
+    assert_eq!(page["more"], false);
+    // A resume from the start gets what is kept.
+    let (_b, w) = join_since(a.addr, "bob", Some(0));
+    assert_eq!(ids_of_history(&w), ids[25..].to_vec());
+}
+
+fn ids_of(page: &Value) -> Vec<u64> {
+    ids(page["messages"].as_array().unwrap())
+}
+
+fn ids_of_history(greeting: &Value) -> Vec<u64> {
+    ids(greeting["history"].as_array().unwrap())
+}
+
+/// Enters `room`; the `entered` reply.
+fn enter(c: &mut Client, room: &str) -> Value {
+    c.send(json!({"type": "enter", "room": room}));
+    c.recv_type("entered")
+}
+
+#[test]
+fn requests_sent_behind_one_that_waits_on_redis_are_answered_in_order() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, "a", 15);
+    // Wait until the node is up, then send without reading in between:
+    // the join and the enter run on the cluster worker, and what follows
+    // each is held until it is done, then run in order.
+    drop(join(a.addr, "probe"));
+    let mut c = Client::connect(a.addr);
+    c.send(json!({"type": "join", "nick": "eager"}));
+    c.send(json!({"type": "enter", "room": "rust"}));
+    c.send(json!({"type": "message", "room": "rust", "text": "first"}));
+    c.send(json!({"type": "who", "room": "rust"}));
+    c.send(json!({"type": "history", "room": "rust", "limit": 5}));
+    c.send(json!({"type": "rooms"}));
+    let mut kinds = Vec::new();
+    while kinds.len() < 6 {
+        let v = recv_any(&mut c, WAIT).expect("every request answered");
+        if ["joined", "left"].contains(&v["type"].as_str().unwrap()) {
+            continue;
+        }
+        kinds.push(v["type"].as_str().unwrap().to_owned());
+    }
+    // The message comes back through Redis, so it may pass the `who`
+    // reply; everything else keeps the order it was asked in.
+    let mut without_message = kinds.clone();
+    without_message.retain(|k| k != "message");
+    assert_eq!(
+        without_message,
+        ["welcome", "entered", "users", "history", "rooms"],
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"message".to_owned()), "{kinds:?}");
 }

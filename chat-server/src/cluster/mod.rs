@@ -1,18 +1,23 @@
 //! Cluster mode (`--redis`, DESIGN.md v2 "Cluster"): several nodes sharing
 //! one Redis act as one server.
 //!
-//! Per node, four Redis connections whatever the number of clients:
+//! Per node, at most seven Redis connections whatever the number of clients:
 //! - the **subscriber** thread holds the one subscription of the node (the
 //!   channel [`CHANNEL`]) and delivers every event into the local rooms;
 //! - the **publisher** thread drains a bounded queue of [`Job`]s and sends
 //!   each batch as one pipeline (one round trip for a burst);
 //! - the **keeper** thread heartbeats, reaps dead nodes, and after an
 //!   outage restores the node's nicks and presence;
-//! - a command connection for the few reads a request must wait for (nick
-//!   claims, stream reads for `since` and `history`).
+//! - four **worker** threads (pooled command connections) run the
+//!   requests that wait on an answer (nick claims, stream reads for
+//!   `since` and `history`, the `rooms` list): a reactor hands one the
+//!   request as a [`Task`] through a bounded queue and goes on serving its
+//!   other clients; the task answers the client itself and wakes the
+//!   session's reactor (see `session::Waiting`), so a slow or stopped
+//!   Redis never stalls a reactor.
 //!
 //! Ids: a room message gets its id, its stream entry and its publication
-//! in one Lua script ([`PUBLISH`]), the approach Centrifugo takes: scripts
+//! in one Lua script ([`PUBLISH`](scripts::PUBLISH)), the approach Centrifugo takes: scripts
 //! run one at a time, so the order of publication on the one channel is
 //! the order of ids, for every room at once. Every node, the sender's
 //! included, receives the message from the subscription and fans it out
@@ -51,6 +56,14 @@ const QUEUE: usize = 8192;
 /// Events read but not yet delivered, at most; past it the subscriber
 /// waits (and Redis buffers, up to its pub/sub output limit).
 const EVENTS: usize = 65_536;
+/// Worker threads (each with its own command connection while it runs a
+/// request): requests of different sessions wait on Redis side by side
+/// (one session's run one at a time: it holds its next ones).
+const WORKERS: usize = 4;
+/// Requests that may wait for the workers before new ones get
+/// `unavailable` (each is one or two round trips: a full queue is seconds
+/// of a stopped Redis).
+const TASKS: usize = 4096;
 /// Jobs sent in one pipeline at most.
 const BATCH: usize = 512;
 /// How long a request waits on Redis at most.
@@ -108,7 +121,14 @@ pub(crate) struct Remote {
     pub members: Option<Vec<(String, String)>>,
     /// The room's topic (a greeting's read only).
     pub topic: String,
+    /// The member was moved here from another node (a resume token):
+    /// seated without a notice.
+    pub moved: bool,
 }
+
+/// A request for the worker thread: runs with Redis' answers, sends the
+/// client its reply and hands the session what changed.
+pub(crate) type Task = Box<dyn FnOnce() + Send>;
 
 /// Work for the publisher thread, in the order the node produced it.
 #[derive(Debug)]
@@ -161,7 +181,9 @@ pub(crate) struct Cluster {
     node_timeout: Duration,
     retain: usize,
     log: bool,
-    cmd: Mutex<Option<redis::Connection>>,
+    /// The workers' command connections, idle ones (one per worker at
+    /// most: a worker takes one for a request and puts it back).
+    cmds: Mutex<Vec<redis::Connection>>,
     /// Set by any thread that saw Redis fail; cleared by the keeper once it
     /// has restored the node's state.
     down: AtomicBool,
@@ -169,6 +191,8 @@ pub(crate) struct Cluster {
     subscribed: AtomicBool,
     jobs: SyncSender<Job>,
     queue: Mutex<Option<Receiver<Job>>>,
+    tasks: SyncSender<Task>,
+    task_queue: Mutex<Option<Receiver<Task>>>,
     /// The newest id this node has seen: restores the counter when Redis
     /// comes back empty, so ids keep increasing.
     max_seen: AtomicU64,
@@ -217,17 +241,20 @@ impl Cluster {
         let client =
             redis::Client::open(c.url.as_str()).map_err(|e| format!("--redis {}: {e}", c.url))?;
         let (jobs, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let (tasks, task_rx) = std::sync::mpsc::sync_channel(TASKS);
         Ok(Self {
             node: c.node_id.clone(),
             client,
             node_timeout: c.node_timeout,
             retain: retain.max(1),
             log,
-            cmd: Mutex::new(None),
+            cmds: Mutex::new(Vec::new()),
             down: AtomicBool::new(true),
             subscribed: AtomicBool::new(false),
             jobs,
             queue: Mutex::new(Some(rx)),
+            tasks,
+            task_queue: Mutex::new(Some(task_rx)),
             max_seen: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             published: AtomicU64::new(0),
@@ -236,7 +263,8 @@ impl Cluster {
         })
     }
 
-    /// Starts the subscriber, publisher and keeper threads.
+    /// Starts the subscriber, deliverer, publisher, worker and keeper
+    /// threads.
     pub fn start(self: &Arc<Self>, local: Weak<dyn Local>) -> std::io::Result<()> {
         let rx = self
             .queue
@@ -255,6 +283,17 @@ impl Cluster {
         spawn("chat-redis-deliver").spawn(move || me.deliverer(&l, &inbox))?;
         let me = Arc::clone(self);
         spawn("chat-redis-pub").spawn(move || me.publisher(&rx))?;
+        let tasks = self
+            .task_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| std::io::Error::other("cluster already started"))?;
+        let tasks = Arc::new(Mutex::new(tasks));
+        for _ in 0..WORKERS {
+            let (me, l, t) = (Arc::clone(self), local.clone(), Arc::clone(&tasks));
+            spawn("chat-redis-worker").spawn(move || me.worker(&l, &t))?;
+        }
         let me = Arc::clone(self);
         spawn("chat-redis-keeper").spawn(move || me.keeper(&local))?;
         Ok(())
@@ -267,11 +306,53 @@ impl Cluster {
             self.published.load(Ordering::Acquire),
             self.round_trips.load(Ordering::Acquire),
         );
-        if self.log && jobs > 0 {
+        // Even with --quiet: one line, the cost per message in round trips
+        // (benches/scripts/cluster_load.sh reads it).
+        if jobs > 0 {
             eprintln!(
                 "chat: redis publisher: {jobs} jobs in {trips} round trips ({:.3} per job)",
                 trips as f64 / jobs as f64
             );
+        }
+    }
+
+    /// Hands `task` to the worker thread (the caller is a reactor: it must
+    /// not wait on Redis); `unavailable` while Redis is down or when the
+    /// queue is full.
+    pub fn call(&self, task: Task) -> Result<(), Refusal> {
+        if !self.available() {
+            return Err(unavailable());
+        }
+        match self.tasks.try_send(task) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "the cluster store (Redis) is slow to answer; try again",
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(unavailable()),
+        }
+    }
+
+    /// Runs tasks, one at a time (one of [`WORKERS`]).
+    fn worker(&self, local: &Weak<dyn Local>, tasks: &Mutex<Receiver<Task>>) {
+        loop {
+            // The receiver is shared: one idle worker waits on it at a time.
+            let next = tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .recv_timeout(Duration::from_millis(300));
+            match next {
+                Ok(task) => {
+                    // A bug in one request must not end the worker.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.stopped(local) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
         }
     }
 
@@ -297,32 +378,36 @@ impl Cluster {
         if !self.available() {
             return Err(unavailable());
         }
-        let mut guard = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = || self.cmds.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = idle().pop();
         // A connection from before a Redis restart fails once with
         // "dropped" (the command never reached the new server), so one
         // retry on a fresh connection is safe and spares an outage.
         for retry in [false, true] {
-            if guard.is_none() {
-                match self.connect() {
-                    Ok(c) => *guard = Some(c),
+            let mut con = match held.take() {
+                Some(c) => c,
+                None => match self.connect() {
+                    Ok(c) => c,
                     Err(e) => {
                         self.mark_down("connect", &e);
                         return Err(unavailable());
                     }
-                }
-            }
-            let Some(con) = guard.as_mut() else {
-                return Err(unavailable());
+                },
             };
-            match f(con) {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_connection_dropped() && !retry => *guard = None,
+            match f(&mut con) {
+                Ok(v) => {
+                    idle().push(con);
+                    return Ok(v);
+                }
+                Err(e) if e.is_connection_dropped() && !retry => {}
                 Err(e) => {
                     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                        *guard = None;
                         self.mark_down("command", &e);
-                    } else if self.log {
-                        eprintln!("chat: redis refused a command: {e}");
+                    } else {
+                        if self.log {
+                            eprintln!("chat: redis refused a command: {e}");
+                        }
+                        idle().push(con);
                     }
                     return Err(unavailable());
                 }
@@ -344,15 +429,22 @@ impl Cluster {
     }
 
     /// A join with a resume token for a nick another node holds: takes the
-    /// claim over when the token is that member's (the old node closes its
-    /// connection). False when it is not.
-    pub fn take_over(&self, key: &str, token: &str, value: &str) -> Result<bool, Refusal> {
-        let took: i64 = self.with_cmd(|c| {
+    /// claim and the member's seats over when the token is that member's
+    /// (the old node closes its connection). The member's rooms, or `None`
+    /// when it is not.
+    pub fn take_over(
+        &self,
+        key: &str,
+        token: &str,
+        value: &str,
+    ) -> Result<Option<Vec<String>>, Refusal> {
+        let rooms: Vec<String> = self.with_cmd(|c| {
             redis::cmd("EVAL")
                 .arg(scripts::TAKEOVER)
-                .arg(2)
+                .arg(3)
                 .arg(nick_key(key))
                 .arg(nicks_key(&self.node))
+                .arg(seats_key(&self.node))
                 .arg(token)
                 .arg(value)
                 .arg(CHANNEL)
@@ -360,7 +452,7 @@ impl Cluster {
                 .arg(key)
                 .query(c)
         })?;
-        Ok(took == 1)
+        Ok((!rooms.is_empty()).then_some(rooms))
     }
 
     /// Claims the nick key `key` cluster-wide for a local member (the
@@ -391,15 +483,22 @@ impl Cluster {
     }
 
     /// Reads the greeting's history of `room`: entries after `since`
-    /// (newest first, at most `count`) and the counter.
+    /// (newest first, at most `count`) and the counter; with `members`,
+    /// the room's members on other nodes too (only the first greeting of
+    /// a room on this node needs them: events keep the list after that,
+    /// and reading a big room's hash per join would cost O(members)).
+    /// Lists the room cluster-wide unless `max_rooms` are listed already
+    /// (`too_many_rooms`; 0 checks nothing).
     pub fn read_since(
         &self,
         room: &str,
         since: Option<u64>,
         count: usize,
+        max_rooms: usize,
+        members: bool,
     ) -> Result<Remote, Refusal> {
         let min = since.map_or("-".to_owned(), |s| (s.saturating_add(1)).to_string());
-        self.read(room, "+".to_owned(), min, count, true)
+        self.read(room, "+".to_owned(), min, count, (max_rooms, members))
     }
 
     /// Reads a `history` page: the newest `count` entries before `before`.
@@ -414,7 +513,7 @@ impl Cluster {
             Some(b) => (b - 1).to_string(),
             None => "+".to_owned(),
         };
-        self.read(room, max, "-".to_owned(), count, false)
+        self.read(room, max, "-".to_owned(), count, (0, false))
     }
 
     fn read(
@@ -423,7 +522,7 @@ impl Cluster {
         max: String,
         min: String,
         count: usize,
-        members: bool,
+        (max_rooms, members): (usize, bool),
     ) -> Result<Remote, Refusal> {
         let hash = if members {
             members_key(room)
@@ -442,8 +541,16 @@ impl Cluster {
                 .arg(&min)
                 .arg(count.max(1))
                 .arg(room)
+                .arg(max_rooms)
                 .query(c)
         })?;
+        if raw.first().is_some_and(|f| f == "full") {
+            let n = raw.get(1).map_or("", String::as_str);
+            return Err(Refusal::new(
+                ErrorCode::TooManyRooms,
+                format!("the cluster holds {n} rooms, the most allowed"),
+            ));
+        }
         let mut it = raw.into_iter();
         let counter = it.next().and_then(|g| g.parse().ok()).unwrap_or(0);
         let topic = it.next().unwrap_or_default();
@@ -479,7 +586,30 @@ impl Cluster {
             newest_first,
             members,
             topic,
+            moved: false,
         })
+    }
+
+    /// The cluster's rooms after the name `after` (at most `count`, sorted):
+    /// (name, topic, members on other nodes).
+    pub fn rooms(
+        &self,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<(String, String, usize)>, Refusal> {
+        let raw: Vec<String> = self.with_cmd(|c| {
+            redis::cmd("EVAL")
+                .arg(scripts::ROOMS)
+                .arg(0)
+                .arg(&self.node)
+                .arg(after.unwrap_or(""))
+                .arg(count.max(1))
+                .query(c)
+        })?;
+        Ok(raw
+            .chunks_exact(3)
+            .map(|r| (r[0].clone(), r[1].clone(), r[2].parse().unwrap_or(0)))
+            .collect())
     }
 
     /// Queues a job; `unavailable` while Redis is down or the queue is full.
@@ -799,6 +929,7 @@ impl Cluster {
                     .arg(self.retain)
                     .arg(CHANNEL)
                     .arg(header)
+                    .arg(trim_mode(self.retain))
                     .ignore();
             }
             Job::Seat {
@@ -1024,6 +1155,21 @@ pub(crate) fn unavailable() -> Refusal {
         "the cluster store (Redis) is unreachable; only this node's members are served until it returns",
     )
 }
+
+/// How a room's stream is trimmed to `--retain-messages` on each append:
+/// `~` (whole macro nodes, Redis' cheap way, keeping at most ~100 more) for
+/// the usual large retentions, exact (`=`) for small ones, where 100 more
+/// would be most of what a person asked to keep.
+fn trim_mode(retain: usize) -> &'static str {
+    if retain >= EXACT_TRIM_BELOW {
+        "~"
+    } else {
+        "="
+    }
+}
+
+/// Retentions below this are trimmed exactly (see [`trim_mode`]).
+const EXACT_TRIM_BELOW: usize = 10_000;
 
 fn stream_key(room: &str) -> String {
     format!("chat:s:{room}")

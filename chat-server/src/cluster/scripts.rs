@@ -3,27 +3,58 @@
 //! cluster relies on: ids are published in the order they are allocated
 //! (PUBLISH), and a dead node is reaped by exactly one survivor (REAP).
 //! Keys built inside scripts are fine for one Redis (not Redis Cluster).
+//!
+//! The room list is the sorted set `chat:rooms` (all scores 0, so it is
+//! ordered by name): a room is added when a member enters it (a sender is
+//! always a member: its seat was published before its message) or gets a
+//! topic, and dropped (by `forget!`) when its last member
+//! leaves, on any node, unless it holds messages or a topic (DESIGN.md v2,
+//! "Rooms"; the lobby stays).
+
+/// Lua: `forget(room)` drops an unused room from the list once its
+/// members hash is empty (pasted into the scripts that remove seats).
+macro_rules! forget {
+    () => {
+        r"
+local function forget(room)
+  if room ~= 'lobby' and redis.call('HLEN', 'chat:m:' .. room) == 0
+    and redis.call('EXISTS', 'chat:s:' .. room) == 0
+    and redis.call('HEXISTS', 'chat:topics', room) == 0 then
+    redis.call('ZREM', 'chat:rooms', room)
+  end
+end
+"
+    };
+}
 
 /// KEYS: counter, stream ('' for a private message). ARGV: prefix, suffix,
-/// MAXLEN, channel, header. Allocates the id, appends the message to the
-/// room's stream under the stream id `<id>-0` (trimmed to about MAXLEN),
-/// publishes `header..id..TAB..message`. Returns the id.
+/// MAXLEN, channel, header, trim mode (`~` or `=`). Allocates the id,
+/// appends the message to the room's stream under the stream id `<id>-0`
+/// (trimmed to MAXLEN: `--retain-messages`), publishes
+/// `header..id..TAB..message`. Returns the id.
 pub const PUBLISH: &str = r"
 local id = redis.call('INCR', KEYS[1])
 local m = ARGV[1] .. id .. ARGV[2]
 if KEYS[2] ~= '' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id .. '-0', 'm', m)
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], ARGV[3], id .. '-0', 'm', m)
 end
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. id .. '\t' .. m)
 return id
 ";
 
 /// KEYS: counter, stream, the room's members hash ('' for none), the
-/// topics hash. ARGV: max, min, count, room. The counter (read atomically
-/// with the rest), the room's topic, the number of entries, the id,
-/// message pairs (newest first), then the room's members as nick key,
-/// `node TAB nick` pairs.
+/// topics hash. ARGV: max, min, count, room, the most rooms (0: no check).
+/// The counter (read atomically with the rest), the room's topic, the
+/// number of entries, the id, message pairs (newest first), then the
+/// room's members as nick key, `node TAB nick` pairs. With a most rooms,
+/// a room not yet listed is listed, or `{'full', n}` is returned when the
+/// cluster holds that many already (`--max-rooms` is cluster-wide).
 pub const READ: &str = r"
+if ARGV[5] ~= '0' and not redis.call('ZSCORE', 'chat:rooms', ARGV[4]) then
+  local n = redis.call('ZCARD', 'chat:rooms')
+  if n >= tonumber(ARGV[5]) then return {'full', tostring(n)} end
+  redis.call('ZADD', 'chat:rooms', 0, ARGV[4])
+end
 local g = redis.call('GET', KEYS[1]) or '0'
 local e = redis.call('XREVRANGE', KEYS[2], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
 local out = {g, redis.call('HGET', KEYS[4], ARGV[4]) or '', tostring(#e)}
@@ -41,17 +72,23 @@ return out
 /// TAB key TAB nick`), '1' to enter or '0' to leave, channel, event, nick
 /// key, `node TAB nick`. One script, so a reader of the members hash and
 /// the subscription see one order.
-pub const SEAT: &str = r"
+pub const SEAT: &str = concat!(
+    forget!(),
+    r"
+local room = string.match(ARGV[1], '^([^\t]*)\t')
 if ARGV[2] == '1' then
   redis.call('SADD', KEYS[1], ARGV[1])
   redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+  redis.call('ZADD', 'chat:rooms', 0, room)
 else
   redis.call('SREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[5])
+  forget(room)
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 0
-";
+"
+);
 
 /// KEYS: nick key, this node's nick set. ARGV: claim value, this node's
 /// prefix (`node TAB`), nick key. Takes the nick unless another node holds
@@ -83,7 +120,9 @@ return 0
 /// whose own previous beat is older than the timeout reaps nobody: it was
 /// cut off too (or Redis was), so silence says nothing about the others.
 /// Returns the number of seats announced.
-pub const BEAT: &str = r"
+pub const BEAT: &str = concat!(
+    forget!(),
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local timeout = tonumber(ARGV[2])
@@ -93,7 +132,10 @@ local function reap(node)
   local seats = 'chat:seats:' .. node
   for _, seat in ipairs(redis.call('SMEMBERS', seats)) do
     local room, key = string.match(seat, '^([^\t]*)\t([^\t]*)\t')
-    if room then redis.call('HDEL', 'chat:m:' .. room, key) end
+    if room then
+      redis.call('HDEL', 'chat:m:' .. room, key)
+      forget(room)
+    end
     redis.call('PUBLISH', ARGV[3], 'L\t' .. node .. '\t' .. seat)
     n = n + 1
   end
@@ -119,7 +161,8 @@ if fresh then
   end
 end
 return n
-";
+"
+);
 
 /// KEYS: counter. ARGV: the newest id this node saw. Raises the counter to
 /// it (Redis restarted without its data: ids must keep increasing).
@@ -162,7 +205,9 @@ return lost
 /// outage: publishes `left` for the seats Redis holds that are gone, and
 /// `joined` for the seats it lacks (all of them when the node was reaped
 /// meanwhile or Redis lost its data), then stores the set.
-pub const RESYNC_SEATS: &str = r"
+pub const RESYNC_SEATS: &str = concat!(
+    forget!(),
+    r"
 local node = ARGV[1]
 local seats = 'chat:seats:' .. node
 local now = {}
@@ -172,7 +217,10 @@ for _, seat in ipairs(redis.call('SMEMBERS', seats)) do
     now[seat] = false
   else
     local room, key = string.match(seat, '^([^\t]*)\t([^\t]*)\t')
-    if room then redis.call('HDEL', 'chat:m:' .. room, key) end
+    if room then
+      redis.call('HDEL', 'chat:m:' .. room, key)
+      forget(room)
+    end
     redis.call('PUBLISH', ARGV[2], 'L\t' .. node .. '\t' .. seat)
   end
 end
@@ -180,43 +228,51 @@ redis.call('DEL', seats)
 for i = 3, #ARGV do
   local seat = ARGV[i]
   local room, key, nick = string.match(seat, '^([^\t]*)\t([^\t]*)\t(.*)$')
-  if room then redis.call('HSET', 'chat:m:' .. room, key, node .. '\t' .. nick) end
+  if room then
+    redis.call('HSET', 'chat:m:' .. room, key, node .. '\t' .. nick)
+    redis.call('ZADD', 'chat:rooms', 0, room)
+  end
   if now[seat] then redis.call('PUBLISH', ARGV[2], 'J\t' .. node .. '\t' .. seat) end
   redis.call('SADD', seats, seat)
 end
 return 0
-";
+"
+);
 
-/// KEYS: nick key, this node's nick set. ARGV: token, new claim value,
-/// channel, this node, nick key. A resume token presented on another node
-/// than the one holding the nick: if it is that member's token, the claim
-/// moves here, the old node's seats of the member go (silently for the
-/// lobby, where the member lives on; `left` for the other rooms, which a
-/// resume on another node does not carry over), and the old node is told
-/// to close its connection (`K`).
-/// Returns 1 when taken over.
+/// KEYS: nick key, this node's nick set, this node's seats set. ARGV:
+/// token, new claim value, channel, this node, nick key. A resume token
+/// presented on another node than the one holding the nick: if it is that
+/// member's token, the claim and every seat of the member (its rooms, the
+/// lobby included) move here without a notice (the member lives on: a
+/// quiet `j` per room tells the other nodes where), and the old node is
+/// told to close its connection (`K`).
+/// Returns the member's rooms (`{}` when not taken over: wrong token,
+/// nobody, or this node's own claim).
 pub const TAKEOVER: &str = r"
 local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
+if not v then return {} end
 local node, member, token = string.match(v, '^([^\t]*)\t([^\t]*)\t[^\t]*\t(.*)$')
-if not node or token ~= ARGV[1] or node == ARGV[4] then return 0 end
+if not node or token ~= ARGV[1] or node == ARGV[4] then return {} end
+-- The old node drops its seats first, then hears where they went: its
+-- counts never hold the member twice.
+redis.call('PUBLISH', ARGV[3], 'K\t' .. node .. '\t' .. ARGV[5] .. '\t' .. member)
 local seats = 'chat:seats:' .. node
+local rooms = {}
 for _, seat in ipairs(redis.call('SMEMBERS', seats)) do
-  local room, k = string.match(seat, '^([^\t]*)\t([^\t]*)\t')
+  local room, k, nick = string.match(seat, '^([^\t]*)\t([^\t]*)\t(.*)$')
   if k == ARGV[5] then
     redis.call('SREM', seats, seat)
-    redis.call('HDEL', 'chat:m:' .. room, k)
-    -- The member resumes in the lobby only: it left the other rooms.
-    if room ~= 'lobby' then
-      redis.call('PUBLISH', ARGV[3], 'L\t' .. node .. '\t' .. seat)
-    end
+    redis.call('SADD', KEYS[3], seat)
+    redis.call('HSET', 'chat:m:' .. room, k, ARGV[4] .. '\t' .. nick)
+    redis.call('PUBLISH', ARGV[3], 'j\t' .. ARGV[4] .. '\t' .. seat)
+    rooms[#rooms + 1] = room
   end
 end
 redis.call('SREM', 'chat:nicks:' .. node, ARGV[5])
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[3], 'K\t' .. node .. '\t' .. ARGV[5] .. '\t' .. member)
-return 1
+if #rooms == 0 then rooms[1] = 'lobby' end
+return rooms
 ";
 
 /// KEYS: the topics hash. ARGV: room, topic, channel, event. Stores and
@@ -227,6 +283,7 @@ if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('ZADD', 'chat:rooms', 0, ARGV[1])
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 0
@@ -248,4 +305,25 @@ for i = 7, #ARGV do
     'R\t' .. node .. '\t' .. room .. '\t' .. ARGV[3] .. '\t' .. ARGV[5] .. '\t' .. ARGV[6] .. '\t' .. ARGV[4])
 end
 return 0
+";
+
+/// ARGV: this node, the name to list after ('' for the start), the most
+/// names. The rooms of the cluster after that name, sorted: per room its
+/// name, topic and the number of its members on other nodes (this node
+/// counts its own).
+pub const ROOMS: &str = r"
+local min = '-'
+if ARGV[2] ~= '' then min = '(' .. ARGV[2] end
+local prefix = ARGV[1] .. '\t'
+local out = {}
+for _, room in ipairs(redis.call('ZRANGEBYLEX', 'chat:rooms', min, '+', 'LIMIT', 0, tonumber(ARGV[3]))) do
+  local n = 0
+  for _, v in ipairs(redis.call('HVALS', 'chat:m:' .. room)) do
+    if string.sub(v, 1, #prefix) ~= prefix then n = n + 1 end
+  end
+  out[#out + 1] = room
+  out[#out + 1] = redis.call('HGET', 'chat:topics', room) or ''
+  out[#out + 1] = tostring(n)
+end
+return out
 ";

@@ -91,6 +91,16 @@ impl Drop for Redis {
 
 /// An in-process node of the cluster on `redis`.
 pub fn node(redis: &Redis, id: &str, timeout_secs: u64) -> Running {
+    node_with(redis, id, timeout_secs, |_| {})
+}
+
+/// A node with some settings of its own.
+pub fn node_with(
+    redis: &Redis,
+    id: &str,
+    timeout_secs: u64,
+    tune: impl FnOnce(&mut chat_server::Config),
+) -> Running {
     start(|c| {
         let mut cc = ClusterConfig::new(&redis.url());
         cc.node_id = id.into();
@@ -99,5 +109,6 @@ pub fn node(redis: &Redis, id: &str, timeout_secs: u64) -> Running {
         // The tests send faster than a person.
         c.rate_burst = 10_000;
         c.rate_per_sec = 10_000;
+        tune(c);
     })
 }

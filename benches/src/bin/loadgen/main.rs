@@ -5,8 +5,8 @@
 //! both servers and prints them side by side.
 //!
 //! ```text
-//! loadgen fanout|saturation|storm|idle|slow [--addr 127.0.0.1:8080]
-//!         [--server-pid PID] [--label NAME] [--clients N] [--senders N]
+//! loadgen fanout|saturation|storm|idle|slow [--addr 127.0.0.1:8080[,ADDR...]]
+//!         [--server-pid PID[,PID...]] [--label NAME] [--clients N] [--senders N]
 //!         [--rate MSG_PER_S] [--window N] [--size BYTES] [--secs S]
 //!         [--ramp CONN_PER_S] [--outstanding N] [--sources N]
 //!         [--join-wait S] [--after-ramp S] [--settle S] [--drain S] [--slow N]
@@ -39,6 +39,11 @@
 //! (RFC 7692 §7.1.1.2), enables what the server answers, and inflates
 //! what it receives; the `RESULT` line says `deflate=1` and how many
 //! clients agreed (`deflate_clients`).
+//!
+//! Several servers (the nodes of a cluster): `--addr A,B,...` gives client
+//! `i` the address `i mod N` (round-robin, so senders are spread too), and
+//! `--server-pid P,Q,...` sums their CPU and run-queue waits (the RSS
+//! figures are the sum too).
 //!
 //! Ports: one source address gives about 28k ephemeral ports toward one
 //! server port; above 20,000 clients (or with `--sources N`) clients bind to
@@ -73,8 +78,10 @@ enum Scenario {
 struct Opts {
     scenario: Scenario,
     name: String,
-    addr: SocketAddrV4,
-    pid: Option<u32>,
+    /// Client `i` connects to `addrs[i % addrs.len()]`.
+    addrs: Vec<SocketAddrV4>,
+    /// The servers' pids: CPU and waits are summed over them.
+    pids: Vec<u32>,
     label: String,
     clients: usize,
     senders: usize,
@@ -99,7 +106,7 @@ struct Opts {
 }
 
 fn main() {
-    let opts = match parse_opts() {
+    let opts = match parse_opts(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("loadgen: {e}");
@@ -120,8 +127,7 @@ fn main() {
     }
 }
 
-fn parse_opts() -> Result<Opts, String> {
-    let mut args = std::env::args().skip(1);
+fn parse_opts(mut args: impl Iterator<Item = String>) -> Result<Opts, String> {
     let name = args
         .next()
         .ok_or("usage: loadgen fanout|saturation|storm|idle|slow [options]")?;
@@ -136,8 +142,8 @@ fn parse_opts() -> Result<Opts, String> {
     let mut o = Opts {
         scenario,
         name,
-        addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080),
-        pid: None,
+        addrs: vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080)],
+        pids: Vec::new(),
         label: "server".into(),
         clients: 100,
         senders: 10,
@@ -172,8 +178,20 @@ fn parse_opts() -> Result<Opts, String> {
         let v = args.next().ok_or(format!("{flag} needs a value"))?;
         let bad = || format!("{flag}: bad value {v:?}");
         match flag.as_str() {
-            "--addr" => o.addr = v.parse().map_err(|_| bad())?,
-            "--server-pid" => o.pid = Some(v.parse().map_err(|_| bad())?),
+            "--addr" => {
+                o.addrs = v
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| bad())?
+            }
+            "--server-pid" => {
+                o.pids = v
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| bad())?
+            }
             "--label" => o.label = v.clone(),
             "--clients" => o.clients = v.parse().map_err(|_| bad())?,
             "--senders" => o.senders = v.parse().map_err(|_| bad())?,
@@ -400,7 +418,7 @@ fn parse_head(b: &[u8]) -> Option<(u64, usize, u32)> {
 }
 
 struct Gen {
-    addr: SocketAddrV4,
+    addrs: Vec<SocketAddrV4>,
     sources: usize,
     ep: sys::Epoll,
     clients: Vec<Client>,
@@ -425,7 +443,7 @@ struct Gen {
 impl Gen {
     fn new(o: &Opts) -> io::Result<Self> {
         Ok(Self {
-            addr: o.addr,
+            addrs: o.addrs.clone(),
             sources: o.sources,
             ep: sys::Epoll::new()?,
             clients: Vec::with_capacity(o.clients),
@@ -462,6 +480,11 @@ impl Gen {
         })
     }
 
+    /// The server client `i` connects to: round-robin over `--addr`.
+    fn addr_of(&self, i: usize) -> SocketAddrV4 {
+        self.addrs[i % self.addrs.len()]
+    }
+
     /// Clients that were welcomed or ended (or both).
     fn settled(&self) -> usize {
         self.tally.welcomed + self.tally.dead - self.tally.dead_welcomed
@@ -485,7 +508,8 @@ impl Gen {
             welcomed: false,
             reads: true,
         };
-        match sys::connect_nonblocking(src, self.addr).and_then(|s| {
+        let addr = self.addr_of(i);
+        match sys::connect_nonblocking(src, addr).and_then(|s| {
             self.ep.add(s.as_raw_fd(), sys::OUT, i as u64)?;
             Ok(s)
         }) {
@@ -541,6 +565,7 @@ impl Gen {
     }
 
     fn on_connected(&mut self, i: usize) {
+        let addr = self.addr_of(i);
         let c = &mut self.clients[i];
         let Some(stream) = c.stream.as_mut() else {
             return;
@@ -548,9 +573,8 @@ impl Gen {
         let res = match stream.take_error() {
             Ok(None) => (|| {
                 stream.set_nodelay(true)?;
-                let mut req =
-                    ClientRequest::new(&self.addr.ip().to_string(), self.addr.port(), "/ws")
-                        .map_err(io::Error::other)?;
+                let mut req = ClientRequest::new(&addr.ip().to_string(), addr.port(), "/ws")
+                    .map_err(io::Error::other)?;
                 if self.deflate {
                     // What a lean client offers: it resets its compressor
                     // per message (client_no_context_takeover).
@@ -775,14 +799,31 @@ fn secs(d: Duration) -> f64 {
 }
 
 fn run(o: &Opts) -> io::Result<()> {
-    let pid = o.pid.map(|p| p.to_string());
-    let server = || pid.as_deref().and_then(sys::proc_sample);
+    let pids: Vec<String> = o.pids.iter().map(u32::to_string).collect();
+    // Summed over the servers (all of them, or nothing).
+    let server = || {
+        (!pids.is_empty()).then_some(())?;
+        pids.iter().try_fold(sys::ProcSample::default(), |acc, p| {
+            let s = sys::proc_sample(p)?;
+            Some(sys::ProcSample {
+                rss_kib: acc.rss_kib + s.rss_kib,
+                user: acc.user + s.user,
+                sys: acc.sys + s.sys,
+            })
+        })
+    };
+    let server_wait = || {
+        (!pids.is_empty()).then_some(())?;
+        pids.iter()
+            .try_fold(Duration::ZERO, |acc, p| Some(acc + sys::run_queue_wait(p)?))
+    };
+    let addrs: Vec<String> = o.addrs.iter().map(ToString::to_string).collect();
     let base = server();
     println!(
         "{} vs {} ({}): {} clients ({} never read), {} senders, {}, {} B, {} s, ramp {}, {} source address(es)",
         o.name,
         o.label,
-        o.addr,
+        addrs.join(","),
         o.clients,
         o.slow,
         o.senders,
@@ -877,10 +918,7 @@ fn run(o: &Opts) -> io::Result<()> {
     // The measured window.
     let gen0 = sys::proc_sample("self");
     let srv0 = server();
-    let wait0 = (
-        sys::run_queue_wait("self"),
-        pid.as_deref().and_then(sys::run_queue_wait),
-    );
+    let wait0 = (sys::run_queue_wait("self"), server_wait());
     let start = Instant::now();
     g.tally.window_open = true;
     let mut sent: u64 = 0;
@@ -930,10 +968,7 @@ fn run(o: &Opts) -> io::Result<()> {
     g.tally.window_open = false;
     let srv1 = server();
     let gen1 = sys::proc_sample("self");
-    let wait1 = (
-        sys::run_queue_wait("self"),
-        pid.as_deref().and_then(sys::run_queue_wait),
-    );
+    let wait1 = (sys::run_queue_wait("self"), server_wait());
 
     // Drain what is in flight: until everything arrived, or no text at all
     // (presence included) for `drain` s, at most 6 × `drain` s.
@@ -1126,6 +1161,20 @@ mod tests {
         assert_eq!(parse_head(b"12 x 3 "), None);
         assert_eq!(find(b"aab", b"ab"), Some(1));
         assert_eq!(find(b"a", b"ab"), None);
+    }
+
+    #[test]
+    fn several_servers_split_the_clients_round_robin() {
+        let args = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let o = parse_opts(
+            args("fanout --addr 127.0.0.1:1,127.0.0.1:2 --server-pid 10,11").into_iter(),
+        )
+        .unwrap();
+        assert_eq!(o.pids, [10, 11]);
+        let g = Gen::new(&o).unwrap();
+        let port = |i: usize| g.addr_of(i).port();
+        assert_eq!((0..4).map(port).collect::<Vec<_>>(), [1, 2, 1, 2]);
+        assert!(parse_opts(args("fanout --addr 127.0.0.1:1,nope").into_iter()).is_err());
     }
 
     #[test]
