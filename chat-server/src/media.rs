@@ -19,6 +19,7 @@
 //! Redis' index, and `open` reads the bytes back from Redis.
 
 use crate::cluster::media::{RedisMedia, RedisReader, StoreError};
+use crate::protocol::Refusal;
 use crate::room::MemberId;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -367,21 +368,25 @@ impl Media {
     }
 
     /// The image a message names, if the server holds it.
-    pub(crate) fn lookup(&self, url: &str) -> Option<Image> {
-        let name = Name::from_url(url)?;
-        let e = self.get(&name)?;
-        Some(Image {
+    /// `unavailable` on a cluster node whose replica of the image index
+    /// is reloading (it never waits on Redis: a reactor calls this).
+    pub(crate) fn lookup(&self, url: &str) -> Result<Option<Image>, Refusal> {
+        let Some(name) = Name::from_url(url) else {
+            return Ok(None);
+        };
+        let entry = match &self.redis {
+            Some(r) => r.get(&name)?,
+            None => self.get(&name),
+        };
+        Ok(entry.map(|e| Image {
             url: name.url(),
             width: e.width,
             height: e.height,
-        })
+        }))
     }
 
-    /// The index entry of `name`.
+    /// The index entry of `name` (this node's own store).
     pub(crate) fn get(&self, name: &Name) -> Option<Entry> {
-        if let Some(r) = &self.redis {
-            return r.get(name);
-        }
         self.index
             .read()
             .unwrap_or_else(|e| e.into_inner())

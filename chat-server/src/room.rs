@@ -899,7 +899,7 @@ pub(crate) fn image_fields(
     let Some(url) = image else {
         return Ok((String::new(), None));
     };
-    let Some(img) = media.lookup(url) else {
+    let Some(img) = media.lookup(url)? else {
         return Err(Refusal::new(
             ErrorCode::UnknownMedia,
             format!(

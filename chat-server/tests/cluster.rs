@@ -842,3 +842,122 @@ fn requests_sent_behind_one_that_waits_on_redis_are_answered_in_order() {
     );
     assert!(kinds.contains(&"message".to_owned()), "{kinds:?}");
 }
+
+/// Issue 17, "one Redis subscription per node (not per client)": the room
+/// traffic (`chat:ev`) and the account/image changes (`chat:sync`) share
+/// the node's one pub/sub connection, whatever the clients.
+#[test]
+fn a_node_holds_exactly_one_pubsub_connection() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, "a", 15);
+    let b = node(&redis, "b", 15);
+    // Clients on both nodes: still one subscription per node.
+    let (_alice, _) = join(a.addr, "alice");
+    let (_bob, _) = join(b.addr, "bob");
+    let (_carol, _) = join(b.addr, "carol");
+    let numsub = || -> Vec<(String, u64)> {
+        redis_query(
+            &redis,
+            ::redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("chat:ev")
+                .arg("chat:sync"),
+        )
+    };
+    let deadline = Instant::now() + WAIT;
+    while numsub() != [("chat:ev".to_owned(), 2), ("chat:sync".to_owned(), 2)] {
+        assert!(Instant::now() < deadline, "{:?}", numsub());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A moment more for any late subscription to show.
+    std::thread::sleep(Duration::from_millis(500));
+    let list: String = redis_query(&redis, ::redis::cmd("CLIENT").arg("LIST"));
+    let pubsub: Vec<&str> = list
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f.starts_with("sub=") && f != "sub=0"))
+        .collect();
+    assert_eq!(pubsub.len(), 2, "one pub/sub connection per node:\n{list}");
+    for l in &pubsub {
+        assert!(l.split(' ').any(|f| f == "sub=2"), "both channels: {l}");
+    }
+    let typed: String = redis_query(
+        &redis,
+        ::redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub"),
+    );
+    assert_eq!(typed.lines().count(), 2, "{typed}");
+    assert_eq!(
+        numsub(),
+        [("chat:ev".to_owned(), 2), ("chat:sync".to_owned(), 2)]
+    );
+}
+
+/// The checks a node answers from its replicas (is this nick registered,
+/// is this image held) never wait on Redis on a reactor: while the
+/// replicas cannot be loaded (here the image index has the wrong type
+/// after the subscription was cut, then Redis stops) they answer
+/// `unavailable` at once, and the node recovers once Redis does.
+#[test]
+fn replica_checks_never_wait_on_redis_while_the_replicas_are_not_loaded() {
+    let Some(redis) = Redis::start() else { return };
+    // One reactor: a wait on Redis there would stall every session.
+    let a = node_with(&redis, "a", 3, |c| c.reactor_threads = 1);
+    let (mut alice, _) = join(a.addr, "alice");
+    let (mut bob, _) = join(a.addr, "bob");
+    alice.recv_type("joined");
+    // The replicas' next load fails (WRONGTYPE) until the key is fixed.
+    let _: () = redis_query(&redis, ::redis::cmd("SET").arg("chat:media:meta").arg("x"));
+    let _: u64 = redis_query(
+        &redis,
+        ::redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+    );
+    // The node resubscribes (and, were it to fall back on Redis for its
+    // checks, would call itself available again).
+    let mut probe = Client::connect(a.addr);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        probe.send(json!({"type": "join", "nick": "probe"}));
+        if probe.recv()["code"] != "unavailable" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    redis.signal("STOP");
+    let mut carol = Client::connect(a.addr);
+    carol.send(json!({"type": "join", "nick": "carol"}));
+    bob.send(json!({"type": "message", "room": "lobby", "text": "x",
+        "image": "/media/0000000000000000000000000000000000000000000000000000000000000000.png"}));
+    std::thread::sleep(Duration::from_millis(50));
+    let end = Instant::now() + Duration::from_millis(1500);
+    let mut answers = 0;
+    while Instant::now() < end {
+        let t = Instant::now();
+        alice.send(json!({"type": "who"}));
+        let u = recv_within(&mut alice, "users", Duration::from_secs(3));
+        assert!(u.is_some(), "no answer within 3 s");
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_millis(400),
+            "answered after {took:?} while Redis was stopped"
+        );
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(answers >= 3);
+    let v = recv_any(&mut carol, Duration::from_secs(1)).expect("join answered at once");
+    assert_eq!(v["code"], "unavailable", "{v}");
+    redis.signal("CONT");
+    let _: u64 = redis_query(&redis, ::redis::cmd("DEL").arg("chat:media:meta"));
+    // Loaded again: the node serves joins (the replica says who is
+    // registered) within 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        carol.send(json!({"type": "join", "nick": "carol"}));
+        let v = recv_any(&mut carol, Duration::from_secs(3)).expect("join answered");
+        if v["type"] == "welcome" {
+            break;
+        }
+        assert_eq!(v["code"], "unavailable", "{v}");
+        assert!(Instant::now() < deadline, "the node never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -12,21 +12,21 @@
 //! Every node keeps a replica of the registered names ([`SYNC_CHANNEL`]
 //! events, reloaded after each (re)subscription, see `cluster::media`), so
 //! the question asked on every `join` and rename, "is this nick
-//! registered?", costs no Redis round trip on a reactor. The slow work
+//! registered?", costs no Redis round trip on a reactor (while the replica
+//! reloads, the answer is `unavailable`, never a wait). The slow work
 //! (reading a hash, creating, removing) runs on the accounts' hashing
 //! workers, never on a reactor.
 
 use super::Cluster;
 use crate::protocol::Refusal;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// The accounts hash: nick key -> `nick TAB hash`.
 pub(crate) const ACCOUNTS: &str = "chat:acct";
-/// The channel of account and media changes (one more subscription per
-/// node, read by the sync thread of `cluster::media`; the room traffic
-/// stays on the cluster's own channel).
+/// The channel of account and media changes: the node's one subscription
+/// (the subscriber of `cluster`) follows it beside the room traffic and
+/// queues its events for the sync thread of `cluster::media`.
 pub(crate) const SYNC_CHANNEL: &str = "chat:sync";
 
 /// KEYS: accounts hash. ARGV: nick key, `nick TAB hash`, channel. 1 when
@@ -77,8 +77,6 @@ fn lock_key(key: &str) -> String {
 pub(crate) struct RedisAccounts {
     pub(super) cluster: Arc<Cluster>,
     names: RwLock<HashSet<String>>,
-    /// The replica has been loaded since the last (re)subscription.
-    pub(super) synced: AtomicBool,
 }
 
 impl RedisAccounts {
@@ -86,24 +84,23 @@ impl RedisAccounts {
         Self {
             cluster: Arc::clone(cluster),
             names: RwLock::new(HashSet::new()),
-            synced: AtomicBool::new(false),
         }
     }
 
-    /// Whether the nick key `key` is registered. From the replica while it
-    /// is in sync (no round trip); before the first sync or after an
-    /// outage, until the replica is reloaded, Redis is asked (rare, and
-    /// `unavailable` if it cannot be).
+    /// Whether the nick key `key` is registered, from the replica (no
+    /// round trip: every caller runs on a reactor). While the replica is
+    /// not in sync (before its first load, after an outage, after a
+    /// dropped event, until the reload) `unavailable`: asking Redis
+    /// instead would stall the reactor for as long as Redis is slow.
     pub(crate) fn is_registered(&self, key: &str) -> Result<bool, Refusal> {
-        if self.synced.load(Ordering::Acquire) {
-            return Ok(self
-                .names
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(key));
+        if !self.cluster.replicas_synced() {
+            return Err(super::reloading());
         }
-        self.cluster
-            .with_cmd(|c| redis::cmd("HEXISTS").arg(ACCOUNTS).arg(key).query(c))
+        Ok(self
+            .names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key))
     }
 
     /// The stored value (`nick TAB hash`) of `key`, and whether the nick

@@ -25,18 +25,21 @@
 //! thread, never a reactor) reads the key in [`PIECE`]s too.
 //!
 //! Every node keeps a replica of [`META`] (with the accounts' names, see
-//! `cluster::accounts`), fed by [`SYNC_CHANNEL`] and reloaded after each
+//! `cluster::accounts`), fed by [`SYNC_CHANNEL`] (read by the node's one
+//! subscription, see [`start_sync`]) and reloaded after each
 //! (re)subscription, so checking an image a message names costs no round
-//! trip on the reactor. The event is published by the upload's script,
+//! trip on the reactor (`unavailable` while it reloads). The event is published by the upload's script,
 //! before the uploader gets its 201 (so before anyone can know the URL).
 
 use super::accounts::{RedisAccounts, ACCOUNTS, SYNC_CHANNEL};
-use super::{Backoff, Cluster};
+use super::{Backoff, Cluster, SyncMsg};
 use crate::media::{Entry, Name};
+use crate::protocol::Refusal;
 use crate::room::MemberId;
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -220,7 +223,6 @@ pub(crate) struct RedisMedia {
     limits: MediaLimits,
     /// Name -> (entry, expiry in ms since the epoch).
     index: RwLock<HashMap<Name, (Entry, u64)>>,
-    synced: AtomicBool,
     pool: Mutex<Vec<redis::Connection>>,
 }
 
@@ -246,7 +248,6 @@ impl RedisMedia {
             cluster: Arc::clone(cluster),
             limits,
             index: RwLock::new(HashMap::new()),
-            synced: AtomicBool::new(false),
             pool: Mutex::new(Vec::new()),
         }
     }
@@ -256,22 +257,19 @@ impl RedisMedia {
         self.cluster.available()
     }
 
-    /// The entry of `name`: from the replica (no round trip) while it is
-    /// in sync; before the first sync, or until it is reloaded after an
-    /// outage, Redis is asked.
-    pub(crate) fn get(&self, name: &Name) -> Option<Entry> {
-        if !self.synced.load(Ordering::Acquire) && self.available() {
-            let meta: Option<String> = self
-                .cluster
-                .with_cmd(|c| redis::cmd("HGET").arg(META).arg(name.file_name()).query(c))
-                .ok()
-                .flatten();
-            let (_, (e, exp)) = parse_meta(&name.file_name(), &meta?)?;
-            return (exp > now_ms()).then_some(e);
+    /// The entry of `name`, from the replica (no round trip: a message's
+    /// image is checked on a reactor). While the replica is not in sync
+    /// (before its first load, after an outage or a dropped event, until
+    /// the reload) `unavailable` rather than a wait on Redis.
+    pub(crate) fn get(&self, name: &Name) -> Result<Option<Entry>, Refusal> {
+        if !self.cluster.replicas_synced() {
+            return Err(super::reloading());
         }
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        let (e, exp) = index.get(name)?;
-        (*exp > now_ms()).then_some(*e)
+        Ok(index
+            .get(name)
+            .filter(|(_, exp)| *exp > now_ms())
+            .map(|(e, _)| *e))
     }
 
     fn take(&self) -> redis::RedisResult<redis::Connection> {
@@ -321,7 +319,9 @@ impl RedisMedia {
         let redis_err = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
         let mut temp = String::new();
         let mut sent = false;
-        if self.get(name).is_none() {
+        // Unknown, or not known yet (the replica reloading): sent; the
+        // script only renews an image it holds already.
+        if !matches!(self.get(name), Ok(Some(_))) {
             temp = format!("chat:media:up:{}", super::random_node_id());
             self.send(con, file, &temp).map_err(|e| match e {
                 SendError::Redis(e) => redis_err(e),
@@ -606,97 +606,109 @@ impl Drop for RedisReader<'_> {
     }
 }
 
-/// Starts the node's sync thread: one subscription to [`SYNC_CHANNEL`];
-/// after each (re)subscription the replicas of the registered names and
-/// of the images are reloaded (subscribe first, then read, then apply the
-/// events in order: the replicas end as Redis is).
+/// Starts the node's sync thread: it applies what the subscriber (the
+/// one subscription of the node, in `cluster`) read from [`SYNC_CHANNEL`],
+/// in order. At each [`SyncMsg::Load`] (after every (re)subscription, and
+/// after an event had to be dropped) it reads the replicas of the
+/// registered names and of the images whole, then applies the events
+/// queued behind it: the load happened after they were subscribed to, so
+/// the replicas end as Redis is. The subscriber never waits on this
+/// thread.
 pub(crate) fn start_sync(accounts: &Arc<RedisAccounts>, media: &Arc<RedisMedia>) -> io::Result<()> {
     let (a, m) = (Arc::downgrade(accounts), Arc::downgrade(media));
     let cluster = Arc::clone(&accounts.cluster);
+    let rx = cluster
+        .sync_rx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .ok_or_else(|| io::Error::other("cluster sync already started"))?;
     std::thread::Builder::new()
         .name("chat-redis-sync".into())
-        .spawn(move || sync(&cluster, &a, &m))?;
+        .spawn(move || sync(&cluster, &rx, &a, &m))?;
     Ok(())
 }
 
-fn sync(cluster: &Cluster, accounts: &Weak<RedisAccounts>, media: &Weak<RedisMedia>) {
-    let mut backoff = Backoff::new();
+fn sync(
+    cluster: &Cluster,
+    rx: &Receiver<SyncMsg>,
+    accounts: &Weak<RedisAccounts>,
+    media: &Weak<RedisMedia>,
+) {
     let gone = || {
         cluster.stop.load(Ordering::Acquire)
             || accounts.strong_count() == 0
             || media.strong_count() == 0
     };
-    let unsync = || {
-        if let Some(a) = accounts.upgrade() {
-            a.synced.store(false, Ordering::Release);
-        }
-        if let Some(m) = media.upgrade() {
-            m.synced.store(false, Ordering::Release);
-        }
-    };
-    while !gone() {
-        let (Ok(mut con), Ok(mut reader)) = (cluster.connect(), cluster.connect()) else {
-            unsync();
-            backoff.sleep();
-            continue;
-        };
-        let mut ps = con.as_pubsub();
-        let subscribed = ps
-            .subscribe(SYNC_CHANNEL)
-            .and_then(|()| ps.set_read_timeout(Some(Duration::from_millis(300))));
-        let loaded: redis::RedisResult<(Vec<String>, Vec<String>)> = subscribed.and_then(|()| {
-            redis::pipe()
-                .cmd("HKEYS")
-                .arg(ACCOUNTS)
-                .cmd("HGETALL")
-                .arg(META)
-                .query(&mut reader)
-        });
-        let Ok((names, images)) = loaded else {
-            unsync();
-            backoff.sleep();
-            continue;
-        };
-        drop(reader);
-        let (Some(a), Some(m)) = (accounts.upgrade(), media.upgrade()) else {
-            return;
-        };
-        a.reload(names);
-        m.reload(images);
-        a.synced.store(true, Ordering::Release);
-        m.synced.store(true, Ordering::Release);
-        drop((a, m));
-        backoff = Backoff::new();
-        let mut swept = Instant::now();
-        loop {
-            match ps.get_message() {
-                Ok(msg) => {
-                    let payload = msg.get_payload_bytes();
-                    let Ok(text) = std::str::from_utf8(payload) else {
-                        continue;
-                    };
-                    if let Some(key) = text.strip_prefix("A+\t") {
-                        accounts.upgrade().inspect(|a| a.apply(true, key));
-                    } else if let Some(key) = text.strip_prefix("A-\t") {
-                        accounts.upgrade().inspect(|a| a.apply(false, key));
-                    } else if let Some(fields) = text.strip_prefix("I\t") {
-                        media.upgrade().inspect(|m| m.apply(fields));
-                    }
-                }
-                Err(e) if e.is_timeout() => {
-                    if gone() {
-                        return;
-                    }
-                }
-                Err(_) => {
-                    unsync();
-                    break;
+    let mut swept = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(300)) {
+            Ok(SyncMsg::Load) => {
+                if !load(cluster, accounts, media, &gone) {
+                    return;
                 }
             }
-            if swept.elapsed() >= Duration::from_secs(60) {
-                swept = Instant::now();
-                media.upgrade().inspect(|m| m.sweep());
+            Ok(SyncMsg::Event(payload)) => {
+                let Ok(text) = std::str::from_utf8(&payload) else {
+                    continue;
+                };
+                if let Some(key) = text.strip_prefix("A+\t") {
+                    accounts.upgrade().inspect(|a| a.apply(true, key));
+                } else if let Some(key) = text.strip_prefix("A-\t") {
+                    accounts.upgrade().inspect(|a| a.apply(false, key));
+                } else if let Some(fields) = text.strip_prefix("I\t") {
+                    media.upgrade().inspect(|m| m.apply(fields));
+                }
             }
+            Err(RecvTimeoutError::Timeout) => {
+                if gone() {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if swept.elapsed() >= Duration::from_secs(60) {
+            swept = Instant::now();
+            media.upgrade().inspect(|m| m.sweep());
+        }
+    }
+}
+
+/// Reads both replicas whole (one round trip), retrying with backoff
+/// until it works (the events behind the load wait in the queue; past its
+/// bound the subscriber owes another load), on a connection of its own
+/// dropped after (reloads are rare). False: the node is stopping.
+fn load(
+    cluster: &Cluster,
+    accounts: &Weak<RedisAccounts>,
+    media: &Weak<RedisMedia>,
+    gone: &dyn Fn() -> bool,
+) -> bool {
+    let mut backoff = Backoff::new();
+    loop {
+        if gone() {
+            return false;
+        }
+        let loaded: redis::RedisResult<(Vec<String>, Vec<String>)> =
+            cluster.connect().and_then(|mut c| {
+                redis::pipe()
+                    .cmd("HKEYS")
+                    .arg(ACCOUNTS)
+                    .cmd("HGETALL")
+                    .arg(META)
+                    .query(&mut c)
+            });
+        match loaded {
+            Ok((names, images)) => {
+                let (Some(a), Some(m)) = (accounts.upgrade(), media.upgrade()) else {
+                    return false;
+                };
+                a.reload(names);
+                m.reload(images);
+                cluster.loads_owed.fetch_sub(1, Ordering::AcqRel);
+                return true;
+            }
+            Err(_) => backoff.sleep(),
         }
     }
 }

@@ -1,9 +1,16 @@
 //! Cluster mode (`--redis`, DESIGN.md v2 "Cluster"): several nodes sharing
 //! one Redis act as one server.
 //!
-//! Per node, at most seven Redis connections whatever the number of clients:
-//! - the **subscriber** thread holds the one subscription of the node (the
-//!   channel [`CHANNEL`]) and delivers every event into the local rooms;
+//! Per node, a fixed number of Redis connections whatever the number of
+//! clients:
+//! - the **subscriber** thread holds the one subscription of the node: the
+//!   channel [`CHANNEL`], whose events a second thread delivers into the
+//!   local rooms, and [`accounts::SYNC_CHANNEL`], whose account and image
+//!   changes go through a bounded queue ([`SyncMsg`]) to the sync thread
+//!   of `media::start_sync` (it keeps the node's replicas of the
+//!   registered names and the image index: reloaded after every
+//!   (re)subscription, the events read after the subscription applied
+//!   after the load, in order; the subscriber never waits on it);
 //! - the **publisher** thread drains a bounded queue of [`Job`]s and sends
 //!   each batch as one pipeline (one round trip for a burst);
 //! - the **keeper** thread heartbeats, reaps dead nodes, and after an
@@ -14,7 +21,9 @@
 //!   request as a [`Task`] through a bounded queue and goes on serving its
 //!   other clients; the task answers the client itself and wakes the
 //!   session's reactor (see `session::Waiting`), so a slow or stopped
-//!   Redis never stalls a reactor.
+//!   Redis never stalls a reactor;
+//! - the sync thread holds one more connection while it reloads the
+//!   replicas, and `media` pools a few for image bytes (HTTP threads).
 //!
 //! Ids: a room message gets its id, its stream entry and its publication
 //! in one Lua script ([`PUBLISH`](scripts::PUBLISH)), the approach Centrifugo takes: scripts
@@ -42,7 +51,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// The one pub/sub channel of the cluster: every node subscribes once.
+/// The cluster's channel of room traffic: every node subscribes once (on
+/// the one connection that also follows [`accounts::SYNC_CHANNEL`]).
 pub const CHANNEL: &str = "chat:ev";
 /// The cluster-wide id counter (room and private messages share it).
 const COUNTER: &str = "chat:id";
@@ -66,6 +76,9 @@ const WORKERS: usize = 4;
 const TASKS: usize = 4096;
 /// Jobs sent in one pipeline at most.
 const BATCH: usize = 512;
+/// Sync events (account and image changes) the subscriber may queue for
+/// the sync thread; past it they are dropped and the replicas reloaded.
+const SYNC_EVENTS: usize = 4096;
 /// How long a request waits on Redis at most.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -203,6 +216,33 @@ pub(crate) struct Cluster {
     round_trips: AtomicU64,
     /// Some presence or nick job was lost: the keeper resyncs.
     resync_needed: AtomicBool,
+    /// The subscriber's side of the queue to the sync thread
+    /// (`media::start_sync`), which takes the other side.
+    sync_tx: SyncSender<SyncMsg>,
+    sync_rx: Mutex<Option<Receiver<SyncMsg>>>,
+    /// Loads of the replicas owed (a (re)subscription, a dropped event)
+    /// and not yet done: the replicas are in sync at 0.
+    loads_owed: AtomicU64,
+}
+
+/// What the subscriber hands the sync thread, in the order it read it.
+#[derive(Debug)]
+pub(crate) enum SyncMsg {
+    /// Read the replicas whole from Redis now: the events before this may
+    /// be incomplete, every event after it is queued after it (the read
+    /// happens after they were subscribed to, so applying them on top,
+    /// in order, leaves the replicas as Redis is).
+    Load,
+    /// An event of [`accounts::SYNC_CHANNEL`].
+    Event(Vec<u8>),
+}
+
+/// The subscriber's end of the sync queue.
+struct SyncLink {
+    tx: SyncSender<SyncMsg>,
+    /// A load is owed but not queued yet (the queue was full): sync
+    /// events are dropped until it is.
+    owed: bool,
 }
 
 /// What the cluster threads need of the server they serve.
@@ -242,6 +282,7 @@ impl Cluster {
             redis::Client::open(c.url.as_str()).map_err(|e| format!("--redis {}: {e}", c.url))?;
         let (jobs, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let (tasks, task_rx) = std::sync::mpsc::sync_channel(TASKS);
+        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel(SYNC_EVENTS);
         Ok(Self {
             node: c.node_id.clone(),
             client,
@@ -260,6 +301,9 @@ impl Cluster {
             published: AtomicU64::new(0),
             round_trips: AtomicU64::new(0),
             resync_needed: AtomicBool::new(false),
+            sync_tx,
+            sync_rx: Mutex::new(Some(sync_rx)),
+            loads_owed: AtomicU64::new(1),
         })
     }
 
@@ -685,10 +729,18 @@ impl Cluster {
         self.stop.load(Ordering::Acquire) || local.upgrade().map_or(true, |l| l.stopping())
     }
 
-    /// The one subscription of the node: delivers every event into the
-    /// local rooms, and reconnects with backoff when the link drops.
+    /// The one subscription of the node ([`CHANNEL`] and
+    /// [`accounts::SYNC_CHANNEL`]): hands room traffic to the deliverer
+    /// and sync events to the sync thread, owes the replicas a load after
+    /// each (re)subscription, and reconnects with backoff when the link
+    /// drops.
     fn subscriber(&self, local: &Weak<dyn Local>, events: &SyncSender<Vec<u8>>) {
         let mut backoff = Backoff::new();
+        // The first load is owed from the start (`loads_owed` is 1).
+        let mut sync = SyncLink {
+            tx: self.sync_tx.clone(),
+            owed: true,
+        };
         while !self.stopped(local) {
             let mut con = match self.connect() {
                 Ok(c) => c,
@@ -699,8 +751,13 @@ impl Cluster {
                 }
             };
             let mut ps = con.as_pubsub();
+            // One channel per SUBSCRIBE: the crate returns on the first
+            // confirmation, and the replicas' load must not start before
+            // the sync channel is confirmed too (an event published
+            // between the load and the subscription would be lost).
             let ok = ps
                 .subscribe(CHANNEL)
+                .and_then(|()| ps.subscribe(accounts::SYNC_CHANNEL))
                 .and_then(|()| ps.set_read_timeout(Some(Duration::from_millis(300))));
             if let Err(e) = ok {
                 self.mark_down("subscribe", &e);
@@ -709,8 +766,13 @@ impl Cluster {
             }
             self.subscribed.store(true, Ordering::Release);
             backoff = Backoff::new();
+            // Every sync event read from now on comes after the load.
+            self.send_load(&mut sync);
             loop {
                 match ps.get_message() {
+                    Ok(msg) if msg.get_channel_name() == accounts::SYNC_CHANNEL => {
+                        self.send_sync(&mut sync, msg.get_payload_bytes());
+                    }
                     Ok(msg) => {
                         if events.send(msg.get_payload_bytes().to_vec()).is_err() {
                             return;
@@ -720,15 +782,57 @@ impl Cluster {
                         if self.stopped(local) {
                             return;
                         }
+                        // A load owed since an overflow goes as soon as
+                        // the queue has room, even on a quiet channel.
+                        self.send_load(&mut sync);
                     }
                     Err(e) => {
                         self.subscribed.store(false, Ordering::Release);
+                        self.owe_load(&mut sync);
                         self.mark_down("subscription", &e);
                         break;
                     }
                 }
             }
         }
+    }
+
+    /// The replicas (registered names, image index) may miss events from
+    /// now on: unsynced until a load is sent and done.
+    fn owe_load(&self, sync: &mut SyncLink) {
+        if !sync.owed {
+            sync.owed = true;
+            self.loads_owed.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Queues the owed load, if the queue has room (never waits: the same
+    /// thread reads the room traffic).
+    fn send_load(&self, sync: &mut SyncLink) {
+        if sync.owed && sync.tx.try_send(SyncMsg::Load).is_ok() {
+            sync.owed = false;
+        }
+    }
+
+    /// Queues one event of [`accounts::SYNC_CHANNEL`] behind the owed
+    /// load; while the load cannot be queued, or when the queue is full,
+    /// the event is dropped and a (new) load owed instead: the load reads
+    /// Redis after the event happened, so nothing is lost.
+    fn send_sync(&self, sync: &mut SyncLink, payload: &[u8]) {
+        self.send_load(sync);
+        if sync.owed {
+            return;
+        }
+        if sync.tx.try_send(SyncMsg::Event(payload.to_vec())).is_err() {
+            self.owe_load(sync);
+        }
+    }
+
+    /// The replicas of the registered names and of the image index hold
+    /// every change Redis made: loaded since the last (re)subscription,
+    /// and no event dropped since.
+    pub(crate) fn replicas_synced(&self) -> bool {
+        self.loads_owed.load(Ordering::Acquire) == 0
     }
 
     /// Delivers the events the subscriber read, in order, corking this
@@ -1076,9 +1180,10 @@ impl Cluster {
             self.resync(c, local)?;
         }
         if self.down.load(Ordering::Acquire) {
-            if !self.subscribed.load(Ordering::Acquire) {
+            if !self.subscribed.load(Ordering::Acquire) || !self.replicas_synced() {
                 // Not up until the subscription is back, so no message of
-                // ours goes unseen by our own members.
+                // ours goes unseen by our own members, and the replicas
+                // are loaded, so a join is not refused for want of them.
                 return Ok(false);
             }
             self.resync(c, local)?;
@@ -1153,6 +1258,15 @@ pub(crate) fn unavailable() -> Refusal {
     Refusal::new(
         ErrorCode::Unavailable,
         "the cluster store (Redis) is unreachable; only this node's members are served until it returns",
+    )
+}
+
+/// `unavailable` for a check the replicas answer while they are being
+/// (re)loaded: a reactor never waits on Redis for them instead.
+pub(crate) fn reloading() -> Refusal {
+    Refusal::new(
+        ErrorCode::Unavailable,
+        "this node is loading the registered nicks and images from the cluster store (Redis); try again",
     )
 }
 
