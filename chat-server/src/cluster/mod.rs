@@ -766,9 +766,12 @@ impl Cluster {
             }
             self.subscribed.store(true, Ordering::Release);
             backoff = Backoff::new();
-            // Every sync event read from now on comes after the load.
-            self.send_load(&mut sync);
             loop {
+                // Every sync event read from now on is queued after the
+                // load (owed since the subscription or a dropped event),
+                // which goes as soon as the queue has room, whatever the
+                // channel the traffic comes on.
+                self.send_load(&mut sync);
                 match ps.get_message() {
                     Ok(msg) if msg.get_channel_name() == accounts::SYNC_CHANNEL => {
                         self.send_sync(&mut sync, msg.get_payload_bytes());
@@ -782,9 +785,6 @@ impl Cluster {
                         if self.stopped(local) {
                             return;
                         }
-                        // A load owed since an overflow goes as soon as
-                        // the queue has room, even on a quiet channel.
-                        self.send_load(&mut sync);
                     }
                     Err(e) => {
                         self.subscribed.store(false, Ordering::Release);
@@ -1311,5 +1311,58 @@ impl Backoff {
     fn sleep(&mut self) {
         std::thread::sleep(self.0);
         self.0 = (self.0 * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(rx: &Receiver<SyncMsg>) -> Vec<String> {
+        rx.try_iter()
+            .map(|m| match m {
+                SyncMsg::Load => "load".to_owned(),
+                SyncMsg::Event(e) => String::from_utf8(e).unwrap(),
+            })
+            .collect()
+    }
+
+    /// The subscriber's side of the sync queue: a full queue drops the
+    /// event, marks the replicas unsynced at once and owes a load, which
+    /// is queued before any later event; the replicas are in sync only
+    /// once every owed load is done (the sync thread's part is simulated).
+    #[test]
+    fn an_overflowing_sync_queue_owes_a_load_queued_before_later_events() {
+        let c = Cluster::new(&crate::ClusterConfig::new("redis://127.0.0.1:1"), 10, false).unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let mut link = SyncLink { tx, owed: true };
+        assert!(!c.replicas_synced(), "unsynced before the first load");
+        c.send_load(&mut link);
+        c.send_sync(&mut link, b"e1");
+        assert!(!link.owed);
+        // Full: e2 is dropped, a second load owed.
+        c.send_sync(&mut link, b"e2");
+        assert!(link.owed);
+        assert_eq!(c.loads_owed.load(Ordering::Acquire), 2);
+        // Still full: e3 is dropped too (the owed load covers it).
+        c.send_sync(&mut link, b"e3");
+        assert_eq!(c.loads_owed.load(Ordering::Acquire), 2);
+        // The sync thread takes the first load and e1.
+        assert_eq!(kinds(&rx), ["load", "e1"]);
+        c.loads_owed.fetch_sub(1, Ordering::AcqRel);
+        assert!(!c.replicas_synced(), "e2 and e3 are not in the replicas");
+        // Room again: the owed load goes first, then e4.
+        c.send_sync(&mut link, b"e4");
+        assert!(!link.owed);
+        assert_eq!(kinds(&rx), ["load", "e4"]);
+        c.loads_owed.fetch_sub(1, Ordering::AcqRel);
+        assert!(c.replicas_synced());
+        // A lost subscription owes one load, however often it is noted.
+        c.owe_load(&mut link);
+        c.owe_load(&mut link);
+        assert_eq!(c.loads_owed.load(Ordering::Acquire), 1);
+        c.send_load(&mut link);
+        c.send_load(&mut link);
+        assert_eq!(kinds(&rx), ["load"]);
     }
 }
