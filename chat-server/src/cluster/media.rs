@@ -685,6 +685,7 @@ fn load(
     gone: &dyn Fn() -> bool,
 ) -> bool {
     let mut backoff = Backoff::new();
+    let mut said = false;
     loop {
         if gone() {
             return false;
@@ -708,7 +709,17 @@ fn load(
                 cluster.loads_owed.fetch_sub(1, Ordering::AcqRel);
                 return true;
             }
-            Err(_) => backoff.sleep(),
+            Err(e) => {
+                // An outage is logged by whoever sees it first; a refusal
+                // (a key of the wrong type) leaves the checks that read the
+                // replicas `unavailable` until fixed: said once per load.
+                let outage = e.is_io_error() || e.is_timeout() || e.is_connection_dropped();
+                if !outage && !said && cluster.log {
+                    said = true;
+                    eprintln!("chat: redis refused to load the replicas of accounts and images ({e}); retrying");
+                }
+                backoff.sleep();
+            }
         }
     }
 }
