@@ -734,22 +734,7 @@ fn a_stopped_redis_never_stalls_a_reactor() {
     std::thread::sleep(Duration::from_millis(100));
     // Meanwhile alice, on the same reactor, is answered at once, again
     // and again (a reactor waiting on Redis answers after its 2 s timeout).
-    let end = Instant::now() + Duration::from_millis(1500);
-    let mut answers = 0;
-    while Instant::now() < end {
-        let t = Instant::now();
-        alice.send(json!({"type": "who"}));
-        let u = recv_within(&mut alice, "users", Duration::from_secs(1));
-        assert!(u.is_some(), "no answer within 1 s");
-        let took = t.elapsed();
-        assert!(
-            took < Duration::from_millis(400),
-            "answered after {took:?} while Redis was stopped"
-        );
-        answers += 1;
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(answers >= 3);
+    answered_promptly_for(&mut alice, Duration::from_millis(1500));
     redis.signal("CONT");
     // The waiting requests are answered in order once Redis is back (or
     // refused `unavailable`), and the node serves on.
@@ -927,22 +912,7 @@ fn replica_checks_never_wait_on_redis_while_the_replicas_are_not_loaded() {
     bob.send(json!({"type": "message", "room": "lobby", "text": "x",
         "image": "/media/0000000000000000000000000000000000000000000000000000000000000000.png"}));
     std::thread::sleep(Duration::from_millis(50));
-    let end = Instant::now() + Duration::from_millis(1500);
-    let mut answers = 0;
-    while Instant::now() < end {
-        let t = Instant::now();
-        alice.send(json!({"type": "who"}));
-        let u = recv_within(&mut alice, "users", Duration::from_secs(3));
-        assert!(u.is_some(), "no answer within 3 s");
-        let took = t.elapsed();
-        assert!(
-            took < Duration::from_millis(400),
-            "answered after {took:?} while Redis was stopped"
-        );
-        answers += 1;
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(answers >= 3);
+    answered_promptly_for(&mut alice, Duration::from_millis(1500));
     let v = recv_any(&mut carol, Duration::from_secs(1)).expect("join answered at once");
     assert_eq!(v["code"], "unavailable", "{v}");
     redis.signal("CONT");
@@ -960,4 +930,26 @@ fn replica_checks_never_wait_on_redis_while_the_replicas_are_not_loaded() {
         assert!(Instant::now() < deadline, "the node never recovered");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// For `span`, `c` asks `who` again and again and must be answered within
+/// 400 ms each time (a reactor waiting on a stopped Redis would answer only
+/// after its 2 s command timeout).
+fn answered_promptly_for(c: &mut Client, span: Duration) {
+    let end = Instant::now() + span;
+    let mut answers = 0;
+    while Instant::now() < end {
+        let t = Instant::now();
+        c.send(json!({"type": "who"}));
+        let u = recv_within(c, "users", Duration::from_secs(3));
+        assert!(u.is_some(), "no answer within 3 s");
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_millis(400),
+            "answered after {took:?} while Redis was stopped"
+        );
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(answers >= 3);
 }

@@ -322,11 +322,7 @@ impl RedisMedia {
         // Unknown, or not known yet (the replica reloading): sent; the
         // script only renews an image it holds already.
         if !matches!(self.get(name), Ok(Some(_))) {
-            temp = format!("chat:media:up:{}", super::random_node_id());
-            self.send(con, file, &temp).map_err(|e| match e {
-                SendError::Redis(e) => redis_err(e),
-                SendError::Disk(e) => StoreError::Disk(e),
-            })?;
+            temp = self.send_to_temp(con, file)?;
             sent = true;
         }
         loop {
@@ -364,11 +360,7 @@ impl RedisMedia {
                 }
                 // The replica knew a name that expired meanwhile: send.
                 Some("send") if !sent => {
-                    temp = format!("chat:media:up:{}", super::random_node_id());
-                    self.send(con, file, &temp).map_err(|e| match e {
-                        SendError::Redis(e) => redis_err(e),
-                        SendError::Disk(e) => StoreError::Disk(e),
-                    })?;
+                    temp = self.send_to_temp(con, file)?;
                     sent = true;
                 }
                 other => {
@@ -378,6 +370,21 @@ impl RedisMedia {
                 }
             }
         }
+    }
+
+    /// Sends `file` into a fresh temporary key (the store script renames it
+    /// into place) and returns the key.
+    fn send_to_temp(
+        &self,
+        con: &mut redis::Connection,
+        file: &mut std::fs::File,
+    ) -> Result<String, StoreError> {
+        let temp = format!("chat:media:up:{}", super::random_node_id());
+        self.send(con, file, &temp).map_err(|e| match e {
+            SendError::Redis(e) => StoreError::Unavailable(e.to_string()),
+            SendError::Disk(e) => StoreError::Disk(e),
+        })?;
+        Ok(temp)
     }
 
     /// Sends the file into `temp`, one [`PIECE`] per round trip.
