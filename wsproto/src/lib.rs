@@ -106,6 +106,7 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 mod message;
+mod owed;
 mod random;
 #[cfg(feature = "rustls")]
 pub mod tls;
