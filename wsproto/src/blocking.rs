@@ -22,6 +22,7 @@ use crate::handshake::{ClientRequest, Request, Response};
 use crate::message::Message;
 use crate::owed::Replies;
 use crate::upgrade::{self, Head, ServerStep};
+use crate::vectored;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -776,8 +777,7 @@ fn write_out_vectored<W: Write>(
 }
 
 /// Sends `message` as `[header, payload]` with vectored writes if that is
-/// how it should go (a server's payload of [`VECTORED_MIN`] bytes or more,
-/// to a stream that writes vectored, without compression): the caller's
+/// how it should go ([`vectored::header`]): the caller's
 /// `Bytes` is shared, never copied. `None` if it should not (a client
 /// must mask, which is a copy anyway; a compressed message is a new buffer
 /// anyway): the caller then queues and flushes as usual. Shared by
@@ -792,27 +792,13 @@ fn send_vectored<W: Write>(
         Message::Text(t) => (Opcode::Text, t.as_bytes()),
         Message::Binary(b) => (Opcode::Binary, b),
     };
-    // (deflate hook: a compressed message is a new buffer anyway.)
-    if conn.role() != Role::Server
-        || payload.len() < VECTORED_MIN
-        || conn.deflate_enabled()
-        || !writes_vectored
-    {
-        return None;
-    }
+    let head = vectored::header(conn, writes_vectored, opcode, payload.len())?;
     Some(
-        conn.unmasked_message_header(opcode, payload.len())
-            .and_then(|(head, head_len)| {
-                write_out_vectored(stream, conn, &head[..head_len], payload)
-            }),
+        head.and_then(|(head, head_len)| {
+            write_out_vectored(stream, conn, &head[..head_len], payload)
+        }),
     )
 }
-
-/// Smallest payload [`WebSocket::send`] writes vectored rather than
-/// copying into the output buffer. Below it a copy costs less than the
-/// kernel's walk over a second iovec (a judgment, not measured here: a
-/// 1 KiB copy is ~30 ns).
-const VECTORED_MIN: usize = 1 << 10;
 
 /// A WebSocket over a blocking stream.
 ///

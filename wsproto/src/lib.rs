@@ -114,6 +114,7 @@ pub mod tls;
 pub mod tokio;
 mod upgrade;
 pub mod utf8;
+mod vectored;
 
 pub use bytes::Bytes;
 pub use close::{CloseCode, CloseFrame};

@@ -129,6 +129,8 @@ impl<S: Halves> WebSocketStream<S> {
             mut conn,
             timers,
             close_frame,
+            mut parked,
+            writes_vectored: _,
         } = self;
         let (read_io, write_io) = io.into_halves();
         // deflate hook: the writer takes the compressor.
@@ -139,10 +141,10 @@ impl<S: Halves> WebSocketStream<S> {
             sender.consume_output(sender.pending_output().len());
         }
         // Anything queued and not yet written goes out first.
-        let queued = conn.pending_output().len();
+        let queued = parked.queued(&conn);
         if queued > 0 {
-            sender.queue_framed(conn.pending_output());
-            conn.consume_output(queued);
+            parked.unpark_into(&conn, &mut sender);
+            conn.consume_output(conn.pending_output().len());
         }
         let wakers = Arc::new(Wakers::default());
         let shared = Arc::new(Shared {
