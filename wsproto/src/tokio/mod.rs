@@ -28,8 +28,9 @@
 //! [`Config::write_high_water`] bytes: batching sends costs one system call
 //! per batch, and a peer that does not read makes `feed` wait instead of
 //! growing the queue. What is queued is written by `send`, `flush`, and by
-//! [`next`](WebSocketStream::next) whenever it waits for input, so an echo
-//! loop of `next` + `feed` writes once per batch of reads.
+//! [`next`](WebSocketStream::next) whenever it waits for input (the
+//! transport has none ready), so an echo loop of `next` + `feed` writes
+//! once per batch of reads.
 //!
 //! Reads pause when the application stops asking: bytes are only read
 //! from the stream inside `next`/`read`, into the connection's buffer,
@@ -366,7 +367,7 @@ impl<R: AsyncRead + Unpin> Read for PollRead<'_, '_, R> {
 /// connection, so a large one costs no memory per connection, and a batch
 /// of large messages takes fewer system calls (10 connections echoing
 /// 8 x 16 KiB: 16 KiB reads split every frame across two reads).
-const SCRATCH_MIN: usize = 64 << 10;
+const SCRATCH_MIN: usize = 256 << 10;
 
 thread_local! {
     /// The buffer every connection on this thread reads into before
@@ -459,16 +460,21 @@ fn poll_event<R: AsyncRead + Unpin, D: Duty<R>>(
                 return Poll::Ready(Err(e.into()));
             }
         }
-        // Out of input: write what is queued before waiting for more.
-        duty.flush(cx, conn, io)?;
+        // Out of input: read more if the transport has it; write what is
+        // queued only when it has none, so the echoes of all the input
+        // at hand go out in one write (10 connections echoing 8 x 16 KiB:
+        // 3.2 messages per write when writing before every read, ~8 so).
         match poll_receive(cx, conn, io) {
             Poll::Ready(Ok(_)) => {
                 timers.heard();
                 continue;
             }
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-            Poll::Pending => {}
+            Poll::Ready(Err(e)) => {
+                let _ = duty.flush(cx, conn, io);
+                return Poll::Ready(Err(e.into()));
+            }
+            Poll::Pending => duty.flush(cx, conn, io)?,
         }
         if timers.close_sent.is_none() {
             timers.close_sent = duty.close_sent();
