@@ -82,16 +82,22 @@
 //!
 //! # TLS
 //!
-//! Any TLS stream that is `AsyncRead + AsyncWrite + Unpin` works as it is:
-//! with `tokio-rustls`, pass the `TlsStream` from `TlsAcceptor::accept`
-//! to [`accept`], or from `TlsConnector::connect` to [`client`]. Such a
-//! stream cannot be split without a lock; for [`split`](WebSocketStream::split)
+//! With the `rustls` feature, [`connect`] dials `wss://` (Mozilla's roots;
+//! `connect_with_tls` for your own `ClientConfig`) and `accept_tls`
+//! serves it, through `tokio-rustls`, with the `tls` module's config
+//! builders and its typed `TlsError`.
+//! Any other TLS stream that is `AsyncRead + AsyncWrite + Unpin` works as
+//! it is: pass it to [`accept`] / [`from_raw`], or to [`client`]. A TLS
+//! stream cannot be split without a lock (both directions share its
+//! state); for [`split`](WebSocketStream::split) of a stream of your own,
 //! wrap it as `tokio::io::join` of the halves of `tokio::io::split` (see
 //! [`Halves`]).
 
 mod split;
+mod stream;
 
 pub use split::{Halves, ReadHalf, WriteHalf};
+pub use stream::{MaybeTlsRead, MaybeTlsStream, MaybeTlsWrite};
 
 use crate::close::{CloseCode, CloseFrame};
 use crate::config::Config;
@@ -103,6 +109,7 @@ use crate::message::Message;
 use crate::upgrade::{self, Head, ServerStep};
 use crate::vectored;
 use ::tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+#[cfg(feature = "rustls")]
 use ::tokio::net::TcpStream;
 use ::tokio::time::{Instant, Sleep};
 use bytes::{Buf, Bytes};
@@ -178,18 +185,81 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, head: &mut Head) -> Res
     Ok(head.filled(n)?)
 }
 
-/// Dials `url` (`ws://host[:port]/path`) over TCP and performs the client
-/// handshake with the default [`Config`].
+/// Dials `url` (`ws://host[:port]/path`, or `wss://` with the `rustls`
+/// feature) and performs the client handshake with the default
+/// [`Config`]. `wss://` verifies the server against Mozilla's roots
+/// (`tls::client_config`), with SNI and the host name, as the blocking
+/// `connect`; bring your own roots with `connect_with_tls`.
 ///
 /// # Errors
 ///
-/// [`Error::Handshake`] for a bad URL or a refused upgrade,
-/// [`Error::Io`] if the connection fails.
-pub async fn connect(url: &str) -> Result<(WebSocketStream<TcpStream>, Response), Error> {
+/// [`Error::Handshake`] for a bad URL or a refused upgrade, `Error::Tls`
+/// for a refused certificate (`tls::TlsError`:
+/// `CertificateNotValidForName`, `UnknownIssuer`, ...) and other TLS
+/// failures, [`Error::Io`] if the connection fails.
+pub async fn connect(url: &str) -> Result<(WebSocketStream<MaybeTlsStream>, Response), Error> {
     let request = ClientRequest::from_url(url)?;
-    let stream = TcpStream::connect(request.address()).await?;
-    stream.set_nodelay(true)?;
+    #[cfg(feature = "rustls")]
+    let stream = stream::dial(&request, None).await?;
+    #[cfg(not(feature = "rustls"))]
+    let stream = stream::dial(&request).await?;
     client(stream, &request, Config::default()).await
+}
+
+/// As [`connect`], with `config` and, for a `wss://` URL, the TLS client
+/// config `tls` (your own roots or CA, client certificates: see
+/// [`tls::client_config_with_ca`](crate::tls::client_config_with_ca)).
+/// A `ws://` URL ignores `tls`.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), wsproto::Error> {
+/// let tls = wsproto::tls::client_config_with_ca("ca.pem")?;
+/// let (mut ws, _) =
+///     wsproto::tokio::connect_with_tls("wss://localhost:9443/", wsproto::Config::default(), tls)
+///         .await?;
+/// ws.send("hello").await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// As [`connect`].
+#[cfg(feature = "rustls")]
+pub async fn connect_with_tls(
+    url: &str,
+    config: Config,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(WebSocketStream<MaybeTlsStream>, Response), Error> {
+    let request = ClientRequest::from_url(url)?;
+    let stream = stream::dial(&request, Some(tls)).await?;
+    client(stream, &request, config).await
+}
+
+/// The TLS handshake on an accepted socket (bounded by
+/// [`tls::DEFAULT_HANDSHAKE_TIMEOUT`](crate::tls::DEFAULT_HANDSHAKE_TIMEOUT)),
+/// then [`accept_with`]. Build `tls` with
+/// [`tls::server_config_from_pem`](crate::tls::server_config_from_pem).
+/// Not cancellation-safe, as [`accept`].
+///
+/// # Errors
+///
+/// `Error::Tls` if the TLS handshake fails (a peer that is not speaking
+/// TLS, a timeout, an alert), otherwise as [`accept`].
+#[cfg(feature = "rustls")]
+pub async fn accept_tls(
+    tcp: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    config: Config,
+    protocols: &[&str],
+) -> Result<
+    (
+        WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>,
+        Request,
+    ),
+    Error,
+> {
+    let stream = stream::tls::accept(tcp, tls).await?;
+    accept_with(stream, config, protocols).await
 }
 
 /// Performs the client handshake for `request` on an established stream

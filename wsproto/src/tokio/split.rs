@@ -77,6 +77,17 @@ impl Halves for ::tokio::net::UnixStream {
     }
 }
 
+/// A server's TLS stream from [`accept_tls`](super::accept_tls): its
+/// halves share the TLS state behind tokio's lock.
+#[cfg(feature = "rustls")]
+impl Halves for tokio_rustls::server::TlsStream<::tokio::net::TcpStream> {
+    type Read = ::tokio::io::ReadHalf<Self>;
+    type Write = ::tokio::io::WriteHalf<Self>;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        ::tokio::io::split(self)
+    }
+}
+
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Halves for ::tokio::io::Join<R, W> {
     type Read = R;
     type Write = W;
