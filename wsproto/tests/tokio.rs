@@ -818,3 +818,46 @@ async fn large_payloads_go_out_zero_copy_in_order() {
     .await
     .unwrap();
 }
+
+/// A split server's large payloads go out zero-copy too, in order with a
+/// Pong the reader owed meanwhile, through writes cut anywhere.
+#[tokio::test]
+async fn split_writer_large_payloads_in_order_with_owed_pong() {
+    timeout(LIMIT, async {
+        let (a, mut peer) = tokio::io::duplex(256 << 10);
+        let (r, w) = tokio::io::split(Trickle { inner: a, max: 5 });
+        let server =
+            WebSocketStream::from_raw(tokio::io::join(r, w), Role::Server, Config::default(), &[]);
+        let (mut reader, mut writer) = server.split();
+        let big: Vec<u8> = (0..30_000u32).map(|i| (i % 253) as u8).collect();
+        writer
+            .feed(Message::Binary(big.clone().into()))
+            .await
+            .unwrap();
+        writer.feed("small").await.unwrap();
+        peer.write_all(&client_frames(|c| c.ping(b"q").unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(
+            reader.read().await.unwrap(),
+            Event::Ping("q".as_bytes().into())
+        );
+        writer
+            .send(Message::Binary(big[..2000].to_vec().into()))
+            .await
+            .unwrap();
+        let mut conn = Connection::new(Role::Client, Config::default());
+        let events = peer_events(&mut peer, &mut conn, Duration::from_millis(300)).await;
+        assert_eq!(
+            events,
+            [
+                Event::Binary(big.clone().into()),
+                Event::Text("small".into()),
+                Event::Pong("q".as_bytes().into()),
+                Event::Binary(big[..2000].to_vec().into()),
+            ]
+        );
+    })
+    .await
+    .unwrap();
+}

@@ -16,9 +16,7 @@
 //! Both halves write with one waker that wakes both of them, so a write
 //! readiness that one half registered is never lost to the other.
 
-use super::{
-    noop_waker, poll_event, poll_message, poll_write_out, queue, Duty, Timers, WebSocketStream,
-};
+use super::{noop_waker, poll_event, poll_message, Duty, Parked, Timers, WebSocketStream};
 use crate::close::{CloseCode, CloseFrame};
 use crate::connection::{Connection, Event, State};
 use crate::error::Error;
@@ -160,9 +158,11 @@ impl<S: Halves> WebSocketStream<S> {
         let wakers = Arc::new(Wakers::default());
         let shared = Arc::new(Shared {
             side: Mutex::new(Side {
+                writes_vectored: write_io.is_write_vectored(),
                 io: write_io,
                 conn: sender,
                 duty: queued > 0,
+                parked: Parked::default(),
             }),
             owed: Mutex::new(Owed {
                 close_sent: timers.close_sent,
@@ -214,6 +214,16 @@ struct Side<W> {
     /// The queued output holds replies: write it all out at the next
     /// chance rather than only down to the high-water mark.
     duty: bool,
+    /// Large payloads queued zero-copy (as in [`WebSocketStream`]).
+    parked: Parked,
+    writes_vectored: bool,
+}
+
+impl<W> Side<W> {
+    /// Nothing left to write.
+    fn drained(&self) -> bool {
+        self.parked.queued(&self.conn) == 0
+    }
 }
 
 /// Replies the reader owes the peer.
@@ -309,10 +319,13 @@ impl<W: AsyncWrite + Unpin> Shared<W> {
         let mut cx = Context::from_waker(&self.waker);
         let mut registered = registered;
         loop {
-            if side.conn.pending_output().is_empty() && self.owes.load(Ordering::Acquire) {
+            if side.drained() && self.owes.load(Ordering::Acquire) {
                 self.encode_owed(side);
             }
-            match poll_write_out(&mut cx, &mut side.conn, &mut side.io) {
+            match side
+                .parked
+                .poll_write_out(&mut cx, &mut side.conn, &mut side.io)
+            {
                 Poll::Ready(Ok(())) => {
                     side.duty = false;
                     if self.owes.load(Ordering::Acquire) {
@@ -348,7 +361,7 @@ impl<W: AsyncWrite + Unpin> Shared<W> {
     /// wakes the reader if replies are left for it to write.
     fn with_side<R>(&self, f: impl FnOnce(&Self, &mut Side<W>) -> R) -> R {
         let mut side = lock(&self.side);
-        if self.owes.load(Ordering::Acquire) && side.conn.pending_output().is_empty() {
+        if self.owes.load(Ordering::Acquire) && side.drained() {
             self.encode_owed(&mut side);
         }
         let result = f(self, &mut side);
@@ -593,7 +606,7 @@ impl<S: Halves> WriteHalf<S> {
     fn poll_ready_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.shared.with_side(|shared, side| {
             let high = side.conn.config().write_high_water;
-            if shared.must_drain(side) || side.conn.pending_output().len() >= high {
+            if shared.must_drain(side) || side.parked.queued(&side.conn) >= high {
                 ready!(shared.poll_write_side(side, cx.waker(), Who::Writer, false))?;
             }
             Poll::Ready(Ok(()))
@@ -608,8 +621,10 @@ impl<S: Halves> WriteHalf<S> {
     }
 
     fn start_send_inner(&mut self, message: Message) -> Result<(), Error> {
-        self.shared
-            .with_side(|_, side| queue(&mut side.conn, message))
+        self.shared.with_side(|_, side| {
+            let vectored = side.writes_vectored;
+            side.parked.queue(&mut side.conn, vectored, message)
+        })
     }
 
     /// Queues `message` and writes everything queued, after any reply the
