@@ -861,3 +861,37 @@ async fn split_writer_large_payloads_in_order_with_owed_pong() {
     .await
     .unwrap();
 }
+
+/// More parked payloads than one vectored write takes (64 slices): every
+/// message arrives, in order, whole writes or cut ones.
+#[tokio::test]
+async fn many_parked_payloads_span_several_writes() {
+    timeout(LIMIT, async {
+        for max in [1 << 20, 1000] {
+            let (a, mut peer) = tokio::io::duplex(1 << 20);
+            let stream = Trickle { inner: a, max };
+            let mut ws = WebSocketStream::from_raw(stream, Role::Server, Config::default(), &[]);
+            let sent: Vec<Vec<u8>> = (0..80u8).map(|i| vec![i; 1024 + i as usize]).collect();
+            for (i, m) in sent.iter().enumerate() {
+                ws.feed(Message::Binary(m.clone().into())).await.unwrap();
+                if i % 3 == 0 {
+                    ws.feed("between").await.unwrap(); // small: copied
+                }
+            }
+            ws.flush().await.unwrap();
+            assert_eq!(ws.queued(), 0);
+            let mut conn = Connection::new(Role::Client, Config::default());
+            let events = peer_events(&mut peer, &mut conn, Duration::from_millis(300)).await;
+            let mut expected = Vec::new();
+            for (i, m) in sent.iter().enumerate() {
+                expected.push(Event::Binary(m.clone().into()));
+                if i % 3 == 0 {
+                    expected.push(Event::Text("between".into()));
+                }
+            }
+            assert_eq!(events, expected, "writes of at most {max} bytes");
+        }
+    })
+    .await
+    .unwrap();
+}
