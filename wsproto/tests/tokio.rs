@@ -895,3 +895,85 @@ async fn many_parked_payloads_span_several_writes() {
     .await
     .unwrap();
 }
+
+/// A stream that reads at most 64 bytes at a time and counts writes.
+struct SmallReads {
+    inner: DuplexStream,
+    writes: usize,
+}
+
+impl tokio::io::AsyncRead for SmallReads {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut small = [0u8; 64];
+        let mut rb = tokio::io::ReadBuf::new(&mut small);
+        std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+        buf.put_slice(rb.filled());
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for SmallReads {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.writes += 1;
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An echo loop (`next` + `feed`) writes the echoes of all the input the
+/// transport has ready in one write, even when that input takes several
+/// reads: `next` reads before it writes (it used to write before every
+/// read: 4 writes here).
+#[tokio::test]
+async fn echoes_of_input_at_hand_go_out_in_one_write() {
+    timeout(LIMIT, async {
+        let (a, mut peer) = tokio::io::duplex(1 << 16);
+        let stream = SmallReads {
+            inner: a,
+            writes: 0,
+        };
+        let mut ws = WebSocketStream::from_raw(stream, Role::Server, Config::default(), &[]);
+        let frames = client_frames(|c| {
+            for i in 0..8 {
+                c.send_text(&format!("message number {i:>4}")).unwrap();
+            }
+        });
+        assert!(frames.len() > 3 * 64, "several reads' worth");
+        peer.write_all(&frames).await.unwrap();
+        for _ in 0..8 {
+            let m = ws.next().await.unwrap().unwrap();
+            ws.feed(m).await.unwrap();
+        }
+        assert!(timeout(Duration::from_millis(100), ws.next())
+            .await
+            .is_err());
+        assert_eq!(ws.queued(), 0);
+        assert_eq!(ws.get_ref().writes, 1);
+        let mut conn = Connection::new(Role::Client, Config::default());
+        let events = peer_events(&mut peer, &mut conn, Duration::from_millis(100)).await;
+        assert_eq!(events.len(), 8);
+    })
+    .await
+    .unwrap();
+}
