@@ -10,49 +10,29 @@
 //! (`AUTOBAHN_URL` / `AUTOBAHN_AGENT` from `test-client.sh` are used when the
 //! flags are absent.)
 
-use wsproto::{blocking, deflate::DeflateConfig, CloseCode, Config, Event};
+#[path = "common/autobahn.rs"]
+mod autobahn;
+
+use autobahn::Args;
+use wsproto::{blocking, CloseCode, Event};
 
 fn main() {
-    let mut url = std::env::var("AUTOBAHN_URL").unwrap_or_else(|_| "ws://127.0.0.1:9001".into());
-    let mut agent = std::env::var("AUTOBAHN_AGENT").unwrap_or_else(|_| "wsproto".into());
-    let mut config = Config::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--deflate" {
-            config = config.deflate(DeflateConfig::default().no_context_takeover(true));
-            continue;
-        }
-        match (arg.as_str(), args.next()) {
-            ("--url", Some(u)) => url = u,
-            ("--agent", Some(a)) => agent = a,
-            _ => {
-                eprintln!(
-                    "usage: autobahn_client [--url ws://HOST:PORT] [--agent NAME] [--deflate]"
-                );
-                std::process::exit(2);
-            }
-        }
-    }
-    let url = url.trim_end_matches('/').to_string();
-    if let Err(e) = run(&url, &agent, &config) {
+    let args = Args::parse("autobahn_client", "wsproto");
+    if let Err(e) = run(&args) {
         eprintln!("autobahn_client: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(url: &str, agent: &str, config: &Config) -> Result<(), wsproto::Error> {
-    let (mut ws, _) = blocking::connect(&format!("{url}/getCaseCount"))?;
-    let count: u32 = match ws.read()? {
-        Event::Text(t) => t.parse().map_err(|_| wsproto::Error::Closed)?,
-        _ => return Err(wsproto::Error::Closed),
-    };
+fn run(args: &Args) -> Result<(), wsproto::Error> {
+    let (mut ws, _) = blocking::connect(&args.count_url())?;
+    let count = autobahn::case_count(ws.read()?)?;
     drop(ws);
     for case in 1..=count {
-        let case_url = format!("{url}/runCase?case={case}&agent={agent}");
-        let request = wsproto::handshake::ClientRequest::from_url(&case_url)?;
+        let request = wsproto::handshake::ClientRequest::from_url(&args.case_url(case))?;
         let stream = std::net::TcpStream::connect(request.address())?;
         stream.set_nodelay(true)?;
-        let Ok((mut ws, _)) = blocking::client(stream, &request, config.clone()) else {
+        let Ok((mut ws, _)) = blocking::client(stream, &request, args.config.clone()) else {
             continue;
         };
         loop {
@@ -68,7 +48,7 @@ fn run(url: &str, agent: &str, config: &Config) -> Result<(), wsproto::Error> {
             }
         }
     }
-    let (mut ws, _) = blocking::connect(&format!("{url}/updateReports?agent={agent}"))?;
+    let (mut ws, _) = blocking::connect(&args.report_url())?;
     ws.close(CloseCode::NORMAL, "")?;
     // Wait for the server's close: the reports are written by then.
     while ws.read().is_ok() {}

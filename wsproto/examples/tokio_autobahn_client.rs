@@ -11,54 +11,34 @@
 //! (`AUTOBAHN_URL` / `AUTOBAHN_AGENT` from `test-client.sh` are used when the
 //! flags are absent.)
 
+#[path = "common/autobahn.rs"]
+mod autobahn;
+
+use autobahn::Args;
 use tokio::net::TcpStream;
-use wsproto::{deflate::DeflateConfig, tokio as ws, CloseCode, Config, Event};
+use wsproto::{tokio as ws, CloseCode};
 
 fn main() {
-    let mut url = std::env::var("AUTOBAHN_URL").unwrap_or_else(|_| "ws://127.0.0.1:9001".into());
-    let mut agent = std::env::var("AUTOBAHN_AGENT").unwrap_or_else(|_| "wsproto-tokio".into());
-    let mut config = Config::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--deflate" {
-            config = config.deflate(DeflateConfig::default().no_context_takeover(true));
-            continue;
-        }
-        match (arg.as_str(), args.next()) {
-            ("--url", Some(u)) => url = u,
-            ("--agent", Some(a)) => agent = a,
-            _ => {
-                eprintln!(
-                    "usage: tokio_autobahn_client [--url ws://HOST:PORT] [--agent NAME] [--deflate]"
-                );
-                std::process::exit(2);
-            }
-        }
-    }
-    let url = url.trim_end_matches('/').to_string();
+    let args = Args::parse("tokio_autobahn_client", "wsproto-tokio");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    if let Err(e) = runtime.block_on(run(&url, &agent, &config)) {
+    if let Err(e) = runtime.block_on(run(&args)) {
         eprintln!("tokio_autobahn_client: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run(url: &str, agent: &str, config: &Config) -> Result<(), wsproto::Error> {
-    let (mut ws, _) = ws::connect(&format!("{url}/getCaseCount")).await?;
-    let count: u32 = match ws.read().await? {
-        Event::Text(t) => t.parse().map_err(|_| wsproto::Error::Closed)?,
-        _ => return Err(wsproto::Error::Closed),
-    };
+async fn run(args: &Args) -> Result<(), wsproto::Error> {
+    let (mut ws, _) = ws::connect(&args.count_url()).await?;
+    let count = autobahn::case_count(ws.read().await?)?;
     drop(ws);
     for case in 1..=count {
-        let case_url = format!("{url}/runCase?case={case}&agent={agent}");
-        let request = wsproto::handshake::ClientRequest::from_url(&case_url)?;
+        let request = wsproto::handshake::ClientRequest::from_url(&args.case_url(case))?;
         let stream = TcpStream::connect(request.address()).await?;
         stream.set_nodelay(true)?;
-        let Ok((mut ws, _)) = ws::client(stream, &request, config.clone()).await else {
+        let Ok((mut ws, _)) = ws::client(stream, &request, args.config.clone()).await else {
             continue;
         };
         while let Some(Ok(message)) = ws.next().await {
@@ -67,7 +47,7 @@ async fn run(url: &str, agent: &str, config: &Config) -> Result<(), wsproto::Err
             }
         }
     }
-    let (mut ws, _) = ws::connect(&format!("{url}/updateReports?agent={agent}")).await?;
+    let (mut ws, _) = ws::connect(&args.report_url()).await?;
     ws.close(CloseCode::NORMAL, "").await?;
     // Wait for the server's close: the reports are written by then.
     while ws.read().await.is_ok() {}

@@ -13,16 +13,16 @@
 //!   when nothing comes back in time; after our Close it bounds the wait for
 //!   the peer's.
 
-use crate::close::{self, CloseCode};
+use crate::close::CloseCode;
 use crate::config::Config;
 use crate::connection::{Connection, Event, EventRef, State};
 use crate::error::{Error, ProtocolError};
-use crate::frame::{self, Opcode, ParsedHeader, Role};
+use crate::frame::{Opcode, Role};
 use crate::handshake::{ClientRequest, Request, Response};
-use crate::mask::apply_mask;
 use crate::message::Message;
+use crate::owed::Replies;
 use crate::upgrade::{self, Head, ServerStep};
-use bytes::Bytes;
+use crate::vectored;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -777,8 +777,7 @@ fn write_out_vectored<W: Write>(
 }
 
 /// Sends `message` as `[header, payload]` with vectored writes if that is
-/// how it should go (a server's payload of [`VECTORED_MIN`] bytes or more,
-/// to a stream that writes vectored, without compression): the caller's
+/// how it should go ([`vectored::header`]): the caller's
 /// `Bytes` is shared, never copied. `None` if it should not (a client
 /// must mask, which is a copy anyway; a compressed message is a new buffer
 /// anyway): the caller then queues and flushes as usual. Shared by
@@ -793,27 +792,13 @@ fn send_vectored<W: Write>(
         Message::Text(t) => (Opcode::Text, t.as_bytes()),
         Message::Binary(b) => (Opcode::Binary, b),
     };
-    // (deflate hook: a compressed message is a new buffer anyway.)
-    if conn.role() != Role::Server
-        || payload.len() < VECTORED_MIN
-        || conn.deflate_enabled()
-        || !writes_vectored
-    {
-        return None;
-    }
+    let head = vectored::header(conn, writes_vectored, opcode, payload.len())?;
     Some(
-        conn.unmasked_message_header(opcode, payload.len())
-            .and_then(|(head, head_len)| {
-                write_out_vectored(stream, conn, &head[..head_len], payload)
-            }),
+        head.and_then(|(head, head_len)| {
+            write_out_vectored(stream, conn, &head[..head_len], payload)
+        }),
     )
 }
-
-/// Smallest payload [`WebSocket::send`] writes vectored rather than
-/// copying into the output buffer. Below it a copy costs less than the
-/// kernel's walk over a second iovec (a judgment, not measured here: a
-/// 1 KiB copy is ~30 ns).
-const VECTORED_MIN: usize = 1 << 10;
 
 /// A WebSocket over a blocking stream.
 ///
@@ -1143,14 +1128,7 @@ struct WriteHalf {
 /// Replies the reader owes the peer, not yet encoded.
 #[derive(Debug, Default)]
 struct Owed {
-    /// The payload of the latest Ping: only the latest needs its Pong
-    /// (RFC 6455 §5.5.3), so a peer's ping flood owes one Pong.
-    pong: Option<Bytes>,
-    /// A keepalive Ping.
-    ping: bool,
-    /// A final Close payload: the echo of the peer's, or ours for its
-    /// violation or a missed pong.
-    close: Option<Bytes>,
+    replies: Replies,
     /// Replies are encoded in the write half but a bounded write by the
     /// reader did not get them all out.
     unwritten: bool,
@@ -1160,7 +1138,7 @@ struct Owed {
 
 impl Owed {
     fn any(&self) -> bool {
-        self.pong.is_some() || self.ping || self.close.is_some() || self.unwritten
+        self.replies.any() || self.unwritten
     }
 }
 
@@ -1197,52 +1175,17 @@ impl Shared {
     /// Records the replies in `out` (frames the reader's connection queued:
     /// Pongs and at most one Close) as owed.
     fn owe(&self, out: &[u8], receiver: Role) {
-        let mut owed = lock(&self.owed);
-        let mut rest = out;
-        // invariant: `out` holds whole frames our own connection encoded.
-        while let Ok(ParsedHeader::Complete(h, n)) = frame::parse_header(rest, receiver, 0) {
-            let end = (n + h.payload_len as usize).min(rest.len());
-            let mut payload = rest[n..end].to_vec();
-            if let Some(key) = h.mask {
-                apply_mask(&mut payload, key, 0);
-            }
-            match h.opcode {
-                Opcode::Pong => owed.pong = Some(payload.into()),
-                Opcode::Close => owed.close = Some(payload.into()),
-                _ => {}
-            }
-            rest = &rest[end..];
-        }
+        lock(&self.owed).replies.record(out, receiver);
     }
 
-    /// Encodes what is owed into the write half (held by the caller), in
-    /// order: Pong, Ping, Close. Nothing goes out after our Close
-    /// (RFC 6455 §5.5.1).
+    /// Encodes what is owed into the write half (held by the caller).
     fn encode_owed(&self, w: &mut WriteHalf) {
-        let owed = {
+        let replies = {
             let mut owed = lock(&self.owed);
-            let close_sent = owed.close_sent;
-            std::mem::replace(
-                &mut *owed,
-                Owed {
-                    close_sent,
-                    ..Owed::default()
-                },
-            )
+            owed.unwritten = false;
+            owed.replies.take()
         };
-        if w.conn.state() != State::Open {
-            return;
-        }
-        // Best effort: past max_output_buffer a Pong or Ping is dropped.
-        if let Some(p) = owed.pong {
-            let _ = w.conn.pong(&p);
-        }
-        if owed.ping {
-            let _ = w.conn.ping(b"");
-        }
-        if let Some(c) = owed.close {
-            w.conn.send_final_close(&c);
-        }
+        replies.encode(&mut w.conn);
     }
 
     /// Runs `f` on the write half, sending owed replies before and after.
@@ -1353,18 +1296,11 @@ impl Reader {
                         if let Some(sent) = owed.close_sent {
                             return Ok(Done::Closing(sent));
                         }
-                        owed.ping = true;
+                        owed.replies.ping = true;
                     }
-                    Duty::GiveUp => {
-                        let frame = close::encode_close_frame(
-                            CloseCode::INTERNAL_ERROR,
-                            "keepalive timeout",
-                            None,
-                        );
-                        // The payload: past the 2-byte header of an unmasked
-                        // frame under 126 bytes (the writer masks its own).
-                        lock(&shared.owed).close = Some(frame.slice(2..));
-                    }
+                    Duty::GiveUp => lock(&shared.owed)
+                        .replies
+                        .owe_close(CloseCode::INTERNAL_ERROR, "keepalive timeout"),
                 }
                 Ok(if shared.try_send_owed()? {
                     Done::Owed

@@ -106,6 +106,7 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 mod message;
+mod owed;
 mod random;
 #[cfg(feature = "rustls")]
 pub mod tls;
@@ -113,6 +114,7 @@ pub mod tls;
 pub mod tokio;
 mod upgrade;
 pub mod utf8;
+mod vectored;
 
 pub use bytes::Bytes;
 pub use close::{CloseCode, CloseFrame};

@@ -28,8 +28,9 @@
 //! [`Config::write_high_water`] bytes: batching sends costs one system call
 //! per batch, and a peer that does not read makes `feed` wait instead of
 //! growing the queue. What is queued is written by `send`, `flush`, and by
-//! [`next`](WebSocketStream::next) whenever it waits for input, so an echo
-//! loop of `next` + `feed` writes once per batch of reads.
+//! [`next`](WebSocketStream::next) whenever it waits for input (the
+//! transport has none ready), so an echo loop of `next` + `feed` writes
+//! once per batch of reads.
 //!
 //! Reads pause when the application stops asking: bytes are only read
 //! from the stream inside `next`/`read`, into the connection's buffer,
@@ -81,31 +82,41 @@
 //!
 //! # TLS
 //!
-//! Any TLS stream that is `AsyncRead + AsyncWrite + Unpin` works as it is:
-//! with `tokio-rustls`, pass the `TlsStream` from `TlsAcceptor::accept`
-//! to [`accept`], or from `TlsConnector::connect` to [`client`]. Such a
-//! stream cannot be split without a lock; for [`split`](WebSocketStream::split)
+//! With the `rustls` feature, [`connect`] dials `wss://` (Mozilla's roots;
+//! `connect_with_tls` for your own `ClientConfig`) and `accept_tls`
+//! serves it, through `tokio-rustls`, with the `tls` module's config
+//! builders and its typed `TlsError`.
+//! Any other TLS stream that is `AsyncRead + AsyncWrite + Unpin` works as
+//! it is: pass it to [`accept`] / [`from_raw`], or to [`client`]. A TLS
+//! stream cannot be split without a lock (both directions share its
+//! state); for [`split`](WebSocketStream::split) of a stream of your own,
 //! wrap it as `tokio::io::join` of the halves of `tokio::io::split` (see
 //! [`Halves`]).
 
 mod split;
+mod stream;
 
 pub use split::{Halves, ReadHalf, WriteHalf};
+pub use stream::{MaybeTlsRead, MaybeTlsStream, MaybeTlsWrite};
 
 use crate::close::{CloseCode, CloseFrame};
 use crate::config::Config;
 use crate::connection::{Connection, Event, State};
 use crate::error::Error;
-use crate::frame::Role;
+use crate::frame::{Opcode, Role};
 use crate::handshake::{ClientRequest, Request, Response};
 use crate::message::Message;
 use crate::upgrade::{self, Head, ServerStep};
+use crate::vectored;
 use ::tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+#[cfg(feature = "rustls")]
 use ::tokio::net::TcpStream;
 use ::tokio::time::{Instant, Sleep};
+use bytes::{Buf, Bytes};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Wake, Waker};
@@ -174,18 +185,81 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, head: &mut Head) -> Res
     Ok(head.filled(n)?)
 }
 
-/// Dials `url` (`ws://host[:port]/path`) over TCP and performs the client
-/// handshake with the default [`Config`].
+/// Dials `url` (`ws://host[:port]/path`, or `wss://` with the `rustls`
+/// feature) and performs the client handshake with the default
+/// [`Config`]. `wss://` verifies the server against Mozilla's roots
+/// (`tls::client_config`), with SNI and the host name, as the blocking
+/// `connect`; bring your own roots with `connect_with_tls`.
 ///
 /// # Errors
 ///
-/// [`Error::Handshake`] for a bad URL or a refused upgrade,
-/// [`Error::Io`] if the connection fails.
-pub async fn connect(url: &str) -> Result<(WebSocketStream<TcpStream>, Response), Error> {
+/// [`Error::Handshake`] for a bad URL or a refused upgrade, `Error::Tls`
+/// for a refused certificate (`tls::TlsError`:
+/// `CertificateNotValidForName`, `UnknownIssuer`, ...) and other TLS
+/// failures, [`Error::Io`] if the connection fails.
+pub async fn connect(url: &str) -> Result<(WebSocketStream<MaybeTlsStream>, Response), Error> {
     let request = ClientRequest::from_url(url)?;
-    let stream = TcpStream::connect(request.address()).await?;
-    stream.set_nodelay(true)?;
+    #[cfg(feature = "rustls")]
+    let stream = stream::dial(&request, None).await?;
+    #[cfg(not(feature = "rustls"))]
+    let stream = stream::dial(&request).await?;
     client(stream, &request, Config::default()).await
+}
+
+/// As [`connect`], with `config` and, for a `wss://` URL, the TLS client
+/// config `tls` (your own roots or CA, client certificates: see
+/// [`tls::client_config_with_ca`](crate::tls::client_config_with_ca)).
+/// A `ws://` URL ignores `tls`.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), wsproto::Error> {
+/// let tls = wsproto::tls::client_config_with_ca("ca.pem")?;
+/// let (mut ws, _) =
+///     wsproto::tokio::connect_with_tls("wss://localhost:9443/", wsproto::Config::default(), tls)
+///         .await?;
+/// ws.send("hello").await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// As [`connect`].
+#[cfg(feature = "rustls")]
+pub async fn connect_with_tls(
+    url: &str,
+    config: Config,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(WebSocketStream<MaybeTlsStream>, Response), Error> {
+    let request = ClientRequest::from_url(url)?;
+    let stream = stream::dial(&request, Some(tls)).await?;
+    client(stream, &request, config).await
+}
+
+/// The TLS handshake on an accepted socket (bounded by
+/// [`tls::DEFAULT_HANDSHAKE_TIMEOUT`](crate::tls::DEFAULT_HANDSHAKE_TIMEOUT)),
+/// then [`accept_with`]. Build `tls` with
+/// [`tls::server_config_from_pem`](crate::tls::server_config_from_pem).
+/// Not cancellation-safe, as [`accept`].
+///
+/// # Errors
+///
+/// `Error::Tls` if the TLS handshake fails (a peer that is not speaking
+/// TLS, a timeout, an alert), otherwise as [`accept`].
+#[cfg(feature = "rustls")]
+pub async fn accept_tls(
+    tcp: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    config: Config,
+    protocols: &[&str],
+) -> Result<
+    (
+        WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>,
+        Request,
+    ),
+    Error,
+> {
+    let stream = stream::tls::accept(tcp, tls).await?;
+    accept_with(stream, config, protocols).await
 }
 
 /// Performs the client handshake for `request` on an established stream
@@ -363,7 +437,7 @@ impl<R: AsyncRead + Unpin> Read for PollRead<'_, '_, R> {
 /// connection, so a large one costs no memory per connection, and a batch
 /// of large messages takes fewer system calls (10 connections echoing
 /// 8 x 16 KiB: 16 KiB reads split every frame across two reads).
-const SCRATCH_MIN: usize = 64 << 10;
+const SCRATCH_MIN: usize = 256 << 10;
 
 thread_local! {
     /// The buffer every connection on this thread reads into before
@@ -456,16 +530,21 @@ fn poll_event<R: AsyncRead + Unpin, D: Duty<R>>(
                 return Poll::Ready(Err(e.into()));
             }
         }
-        // Out of input: write what is queued before waiting for more.
-        duty.flush(cx, conn, io)?;
+        // Out of input: read more if the transport has it; write what is
+        // queued only when it has none, so the echoes of all the input
+        // at hand go out in one write (10 connections echoing 8 x 16 KiB:
+        // 3.2 messages per write when writing before every read, ~8 so).
         match poll_receive(cx, conn, io) {
             Poll::Ready(Ok(_)) => {
                 timers.heard();
                 continue;
             }
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-            Poll::Pending => {}
+            Poll::Ready(Err(e)) => {
+                let _ = duty.flush(cx, conn, io);
+                return Poll::Ready(Err(e.into()));
+            }
+            Poll::Pending => duty.flush(cx, conn, io)?,
         }
         if timers.close_sent.is_none() {
             timers.close_sent = duty.close_sent();
@@ -521,6 +600,132 @@ fn poll_write_out<W: AsyncWrite + Unpin>(
     Pin::new(io).poll_flush(cx)
 }
 
+/// Large payloads a server queued by reference (zero-copy): each goes
+/// out as its own `IoSlice` after the connection's output bytes that
+/// precede it (its header among them), so the connection's buffer holds
+/// headers and small frames only.
+#[derive(Debug, Default)]
+struct Parked {
+    /// (output bytes queued before it and after the previous one, payload)
+    items: VecDeque<(usize, Bytes)>,
+    /// Sum of the items' first fields.
+    before: usize,
+    /// Sum of the payloads' lengths.
+    len: usize,
+}
+
+impl Parked {
+    /// Queues `message` on `conn`, its payload parked here if it goes
+    /// zero-copy ([`vectored::header`]).
+    fn queue(
+        &mut self,
+        conn: &mut Connection,
+        writes_vectored: bool,
+        message: Message,
+    ) -> Result<(), Error> {
+        let (opcode, payload) = match &message {
+            Message::Text(t) => (Opcode::Text, t.as_bytes().clone()),
+            Message::Binary(b) => (Opcode::Binary, b.clone()),
+        };
+        let Some(head) = vectored::header(conn, writes_vectored, opcode, payload.len()) else {
+            return queue(conn, message);
+        };
+        let (head, n) = head?;
+        conn.queue_framed(&head[..n]);
+        let before = conn.pending_output().len() - self.before;
+        self.before += before;
+        self.len += payload.len();
+        self.items.push_back((before, payload));
+        Ok(())
+    }
+
+    /// Bytes queued in all: the connection's output and the payloads.
+    fn queued(&self, conn: &Connection) -> usize {
+        conn.pending_output().len() + self.len
+    }
+
+    /// Everything queued as one buffer on `conn` (for a writer that does
+    /// not know about parked payloads: the split halves).
+    fn unpark_into(&mut self, conn: &Connection, into: &mut Connection) {
+        let mut out = conn.pending_output();
+        for (before, payload) in self.items.drain(..) {
+            into.queue_framed(&out[..before]);
+            into.queue_framed(&payload);
+            out = &out[before..];
+        }
+        into.queue_framed(out);
+        self.before = 0;
+        self.len = 0;
+    }
+
+    /// `n` bytes were written: drop them from the front.
+    fn consume(&mut self, conn: &mut Connection, mut n: usize) {
+        while let Some((before, payload)) = self.items.front_mut() {
+            let c = n.min(*before);
+            conn.consume_output(c);
+            *before -= c;
+            self.before -= c;
+            n -= c;
+            if *before > 0 {
+                return;
+            }
+            let c = n.min(payload.len());
+            payload.advance(c);
+            self.len -= c;
+            n -= c;
+            if !payload.is_empty() {
+                return;
+            }
+            self.items.pop_front();
+        }
+        conn.consume_output(n);
+    }
+
+    /// Writes all of `conn`'s output and the parked payloads in order,
+    /// then flushes `io`.
+    fn poll_write_out<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Connection,
+        io: &mut W,
+    ) -> Poll<io::Result<()>> {
+        while !self.items.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut k = 0;
+            let mut out = conn.pending_output();
+            let mut all = true;
+            for (before, payload) in self.items.iter() {
+                if k + 2 > MAX_SLICES {
+                    all = false;
+                    break;
+                }
+                if *before > 0 {
+                    slices[k] = IoSlice::new(&out[..*before]);
+                    k += 1;
+                    out = &out[*before..];
+                }
+                slices[k] = IoSlice::new(payload);
+                k += 1;
+            }
+            if all && k < MAX_SLICES && !out.is_empty() {
+                slices[k] = IoSlice::new(out);
+                k += 1;
+            }
+            match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.consume(conn, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        poll_write_out(cx, conn, io)
+    }
+}
+
+/// At most this many `IoSlice`s per write (Linux's IOV_MAX is 1024; a
+/// batch rarely holds more than a few large payloads).
+const MAX_SLICES: usize = 64;
+
 /// A waker that does nothing: for the best-effort write of a Close when a
 /// stream is dropped (there is no task to wake).
 struct NoWake;
@@ -533,17 +738,19 @@ fn noop_waker() -> Waker {
     Waker::from(Arc::new(NoWake))
 }
 
-/// A whole stream's duties: it owns the transport, so it writes at once.
-struct Own {
+/// A whole stream's duties: it owns the transport, so it writes at once
+/// (after the payloads parked before the replies).
+struct Own<'a> {
     close_sent: Option<Instant>,
+    parked: &'a mut Parked,
 }
 
-impl<S: AsyncWrite + Unpin> Duty<S> for Own {
+impl<S: AsyncWrite + Unpin> Duty<S> for Own<'_> {
     fn flush(&mut self, cx: &mut Context<'_>, conn: &mut Connection, io: &mut S) -> io::Result<()> {
-        if conn.pending_output().is_empty() {
+        if self.parked.queued(conn) == 0 {
             return Ok(());
         }
-        match poll_write_out(cx, conn, io) {
+        match self.parked.poll_write_out(cx, conn, io) {
             Poll::Ready(r) => r,
             // The write half's waker is registered; what is left goes out
             // when the peer reads.
@@ -588,6 +795,10 @@ pub struct WebSocketStream<S> {
     timers: Timers,
     /// The peer's Close, once it came.
     close_frame: Option<CloseFrame>,
+    /// Large payloads queued zero-copy, written vectored.
+    parked: Parked,
+    /// `io` writes several buffers in one call.
+    writes_vectored: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
@@ -615,10 +826,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     /// Runs `conn` (fresh from a handshake) over `stream`.
     fn with_connection(io: S, conn: Connection) -> Self {
         Self {
+            writes_vectored: io.is_write_vectored(),
             io,
             conn,
             timers: Timers::default(),
             close_frame: None,
+            parked: Parked::default(),
         }
     }
 
@@ -630,6 +843,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     pub fn poll_read_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<Event, Error>> {
         let mut duty = Own {
             close_sent: self.timers.close_sent,
+            parked: &mut self.parked,
         };
         let event = ready!(poll_event(
             cx,
@@ -680,7 +894,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
                     message = Some(m);
                     return Poll::Pending;
                 }
-                queue(&mut self.conn, m)?;
+                self.queue(m)?;
             }
             self.poll_flush_inner(cx)
         })
@@ -696,7 +910,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     /// As [`send`](Self::send).
     pub async fn feed(&mut self, message: impl Into<Message>) -> Result<(), Error> {
         poll_fn(|cx| self.poll_ready_inner(cx)).await?;
-        queue(&mut self.conn, message.into())
+        self.queue(message.into())
     }
 
     /// Writes everything queued. Cancellation-safe.
@@ -706,6 +920,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     /// [`Error::Io`].
     pub async fn flush(&mut self) -> Result<(), Error> {
         poll_fn(|cx| self.poll_flush_inner(cx)).await
+    }
+
+    /// Queues `message`: a large payload by reference, written vectored
+    /// after its header (no copy into the output buffer).
+    fn queue(&mut self, message: Message) -> Result<(), Error> {
+        self.parked
+            .queue(&mut self.conn, self.writes_vectored, message)
     }
 
     /// Sends a Ping.
@@ -740,14 +961,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     }
 
     fn poll_ready_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.conn.pending_output().len() >= self.conn.config().write_high_water {
-            ready!(poll_write_out(cx, &mut self.conn, &mut self.io))?;
+        if self.parked.queued(&self.conn) >= self.conn.config().write_high_water {
+            ready!(self.parked.poll_write_out(cx, &mut self.conn, &mut self.io))?;
         }
         Poll::Ready(Ok(()))
     }
 
     fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(ready!(poll_write_out(
+        Poll::Ready(Ok(ready!(self.parked.poll_write_out(
             cx,
             &mut self.conn,
             &mut self.io
@@ -786,9 +1007,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
         self.close_frame.as_ref()
     }
 
-    /// The state machine underneath.
+    /// The state machine underneath. Large payloads queued by reference
+    /// are not in its [`pending_output`](Connection::pending_output): see
+    /// [`queued`](Self::queued).
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Bytes queued and not yet written: the connection's output and the
+    /// large payloads a server queues by reference (written vectored,
+    /// never copied). What [`feed`](Self::feed) holds under
+    /// [`Config::write_high_water`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), wsproto::Error> {
+    /// use wsproto::{tokio::WebSocketStream, Config, Message, Role};
+    /// let (a, _b) = tokio::io::duplex(64);
+    /// let mut ws = WebSocketStream::from_raw(a, Role::Server, Config::default(), &[]);
+    /// ws.feed(Message::Binary(vec![0; 4096].into())).await?;
+    /// assert_eq!(ws.queued(), 4 + 4096); // header + payload
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn queued(&self) -> usize {
+        self.parked.queued(&self.conn)
     }
 
     /// The stream.
@@ -844,7 +1087,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> futures_sink::Sink<Message> for WebSocke
     }
 
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Error> {
-        queue(&mut self.get_mut().conn, item)
+        self.get_mut().queue(item)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {

@@ -8,7 +8,7 @@
 //! across an `.await`. Messages never touch anything else: no channel, no
 //! task. The replies the reader owes the peer (a Pong, the Close echo, a
 //! keepalive Ping, the Close for a violation) go into a small slot
-//! ([`Owed`]: the latest Pong only, RFC 6455 §5.5.3) and are written by
+//! (`Owed`: the latest Pong only, RFC 6455 §5.5.3) and are written by
 //! whichever half gets to the transport first: the writer before its next
 //! message, or the reader itself when the writer is idle, so they reach
 //! the wire even if the application never sends.
@@ -16,18 +16,15 @@
 //! Both halves write with one waker that wakes both of them, so a write
 //! readiness that one half registered is never lost to the other.
 
-use super::{
-    noop_waker, poll_event, poll_message, poll_write_out, queue, Duty, Timers, WebSocketStream,
-};
-use crate::close::{self, CloseCode, CloseFrame};
+use super::{noop_waker, poll_event, poll_message, Duty, Parked, Timers, WebSocketStream};
+use crate::close::{CloseCode, CloseFrame};
 use crate::connection::{Connection, Event, State};
 use crate::error::Error;
-use crate::frame::{self, Opcode, ParsedHeader, Role};
-use crate::mask::apply_mask;
+use crate::frame::Role;
 use crate::message::Message;
+use crate::owed::Replies;
 use ::tokio::io::{AsyncRead, AsyncWrite};
 use ::tokio::time::Instant;
-use bytes::Bytes;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -75,6 +72,17 @@ impl Halves for ::tokio::net::UnixStream {
     type Write = ::tokio::net::unix::OwnedWriteHalf;
     fn into_halves(self) -> (Self::Read, Self::Write) {
         self.into_split()
+    }
+}
+
+/// A server's TLS stream from [`accept_tls`](super::accept_tls): its
+/// halves share the TLS state behind tokio's lock.
+#[cfg(feature = "rustls")]
+impl Halves for tokio_rustls::server::TlsStream<::tokio::net::TcpStream> {
+    type Read = ::tokio::io::ReadHalf<Self>;
+    type Write = ::tokio::io::WriteHalf<Self>;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        ::tokio::io::split(self)
     }
 }
 
@@ -130,6 +138,8 @@ impl<S: Halves> WebSocketStream<S> {
             mut conn,
             timers,
             close_frame,
+            mut parked,
+            writes_vectored: _,
         } = self;
         let (read_io, write_io) = io.into_halves();
         // deflate hook: the writer takes the compressor.
@@ -140,17 +150,19 @@ impl<S: Halves> WebSocketStream<S> {
             sender.consume_output(sender.pending_output().len());
         }
         // Anything queued and not yet written goes out first.
-        let queued = conn.pending_output().len();
+        let queued = parked.queued(&conn);
         if queued > 0 {
-            sender.queue_framed(conn.pending_output());
-            conn.consume_output(queued);
+            parked.unpark_into(&conn, &mut sender);
+            conn.consume_output(conn.pending_output().len());
         }
         let wakers = Arc::new(Wakers::default());
         let shared = Arc::new(Shared {
             side: Mutex::new(Side {
+                writes_vectored: write_io.is_write_vectored(),
                 io: write_io,
                 conn: sender,
                 duty: queued > 0,
+                parked: Parked::default(),
             }),
             owed: Mutex::new(Owed {
                 close_sent: timers.close_sent,
@@ -202,47 +214,24 @@ struct Side<W> {
     /// The queued output holds replies: write it all out at the next
     /// chance rather than only down to the high-water mark.
     duty: bool,
+    /// Large payloads queued zero-copy (as in [`WebSocketStream`]).
+    parked: Parked,
+    writes_vectored: bool,
+}
+
+impl<W> Side<W> {
+    /// Nothing left to write.
+    fn drained(&self) -> bool {
+        self.parked.queued(&self.conn) == 0
+    }
 }
 
 /// Replies the reader owes the peer.
 #[derive(Debug, Default)]
 struct Owed {
-    /// The payload of the latest Ping: only the latest needs its Pong
-    /// (RFC 6455 §5.5.3), so a ping flood owes one Pong.
-    pong: Option<Bytes>,
-    /// A keepalive Ping.
-    ping: bool,
-    /// A final Close payload: the echo of the peer's, or ours for its
-    /// violation or a missed pong.
-    close: Option<Bytes>,
+    replies: Replies,
     /// When our Close went out.
     close_sent: Option<Instant>,
-}
-
-impl Owed {
-    fn any(&self) -> bool {
-        self.pong.is_some() || self.ping || self.close.is_some()
-    }
-
-    /// Records the replies in `out` (frames the reader's connection
-    /// encoded: Pongs and at most one Close) as owed.
-    fn record(&mut self, out: &[u8], receiver: Role) {
-        let mut rest = out;
-        // invariant: `out` holds whole frames our own connection encoded.
-        while let Ok(ParsedHeader::Complete(h, n)) = frame::parse_header(rest, receiver, 0) {
-            let end = (n + h.payload_len as usize).min(rest.len());
-            let mut payload = rest[n..end].to_vec();
-            if let Some(key) = h.mask {
-                apply_mask(&mut payload, key, 0);
-            }
-            match h.opcode {
-                Opcode::Pong => self.pong = Some(payload.into()),
-                Opcode::Close => self.close = Some(payload.into()),
-                _ => {}
-            }
-            rest = &rest[end..];
-        }
-    }
 }
 
 #[derive(Default)]
@@ -309,28 +298,8 @@ impl<W: AsyncWrite + Unpin> Shared<W> {
     /// Encodes what is owed into the write side, in order: Pong, Ping,
     /// Close. Nothing goes out after our Close (RFC 6455 §5.5.1).
     fn encode_owed(&self, side: &mut Side<W>) {
-        let owed = {
-            let mut owed = lock(&self.owed);
-            Owed {
-                pong: owed.pong.take(),
-                ping: std::mem::take(&mut owed.ping),
-                close: owed.close.take(),
-                close_sent: owed.close_sent,
-            }
-        };
-        if side.conn.state() != State::Open {
-            return;
-        }
-        // Best effort: past max_output_buffer a Pong or Ping is dropped.
-        if let Some(p) = owed.pong {
-            let _ = side.conn.pong(&p);
-        }
-        if owed.ping {
-            let _ = side.conn.ping(b"");
-        }
-        if let Some(c) = owed.close {
-            side.conn.send_final_close(&c);
-        }
+        let replies = lock(&self.owed).replies.take();
+        replies.encode(&mut side.conn);
         if !side.conn.pending_output().is_empty() {
             side.duty = true;
         }
@@ -350,15 +319,18 @@ impl<W: AsyncWrite + Unpin> Shared<W> {
         let mut cx = Context::from_waker(&self.waker);
         let mut registered = registered;
         loop {
-            if side.conn.pending_output().is_empty() && self.owes.load(Ordering::Acquire) {
+            if side.drained() && self.owes.load(Ordering::Acquire) {
                 self.encode_owed(side);
             }
-            match poll_write_out(&mut cx, &mut side.conn, &mut side.io) {
+            match side
+                .parked
+                .poll_write_out(&mut cx, &mut side.conn, &mut side.io)
+            {
                 Poll::Ready(Ok(())) => {
                     side.duty = false;
                     if self.owes.load(Ordering::Acquire) {
                         let owed = lock(&self.owed);
-                        if owed.any() {
+                        if owed.replies.any() {
                             // Left while we wrote: encode and write it too.
                             continue;
                         }
@@ -389,7 +361,7 @@ impl<W: AsyncWrite + Unpin> Shared<W> {
     /// wakes the reader if replies are left for it to write.
     fn with_side<R>(&self, f: impl FnOnce(&Self, &mut Side<W>) -> R) -> R {
         let mut side = lock(&self.side);
-        if self.owes.load(Ordering::Acquire) && side.conn.pending_output().is_empty() {
+        if self.owes.load(Ordering::Acquire) && side.drained() {
             self.encode_owed(&mut side);
         }
         let result = f(self, &mut side);
@@ -486,7 +458,7 @@ impl<R, W: AsyncWrite + Unpin> Duty<R> for Handover<'_, W> {
         if !conn.pending_output().is_empty() {
             let out = conn.take_output();
             let mut owed = lock(&self.shared.owed);
-            owed.record(&out, self.receiver);
+            owed.replies.record(&out, self.receiver);
             self.shared.owes.store(true, Ordering::Release);
         }
         self.shared.try_deliver(cx.waker())
@@ -498,7 +470,7 @@ impl<R, W: AsyncWrite + Unpin> Duty<R> for Handover<'_, W> {
             if owed.close_sent.is_some() {
                 return false;
             }
-            owed.ping = true;
+            owed.replies.ping = true;
             self.shared.owes.store(true, Ordering::Release);
         }
         let _ = self.shared.try_deliver(cx.waker());
@@ -507,12 +479,9 @@ impl<R, W: AsyncWrite + Unpin> Duty<R> for Handover<'_, W> {
 
     fn give_up(&mut self, cx: &mut Context<'_>, _: &mut Connection, _: &mut R) {
         {
-            let frame =
-                close::encode_close_frame(CloseCode::INTERNAL_ERROR, "keepalive timeout", None);
             let mut owed = lock(&self.shared.owed);
-            // The payload: past the 2-byte header of an unmasked frame
-            // under 126 bytes (the writer masks its own).
-            owed.close = Some(frame.slice(2..));
+            owed.replies
+                .owe_close(CloseCode::INTERNAL_ERROR, "keepalive timeout");
             self.shared.owes.store(true, Ordering::Release);
         }
         let _ = self.shared.try_deliver(cx.waker());
@@ -606,7 +575,7 @@ impl<S: Halves> Drop for ReadHalf<S> {
         // Replies still in the connection (a Close echo) go with ours.
         if !self.conn.pending_output().is_empty() {
             let out = self.conn.take_output();
-            lock(&self.shared.owed).record(&out, self.receiver);
+            lock(&self.shared.owed).replies.record(&out, self.receiver);
             self.shared.owes.store(true, Ordering::Release);
         }
         self.shared.close_on_drop(Who::Writer);
@@ -637,7 +606,7 @@ impl<S: Halves> WriteHalf<S> {
     fn poll_ready_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.shared.with_side(|shared, side| {
             let high = side.conn.config().write_high_water;
-            if shared.must_drain(side) || side.conn.pending_output().len() >= high {
+            if shared.must_drain(side) || side.parked.queued(&side.conn) >= high {
                 ready!(shared.poll_write_side(side, cx.waker(), Who::Writer, false))?;
             }
             Poll::Ready(Ok(()))
@@ -652,8 +621,10 @@ impl<S: Halves> WriteHalf<S> {
     }
 
     fn start_send_inner(&mut self, message: Message) -> Result<(), Error> {
-        self.shared
-            .with_side(|_, side| queue(&mut side.conn, message))
+        self.shared.with_side(|_, side| {
+            let vectored = side.writes_vectored;
+            side.parked.queue(&mut side.conn, vectored, message)
+        })
     }
 
     /// Queues `message` and writes everything queued, after any reply the
