@@ -2,7 +2,7 @@
 //! client against our server over 127.0.0.1 with a throwaway rcgen CA,
 //! both roles, a large message each way, a split client; certificates the
 //! client must refuse, each with the same typed error as the blocking API.
-#![cfg(all(feature = "tokio", feature = "rustls"))]
+#![cfg(feature = "tokio-rustls")]
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use std::sync::Arc;

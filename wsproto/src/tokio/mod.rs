@@ -82,7 +82,7 @@
 //!
 //! # TLS
 //!
-//! With the `rustls` feature, [`connect`] dials `wss://` (Mozilla's roots;
+//! With the `tokio-rustls` feature, [`connect`] dials `wss://` (Mozilla's roots;
 //! `connect_with_tls` for your own `ClientConfig`) and `accept_tls`
 //! serves it, through `tokio-rustls`, with the `tls` module's config
 //! builders and its typed `TlsError`.
@@ -109,7 +109,7 @@ use crate::message::Message;
 use crate::upgrade::{self, Head, ServerStep};
 use crate::vectored;
 use ::tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-#[cfg(feature = "rustls")]
+#[cfg(feature = "tokio-rustls")]
 use ::tokio::net::TcpStream;
 use ::tokio::time::{Instant, Sleep};
 use bytes::{Buf, Bytes};
@@ -185,7 +185,7 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, head: &mut Head) -> Res
     Ok(head.filled(n)?)
 }
 
-/// Dials `url` (`ws://host[:port]/path`, or `wss://` with the `rustls`
+/// Dials `url` (`ws://host[:port]/path`, or `wss://` with the `tokio-rustls`
 /// feature) and performs the client handshake with the default
 /// [`Config`]. `wss://` verifies the server against Mozilla's roots
 /// (`tls::client_config`), with SNI and the host name, as the blocking
@@ -199,9 +199,9 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, head: &mut Head) -> Res
 /// failures, [`Error::Io`] if the connection fails.
 pub async fn connect(url: &str) -> Result<(WebSocketStream<MaybeTlsStream>, Response), Error> {
     let request = ClientRequest::from_url(url)?;
-    #[cfg(feature = "rustls")]
+    #[cfg(feature = "tokio-rustls")]
     let stream = stream::dial(&request, None).await?;
-    #[cfg(not(feature = "rustls"))]
+    #[cfg(not(feature = "tokio-rustls"))]
     let stream = stream::dial(&request).await?;
     client(stream, &request, Config::default()).await
 }
@@ -224,7 +224,7 @@ pub async fn connect(url: &str) -> Result<(WebSocketStream<MaybeTlsStream>, Resp
 /// # Errors
 ///
 /// As [`connect`].
-#[cfg(feature = "rustls")]
+#[cfg(feature = "tokio-rustls")]
 pub async fn connect_with_tls(
     url: &str,
     config: Config,
@@ -245,7 +245,7 @@ pub async fn connect_with_tls(
 ///
 /// `Error::Tls` if the TLS handshake fails (a peer that is not speaking
 /// TLS, a timeout, an alert), otherwise as [`accept`].
-#[cfg(feature = "rustls")]
+#[cfg(feature = "tokio-rustls")]
 pub async fn accept_tls(
     tcp: TcpStream,
     tls: Arc<rustls::ServerConfig>,

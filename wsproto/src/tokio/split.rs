@@ -77,7 +77,7 @@ impl Halves for ::tokio::net::UnixStream {
 
 /// A server's TLS stream from [`accept_tls`](super::accept_tls): its
 /// halves share the TLS state behind tokio's lock.
-#[cfg(feature = "rustls")]
+#[cfg(feature = "tokio-rustls")]
 impl Halves for tokio_rustls::server::TlsStream<::tokio::net::TcpStream> {
     type Read = ::tokio::io::ReadHalf<Self>;
     type Write = ::tokio::io::WriteHalf<Self>;

@@ -1,5 +1,5 @@
 //! What [`connect`](super::connect) dials: TCP for `ws://`, TLS over TCP
-//! (`tokio-rustls`, with the `rustls` feature) for `wss://`, and the TLS
+//! (`tokio-rustls`, with the `tokio-rustls` feature) for `wss://`, and the TLS
 //! entry points. Certificates, roots and errors are the [`tls`](crate::tls)
 //! module's: one loader and one set of errors for both adapters.
 
@@ -13,12 +13,12 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-#[cfg(feature = "rustls")]
+#[cfg(feature = "tokio-rustls")]
 type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// The stream under a [`WebSocketStream`](super::WebSocketStream) from
 /// [`connect`](super::connect): TCP for `ws://`, TLS for `wss://` (the
-/// `rustls` feature). Both split without a lock on TCP
+/// `tokio-rustls` feature). Both split without a lock on TCP
 /// ([`split`](super::WebSocketStream::split); TLS shares its state between
 /// the halves behind tokio's own lock).
 #[derive(Debug)]
@@ -27,7 +27,7 @@ pub enum MaybeTlsStream {
     /// `ws://`.
     Plain(TcpStream),
     /// `wss://`.
-    #[cfg(feature = "rustls")]
+    #[cfg(feature = "tokio-rustls")]
     Tls(Box<ClientTls>),
 }
 
@@ -42,7 +42,7 @@ impl MaybeTlsStream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Self::Plain(s) => s,
-            #[cfg(feature = "rustls")]
+            #[cfg(feature = "tokio-rustls")]
             Self::Tls(s) => s.get_ref().0,
         }
     }
@@ -62,7 +62,7 @@ macro_rules! either {
                 let $v = Pin::new(s);
                 $f
             }
-            #[cfg(feature = "rustls")]
+            #[cfg(feature = "tokio-rustls")]
             MaybeTlsStream::Tls(s) => {
                 let $v = Pin::new(&mut **s);
                 $f
@@ -101,7 +101,7 @@ impl AsyncWrite for MaybeTlsStream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Plain(s) => s.is_write_vectored(),
-            #[cfg(feature = "rustls")]
+            #[cfg(feature = "tokio-rustls")]
             Self::Tls(s) => s.is_write_vectored(),
         }
     }
@@ -122,7 +122,7 @@ pub enum MaybeTlsRead {
     /// `ws://`: TCP's own read half, no lock.
     Plain(OwnedReadHalf),
     /// `wss://`: both directions share the TLS state.
-    #[cfg(feature = "rustls")]
+    #[cfg(feature = "tokio-rustls")]
     Tls(::tokio::io::ReadHalf<Box<ClientTls>>),
 }
 
@@ -133,7 +133,7 @@ pub enum MaybeTlsWrite {
     /// `ws://`: TCP's own write half, no lock.
     Plain(OwnedWriteHalf),
     /// `wss://`: both directions share the TLS state.
-    #[cfg(feature = "rustls")]
+    #[cfg(feature = "tokio-rustls")]
     Tls(::tokio::io::WriteHalf<Box<ClientTls>>),
 }
 
@@ -145,7 +145,7 @@ impl AsyncRead for MaybeTlsRead {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            #[cfg(feature = "rustls")]
+            #[cfg(feature = "tokio-rustls")]
             Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -159,7 +159,7 @@ impl AsyncWrite for MaybeTlsWrite {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            #[cfg(feature = "rustls")]
+            #[cfg(feature = "tokio-rustls")]
             Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -167,7 +167,7 @@ impl AsyncWrite for MaybeTlsWrite {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            #[cfg(feature = "rustls")]
+            #[cfg(feature = "tokio-rustls")]
             Self::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -175,7 +175,7 @@ impl AsyncWrite for MaybeTlsWrite {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            #[cfg(feature = "rustls")]
+            #[cfg(feature = "tokio-rustls")]
             Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -190,7 +190,7 @@ impl Halves for MaybeTlsStream {
                 let (r, w) = s.into_split();
                 (MaybeTlsRead::Plain(r), MaybeTlsWrite::Plain(w))
             }
-            #[cfg(feature = "rustls")]
+            #[cfg(feature = "tokio-rustls")]
             Self::Tls(s) => {
                 let (r, w) = ::tokio::io::split(s);
                 (MaybeTlsRead::Tls(r), MaybeTlsWrite::Tls(w))
@@ -203,19 +203,19 @@ impl Halves for MaybeTlsStream {
 /// (Mozilla's roots when `None`, as the blocking `connect`).
 pub(super) async fn dial(
     request: &ClientRequest,
-    #[cfg(feature = "rustls")] tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    #[cfg(feature = "tokio-rustls")] tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<MaybeTlsStream, Error> {
     if request.is_secure() {
-        #[cfg(not(feature = "rustls"))]
+        #[cfg(not(feature = "tokio-rustls"))]
         return Err(crate::HandshakeError::InvalidUrl {
             url: format!("wss://{}", request.address()),
-            why: "wss:// needs wsproto's rustls feature (or a TLS stream of your own and tokio::client)",
+            why: "wss:// needs wsproto's tokio-rustls feature (or a TLS stream of your own and tokio::client)",
         }
         .into());
     }
     let tcp = TcpStream::connect(request.address()).await?;
     tcp.set_nodelay(true)?;
-    #[cfg(feature = "rustls")]
+    #[cfg(feature = "tokio-rustls")]
     if request.is_secure() {
         let tls = tls.unwrap_or_else(crate::tls::client_config);
         return Ok(MaybeTlsStream::Tls(Box::new(
@@ -225,7 +225,7 @@ pub(super) async fn dial(
     Ok(MaybeTlsStream::Plain(tcp))
 }
 
-#[cfg(feature = "rustls")]
+#[cfg(feature = "tokio-rustls")]
 pub(super) mod tls {
     use crate::error::Error;
     use crate::tls::{TlsError, DEFAULT_HANDSHAKE_TIMEOUT};
