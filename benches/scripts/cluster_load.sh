@@ -57,6 +57,9 @@ REDIS_PORT=$((BASE + 9))
 echo "== build" >&2
 cargo build --release -q -p chat-server -p benches --bin chat-server --bin loadgen
 
+# shellcheck source=benches/scripts/lib.sh
+. benches/scripts/lib.sh
+
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -64,15 +67,6 @@ cleanup() {
     PIDS=()
 }
 trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "cluster_load.sh: nothing listens on port $1" >&2
-    exit 1
-}
 
 # node CORE PORT LOG FLAGS...: a chat-server pinned to CORE.
 node() {

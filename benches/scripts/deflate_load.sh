@@ -34,38 +34,16 @@ OUT=${OUT:-$TARGET/load/deflate-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 cargo build --release -q -p chat-server -p benches --bin chat-server --bin loadgen
 
-own() { # PIDFILE CORE CMD...: as in load.sh
-    local pidfile=$1 core=$2
-    shift 2
-    setsid -w bash -c 'echo $$ >"$1"
-        [ "$0" = 0 ] || echo "$0" >/proc/self/autogroup 2>/dev/null || true
-        exec nice -n "$0" taskset -c "$2" "${@:3}"' "$NICE" "$pidfile" "$core" "$@"
-}
-PID=""
-JOB=""
-stop_server() {
-    if [ -n "$PID" ]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$JOB" 2>/dev/null || true
-        PID=""
-    fi
-}
-trap stop_server EXIT
+# shellcheck source=benches/scripts/lib.sh
+. benches/scripts/lib.sh
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/loadavg" >&2
 for run in $(seq "$RUNS"); do
     for size in ${SIZES//,/ }; do
         for mode in plain deflate; do
-            rm -f "$OUT/server.pid"
-            own "$OUT/server.pid" 0 "$TARGET/release/chat-server" --quiet --addr "127.0.0.1:$PORT" \
-                --rate-burst 1000000 --rate-per-sec 1000000 2>>"$OUT/servers.log" &
-            JOB=$!
-            for _ in $(seq 100); do [ -s "$OUT/server.pid" ] && break; sleep 0.02; done
-            PID=$(cat "$OUT/server.pid")
-            for _ in $(seq 100); do
-                if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
-                sleep 0.05
-            done
+            start_owned "$OUT/server.pid" "$OUT/servers.log" "$TARGET/release/chat-server" --quiet \
+                --addr "127.0.0.1:$PORT" --rate-burst 1000000 --rate-per-sec 1000000
+            wait_port "$PORT"
             sleep 0.5
             flag=""; [ "$mode" = deflate ] && flag="--deflate"
             echo "-- run $run: size $size $mode" >>"$OUT/log"

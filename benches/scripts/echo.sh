@@ -120,37 +120,17 @@ for s in ${SERVERS//,/ }; do
 done
 for k in ${ONLY//,/ }; do scenario "$k" >/dev/null; done
 
-# own PIDFILE CORE CMD...: runs CMD in a new session (its own autogroup) at
-# nice $NICE, pinned to CORE; writes CMD's pid to PIDFILE.
-own() {
-    local pidfile=$1 core=$2
-    shift 2
-    setsid -w bash -c 'echo $$ >"$1"
-        [ "$0" = 0 ] || echo "$0" >/proc/self/autogroup 2>/dev/null || true
-        exec nice -n "$0" taskset -c "$2" "${@:3}"' "$NICE" "$pidfile" "$core" "$@"
-}
-
-PID=""
-JOB=""
-stop_server() {
-    if [ -n "$PID" ]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$JOB" 2>/dev/null || true
-        PID=""
-    fi
-}
-trap stop_server EXIT
+# shellcheck source=benches/scripts/lib.sh
+. benches/scripts/lib.sh
 
 start_server() { # name port; returns 1 if it did not say `listening on`
-    rm -f "$OUT/server.pid" "$OUT/server.err"
+    rm -f "$OUT/server.err"
     # shellcheck disable=SC2046
-    own "$OUT/server.pid" 0 $(server_cmd "$1" "127.0.0.1:$2") 2>"$OUT/server.err" &
-    JOB=$!
+    start_owned "$OUT/server.pid" "$OUT/server.err" $(server_cmd "$1" "127.0.0.1:$2")
     for _ in $(seq 200); do
-        [ -s "$OUT/server.pid" ] && grep -q 'listening on' "$OUT/server.err" 2>/dev/null && break
+        grep -q 'listening on' "$OUT/server.err" 2>/dev/null && break
         sleep 0.05
     done
-    PID=$(cat "$OUT/server.pid" 2>/dev/null || true)
     if ! grep -q 'listening on' "$OUT/server.err" 2>/dev/null; then
         echo "echo.sh: $1 did not start on port $2:" >&2
         cat "$OUT/server.err" >&2

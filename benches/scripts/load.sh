@@ -75,48 +75,17 @@ scenario() {
     esac
 }
 
-# own PIDFILE CORE CMD...: runs CMD in a new session (its own autogroup) at
-# nice $NICE, pinned to CORE; writes CMD's pid to PIDFILE (setsid may fork,
-# the pid of the bash that execs CMD is CMD's).
-own() {
-    local pidfile=$1 core=$2
-    shift 2
-    setsid -w bash -c 'echo $$ >"$1"
-        [ "$0" = 0 ] || echo "$0" >/proc/self/autogroup 2>/dev/null || true
-        exec nice -n "$0" taskset -c "$2" "${@:3}"' "$NICE" "$pidfile" "$core" "$@"
-}
-
-PID=""
-JOB=""
-stop_server() {
-    if [ -n "$PID" ]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$JOB" 2>/dev/null || true
-        PID=""
-    fi
-}
-trap stop_server EXIT
+# shellcheck source=benches/scripts/lib.sh
+. benches/scripts/lib.sh
 
 start_server() { # kind port chat-flags
-    rm -f "$OUT/server.pid"
     if [ "$1" = chat-server ]; then
         # shellcheck disable=SC2086
-        own "$OUT/server.pid" 0 "$TARGET/release/chat-server" --quiet --addr "127.0.0.1:$2" $3 2>>"$OUT/servers.log" &
+        start_owned "$OUT/server.pid" "$OUT/servers.log" "$TARGET/release/chat-server" --quiet --addr "127.0.0.1:$2" $3
     else
-        own "$OUT/server.pid" 0 node benches/node-anchor/server.js --addr "127.0.0.1:$2" 2>>"$OUT/servers.log" &
+        start_owned "$OUT/server.pid" "$OUT/servers.log" node benches/node-anchor/server.js --addr "127.0.0.1:$2"
     fi
-    JOB=$!
-    for _ in $(seq 100); do
-        [ -s "$OUT/server.pid" ] && break
-        sleep 0.02
-    done
-    PID=$(cat "$OUT/server.pid")
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "load.sh: $1 did not start on port $2" >&2
-    exit 1
+    wait_port "$2"
 }
 
 echo "== $RUNS run(s) of: $ONLY (log: $OUT/log); load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
