@@ -985,3 +985,42 @@ fn receive_from_zeroes_the_read_buffer_once() {
         }
     }
 }
+
+/// A reader may be drained before any event is asked for (a reactor
+/// reading until `WouldBlock`). After a read that finished a streamed
+/// frame, the next `receive_from` must read on: it returned `Ok(0)`
+/// without reading, which was then taken for the end of the stream (a
+/// spurious 1006 close, and the bytes after the frame never read).
+#[test]
+fn receive_from_after_a_finished_streamed_frame_reads_on() {
+    let mut client = Connection::new(Role::Client, Config::default());
+    let big = vec![7u8; 100_000];
+    client.send_binary(&big).unwrap();
+    client.ping(b"after").unwrap();
+    let wire = client.take_output();
+    let frame_len = wire.len() - 2 - 4 - 5;
+    let mut conn = server();
+    // The header and some payload: the frame starts streaming.
+    let mut reader = &wire[..1000];
+    conn.receive_from(&mut reader, 1000).unwrap();
+    assert_eq!(conn.next_event().unwrap(), None);
+    // The rest of the frame, exactly; no events asked for in between.
+    let mut reader = &wire[1000..frame_len];
+    while !reader.is_empty() {
+        conn.receive_from(&mut reader, 1 << 20).unwrap();
+    }
+    let mut reader = &wire[frame_len..];
+    assert_eq!(conn.receive_from(&mut reader, 1 << 20).unwrap(), 11);
+    let mut got = Vec::new();
+    while let Some(e) = conn.next_event().unwrap() {
+        got.push(e);
+    }
+    assert_eq!(
+        got,
+        [
+            Event::Binary(big.into()),
+            Event::Ping(Bytes::from_static(b"after"))
+        ]
+    );
+    assert_eq!(conn.state(), State::Open);
+}
