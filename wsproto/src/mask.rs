@@ -175,7 +175,10 @@ fn copy_masked_ascii_sse2(dst: &mut [MaybeUninit<u8>], src: &[u8], key64: u64) -
         _mm_setzero_si128, _mm_storeu_si128, _mm_xor_si128,
     };
     assert!(dst.len() == src.len() && src.len() % 64 == 0);
-    let (s, d) = (src.as_ptr().cast::<__m128i>(), dst.as_mut_ptr().cast::<__m128i>());
+    let (s, d) = (
+        src.as_ptr().cast::<__m128i>(),
+        dst.as_mut_ptr().cast::<__m128i>(),
+    );
     // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are
     // always available. Block `i` reads `src[64 * i..64 * (i + 1)]` and
     // writes the same range of `dst`, both in bounds (`i < len / 64`, the

@@ -325,10 +325,11 @@ impl ClientRequest {
         // The HTTP checks are shared with the server side, where their
         // errors are the client's fault and answered with a status; here
         // the server is at fault, so they are wrapped to say so.
-        self.parse_response_inner(buf, config).map_err(|e| match e.kind() {
-            HandshakeErrorKind::Http => HandshakeError::InvalidResponse(Box::new(e)),
-            _ => e,
-        })
+        self.parse_response_inner(buf, config)
+            .map_err(|e| match e.kind() {
+                HandshakeErrorKind::Http => HandshakeError::InvalidResponse(Box::new(e)),
+                _ => e,
+            })
     }
 
     fn parse_response_inner(
