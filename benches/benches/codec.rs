@@ -546,11 +546,12 @@ fn interleaved(rounds: usize) {
             let mask = client.then_some(KEY);
             let msgs = &msgs;
             let mut conn = wsproto_conn(client);
-            let mut out = vec![Vec::with_capacity(cap); 3];
+            let (mut o1, mut o2, mut o3) = (
+                Vec::with_capacity(cap),
+                Vec::with_capacity(cap),
+                Vec::with_capacity(cap),
+            );
             let mut dst = vec![0u8; cap];
-            let [o1, o2, o3] = &mut out[..] else {
-                unreachable!()
-            };
             let reference: Column<'_> = if client {
                 (
                     "copy_mask",
@@ -581,15 +582,15 @@ fn interleaved(rounds: usize) {
                 reference,
                 (
                     "wsproto",
-                    Box::new(move || encode_wsproto(&mut conn, msgs, black_box(o1))),
+                    Box::new(move || encode_wsproto(&mut conn, msgs, black_box(&mut o1))),
                 ),
                 (
                     "tungstenite_frame",
-                    Box::new(move || encode_tungstenite_frame(msgs, mask, black_box(o2))),
+                    Box::new(move || encode_tungstenite_frame(msgs, mask, black_box(&mut o2))),
                 ),
                 (
                     "fastwebsockets_frame",
-                    Box::new(move || encode_fws_frame(msgs, mask, black_box(o3))),
+                    Box::new(move || encode_fws_frame(msgs, mask, black_box(&mut o3))),
                 ),
             ];
             let best = fastest(rounds, &mut cols);
