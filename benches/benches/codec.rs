@@ -453,12 +453,15 @@ criterion_group! {
 type Column<'a> = (&'static str, Box<dyn FnMut() + 'a>);
 
 /// Times `cols` in `rounds` interleaved rounds; the fastest time of each.
+/// Each round starts at the next column, so none always runs right after
+/// the same other one (whose leftovers in cache could favor it).
 fn fastest(rounds: usize, cols: &mut [Column<'_>]) -> Vec<f64> {
-    let mut best = vec![f64::INFINITY; cols.len()];
-    for _ in 0..rounds {
-        for (i, (_, run)) in cols.iter_mut().enumerate() {
+    let n = cols.len();
+    let mut best = vec![f64::INFINITY; n];
+    for r in 0..rounds {
+        for i in (0..n).map(|k| (k + r) % n) {
             let t = std::time::Instant::now();
-            run();
+            (cols[i].1)();
             best[i] = best[i].min(t.elapsed().as_secs_f64());
         }
     }
