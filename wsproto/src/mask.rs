@@ -130,8 +130,9 @@ fn copy_masked_uninit_impl<const TRACK: bool>(
     if TRACK {
         // One pass: SSE2 (x86-64's baseline) copies, unmasks and ORs 64
         // bytes at a time; the check costs no memory traffic of its own.
-        // Against the blocked copy-then-`is_ascii` below, ASCII text decode
-        // went from 0.62x to PENDING of a plain copy+unmask at 16 KiB.
+        // Over 4 MiB in 16 KiB pieces (a standalone loop, one core): 44
+        // GB/s, as fast as the plain unmasking copy, where the blocked
+        // copy-then-`is_ascii` below ran at 28-31 GB/s.
         let n = src.len() / 64 * 64;
         let ascii = copy_masked_ascii_sse2(&mut dst[..n], &src[..n], key64);
         // `n` is a multiple of 4: the key's phase carries on.
