@@ -494,10 +494,14 @@ fn interleaved(rounds: usize) {
         "| workload | wsproto GB/s | best peer GB/s | ×best peer | reference GB/s | ×reference |"
     );
     println!("|---|---|---|---|---|---|");
+    // Decode sizes: `CODEC_INTERLEAVED_SIZES` (comma-separated), by default
+    // the 16 B, 16 KiB and 1 MiB.
+    let sizes =
+        std::env::var("CODEC_INTERLEAVED_SIZES").unwrap_or_else(|_| "16,16384,1048576".to_string());
     let keep = |name: &str| {
         let size = name.rsplit('/').next().unwrap_or("");
         (name.starts_with("binary/") || name.starts_with("ascii/"))
-            && matches!(size, "16" | "16384" | "1048576")
+            && sizes.split(',').any(|s| s == size)
     };
     for w in decode_workloads().into_iter().filter(|w| keep(&w.name)) {
         check_decoders(&rt, &w);
