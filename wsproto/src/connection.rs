@@ -495,18 +495,19 @@ impl Connection {
                     ascii,
                 } => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(src.len());
-                    if self.ahead_on && n as u64 == left {
-                        // The frame ends here, and `poll` has not taken it
-                        // yet: it goes back to `input` as a whole frame.
-                        self.flush_ahead();
+                    if self.ahead_on {
+                        if n as u64 == left {
+                            // The frame ends here, and `poll` has not taken
+                            // it yet: it goes back to `input` as a whole frame.
+                            self.flush_ahead();
+                        } else {
+                            // All of `src` belongs to the frame.
+                            self.ahead_piece(src, key, done, left, ascii);
+                            return;
+                        }
                     }
                     let piece = &src[..n];
-                    let dst = if self.ahead_on {
-                        &mut self.ahead
-                    } else {
-                        &mut self.input
-                    };
-                    let ascii = Self::put_payload(dst, piece, key, done, ascii);
+                    let ascii = Self::put_payload(&mut self.input, piece, key, done, ascii);
                     src = &src[n..];
                     let left = left - n as u64;
                     if left == 0 && ascii {
@@ -605,18 +606,44 @@ impl Connection {
     /// `len`) in `input`, and `rest` bytes of this `receive` follow it: if
     /// the payload will not all be there, and the frame is one `poll` would
     /// stream into a buffer of its own, that buffer starts now (`ahead`).
-    #[inline]
+    #[inline(always)]
     fn maybe_stream_ahead(&mut self, b0: u8, len: u64, rest: usize) {
+        // At most once per `receive`: out of the per-frame path.
+        if len > rest as u64 && len > SMALL_FRAME {
+            self.start_ahead(b0, len);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn start_ahead(&mut self, b0: u8, len: u64) {
         let data = matches!(b0 & 0x0F, 0x1 | 0x2);
         // Only sizes `check_frame` would accept: a header `poll` rejects
         // must not make us allocate (it fails the connection, and `fail`
         // drops the buffer).
         let limit = self.config.max_frame_size.min(self.config.max_message_size) as u64;
-        if data && len > rest as u64 && len > SMALL_FRAME && len <= limit {
+        if data && len <= limit {
             // invariant: len <= limit, a usize.
             self.ahead = BytesMut::with_capacity(len as usize);
             self.ahead_on = true;
         }
+    }
+
+    /// The scan, in a frame streaming into `ahead`, copies all of `src`
+    /// (which does not finish the frame) there.
+    #[inline(never)]
+    fn ahead_piece(
+        &mut self,
+        src: &[u8],
+        key: Option<[u8; 4]>,
+        done: usize,
+        left: u64,
+        ascii: bool,
+    ) {
+        debug_assert!((src.len() as u64) < left);
+        let ascii = Self::put_payload(&mut self.ahead, src, key, done, ascii);
+        let n = src.len();
+        self.scan = Self::after_payload(key, done + n, left - n as u64, ascii);
     }
 
     /// Ends `ahead`: its bytes go to `input`, after the frame's header
