@@ -28,7 +28,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked </dev/null
 fi
 targets=$(cargo fuzz list)
-cargo fuzz build -O </dev/null
+# -a: debug assertions on (-O alone turns them off), so every target also
+# checks `Connection`'s receive-path invariants (`debug_check_invariants`)
+# at each exit of its receive loop.
+cargo fuzz build -O -a </dev/null
 echo "fuzz/smoke.sh: built in $((SECONDS - start)) s"
 
 work=$(mktemp -d)
@@ -41,7 +44,7 @@ smoke() {
   mkdir -p "$work/$target"
   cp fuzz/corpus/"$target"/seed-* "$work/$target"/
   local rc=0
-  cargo fuzz run -O "$target" "$work/$target" -- \
+  cargo fuzz run -O -a "$target" "$work/$target" -- \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
     -artifact_prefix="$art/$target-" -print_final_stats=1 \
     >"$art/$target.log" 2>&1 </dev/null || rc=$?

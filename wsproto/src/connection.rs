@@ -262,6 +262,11 @@ struct Partial {
 // 5. The first `lent_len` bytes of `input` are lent out by
 //    `next_event_ref` and are dropped at the next call; `input_alloc` is at
 //    least `input`'s capacity.
+// 6. While `ahead_on`, the scan is inside a Text or Binary frame whose
+//    header is the last thing in `input`, and the `done` payload bytes it
+//    has passed are in `ahead` (unmasked), not in `input`; the frame is
+//    unfinished (a frame the scan finishes goes back to `input` whole).
+//    Otherwise `ahead` is empty.
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
@@ -282,6 +287,15 @@ pub struct Connection {
     /// message's buffer for a continuation. This avoids growing (and
     /// re-copying) the input buffer while a large frame trickles in.
     sink: BytesMut,
+    /// The buffer of a Text or Binary frame that `receive` found cut short
+    /// by the end of its bytes, while `ahead_on`: the scan copies (and
+    /// unmasks) that payload here instead of into `input`, and `poll` takes
+    /// it as the frame's sink when it gets there. Without it the part of
+    /// the frame that came with its header was copied twice (into `input`,
+    /// then into the sink): 12% more copying for 16 KiB frames in 64 KiB
+    /// reads.
+    ahead: BytesMut,
+    ahead_on: bool,
     recv: Recv,
     partial: Option<Partial>,
     utf8: Utf8Validator,
@@ -344,6 +358,8 @@ impl Connection {
             scan_ahead: 0,
             ascii_frames: 0,
             sink: BytesMut::new(),
+            ahead: BytesMut::new(),
+            ahead_on: false,
             recv: Recv::AwaitHeader,
             partial: None,
             utf8: Utf8Validator::new(),
@@ -439,6 +455,8 @@ impl Connection {
             self.input.reserve(rest.len());
             self.input_alloc = self.input_alloc.max(self.input.capacity());
             self.scan_copy(rest);
+            // `flush_ahead` may have grown it past the reservation.
+            self.input_alloc = self.input_alloc.max(self.input.capacity());
             // Possibly a new allocation: nothing past the data is known
             // initialized.
             self.input_end = 0;
@@ -477,22 +495,19 @@ impl Connection {
                     ascii,
                 } => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(src.len());
+                    if self.ahead_on {
+                        if n as u64 == left {
+                            // The frame ends here, and `poll` has not taken
+                            // it yet: it goes back to `input` as a whole frame.
+                            self.flush_ahead();
+                        } else {
+                            // All of `src` belongs to the frame.
+                            self.ahead_piece(src, key, done, left, ascii);
+                            return;
+                        }
+                    }
                     let piece = &src[..n];
-                    let ascii = match key {
-                        // A text payload learns whether it is all ASCII
-                        // in the copy itself (see `ascii_frames`).
-                        Some(key) if ascii => {
-                            frame::put_masked_at_ascii(&mut self.input, piece, key, done)
-                        }
-                        Some(key) => {
-                            frame::put_masked_at(&mut self.input, piece, key, done);
-                            false
-                        }
-                        None => {
-                            self.input.extend_from_slice(piece);
-                            false
-                        }
-                    };
+                    let ascii = Self::put_payload(&mut self.input, piece, key, done, ascii);
                     src = &src[n..];
                     let left = left - n as u64;
                     if left == 0 && ascii {
@@ -519,6 +534,7 @@ impl Connection {
                         }
                         self.scan = self.enter_payload(src[0], key, len, true);
                         self.input.extend_from_slice(&src[..n]);
+                        self.maybe_stream_ahead(src[0], len, src.len() - n);
                         src = &src[n..];
                     } else {
                         self.input.extend_from_slice(src);
@@ -559,6 +575,89 @@ impl Connection {
                 have: self.input.len() - start,
             },
         };
+    }
+
+    /// Copies a payload piece to the end of `dst`, unmasking it; with
+    /// `ascii`, returns whether it was all ASCII (else false).
+    #[inline(always)]
+    fn put_payload(
+        dst: &mut BytesMut,
+        piece: &[u8],
+        key: Option<[u8; 4]>,
+        done: usize,
+        ascii: bool,
+    ) -> bool {
+        match key {
+            // A text payload learns whether it is all ASCII in the copy
+            // itself (see `ascii_frames`).
+            Some(key) if ascii => frame::put_masked_at_ascii(dst, piece, key, done),
+            Some(key) => {
+                frame::put_masked_at(dst, piece, key, done);
+                false
+            }
+            None => {
+                dst.extend_from_slice(piece);
+                false
+            }
+        }
+    }
+
+    /// The scan just put the header of a frame (first byte `b0`, payload
+    /// `len`) in `input`, and `rest` bytes of this `receive` follow it: if
+    /// the payload will not all be there, and the frame is one `poll` would
+    /// stream into a buffer of its own, that buffer starts now (`ahead`).
+    #[inline(always)]
+    fn maybe_stream_ahead(&mut self, b0: u8, len: u64, rest: usize) {
+        // At most once per `receive`: out of the per-frame path.
+        if len > rest as u64 && len > SMALL_FRAME {
+            self.start_ahead(b0, len);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn start_ahead(&mut self, b0: u8, len: u64) {
+        let data = matches!(b0 & 0x0F, 0x1 | 0x2);
+        // Only sizes `check_frame` would accept: a header `poll` rejects
+        // must not make us allocate (it fails the connection, and `fail`
+        // drops the buffer).
+        let limit = self.config.max_frame_size.min(self.config.max_message_size) as u64;
+        if data && len <= limit {
+            // invariant: len <= limit, a usize.
+            self.ahead = BytesMut::with_capacity(len as usize);
+            self.ahead_on = true;
+        }
+    }
+
+    /// The scan, in a frame streaming into `ahead`, copies all of `src`
+    /// (which does not finish the frame) there.
+    #[inline(never)]
+    fn ahead_piece(
+        &mut self,
+        src: &[u8],
+        key: Option<[u8; 4]>,
+        done: usize,
+        left: u64,
+        ascii: bool,
+    ) {
+        debug_assert!((src.len() as u64) < left);
+        let ascii = Self::put_payload(&mut self.ahead, src, key, done, ascii);
+        let n = src.len();
+        self.scan = Self::after_payload(key, done + n, left - n as u64, ascii);
+    }
+
+    /// Ends `ahead`: its bytes go to `input`, after the frame's header
+    /// (the last thing there), as if the scan had copied them there.
+    #[cold]
+    fn flush_ahead(&mut self) {
+        if std::mem::take(&mut self.ahead_on) {
+            self.input.extend_from_slice(&self.ahead);
+            self.ahead = BytesMut::new();
+            // Possibly a new allocation (as in `receive`, which also
+            // updates `input_alloc` after it).
+            self.input_alloc = self.input_alloc.max(self.input.capacity());
+            self.input_end = 0;
+        }
     }
 
     /// The scan state once `done` payload bytes are through, `left` to go.
@@ -766,9 +865,11 @@ impl Connection {
     ) -> io::Result<usize> {
         self.release_lent();
         // A streaming payload is read straight into its sink.
-        let result = if matches!(self.recv, Recv::AwaitPayload { .. }) && !self.eof {
+        let result = if self.payload_remaining() > 0 && !self.eof {
             self.stream_payload(max, |dst| reader.read(dst))
         } else {
+            // A read lands in `input` (unmasked there by `scan_in_place`).
+            self.flush_ahead();
             let start = self.input.len();
             self.ready_spare(max);
             // SAFETY: `ready_spare(max)` left at least `max` bytes of spare
@@ -972,6 +1073,12 @@ impl Connection {
         if self.input_end == self.input.as_ptr() as usize + self.input.capacity() {
             assert!(self.input_uninit_tail <= self.input.capacity() - self.input.len());
         }
+        if self.ahead_on {
+            let in_payload = matches!(self.scan, Scan::Payload { done, left, .. } if done == self.ahead.len() && left > 0);
+            assert!(in_payload, "ahead out of step with the scan");
+        } else {
+            assert!(self.ahead.is_empty(), "ahead left over");
+        }
         // Verdicts only for frames the scan has counted.
         assert!(self.scan_ahead >= VERDICTS || self.ascii_frames >> self.scan_ahead == 0);
         assert!(self.input_alloc >= self.input.capacity() || self.input.is_empty());
@@ -1116,7 +1223,14 @@ impl Connection {
     fn start_streaming(&mut self, header: FrameHeader, have: usize) {
         // invariant: check_frame bounded payload_len by max_frame_size (a usize).
         let len = header.payload_len as usize;
+        // The scan already streams this frame into a buffer of its own.
+        let from_ahead = std::mem::take(&mut self.ahead_on);
+        let ahead_len = if from_ahead { self.ahead.len() } else { 0 };
         self.sink = match (header.opcode, self.partial.as_mut()) {
+            _ if from_ahead => {
+                debug_assert!(have == 0 && header.opcode != Opcode::Continuation);
+                std::mem::take(&mut self.ahead)
+            }
             (Opcode::Continuation, Some(p)) => {
                 let mut data = std::mem::take(&mut p.data);
                 data.reserve(len);
@@ -1141,8 +1255,8 @@ impl Connection {
                 left,
                 ascii,
             } => {
-                debug_assert!(key == header.mask && done == have);
-                debug_assert_eq!(left, header.payload_len - have as u64);
+                debug_assert!(key == header.mask && done == have + ahead_len);
+                debug_assert_eq!(left, header.payload_len - done as u64);
                 ascii
             }
             Scan::Header { .. } => {
@@ -1156,8 +1270,13 @@ impl Connection {
         );
         self.scan = Scan::Header { have: 0 };
         self.reset_verdicts();
-        self.sink.extend_from_slice(&self.input[..have]);
-        self.input.advance(have);
+        let have = if from_ahead {
+            self.sink.len()
+        } else {
+            self.sink.extend_from_slice(&self.input[..have]);
+            self.input.advance(have);
+            have
+        };
         // The part the scan saw to be ASCII is validated as it stands.
         let validated = if ascii && have > 0 && self.is_text(&header) && self.utf8.is_boundary() {
             debug_assert!(self.sink[self.sink.len() - have..].is_ascii());
@@ -1375,6 +1494,8 @@ impl Connection {
         self.reset_verdicts();
         self.input_alloc = 0;
         self.sink = BytesMut::new();
+        self.ahead = BytesMut::new();
+        self.ahead_on = false;
         self.recv = Recv::AwaitHeader;
         err
     }
@@ -1393,6 +1514,8 @@ impl Connection {
         self.reset_verdicts();
         self.input_alloc = 0;
         self.sink = BytesMut::new();
+        self.ahead = BytesMut::new();
+        self.ahead_on = false;
         self.recv = Recv::AwaitHeader;
         Some(Event::Close(CloseFrame {
             code: CloseCode::ABNORMAL,

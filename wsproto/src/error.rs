@@ -220,6 +220,26 @@ pub enum HandshakeError {
         /// The body of the response as far as it was read (lossy UTF-8, short).
         body: String,
     },
+    /// Client side: the server's response is not valid HTTP, is over a
+    /// limit, or lacks or botches a header the upgrade needs (RFC 6455
+    /// §4.1, the client's checks of the server's handshake). The error
+    /// inside says what, in the words used for a request on the server
+    /// side; here the server is at fault, and nothing is answered
+    /// ([`status`](Self::status) is `None`).
+    ///
+    /// ```
+    /// use wsproto::handshake::ClientRequest;
+    /// use wsproto::{Fault, HandshakeError};
+    /// let req = ClientRequest::new("localhost", 80, "/")?;
+    /// let err = req.parse_response(b"HTTP/1.1 101 OK\r\n\r\n", &Default::default());
+    /// let Err(HandshakeError::InvalidResponse(inner)) = &err else { panic!("{err:?}") };
+    /// assert_eq!(**inner, HandshakeError::MissingHeader("Upgrade"));
+    /// let err = err.unwrap_err();
+    /// assert_eq!((err.fault(), err.status()), (Fault::Peer, None));
+    /// # Ok::<(), HandshakeError>(())
+    /// ```
+    #[error("invalid response from the server: {0}")]
+    InvalidResponse(Box<HandshakeError>),
     /// Client side: `Sec-WebSocket-Accept` does not match our key.
     #[error("Sec-WebSocket-Accept is {got:?}, expected {expected:?}")]
     AcceptMismatch {
@@ -332,6 +352,7 @@ impl HandshakeError {
             | Self::OriginRefused { .. }
             | Self::UnsupportedVersion(_)
             | Self::Status { .. }
+            | Self::InvalidResponse(_)
             | Self::AcceptMismatch { .. }
             | Self::NotOffered(_)
             | Self::DeflateAnswer { .. } => Fault::Peer,
@@ -370,6 +391,7 @@ impl HandshakeError {
             | Self::OriginRefused { .. }
             | Self::UnsupportedVersion(_) => HandshakeErrorKind::Request,
             Self::Status { .. }
+            | Self::InvalidResponse(_)
             | Self::AcceptMismatch { .. }
             | Self::NotOffered(_)
             | Self::DeflateAnswer { .. } => HandshakeErrorKind::Response,
@@ -417,9 +439,11 @@ impl HandshakeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum HandshakeErrorKind {
-    /// The peer's HTTP message itself (malformed, over a limit, a header
-    /// missing or wrong): the client's request on the server side, the
-    /// server's response on the client side. The peer is at fault.
+    /// The client's HTTP request itself (malformed, over a limit, a header
+    /// missing or wrong), on the server side. The client is at fault; answer
+    /// with [`HandshakeError::status`]. (The same faults in a server's
+    /// response are [`HandshakeError::InvalidResponse`], of kind
+    /// [`Response`](Self::Response).)
     Http,
     /// Server side: the client's request is well-formed HTTP but not an
     /// acceptable WebSocket upgrade. The client is at fault; answer with
@@ -549,6 +573,7 @@ mod tests {
                 offset: 0,
             },
             H::UnexpectedEof,
+            H::InvalidResponse(Box::new(H::MissingHeader("Upgrade"))),
         ]
     }
 

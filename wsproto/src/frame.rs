@@ -329,7 +329,14 @@ pub fn encode_frame_into<B: BufMut + ?Sized>(
     // Always inlined (with the small-frame path), so a caller sending small
     // frames in a loop does not pay a call per frame: the general path is
     // a function of its own.
-    if payload.len() <= SMALL_FRAME && put_small_frame(dst, fin, opcode, payload, mask) {
+    if payload.len() <= SMALL_FRAME {
+        if put_small_frame(dst, fin, opcode, payload, mask) {
+            return;
+        }
+    } else if payload.len() <= MEDIUM_FRAME
+        && mask.is_none()
+        && put_medium_unmasked(dst, fin, opcode, payload)
+    {
         return;
     }
     encode_frame_general(dst, fin, opcode, payload, mask);
@@ -406,6 +413,41 @@ fn put_small_frame<B: BufMut + ?Sized>(
             mask::copy_masked_uninit(slot, payload, key, 0);
         }
     }
+    // SAFETY: the first `total` bytes of `chunk_mut` were just written (the
+    // header, then the payload), and `chunk.len() >= total` was checked.
+    #[allow(unsafe_code)]
+    unsafe {
+        dst.advance_mut(total)
+    };
+    true
+}
+
+/// Payloads up to this size have a 16-bit length (RFC 6455 §5.2).
+const MEDIUM_FRAME: usize = u16::MAX as usize;
+
+/// As [`put_small_frame`], for an unmasked frame of 126 to 65535 payload
+/// bytes (a 4-byte header). At 1 KiB the general path's two `put_slice`
+/// calls (a capacity check and a length update each) left a server's
+/// encode at 0.95× the peers that write the header in place. (A masked
+/// frame is not helped: its copy+xor dominates.)
+#[inline]
+fn put_medium_unmasked<B: BufMut + ?Sized>(
+    dst: &mut B,
+    fin: bool,
+    opcode: Opcode,
+    payload: &[u8],
+) -> bool {
+    debug_assert!(payload.len() > SMALL_FRAME && payload.len() <= MEDIUM_FRAME);
+    let total = 4 + payload.len();
+    let chunk = dst.chunk_mut();
+    if chunk.len() < total {
+        return false;
+    }
+    let b0 = (u8::from(fin) << 7) | opcode as u8;
+    // invariant: payload.len() <= 65535, so it fits the 16-bit length.
+    let len = (payload.len() as u16).to_be_bytes();
+    chunk[..4].copy_from_slice(&[b0, 126, len[0], len[1]]);
+    chunk[4..total].copy_from_slice(payload);
     // SAFETY: the first `total` bytes of `chunk_mut` were just written (the
     // header, then the payload), and `chunk.len() >= total` was checked.
     #[allow(unsafe_code)]
@@ -628,13 +670,19 @@ mod tests {
             }
         }
 
-        /// `encode_frame_into` (whose frames of up to 125 bytes take the
-        /// one-piece path when the buffer has room, the general path when
-        /// it has not) writes exactly the header `FrameHeader::encode`
-        /// gives, then the payload, masked for a client.
+        /// `encode_frame_into` (whose frames of up to 125 bytes, and
+        /// unmasked ones up to 65535, take the one-piece paths when the
+        /// buffer has room, the general path when it has not) writes
+        /// exactly the header `FrameHeader::encode` gives, then the
+        /// payload, masked for a client.
         #[test]
         fn encode_frame_into_matches_reference(
-            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            payload in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                // Around the 16-bit length's end (RFC 6455 §5.2).
+                proptest::collection::vec(any::<u8>(), 65530..65540),
+            ],
+            roomy in any::<bool>(),
             mask in proptest::option::of(any::<[u8; 4]>()),
             fin in any::<bool>(),
             text in any::<bool>(),
@@ -653,12 +701,14 @@ mod tests {
             }
             want.extend_from_slice(&body);
             // A Vec with exactly `spare` bytes of room past the prefix: too
-            // little, just enough or plenty for the frame.
-            let mut got = Vec::with_capacity(prefix + spare);
+            // little, just enough or plenty for the frame (`roomy`: room
+            // for the frame, give or take 100 bytes).
+            let room = if roomy { (want.len() - prefix + spare).saturating_sub(100) } else { spare };
+            let mut got = Vec::with_capacity(prefix + room);
             got.extend_from_slice(&want[..prefix]);
             encode_frame_into(&mut got, fin, opcode, &payload, mask);
             prop_assert_eq!(&got, &want);
-            let mut got = BytesMut::with_capacity(prefix + spare);
+            let mut got = BytesMut::with_capacity(prefix + room);
             got.extend_from_slice(&want[..prefix]);
             encode_frame_into(&mut got, fin, opcode, &payload, mask);
             prop_assert_eq!(&got[..], &want[..]);

@@ -740,6 +740,20 @@ fn feed_mixed(
     via_reader: &[bool],
     max_read: usize,
 ) -> (Vec<Event>, Option<ProtocolError>) {
+    feed_lazily(wire, cuts, via_reader, max_read, &[])
+}
+
+/// As `feed_mixed`, without asking for events after the pieces `lazy`
+/// marks (so several pieces are buffered before `next_event` runs: a
+/// frame the first one cut short may end in a later one before `poll`
+/// ever saw its header).
+fn feed_lazily(
+    wire: &[u8],
+    cuts: &[usize],
+    via_reader: &[bool],
+    max_read: usize,
+    lazy: &[bool],
+) -> (Vec<Event>, Option<ProtocolError>) {
     let mut conn = Connection::new(Role::Server, Config::default());
     let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(wire.len())).collect();
     cuts.sort_unstable();
@@ -764,6 +778,9 @@ fn feed_mixed(
             continue;
         }
         conn.receive(piece);
+        if lazy.get(i).copied().unwrap_or(false) && start < wire.len() {
+            continue;
+        }
         loop {
             match conn.next_event() {
                 Ok(Some(e)) => out.push(e),
@@ -787,6 +804,7 @@ proptest! {
         via_reader in proptest::collection::vec(any::<bool>(), 0..31),
         max_read in 1usize..3000,
         garbage in proptest::collection::vec(any::<u8>(), 0..20),
+        lazy in proptest::collection::vec(any::<bool>(), 0..31),
     ) {
         let mut sender = Connection::new(Role::Client, Config::default());
         for m in &msgs {
@@ -797,7 +815,7 @@ proptest! {
         let mut wire = sender.take_output().to_vec();
         wire.extend(&garbage);
         let whole = feed_mixed(&wire, &[], &[], 1 << 20);
-        prop_assert_eq!(&whole, &feed_mixed(&wire, &cuts, &via_reader, max_read));
+        prop_assert_eq!(&whole, &feed_lazily(&wire, &cuts, &via_reader, max_read, &lazy));
         prop_assert_eq!(whole.0.len() >= msgs.len() + 2, true);
     }
 }
@@ -841,6 +859,7 @@ proptest! {
         cuts in proptest::collection::vec(0usize..6000, 0..30),
         via_reader in proptest::collection::vec(any::<bool>(), 0..31),
         max_read in 1usize..3000,
+        lazy in proptest::collection::vec(any::<bool>(), 0..31),
     ) {
         let mut wire = Vec::new();
         let mut want = Vec::new();
@@ -890,7 +909,7 @@ proptest! {
                 Err(e) => want_err = Some((want.len(), e.valid_up_to() as u64)),
             }
         }
-        let (got, err) = feed_mixed(&wire, &cuts, &via_reader, max_read);
+        let (got, err) = feed_lazily(&wire, &cuts, &via_reader, max_read, &lazy);
         match want_err {
             None => {
                 prop_assert_eq!(err, None);
@@ -965,4 +984,43 @@ fn receive_from_zeroes_the_read_buffer_once() {
             );
         }
     }
+}
+
+/// A reader may be drained before any event is asked for (a reactor
+/// reading until `WouldBlock`). After a read that finished a streamed
+/// frame, the next `receive_from` must read on: it returned `Ok(0)`
+/// without reading, which was then taken for the end of the stream (a
+/// spurious 1006 close, and the bytes after the frame never read).
+#[test]
+fn receive_from_after_a_finished_streamed_frame_reads_on() {
+    let mut client = Connection::new(Role::Client, Config::default());
+    let big = vec![7u8; 100_000];
+    client.send_binary(&big).unwrap();
+    client.ping(b"after").unwrap();
+    let wire = client.take_output();
+    let frame_len = wire.len() - 2 - 4 - 5;
+    let mut conn = server();
+    // The header and some payload: the frame starts streaming.
+    let mut reader = &wire[..1000];
+    conn.receive_from(&mut reader, 1000).unwrap();
+    assert_eq!(conn.next_event().unwrap(), None);
+    // The rest of the frame, exactly; no events asked for in between.
+    let mut reader = &wire[1000..frame_len];
+    while !reader.is_empty() {
+        conn.receive_from(&mut reader, 1 << 20).unwrap();
+    }
+    let mut reader = &wire[frame_len..];
+    assert_eq!(conn.receive_from(&mut reader, 1 << 20).unwrap(), 11);
+    let mut got = Vec::new();
+    while let Some(e) = conn.next_event().unwrap() {
+        got.push(e);
+    }
+    assert_eq!(
+        got,
+        [
+            Event::Binary(big.into()),
+            Event::Ping(Bytes::from_static(b"after"))
+        ]
+    );
+    assert_eq!(conn.state(), State::Open);
 }

@@ -4,45 +4,13 @@
 //! one the tests say so and pass (CI installs it: see the report).
 #![cfg(feature = "deflate")]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wsproto::deflate::DeflateConfig;
 use wsproto::handshake::ClientRequest;
 use wsproto::{blocking, CloseCode, Config, Event};
-
-fn python() -> Option<String> {
-    let candidates = std::env::var("WSPROTO_INTEROP_PYTHON")
-        .ok()
-        .into_iter()
-        .chain(["python3".to_string()]);
-    for py in candidates {
-        let ok = Command::new(&py)
-            .args(["-c", "import websockets.sync.client"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(py);
-        }
-    }
-    eprintln!("no Python with `websockets`: interop not run (set WSPROTO_INTEROP_PYTHON)");
-    None
-}
-
-/// Waits for `child` at most `limit`, killing it past that.
-fn wait(mut child: Child, limit: Duration) -> std::process::Output {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
 
 /// Messages of every size class: tiny (sent plain), chat-sized, large.
 const SIZES: [usize; 6] = [0, 5, 100, 1000, 70_000, 300_000];
@@ -65,7 +33,9 @@ print("ok", flush=True)
 
 #[test]
 fn python_websockets_client_against_our_server() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("websockets.sync.client", "interop") else {
+        return;
+    };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -88,18 +58,12 @@ fn python_websockets_client_against_our_server() {
         }
     });
     let sizes: Vec<String> = SIZES.iter().map(|n| n.to_string()).collect();
-    let child = Command::new(&py)
-        .args(["-c", PY_CLIENT, &format!("ws://{addr}/"), &sizes.join(",")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait(child, Duration::from_secs(60));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let url = format!("ws://{addr}/");
+    let stdout = common::run_client(
+        &py,
+        PY_CLIENT,
+        &[&url, &sizes.join(",")],
+        Duration::from_secs(60),
     );
     assert!(stdout.contains("ext permessage-deflate"), "{stdout}");
     assert!(stdout.contains("ok"), "{stdout}");
@@ -118,19 +82,10 @@ with serve(echo, "127.0.0.1", 0, max_size=2**22) as server:
 
 #[test]
 fn our_client_against_python_websockets_server() {
-    let Some(py) = python() else { return };
-    let mut child = Command::new(&py)
-        .args(["-c", PY_SERVER])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let result = std::panic::catch_unwind(|| {
-        let port: u16 = line.trim().parse().expect("the server's port");
+    let Some(py) = common::python("websockets.sync.client", "interop") else {
+        return;
+    };
+    common::with_server(&py, PY_SERVER, &[], |port| {
         let request = ClientRequest::new("127.0.0.1", port, "/").unwrap();
         let stream = TcpStream::connect(request.address()).unwrap();
         stream
@@ -150,9 +105,4 @@ fn our_client_against_python_websockets_server() {
         ws.close(CloseCode::NORMAL, "").unwrap();
         while !matches!(ws.read(), Ok(Event::Close(_)) | Err(_)) {}
     });
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
 }

@@ -5,47 +5,15 @@
 #![cfg(feature = "rustls")]
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wsproto::blocking::MaybeTlsStream;
 use wsproto::tls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use wsproto::tls::rustls::RootCertStore;
 use wsproto::{blocking, tls, CloseCode, Config, Event};
-
-fn python() -> Option<String> {
-    let candidates = std::env::var("WSPROTO_INTEROP_PYTHON")
-        .ok()
-        .into_iter()
-        .chain(["python3".to_string()]);
-    for py in candidates {
-        let ok = Command::new(&py)
-            .args(["-c", "import ssl, websockets.sync.client"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(py);
-        }
-    }
-    eprintln!("no Python with `websockets`: TLS interop not run (set WSPROTO_INTEROP_PYTHON)");
-    None
-}
-
-/// Waits for `child` at most `limit`, killing it past that.
-fn wait(mut child: Child, limit: Duration) -> std::process::Output {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
 
 /// A CA and a localhost certificate it signed, as PEM files in a
 /// temporary directory (removed on drop).
@@ -112,7 +80,9 @@ print("ok", flush=True)
 
 #[test]
 fn python_websockets_client_against_our_wss_server() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("ssl, websockets.sync.client", "TLS interop") else {
+        return;
+    };
     let pki = Pki::new("server");
     let config = tls::server_config(
         vec![pki.leaf.der().clone()],
@@ -137,24 +107,15 @@ fn python_websockets_client_against_our_wss_server() {
         }
     });
     let sizes: Vec<String> = SIZES.iter().map(|n| n.to_string()).collect();
-    let child = Command::new(&py)
-        .args([
-            "-c",
-            PY_CLIENT,
+    let stdout = common::run_client(
+        &py,
+        PY_CLIENT,
+        &[
             &format!("wss://localhost:{port}/"),
             &pki.path("ca.pem"),
             &sizes.join(","),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait(child, Duration::from_secs(60));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        Duration::from_secs(60),
     );
     assert!(stdout.contains("tls TLSv1.3"), "{stdout}");
     assert!(stdout.contains("ok"), "{stdout}");
@@ -176,20 +137,12 @@ with serve(echo, "127.0.0.1", 0, ssl=ctx, max_size=2**22) as server:
 
 #[test]
 fn our_wss_client_against_python_websockets_server() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("ssl, websockets.sync.client", "TLS interop") else {
+        return;
+    };
     let pki = Pki::new("client");
-    let mut child = Command::new(&py)
-        .args(["-c", PY_SERVER, &pki.path("cert.pem"), &pki.path("key.pem")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let result = std::panic::catch_unwind(|| {
-        let port: u16 = line.trim().parse().expect("the server's port");
+    let args = [pki.path("cert.pem"), pki.path("key.pem")];
+    common::with_server(&py, PY_SERVER, &[&args[0], &args[1]], |port| {
         let mut roots = RootCertStore::empty();
         roots.add(pki.ca.der().clone()).unwrap();
         let (mut ws, _) = blocking::connect_with_tls(
@@ -215,9 +168,4 @@ fn our_wss_client_against_python_websockets_server() {
         ws.close(CloseCode::NORMAL, "").unwrap();
         assert!(matches!(ws.read().unwrap(), Event::Close(f) if f.code == CloseCode::NORMAL));
     });
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
 }

@@ -5,7 +5,7 @@ use super::origin::is_reg_name_byte;
 use super::{accept_key, head_end};
 use crate::config::Config;
 use crate::deflate::{DeflateConfig, DeflateParams};
-use crate::error::HandshakeError;
+use crate::error::{HandshakeError, HandshakeErrorKind};
 use base64::Engine;
 
 /// A client's Upgrade request, holding the key its response is checked against.
@@ -322,6 +322,21 @@ impl ClientRequest {
         buf: &[u8],
         config: &Config,
     ) -> Result<ParsedResponse, HandshakeError> {
+        // The HTTP checks are shared with the server side, where their
+        // errors are the client's fault and answered with a status; here
+        // the server is at fault, so they are wrapped to say so.
+        self.parse_response_inner(buf, config)
+            .map_err(|e| match e.kind() {
+                HandshakeErrorKind::Http => HandshakeError::InvalidResponse(Box::new(e)),
+                _ => e,
+            })
+    }
+
+    fn parse_response_inner(
+        &self,
+        buf: &[u8],
+        config: &Config,
+    ) -> Result<ParsedResponse, HandshakeError> {
         let too_large = HandshakeError::HeadTooLarge {
             limit: config.max_handshake_size,
         };
@@ -466,6 +481,7 @@ pub struct Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Fault;
 
     fn answer(req: &ClientRequest, extra: &str) -> String {
         format!(
@@ -691,15 +707,43 @@ mod tests {
         let no_upgrade = ok.replace("Upgrade: websocket\r\n", "");
         assert_eq!(
             req.parse_response(no_upgrade.as_bytes(), &config),
-            Err(HandshakeError::MissingHeader("Upgrade"))
+            Err(HandshakeError::InvalidResponse(Box::new(
+                HandshakeError::MissingHeader("Upgrade")
+            )))
         );
         let no_conn = ok.replace("Connection: Upgrade", "Connection: close");
         assert!(matches!(
             req.parse_response(no_conn.as_bytes(), &config),
-            Err(HandshakeError::InvalidHeader {
+            Err(HandshakeError::InvalidResponse(e)) if matches!(*e, HandshakeError::InvalidHeader {
                 name: "Connection",
                 ..
             })
         ));
+    }
+
+    /// Issue 12: a client-side error is never one a server would answer
+    /// with an HTTP status: every way a response can be wrong is the
+    /// server's fault, of kind `Response`, with no `status()` (the shared
+    /// HTTP checks used to give `MissingHeader`, status 400).
+    #[test]
+    fn response_errors_are_the_servers_fault_and_never_answered() {
+        let config = Config::default().max_headers(4).max_handshake_size(300);
+        let req = ClientRequest::new("h", 80, "/").unwrap();
+        let ok = answer(&req, "");
+        let bad = [
+            ok.replace("Upgrade: websocket\r\n", ""),
+            ok.replace("Connection: Upgrade", "Connection: close"),
+            ok.replace("HTTP/1.1 101", "HTTP/1.1 1x1"),
+            ok.replace("\r\n\r\n", "\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"),
+            ok.replace("\r\n\r\n", &format!("\r\nA: {}\r\n\r\n", "a".repeat(300))),
+            ok.replace("Sec-WebSocket-Accept: ", "Sec-WebSocket-Accept: x"),
+            "HTTP/1.1 404 Not Found\r\n\r\n".to_string(),
+        ];
+        for answer in &bad {
+            let err = req.parse_response(answer.as_bytes(), &config).unwrap_err();
+            assert_eq!(err.fault(), Fault::Peer, "{answer:?}: {err:?}");
+            assert_eq!(err.kind(), HandshakeErrorKind::Response, "{err:?}");
+            assert_eq!(err.status(), None, "{err:?}");
+        }
     }
 }
