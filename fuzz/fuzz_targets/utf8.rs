@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&seed, text)) = data.split_first() else {
         return;
     };
-    let mut split = Splitter::new(u64::from(seed) * 0x9E37_79B9_7F4A_7C15);
+    let mut split = Splitter::new(u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut v = Utf8Validator::new();
     let mut fed = 0;
     let mut failed = false;

@@ -73,6 +73,28 @@ pub fn documented_status(e: &HandshakeError) -> u16 {
     }
 }
 
+/// Checks an error a client got for a server's response: the server is at
+/// fault, it is of kind `Response` and never answered with a status; a
+/// malformed response wraps one of the documented HTTP errors.
+pub fn check_response_error(e: &HandshakeError) {
+    use wsproto::{Fault, HandshakeErrorKind};
+    assert_eq!(e.kind(), HandshakeErrorKind::Response, "{e:?}");
+    assert_eq!(e.fault(), Fault::Peer, "{e:?}");
+    assert_eq!(e.status(), None, "{e:?}");
+    match e {
+        HandshakeError::InvalidResponse(inner) => {
+            assert_eq!(inner.kind(), HandshakeErrorKind::Http, "{inner:?}");
+            documented_status(inner);
+        }
+        HandshakeError::Status { .. }
+        | HandshakeError::AcceptMismatch { .. }
+        | HandshakeError::NotOffered(_)
+        | HandshakeError::DeflateAnswer { .. } => {}
+        other => panic!("undocumented response error: {other:?}"),
+    }
+    assert!(!e.to_string().is_empty());
+}
+
 /// A tiny deterministic generator for chunk sizes, seeded by the input.
 pub struct Splitter(u64);
 
