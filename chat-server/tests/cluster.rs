@@ -237,17 +237,9 @@ fn resume_on_another_node_while_messages_flow_has_no_gap_and_no_duplicate() {
     let (a, b) = (node(&redis, "a", 15), node(&redis, "b", 15));
     let (mut reference, _) = join(a.addr, "ref");
     let (mut reader, _) = join(a.addr, "reader");
-    let (mut sender, _) = join(a.addr, "sender");
+    let (sender, _) = join(a.addr, "sender");
     const N: usize = 300;
-    let s = std::thread::spawn(move || {
-        for i in 0..N {
-            sender.send(json!({"type": "message", "text": format!("m{i}")}));
-            if i % 10 == 0 {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        sender
-    });
+    let s = send_in_background(sender, N, &[]);
     // The reader sees some messages on A, then its node "goes away" and it
     // resumes on B from the last id it saw, while the sender keeps going.
     let mut last = 0;
@@ -622,16 +614,7 @@ fn a_resume_on_another_node_gets_every_room_back_without_gap_or_duplicate() {
         }
     }
     const N: usize = 300;
-    let s = std::thread::spawn(move || {
-        for i in 0..N {
-            let room = ROOMS[i % 3];
-            sender.send(json!({"type": "message", "room": room, "text": format!("m{i}")}));
-            if i % 10 == 0 {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        sender
-    });
+    let s = send_in_background(sender, N, &ROOMS);
     // The reader sees some messages on A, then moves to B with its token
     // and the last id it saw, while the sender keeps going (A still holds
     // its old connection: a network switch).
@@ -952,4 +935,27 @@ fn answered_promptly_for(c: &mut Client, span: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(answers >= 3);
+}
+
+/// `sender` sends `m0`..`m{n-1}` from a thread of its own, in turn to each
+/// of `rooms` (none: no `room` field, the lobby), pausing 2 ms every ten
+/// messages so that they keep flowing while the test moves a reader.
+fn send_in_background(
+    mut sender: Client,
+    n: usize,
+    rooms: &'static [&'static str],
+) -> std::thread::JoinHandle<Client> {
+    std::thread::spawn(move || {
+        for i in 0..n {
+            let mut m = json!({"type": "message", "text": format!("m{i}")});
+            if !rooms.is_empty() {
+                m["room"] = json!(rooms[i % rooms.len()]);
+            }
+            sender.send(m);
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        sender
+    })
 }
