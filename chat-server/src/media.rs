@@ -368,8 +368,9 @@ impl Media {
     }
 
     /// The image a message names, if the server holds it.
-    /// `unavailable` on a cluster node whose replica of the image index
-    /// is reloading (it never waits on Redis: a reactor calls this).
+    /// On a cluster node: from the replica of the image index on a reactor
+    /// (never waiting on Redis; `unavailable` while the replica reloads),
+    /// asking Redis on a miss on a cluster worker.
     pub(crate) fn lookup(&self, url: &str) -> Result<Option<Image>, Refusal> {
         let Some(name) = Name::from_url(url) else {
             return Ok(None);
@@ -383,6 +384,18 @@ impl Media {
             width: e.width,
             height: e.height,
         }))
+    }
+
+    /// On a cluster node, whether `url` names an image this node's
+    /// replica of the index does not know (yet). An image uploaded through
+    /// another node reaches the replica through this node's subscription,
+    /// which may lag the uploader's 201: a message naming it is then
+    /// checked on a cluster worker, which asks Redis.
+    pub(crate) fn needs_redis(&self, url: &str) -> bool {
+        match (&self.redis, Name::from_url(url)) {
+            (Some(r), Some(name)) => !matches!(r.get(&name), Ok(Some(_))),
+            _ => false,
+        }
     }
 
     /// The index entry of `name` (this node's own store).

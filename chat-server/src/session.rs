@@ -689,6 +689,18 @@ impl Session {
         match req {
             Request::Join { .. } => Ok(()),
             Request::Message { text, image, .. } => match seat {
+                Some(seat)
+                    if image
+                        .as_deref()
+                        .is_some_and(|url| self.shared.media.needs_redis(url)) =>
+                {
+                    let room = Arc::clone(&seat.room);
+                    self.off_reactor(move |shared, client| {
+                        let media = &shared.media;
+                        room.message(id, client, &text, image.as_deref(), media)?;
+                        Ok(Done::Nothing)
+                    })
+                }
                 Some(seat) => {
                     let media = &self.shared.media;
                     seat.room

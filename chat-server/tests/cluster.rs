@@ -14,15 +14,6 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One command to the test's Redis (its own connection), for what the
-/// nodes left there.
-fn redis_query<T: ::redis::FromRedisValue>(redis: &Redis, cmd: &mut ::redis::Cmd) -> T {
-    let client = ::redis::Client::open(redis.url()).unwrap();
-    let mut con = client.get_connection_with_timeout(WAIT).unwrap();
-    con.set_read_timeout(Some(WAIT)).unwrap();
-    cmd.query(&mut con).unwrap()
-}
-
 /// Joins as `nick`, retrying while the node is still connecting to Redis
 /// (`unavailable`); panics on any other refusal.
 fn join(addr: SocketAddr, nick: &str) -> (Client, Value) {
@@ -751,7 +742,7 @@ fn room_streams_are_trimmed_to_retain_messages() {
     let ids: Vec<u64> = (0..30)
         .map(|_| alice.recv_type("message")["id"].as_u64().unwrap())
         .collect();
-    let len: u64 = redis_query(&redis, ::redis::cmd("XLEN").arg("chat:s:lobby"));
+    let len: u64 = redis.query(::redis::cmd("XLEN").arg("chat:s:lobby"));
     assert_eq!(len, 5, "--retain-messages 5 keeps 5 in the stream");
     alice.send(json!({"type": "history", "limit": 100}));
     let page = alice.recv_type("history");
@@ -824,8 +815,7 @@ fn a_node_holds_exactly_one_pubsub_connection() {
     let (_bob, _) = join(b.addr, "bob");
     let (_carol, _) = join(b.addr, "carol");
     let numsub = || -> Vec<(String, u64)> {
-        redis_query(
-            &redis,
+        redis.query(
             ::redis::cmd("PUBSUB")
                 .arg("NUMSUB")
                 .arg("chat:ev")
@@ -839,7 +829,7 @@ fn a_node_holds_exactly_one_pubsub_connection() {
     }
     // A moment more for any late subscription to show.
     std::thread::sleep(Duration::from_millis(500));
-    let list: String = redis_query(&redis, ::redis::cmd("CLIENT").arg("LIST"));
+    let list: String = redis.query(::redis::cmd("CLIENT").arg("LIST"));
     let pubsub: Vec<&str> = list
         .lines()
         .filter(|l| l.split(' ').any(|f| f.starts_with("sub=") && f != "sub=0"))
@@ -848,10 +838,7 @@ fn a_node_holds_exactly_one_pubsub_connection() {
     for l in &pubsub {
         assert!(l.split(' ').any(|f| f == "sub=2"), "both channels: {l}");
     }
-    let typed: String = redis_query(
-        &redis,
-        ::redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub"),
-    );
+    let typed: String = redis.query(::redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub"));
     assert_eq!(typed.lines().count(), 2, "{typed}");
     assert_eq!(
         numsub(),
@@ -873,11 +860,8 @@ fn replica_checks_never_wait_on_redis_while_the_replicas_are_not_loaded() {
     let (mut bob, _) = join(a.addr, "bob");
     alice.recv_type("joined");
     // The replicas' next load fails (WRONGTYPE) until the key is fixed.
-    let _: () = redis_query(&redis, ::redis::cmd("SET").arg("chat:media:meta").arg("x"));
-    let _: u64 = redis_query(
-        &redis,
-        ::redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
-    );
+    let _: () = redis.query(::redis::cmd("SET").arg("chat:media:meta").arg("x"));
+    let _: u64 = redis.query(::redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"));
     // The node resubscribes (and, were it to fall back on Redis for its
     // checks, would call itself available again).
     let mut probe = Client::connect(a.addr);
@@ -899,7 +883,7 @@ fn replica_checks_never_wait_on_redis_while_the_replicas_are_not_loaded() {
     let v = recv_any(&mut carol, Duration::from_secs(1)).expect("join answered at once");
     assert_eq!(v["code"], "unavailable", "{v}");
     redis.signal("CONT");
-    let _: u64 = redis_query(&redis, ::redis::cmd("DEL").arg("chat:media:meta"));
+    let _: u64 = redis.query(::redis::cmd("DEL").arg("chat:media:meta"));
     // Loaded again: the node serves joins (the replica says who is
     // registered) within 10 s.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -300,6 +300,62 @@ fn an_image_uploaded_through_one_node_is_served_and_sent_through_another() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An upload's 201 comes before the other nodes' subscribers have read
+/// its event: a client that sends the image's URL at once, through another
+/// node, must not get `unknown_media` (this failed in CI under load). The
+/// lag is made certain here: the image is put in Redis without its event,
+/// as a node that is slow to read its subscription sees it.
+#[test]
+fn an_image_held_in_redis_is_sent_before_its_event_reaches_the_node() {
+    let Some(redis) = Redis::start() else { return };
+    let b = node(&redis, "b");
+    let (mut alice, _) = joined(b.addr, "alice");
+    let (mut bob, _) = joined(b.addr, "bob");
+    let url = |c: char| format!("/media/{}.gif", c.to_string().repeat(64));
+    // B's replica is loaded: an unknown image is refused as such (not
+    // `unavailable`), for a room message and a private one.
+    let ask_room = json!({"type": "message", "image": url('a'), "text": "x"});
+    assert_eq!(code(&ask(&mut bob, &ask_room, WAIT)), "unknown_media");
+    let ask_private = json!({"type": "private", "to": "alice", "image": url('a')});
+    assert_eq!(code(&ask(&mut bob, &ask_private, WAIT)), "unknown_media");
+    // Redis now holds two images B was never told about (the index entry
+    // is `width height bytes expires_ms`, as the store script writes it).
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 600_000;
+    for (c, w) in [('b', 3), ('c', 4)] {
+        let file = format!("{}.gif", c.to_string().repeat(64));
+        let _: () = redis.query(
+            ::redis::cmd("HSET")
+                .arg("chat:media:meta")
+                .arg(&file)
+                .arg(format!("{w} 2 13 {expires}")),
+        );
+    }
+    bob.send(json!({"type": "message", "image": url('b'), "text": "look"}));
+    bob.send(json!({"type": "private", "to": "alice", "image": url('c')}));
+    bob.send(json!({"type": "message", "text": "after"}));
+    let m = alice.recv_type("message");
+    assert_eq!(
+        (m["image"].as_str(), m["width"].as_u64()),
+        (Some(&*url('b')), Some(3)),
+        "{m}"
+    );
+    let p = alice.recv_type("private");
+    assert_eq!(
+        (p["image"].as_str(), p["width"].as_u64()),
+        (Some(&*url('c')), Some(4)),
+        "{p}"
+    );
+    // Requests behind the check keep their order.
+    assert_eq!(alice.recv_type("message")["text"], "after");
+    // An image Redis does not hold is still refused, once asked.
+    bob.send(ask_room);
+    assert_eq!(code(&bob.recv_type("error")), "unknown_media");
+}
+
 /// Behind a load balancer the upload's connection may land on another node
 /// than the session's WebSocket: the token is known cluster-wide while the
 /// session lives, and no more once it has left.

@@ -28,8 +28,12 @@
 //! `cluster::accounts`), fed by [`SYNC_CHANNEL`] (read by the node's one
 //! subscription, see [`start_sync`]) and reloaded after each
 //! (re)subscription, so checking an image a message names costs no round
-//! trip on the reactor (`unavailable` while it reloads). The event is published by the upload's script,
-//! before the uploader gets its 201 (so before anyone can know the URL).
+//! trip on the reactor. The event is published by the upload's script
+//! before the uploader gets its 201, but this node's subscriber may read
+//! it after a message naming the image arrives here (the uploader's client
+//! is quick, this node busy): a name the replica does not know is asked of
+//! Redis on a cluster worker (see [`RedisMedia::get`]) before the message
+//! is refused, so an image is never `unknown_media` once its upload got 201.
 
 use super::accounts::{RedisAccounts, ACCOUNTS, SYNC_CHANNEL};
 use super::{Backoff, Cluster, SyncMsg};
@@ -260,16 +264,54 @@ impl RedisMedia {
     /// The entry of `name`, from the replica (no round trip: a message's
     /// image is checked on a reactor). While the replica is not in sync
     /// (before its first load, after an outage or a dropped event, until
-    /// the reload) `unavailable` rather than a wait on Redis.
+    /// the reload) `unavailable` rather than a wait on Redis. An entry the
+    /// replica holds is trusted even then: images leave the store only by
+    /// expiring, which the entry says itself.
+    ///
+    /// On a cluster worker (`may_wait`) a name the replica does not know
+    /// is asked of Redis, and added when Redis holds it: its event may not
+    /// have reached this node yet. `unavailable` when Redis cannot answer.
     pub(crate) fn get(&self, name: &Name) -> Result<Option<Entry>, Refusal> {
-        if !self.cluster.replicas_synced() {
-            return Err(super::reloading());
-        }
-        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        Ok(index
+        let held = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .filter(|(_, exp)| *exp > now_ms())
-            .map(|(e, _)| *e))
+            .map(|(e, _)| *e);
+        match held {
+            Some(e) => Ok(Some(e)),
+            None if super::may_wait() => self.ask(name),
+            None if self.cluster.replicas_synced() => Ok(None),
+            None => Err(super::reloading()),
+        }
+    }
+
+    /// Reads the entry of `name` from Redis into the replica: one round
+    /// trip, on a worker thread.
+    fn ask(&self, name: &Name) -> Result<Option<Entry>, Refusal> {
+        if !self.available() {
+            return Err(super::unavailable());
+        }
+        let mut con = self.take().map_err(|_| super::unavailable())?;
+        let file = name.file_name();
+        let meta: Option<String> = redis::cmd("HGET")
+            .arg(META)
+            .arg(&file)
+            .query(&mut con)
+            .map_err(|_| super::unavailable())?;
+        self.give_back(con);
+        let Some((n, (entry, exp))) = meta.and_then(|m| parse_meta(&file, &m)) else {
+            return Ok(None);
+        };
+        if exp <= now_ms() {
+            return Ok(None);
+        }
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n, (entry, exp));
+        Ok(Some(entry))
     }
 
     fn take(&self) -> redis::RedisResult<redis::Connection> {

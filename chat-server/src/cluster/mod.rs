@@ -379,6 +379,7 @@ impl Cluster {
 
     /// Runs tasks, one at a time (one of [`WORKERS`]).
     fn worker(&self, local: &Weak<dyn Local>, tasks: &Mutex<Receiver<Task>>) {
+        MAY_WAIT.with(|w| w.set(true));
         loop {
             // The receiver is shared: one idle worker waits on it at a time.
             let next = tasks
@@ -1259,6 +1260,18 @@ pub(crate) fn unavailable() -> Refusal {
         ErrorCode::Unavailable,
         "the cluster store (Redis) is unreachable; only this node's members are served until it returns",
     )
+}
+
+thread_local! {
+    /// Set on the cluster's worker threads, which may wait on Redis; a
+    /// reactor never may.
+    static MAY_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread may wait on Redis (it is a cluster worker): checks
+/// that answer from a replica on a reactor ask Redis instead on a miss.
+pub(crate) fn may_wait() -> bool {
+    MAY_WAIT.with(std::cell::Cell::get)
 }
 
 /// `unavailable` for a check the replicas answer while they are being

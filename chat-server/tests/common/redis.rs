@@ -65,6 +65,15 @@ impl Redis {
         panic!("redis-server did not answer on port {}", self.port);
     }
 
+    /// One command (on a connection of its own), for what the nodes left
+    /// in Redis or to put something there behind their backs.
+    pub fn query<T: ::redis::FromRedisValue>(&self, cmd: &mut ::redis::Cmd) -> T {
+        let client = ::redis::Client::open(self.url()).unwrap();
+        let mut con = client.get_connection_with_timeout(WAIT).unwrap();
+        con.set_read_timeout(Some(WAIT)).unwrap();
+        cmd.query(&mut con).unwrap()
+    }
+
     /// Sends `sig` (e.g. "STOP", "CONT") to the server.
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
