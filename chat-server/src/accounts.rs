@@ -544,6 +544,20 @@ fn registered(nick: &str) -> Refusal {
     )
 }
 
+/// How a join or a rename passed the accounts gate ([`join_gate`],
+/// [`rename_gate`]). A single node decides at the gate; a cluster node
+/// decides on an [`Gate::Open`] claim again in Redis, atomically with the
+/// claim, because its replica of the registered names may lag a
+/// registration made through another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// The nick looked unregistered to this node.
+    Open,
+    /// A password was checked, a session token resumed, or the nick is a
+    /// case variant of the member's own.
+    Passed,
+}
+
 /// `auth_required`: a registered nick and no password.
 pub(crate) fn required(nick: &str) -> Refusal {
     Refusal::new(
@@ -663,7 +677,10 @@ pub(crate) fn join_gate(
             *st = Pending::Refused;
             return send(&c, &r.to_json());
         }
-        match s.room.join(&c, &nick, since, token.as_deref()) {
+        match s
+            .room
+            .join(&c, &nick, since, token.as_deref(), Gate::Passed)
+        {
             Ok(j) => *st = Pending::Joined(j),
             Err(r) => {
                 *st = Pending::Refused;
@@ -711,7 +728,7 @@ pub(crate) fn rename_gate(
             Ok(false) => return send(&c, &failed().to_json()),
             Err(r) => return send(&c, &r.to_json()),
         }
-        if let Err(r) = s.room.rename(id, &c, &nick) {
+        if let Err(r) = s.room.rename(id, &c, &nick, Gate::Passed) {
             send(&c, &r.to_json());
         }
     })?;

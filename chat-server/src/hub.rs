@@ -16,8 +16,9 @@
 //! leaves, unless it holds messages or a topic (DESIGN.md v2, "Rooms"); the
 //! lobby always.
 
+use crate::accounts::Gate;
 use crate::client::{close_replaced, Client};
-use crate::cluster::{Cluster, Job, Remote}; // cluster hook
+use crate::cluster::{Claim, Cluster, Job, Remote}; // cluster hook
 use crate::media::Media;
 use crate::protocol::{check_nick, nick_key, ErrorCode, Refusal};
 use crate::room::{quote, Ctx, Greeting, MemberId, Room, LOBBY};
@@ -184,6 +185,7 @@ impl Hub {
         nick: &str,
         since: Option<u64>,
         token: Option<&str>,
+        gate: Gate,
     ) -> Result<Joined, Refusal> {
         check_nick(nick)?;
         let key = nick_key(nick);
@@ -219,10 +221,11 @@ impl Hub {
                         return Ok(Some(rooms));
                     }
                 }
-                if !c.claim_nick(&key, &c.claim_value(id.0, nick, &new_token))? {
-                    return Err(taken(nick));
+                match c.claim_nick(&key, &c.claim_value(id.0, nick, &new_token), gate)? {
+                    Claim::Claimed => Ok(None),
+                    Claim::Taken => Err(taken(nick)),
+                    Claim::Registered => Err(crate::accounts::required(nick)),
                 }
-                Ok(None)
             })();
             match claimed {
                 Ok(m) => moved = m,
@@ -621,6 +624,7 @@ impl Hub {
         id: MemberId,
         client: &Arc<Client>,
         nick: &str,
+        gate: Gate,
     ) -> Result<(), Refusal> {
         check_nick(nick)?;
         let key = nick_key(nick);
@@ -638,14 +642,16 @@ impl Hub {
                 reg.reserved.insert(key.clone());
             }
             drop(reg);
-            let claimed = c.claim_nick(&key, &c.claim_value(id.0, nick, &token));
+            // One's own nick (a case variant) needs no password.
+            let gate = if own { Gate::Passed } else { gate };
+            let claimed = c.claim_nick(&key, &c.claim_value(id.0, nick, &token), gate);
             reg = self.lock();
             if !own {
                 reg.reserved.remove(&key);
             }
             let gone = owned(&mut reg.members, id, client).is_err();
             match claimed {
-                Ok(true) if gone => {
+                Ok(Claim::Claimed) if gone => {
                     c.submit_quiet(Job::Release {
                         value: c.claim_value(id.0, nick, &token),
                         key: key.clone(),
@@ -655,8 +661,9 @@ impl Hub {
                         "this connection was replaced by a newer one",
                     ));
                 }
-                Ok(true) => {}
-                Ok(false) => return Err(taken(nick)),
+                Ok(Claim::Claimed) => {}
+                Ok(Claim::Taken) => return Err(taken(nick)),
+                Ok(Claim::Registered) => return Err(crate::accounts::required(nick)),
                 Err(e) => return Err(e),
             }
             if !own {

@@ -3,7 +3,7 @@
 //! the room. Everything it sends, and the end of its life, goes through its
 //! [`Client`].
 
-use crate::accounts::{self, PendingJoin};
+use crate::accounts::{self, Gate, PendingJoin};
 use crate::client::{Client, Phase, Sent, Transport};
 use crate::hub::{not_in_room, Joined};
 use crate::protocol::{self, ErrorCode, Refusal, Request};
@@ -663,11 +663,14 @@ impl Session {
                 if self.shared.cluster.is_some() {
                     let (nick, since, token) = (nick.clone(), *since, token.clone());
                     return self.off_reactor(move |shared, client| {
-                        let j = shared.room.join(client, &nick, since, token.as_deref())?;
+                        let j =
+                            shared
+                                .room
+                                .join(client, &nick, since, token.as_deref(), Gate::Open)?;
                         Ok(Done::Joined(j))
                     });
                 }
-                let joined = hub.join(&self.client, nick, *since, token.as_deref())?;
+                let joined = hub.join(&self.client, nick, *since, token.as_deref(), Gate::Open)?;
                 self.adopt(joined);
                 return Ok(());
             }
@@ -788,11 +791,11 @@ impl Session {
                 }
                 if self.shared.cluster.is_some() {
                     return self.off_reactor(move |shared, client| {
-                        shared.room.rename(id, client, &nick)?;
+                        shared.room.rename(id, client, &nick, Gate::Open)?;
                         Ok(Done::Nothing)
                     });
                 }
-                hub.rename(id, client, &nick)
+                hub.rename(id, client, &nick, Gate::Open)
             }
             Request::Register { password } => {
                 let nick = hub.nick_of(id, client)?;

@@ -300,6 +300,36 @@ fn an_image_uploaded_through_one_node_is_served_and_sent_through_another() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A registration made through another node reaches this node's replica
+/// of the registered names through its subscription, which may lag: in
+/// that window a join or a rename without the password must still not take
+/// the nick. Redis decides, in the claim's own script. The lag is made
+/// certain here: the account is put in Redis without its event.
+#[test]
+fn a_registration_this_node_has_not_heard_of_still_protects_the_nick() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, "a");
+    let (mut bob, _) = joined(a.addr, "bob");
+    // The account entry is `nick TAB hash`, keyed by the folded nick; only
+    // its presence matters to a claim.
+    let _: () = redis.query(
+        ::redis::cmd("HSET")
+            .arg("chat:acct")
+            .arg("alice")
+            .arg("Alice\t$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"),
+    );
+    let (_, v) = join(a.addr, "ALICE", None);
+    assert_eq!(code(&v), "auth_required", "{v}");
+    bob.send(json!({"type": "nick", "nick": "alice"}));
+    assert_eq!(code(&bob.recv_type("error")), "auth_required");
+    // Nicks nobody registered are claimed as before, and bob's own case
+    // variant needs nothing.
+    let (_, v) = join(a.addr, "carol", None);
+    assert_eq!(v["type"], "welcome", "{v}");
+    bob.send(json!({"type": "nick", "nick": "Bob"}));
+    assert_eq!(bob.recv_type("renamed")["to"], "Bob");
+}
+
 /// An upload's 201 comes before the other nodes' subscribers have read
 /// its event: a client that sends the image's URL at once, through another
 /// node, must not get `unknown_media` (this failed in CI under load). The

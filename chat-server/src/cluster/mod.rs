@@ -43,6 +43,7 @@ pub(crate) mod accounts; // accounts + media hook
 pub(crate) mod media; // accounts + media hook
 mod scripts;
 
+use crate::accounts::Gate;
 use crate::client::Client;
 use crate::history::Stored;
 use crate::protocol::{ErrorCode, Refusal};
@@ -500,24 +501,34 @@ impl Cluster {
         Ok((!rooms.is_empty()).then_some(rooms))
     }
 
-    /// Claims the nick key `key` cluster-wide for a local member (the
-    /// caller holds the hub's registry lock and found it free locally, so
-    /// a claim of this node's own is stale and taken over). `Ok(false)`
-    /// when another node holds it.
-    pub fn claim_nick(&self, key: &str, value: &str) -> Result<bool, Refusal> {
+    /// Claims the nick key `key` cluster-wide with `value` for a local
+    /// member (the caller found it free locally, so a claim of this
+    /// node's own is stale and taken over); `gate` says how the member
+    /// passed the accounts gate. [`Claim::Taken`] when another node holds
+    /// it; [`Claim::Registered`] for a registered nick claimed
+    /// through [`Gate::Open`] (this node's replica of the accounts had not
+    /// heard of the registration yet): the check and the claim are one
+    /// script, so no registered nick is ever taken without its password.
+    pub fn claim_nick(&self, key: &str, value: &str, gate: Gate) -> Result<Claim, Refusal> {
         let prefix = format!("{}\t", self.node);
-        let owner: String = self.with_cmd(|c| {
+        let answer: i64 = self.with_cmd(|c| {
             redis::cmd("EVAL")
                 .arg(scripts::CLAIM)
-                .arg(2)
+                .arg(3)
                 .arg(nick_key(key))
                 .arg(nicks_key(&self.node))
+                .arg(accounts::ACCOUNTS)
                 .arg(value)
                 .arg(&prefix)
                 .arg(key)
+                .arg(if gate == Gate::Passed { "1" } else { "0" })
                 .query(c)
         })?;
-        Ok(owner.is_empty())
+        Ok(match answer {
+            0 => Claim::Claimed,
+            2 => Claim::Registered,
+            _ => Claim::Taken,
+        })
     }
 
     /// The nick (as registered) of the member called `key` anywhere in the
@@ -1260,6 +1271,16 @@ pub(crate) fn unavailable() -> Refusal {
         ErrorCode::Unavailable,
         "the cluster store (Redis) is unreachable; only this node's members are served until it returns",
     )
+}
+
+/// The answer to [`Cluster::claim_nick`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    Claimed,
+    /// Another node holds the nick.
+    Taken,
+    /// The nick is registered and the claim came through [`Gate::Open`].
+    Registered,
 }
 
 thread_local! {

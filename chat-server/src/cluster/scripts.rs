@@ -90,16 +90,21 @@ return 0
 "
 );
 
-/// KEYS: nick key, this node's nick set. ARGV: claim value, this node's
-/// prefix (`node TAB`), nick key. Takes the nick unless another node holds
-/// it (a claim of this node's own is stale: the caller checked its local
-/// registry). Returns '' when taken, else the owner's claim.
+/// KEYS: nick key, this node's nick set, the accounts hash. ARGV: claim
+/// value, this node's prefix (`node TAB`), nick key, '1' when the claimant
+/// passed the accounts gate with a password or token (else '0': the nick
+/// looked unregistered to its node, whose replica of the accounts may
+/// lag a registration made elsewhere). Returns 2 (registered: auth
+/// needed) for a registered nick the claimant did not prove, 1 when
+/// another node holds the nick (a claim of this node's own is stale: the
+/// caller checked its local registry), else takes it and returns 0.
 pub const CLAIM: &str = r"
+if ARGV[4] ~= '1' and redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return 2 end
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then return v end
+if v and string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then return 1 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[3])
-return ''
+return 0
 ";
 
 /// KEYS: nick key, this node's nick set. ARGV: claim value, nick key.
