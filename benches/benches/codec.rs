@@ -95,6 +95,26 @@ fn decode_wsproto(w: &Workload, mut sink: impl FnMut(bool, &[u8])) {
     }
 }
 
+/// wsproto as the blocking API reads: `receive_from` a reader (here the
+/// stream itself, so the read is one copy, as `recv` is) in reads of
+/// `Config::read_size` (16 KiB), each message borrowed.
+fn decode_wsproto_reader(w: &Workload, mut sink: impl FnMut(bool, &[u8])) {
+    use wsproto::{Config, Connection, EventRef, Role};
+    let mut conn = Connection::new(Role::Server, Config::default());
+    let mut src: &[u8] = &w.stream;
+    while !src.is_empty() {
+        conn.receive_from(&mut src, 16 << 10)
+            .expect("a slice reads");
+        while let Some(event) = conn.next_event_ref().expect("valid stream") {
+            match event {
+                EventRef::Text(t) => sink(true, t.as_bytes()),
+                EventRef::Binary(b) => sink(false, b),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
 /// wsproto through `next_event`: each message owned (`Bytes`, as
 /// tungstenite's messages are).
 fn decode_wsproto_owned(w: &Workload, mut sink: impl FnMut(bool, &[u8])) {
@@ -177,6 +197,9 @@ fn check_decoders(rt: &tokio::runtime::Runtime, w: &Workload) {
     c.finish();
     let mut c = w.checker();
     decode_wsproto_owned(w, |t, d| c.message(t, d));
+    c.finish();
+    let mut c = w.checker();
+    decode_wsproto_reader(w, |t, d| c.message(t, d));
     c.finish();
     let mut c = w.checker();
     decode_tungstenite(w, |t, d| c.message(t, d));
@@ -517,6 +540,10 @@ fn interleaved(rounds: usize) {
             ),
             ("wsproto", Box::new(move || decode_wsproto(wr, consume))),
             (
+                "wsproto_reader",
+                Box::new(move || decode_wsproto_reader(wr, consume)),
+            ),
+            (
                 "tungstenite",
                 Box::new(move || decode_tungstenite(wr, consume)),
             ),
@@ -543,6 +570,12 @@ fn interleaved(rounds: usize) {
             &best,
             &peers,
             "copy_unmask",
+        );
+        let at = |col: &str| best[cols.iter().position(|(n, _)| *n == col).expect("a column")];
+        println!(
+            "| {name} via receive_from, 16 KiB reads | {:.2} | | | | {:.2} |",
+            w.payload_bytes() as f64 / at("wsproto_reader") / 1e9,
+            at("copy_unmask") / at("wsproto_reader")
         );
     }
     for size in ENCODE_SIZES {

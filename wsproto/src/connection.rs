@@ -256,6 +256,8 @@ struct Partial {
 //    (never a control frame): `validated <= received <= payload_len`, and
 //    the sink holds the `received` bytes, unmasked, after any earlier
 //    fragments of the message. With `AwaitHeader` the sink is empty.
+//    While streaming, the sink's allocation holds the whole frame (it
+//    never moves), and its first `sink_init` bytes are initialized.
 // 4. While a fragmented message is being reassembled (`partial`), its
 //    bytes are in `partial.data`, or in the sink while a continuation
 //    streams; in total at most `max_message_size`.
@@ -287,6 +289,13 @@ pub struct Connection {
     /// message's buffer for a continuation. This avoids growing (and
     /// re-copying) the input buffer while a large frame trickles in.
     sink: BytesMut,
+    /// While a frame streams into `sink` (whose allocation holds the whole
+    /// frame, so it never moves meanwhile): the sink's bytes up to here
+    /// are initialized, those past `sink.len()` zeroed or left by an
+    /// earlier read. `stream_payload` lends them to a reader without
+    /// zeroing them again. Reset to `sink.len()` whenever a frame starts
+    /// streaming; any value from there up to the truth is safe.
+    sink_init: usize,
     /// The buffer of a Text or Binary frame that `receive` found cut short
     /// by the end of its bytes, while `ahead_on`: the scan copies (and
     /// unmasks) that payload here instead of into `input`, and `poll` takes
@@ -358,6 +367,7 @@ impl Connection {
             scan_ahead: 0,
             ascii_frames: 0,
             sink: BytesMut::new(),
+            sink_init: 0,
             ahead: BytesMut::new(),
             ahead_on: false,
             recv: Recv::AwaitHeader,
@@ -808,9 +818,32 @@ impl Connection {
             return Ok(0);
         }
         let start = self.sink.len();
-        // invariant: the sink was reserved for the whole frame, so this does
-        // not reallocate; zeroing is cheap next to the read that follows.
-        self.sink.resize(start + want, 0);
+        if self.sink.capacity() - start < want {
+            // Not expected (the sink holds the whole frame), but then the
+            // allocation may move: nothing past the bytes is known.
+            debug_assert!(false, "the sink does not hold its frame");
+            self.sink.reserve(want);
+            self.sink_init = start;
+        }
+        // Bytes appended by `append_payload` are initialized too.
+        let init = self.sink_init.max(start);
+        if init < start + want {
+            self.sink.spare_capacity_mut()[init - start..want].fill(std::mem::MaybeUninit::new(0));
+            self.sink_init = start + want;
+        }
+        // SAFETY: the capacity is at least `start + want` (checked above),
+        // and the bytes from `start` to `start + want` are initialized:
+        // zeroed just now, or by an earlier call while this frame streams
+        // (`sink_init`, reset when a frame starts; the allocation does not
+        // move meanwhile, see above), written since by a reader or by
+        // `append_payload`. Covered by tests/connection.rs
+        // (streamed_frames_lend_their_buffer_to_a_reader_zeroed_once),
+        // with a reader that reads the buffer it is lent and writes past
+        // what it reports.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.sink.set_len(start + want)
+        };
         let result = fill(&mut self.sink[start..]);
         let n = *result.as_ref().unwrap_or(&0);
         self.sink.truncate(start + n.min(want));
@@ -1058,6 +1091,8 @@ impl Connection {
                 assert!(!header.opcode.is_control(), "a control frame streamed");
                 assert!(validated <= received && received as u64 <= header.payload_len);
                 assert!(self.sink.len() >= received);
+                assert!(self.sink_init <= self.sink.capacity());
+                assert!(self.sink.capacity() - self.sink.len() >= self.payload_remaining());
             }
         }
         if let Some(p) = &self.partial {
@@ -1240,6 +1275,7 @@ impl Connection {
             // bounded; pages are only touched as bytes arrive.
             _ => BytesMut::with_capacity(len),
         };
+        self.sink_init = self.sink.len();
         self.recv = Recv::AwaitPayload {
             header,
             received: 0,

@@ -986,6 +986,79 @@ fn receive_from_zeroes_the_read_buffer_once() {
     }
 }
 
+/// A large frame streams into its own buffer, which is lent to the
+/// reader: zeroed once, not before every read. Readers may write past what
+/// they report (`Read` allows it); those bytes must never become payload.
+#[test]
+fn streamed_frames_lend_their_buffer_to_a_reader_zeroed_once() {
+    struct Scribbler {
+        wire: Vec<u8>,
+        pos: usize,
+        per_read: usize,
+        reads: usize,
+        saw_scribble: usize,
+    }
+    impl std::io::Read for Scribbler {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            // Reads every byte it is lent (they must be initialized).
+            self.reads += 1;
+            self.saw_scribble += usize::from(buf.contains(&0xEE));
+            let n = self.per_read.min(buf.len()).min(self.wire.len() - self.pos);
+            buf[..n].copy_from_slice(&self.wire[self.pos..self.pos + n]);
+            buf[n..].fill(0xEE);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+    // Payloads without 0xEE, so a scribble taken as payload shows.
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 200) as u8).collect();
+    let text = "ascii text ".repeat(10_000);
+    let mut wire = client_frame(true, Opcode::Binary, &payload);
+    wire.extend(client_frame(false, Opcode::Text, text.as_bytes()));
+    wire.extend(client_frame(true, Opcode::Continuation, text.as_bytes()));
+    let whole_text = text.repeat(2);
+    // Each read fills part of the 16 KiB lent, scribbling on the rest.
+    for per_read in [1000, 4096, 10_000] {
+        let mut reader = Scribbler {
+            wire: wire.clone(),
+            pos: 0,
+            per_read,
+            reads: 0,
+            saw_scribble: 0,
+        };
+        let mut conn = server();
+        let mut got = Vec::new();
+        for _ in 0..10_000 {
+            if reader.pos == reader.wire.len() {
+                break;
+            }
+            conn.receive_from(&mut reader, 16_384).unwrap();
+            while let Some(e) = conn.next_event().unwrap() {
+                got.push(e);
+            }
+        }
+        assert_eq!(got.len(), 2, "{per_read} bytes per read");
+        assert!(
+            got[0] == Event::Binary(payload.clone().into()),
+            "binary, {per_read} per read"
+        );
+        assert!(
+            got[1] == Event::Text(whole_text.clone().into()),
+            "text, {per_read} per read"
+        );
+        // Nearly every read lands in a streaming frame's buffer, each
+        // after one that scribbled there (zeroing it before every read,
+        // only the few reads into the input buffer saw scribbles).
+        assert!(
+            reader.saw_scribble * 2 > reader.reads,
+            "{per_read} bytes per read: the frame's buffer was zeroed before \
+             {} of {} reads",
+            reader.reads - reader.saw_scribble,
+            reader.reads
+        );
+    }
+}
+
 /// A reader may be drained before any event is asked for (a reactor
 /// reading until `WouldBlock`). After a read that finished a streamed
 /// frame, the next `receive_from` must read on: it returned `Ok(0)`
