@@ -494,6 +494,10 @@ fn with_redis_down_accounts_are_unavailable_and_media_503_then_both_recover() {
     assert_eq!(status, 201, "{up}");
     let (status, _, body) = retry_503(|| fetch(b.addr, up["url"].as_str().unwrap()));
     assert_eq!((status, body), (200, gif(6, 6)));
+    // Redis lost alice's token entry; A wrote it back: an upload for her
+    // session reaches B (as behind a load balancer).
+    let (status, _, up) = retry_503(|| upload(b.addr, &token, &gif(7, 7)));
+    assert_eq!(status, 201, "{up}");
     assert!(back.elapsed() < Duration::from_secs(10));
     eprintln!(
         "accounts and media recovered {:?} after the restart",

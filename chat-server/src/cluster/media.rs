@@ -111,14 +111,16 @@ return {'ok'}
 /// Session tokens held anywhere in the cluster (`POST /upload` may reach
 /// any node behind a load balancer): `chat:tok:<token>` = `node TAB
 /// member`, written by the node holding the session (through its
-/// publisher, never on a reactor) and deleted when the session leaves.
+/// publisher, never on a reactor) and deleted when the session leaves;
+/// written again after an outage (`scripts::RESYNC_NICKS`, from the nick
+/// claims, which end with the token: see `Cluster::claim_value`).
 fn token_key(token: &str) -> String {
     format!("chat:tok:{token}")
 }
 
 /// How long a token entry lives without its session leaving (a node that
 /// dies leaves its entries; lookups also check the node is alive).
-const TOKEN_TTL_SECS: u64 = 7 * 86_400;
+pub(super) const TOKEN_TTL_SECS: u64 = 7 * 86_400;
 
 /// KEYS: the token's key. ARGV: the value it must still hold.
 const FORGET_TOKEN: &str = r"

@@ -1215,7 +1215,11 @@ impl Cluster {
     fn resync(&self, c: &mut redis::Connection, local: &dyn Local) -> redis::RedisResult<()> {
         let members = local.members();
         let mut nicks = redis::cmd("EVAL");
-        nicks.arg(scripts::RESYNC_NICKS).arg(0).arg(&self.node);
+        nicks
+            .arg(scripts::RESYNC_NICKS)
+            .arg(0)
+            .arg(&self.node)
+            .arg(media::TOKEN_TTL_SECS);
         let mut seats = redis::cmd("EVAL");
         seats
             .arg(scripts::RESYNC_SEATS)

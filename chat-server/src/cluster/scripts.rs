@@ -177,15 +177,18 @@ if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 0
 ";
 
-/// ARGV: node, then nick key and claim value pairs of every local member.
-/// After an outage: frees this node's claims of members gone meanwhile,
-/// claims the others again (unless another node took one: counted).
+/// ARGV: node, token TTL (s), then nick key and claim value pairs of
+/// every local member. After an outage: frees this node's claims of
+/// members gone meanwhile, claims the others again (unless another node
+/// took one: counted) and writes their session tokens back
+/// (`chat:tok:<token>` = `node TAB member`, as `media::token_job` does:
+/// Redis may have lost them, and uploads through other nodes need them).
 /// Returns the number of nicks lost to other nodes.
 pub const RESYNC_NICKS: &str = r"
 local prefix = ARGV[1] .. '\t'
 local nicks = 'chat:nicks:' .. ARGV[1]
 local keep = {}
-for i = 2, #ARGV, 2 do keep[ARGV[i]] = ARGV[i + 1] end
+for i = 3, #ARGV, 2 do keep[ARGV[i]] = ARGV[i + 1] end
 for _, key in ipairs(redis.call('SMEMBERS', nicks)) do
   if not keep[key] then
     local v = redis.call('GET', 'chat:nick:' .. key)
@@ -201,6 +204,10 @@ for key, value in pairs(keep) do
   else
     redis.call('SET', 'chat:nick:' .. key, value)
     redis.call('SADD', nicks, key)
+    local member, token = string.match(value, '^[^\t]*\t([^\t]*)\t[^\t]*\t(.+)$')
+    if token then
+      redis.call('SET', 'chat:tok:' .. token, prefix .. member, 'EX', ARGV[2])
+    end
   end
 end
 return lost
