@@ -4,7 +4,7 @@
 //! the head's deadline; `--redirect-http` answers its own port here too.
 
 use crate::client::Transport;
-use crate::media::{BodyError, Name, CHUNK};
+use crate::media::{BodyError, Busy, Name, CHUNK};
 use crate::tls::{self, TlsConn};
 use crate::{log, session, LiveGuard, Shared};
 use sha2::{Digest, Sha256};
@@ -594,15 +594,23 @@ fn upload(shared: &Arc<Shared>, stream: &mut Wire, addr: SocketAddr, head: &[u8]
         }
     };
     // 429 last, and only accepted uploads count.
-    if let Err(wait) = media.admit(who, Instant::now()) {
-        let retry = format!("Retry-After: {}", wait.as_secs().max(1));
-        let msg = format!(
-            "more than {} uploads in a minute; try again in {} s",
-            media.limits.per_minute,
-            wait.as_secs().max(1)
-        );
-        refuse(stream, 429, &[&retry], "rate_limited", &msg);
-        return;
+    match media.admit(who, token.unwrap_or_default(), Instant::now()) {
+        Ok(()) => {}
+        Err(Busy::Wait(wait)) => {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let retry = format!("Retry-After: {secs}");
+            let msg = format!(
+                "more than {} uploads in a minute; try again in {secs} s",
+                media.limits.per_minute,
+            );
+            refuse(stream, 429, &[&retry], "rate_limited", &msg);
+            return;
+        }
+        Err(Busy::Unavailable(e)) => {
+            let msg = format!("the session store (Redis) is unreachable: {e}");
+            refuse(stream, 503, &["Retry-After: 2"], "unavailable", &msg);
+            return;
+        }
     }
     match media.commit(received) {
         Ok((name, e)) => {

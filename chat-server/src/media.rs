@@ -98,6 +98,16 @@ impl Kind {
     }
 }
 
+/// Why [`Media::admit`] refused an upload.
+#[derive(Debug)]
+pub(crate) enum Busy {
+    /// The last minute holds `--upload-rate` uploads: this long until one
+    /// leaves it (429).
+    Wait(Duration),
+    /// A cluster node cannot reach Redis (503).
+    Unavailable(String),
+}
+
 /// A media file's name, `<sha256 hex>.<ext>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Name {
@@ -553,9 +563,24 @@ impl Media {
         Ok(Received { temp, name, entry })
     }
 
-    /// Counts an accepted upload of member `who` against `--upload-rate`:
-    /// `Err(wait)` when the last minute already holds `per_minute` of them.
-    pub(crate) fn admit(&self, who: MemberId, now: Instant) -> Result<(), Duration> {
+    /// Counts an accepted upload of member `who` (session `token`) against
+    /// `--upload-rate`: `Err(Busy::Wait)` when the last minute already
+    /// holds `per_minute` of them. On a cluster node the minute is counted
+    /// in Redis, for the session across every node (`Err(Busy::Unavailable)`
+    /// when Redis is unreachable).
+    pub(crate) fn admit(&self, who: MemberId, token: &str, now: Instant) -> Result<(), Busy> {
+        if let Some(r) = &self.redis {
+            return match r.admit(token, self.limits.per_minute) {
+                Ok(None) => Ok(()),
+                Ok(Some(wait)) => Err(Busy::Wait(wait)),
+                Err(e) => Err(Busy::Unavailable(e)),
+            };
+        }
+        self.admit_here(who, now).map_err(Busy::Wait)
+    }
+
+    /// [`admit`](Self::admit) on a single node.
+    fn admit_here(&self, who: MemberId, now: Instant) -> Result<(), Duration> {
         let minute = Duration::from_secs(60);
         let mut all = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
         // Forget members with nothing in the window, so the map holds at

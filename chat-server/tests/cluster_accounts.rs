@@ -330,6 +330,44 @@ fn a_registration_this_node_has_not_heard_of_still_protects_the_nick() {
     assert_eq!(bob.recv_type("renamed")["to"], "Bob");
 }
 
+/// `--upload-rate` holds for a session across the cluster: behind a load
+/// balancer its uploads reach every node, which must not multiply the
+/// rate by the number of nodes.
+#[test]
+fn the_upload_rate_counts_a_session_on_every_node() {
+    let Some(redis) = Redis::start() else { return };
+    let two = |c: &mut Config| c.upload_rate = 2;
+    let (a, b) = (node_with(&redis, "a", two), node_with(&redis, "b", two));
+    let (_alice, w) = joined(a.addr, "alice");
+    let token = w["token"].as_str().unwrap().to_owned();
+    let (status, _, up) = retry_503(|| upload(a.addr, &token, &gif(1, 1)));
+    assert_eq!(status, 201, "{up}");
+    // The token's entry reaches Redis just after the join (A's publisher).
+    let deadline = Instant::now() + WAIT;
+    let (status, up) = loop {
+        let (status, _, up) = upload(b.addr, &token, &gif(2, 2));
+        if status != 401 || Instant::now() > deadline {
+            break (status, up);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status, 201, "{up}");
+    for addr in [a.addr, b.addr] {
+        let (status, head, up) = upload(addr, &token, &gif(3, 3));
+        assert_eq!(
+            (status, up["error"].as_str()),
+            (429, Some("rate_limited")),
+            "{addr}: {up}"
+        );
+        let retry: u64 = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Retry-After: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!((1..=60).contains(&retry), "{head}");
+    }
+}
+
 /// An upload's 201 comes before the other nodes' subscribers have read
 /// its event: a client that sends the image's URL at once, through another
 /// node, must not get `unknown_media` (this failed in CI under load). The

@@ -122,6 +122,23 @@ fn token_key(token: &str) -> String {
 /// dies leaves its entries; lookups also check the node is alive).
 pub(super) const TOKEN_TTL_SECS: u64 = 7 * 86_400;
 
+/// KEYS: the session's upload window (`chat:uprate:<token>`). ARGV: the
+/// uploads allowed a minute, a member name unique to this upload. Counts
+/// the upload and returns 0 if the last minute (Redis' clock) holds fewer,
+/// else the ms until its oldest leaves it (at least 1), counting nothing.
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(1, 60000 - (now - tonumber(oldest[2])))
+end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 60000)
+return 0
+";
+
 /// KEYS: the token's key. ARGV: the value it must still hold.
 const FORGET_TOKEN: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -495,6 +512,29 @@ impl RedisMedia {
             // apart from them.
             MemberId(u64::from_le_bytes(raw) | 1 << 63)
         }))
+    }
+
+    /// Counts an accepted upload of the session `token` against
+    /// `per_minute`, cluster-wide: behind a load balancer a session's
+    /// uploads reach every node, and each node counting its own would let
+    /// it upload `per_minute` times the number of nodes. `Ok(Some(wait))`:
+    /// the last minute is full. `Err`: Redis is unreachable. On the HTTP
+    /// thread, never a reactor.
+    pub(crate) fn admit(&self, token: &str, per_minute: u32) -> Result<Option<Duration>, String> {
+        if !self.available() {
+            return Err("Redis is unreachable".into());
+        }
+        let mut con = self.take().map_err(|e| e.to_string())?;
+        let ms: u64 = redis::cmd("EVAL")
+            .arg(ADMIT)
+            .arg(1)
+            .arg(format!("chat:uprate:{token}"))
+            .arg(per_minute)
+            .arg(super::random_node_id())
+            .query(&mut con)
+            .map_err(|e| e.to_string())?;
+        self.give_back(con);
+        Ok((ms > 0).then(|| Duration::from_millis(ms)))
     }
 
     /// Opens `name` for reading: its length and a reader that fetches it a
