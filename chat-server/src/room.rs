@@ -24,7 +24,7 @@ use crate::media::Media;
 use crate::protocol::{nick_key, ErrorCode, Refusal, TOPIC_MAX_CHARS, WHO_LIMIT_DEFAULT};
 use crate::store::{HistoryRead, ImageRef, Record, RoomRow, Store};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -160,7 +160,33 @@ struct State {
     /// cluster hook: members on other nodes (nick key -> nick), from the
     /// first greeting's read on, then kept by their presence events.
     remote: Option<BTreeMap<String, String>>,
+    /// cluster hook: presence, rename and topic events that arrived while
+    /// the first greeting's read was out (`remote` still `None`, the room
+    /// pinned): replayed, in order, over the read's snapshot. Each is a
+    /// set operation, so events the snapshot already holds change nothing,
+    /// and none that came after the read is lost. At most [`EARLY_MAX`].
+    early: VecDeque<Early>,
 }
+
+/// cluster hook: an event kept for the first greeting (see `State::early`).
+#[derive(Debug)]
+enum Early {
+    Presence {
+        key: String,
+        nick: String,
+        joined: bool,
+    },
+    Rename {
+        old_key: String,
+        new_key: String,
+        new: String,
+    },
+    Topic(String),
+}
+
+/// Events kept while a room's first greeting reads Redis (a read takes a
+/// round trip; past this many, the oldest are dropped, as all were before).
+const EARLY_MAX: usize = 4096;
 
 /// A member in this room: the nick it shows here and its connection.
 #[derive(Debug)]
@@ -193,6 +219,7 @@ impl Room {
                 presence_sent: None,
                 row_stored: false,
                 remote: None,
+                early: VecDeque::new(),
             }),
             ctx,
             pending: AtomicBool::new(false),
@@ -282,10 +309,32 @@ impl Room {
         // since; live copies up to its newest id are skipped.
         let merged = remote.map(|r| {
             if st.remote.is_none() {
-                // The read ran under the registry lock after the room was
-                // registered, so no presence or topic event since is lost.
-                st.remote = Some(r.members.unwrap_or_default().into_iter().collect());
+                // The read ran after the room was registered and pinned:
+                // the events since are in `early`, replayed over it.
+                let mut remote: BTreeMap<String, String> =
+                    r.members.unwrap_or_default().into_iter().collect();
                 st.topic = r.topic;
+                for e in std::mem::take(&mut st.early) {
+                    match e {
+                        Early::Presence { key, nick, joined } => {
+                            if joined {
+                                remote.insert(key, nick);
+                            } else {
+                                remote.remove(&key);
+                            }
+                        }
+                        Early::Rename {
+                            old_key,
+                            new_key,
+                            new,
+                        } => {
+                            remote.remove(&old_key);
+                            remote.insert(new_key, new);
+                        }
+                        Early::Topic(t) => st.topic = t,
+                    }
+                }
+                st.remote = Some(remote);
             }
             let g = r.counter;
             let mut all: Vec<Stored> = st
@@ -389,6 +438,15 @@ impl Room {
         if let Some(remote) = &mut st.remote {
             remote.remove(old_key);
             remote.insert(new_key.to_owned(), new.to_owned());
+        } else {
+            self.keep_early(
+                &mut st,
+                Early::Rename {
+                    old_key: old_key.to_owned(),
+                    new_key: new_key.to_owned(),
+                    new: new.to_owned(),
+                },
+            );
         }
         st.version += 1;
         if self.ctx.notices(st.total()) {
@@ -407,7 +465,26 @@ impl Room {
     pub(crate) fn remote_topic(&self, topic: &str, json: &str) {
         let mut st = self.lock();
         st.topic = topic.to_owned();
+        if st.remote.is_none() {
+            self.keep_early(&mut st, Early::Topic(topic.to_owned()));
+        }
         st.broadcast(json, None);
+    }
+
+    /// Keeps an event for the first greeting whose read is out (see
+    /// `State::early`); with no read out, the greeting's read will see it.
+    fn keep_early(&self, st: &mut State, e: Early) {
+        if self.pins.load(Ordering::Acquire) == 0 {
+            // Kept for a read that failed: the next read sees them, and
+            // replayed after an event not kept (this one) they would
+            // undo it.
+            st.early.clear();
+            return;
+        }
+        if st.early.len() >= EARLY_MAX {
+            st.early.pop_front();
+        }
+        st.early.push_back(e);
     }
 
     /// cluster hook: member `id` moved to another node (a takeover by
@@ -692,6 +769,15 @@ impl Room {
             } else {
                 remote.remove(key);
             }
+        } else {
+            self.keep_early(
+                &mut st,
+                Early::Presence {
+                    key: key.to_owned(),
+                    nick: nick.to_owned(),
+                    joined,
+                },
+            );
         }
         st.version += 1;
         let total = st.total();
@@ -927,4 +1013,74 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flusher::Flusher;
+    use std::net::{TcpListener, TcpStream};
+
+    fn client() -> (Arc<Client>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let flusher = Flusher::start().unwrap();
+        let c = Client::new(s.into(), "test".into(), 1 << 20, false, flusher, None);
+        (Arc::new(c), peer)
+    }
+
+    /// cluster hook: a room's first greeting reads its members on other
+    /// nodes from Redis; presence, rename and topic events that arrive
+    /// while the read is out are replayed over its snapshot, not lost (a
+    /// member who joined another node then was missing from this node's
+    /// list for good).
+    #[test]
+    fn events_during_the_first_greetings_read_are_replayed_over_it() {
+        let room = Room::new(
+            "lobby",
+            Arc::new(Ctx::new(50, 1000, 1 << 20, 100, false, None)),
+        );
+        // An event before any read is out: the read will see it.
+        room.remote_presence("zed", "zed", true, true);
+        room.pin();
+        // The read's snapshot is taken here; then, in order:
+        room.remote_presence("alice", "alice", true, true);
+        room.remote_presence("carol", "carol", false, true);
+        room.remote_rename("dave", "dan", "dan", "dave");
+        room.remote_presence("erin", "erin", true, true);
+        room.remote_presence("erin", "erin", false, true);
+        room.remote_topic("new", r#"{"type":"topic"}"#);
+        let snapshot = Remote {
+            counter: 0,
+            newest_first: Vec::new(),
+            members: Some(vec![
+                ("carol".into(), "carol".into()),
+                ("dave".into(), "dave".into()),
+                ("zed".into(), "zed".into()),
+            ]),
+            topic: "old".into(),
+            moved: false,
+        };
+        let (bob, _peer) = client();
+        room.enter(
+            MemberId(1),
+            "bob",
+            &bob,
+            None,
+            Greeting::Entered,
+            Some(snapshot),
+        );
+        let st = room.lock();
+        let remote: Vec<&str> = st
+            .remote
+            .as_ref()
+            .unwrap()
+            .values()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(remote, ["alice", "dan", "zed"]);
+        assert_eq!(st.topic, "new");
+        assert!(st.early.is_empty());
+    }
 }
