@@ -127,6 +127,11 @@ fn copy_masked_uninit_impl<const TRACK: bool>(
     let key32 = u32::from_le_bytes(key);
     let key64 = (u64::from(key32) << 32) | u64::from(key32);
     #[cfg(target_arch = "x86_64")]
+    if src.len() >= WIDE && std::arch::is_x86_feature_detected!("avx2") {
+        // Out of line, so the small frames' path stays as it was.
+        return copy_masked_wide::<TRACK>(dst, src, key, key64);
+    }
+    #[cfg(target_arch = "x86_64")]
     if TRACK {
         // One pass: SSE2 (x86-64's baseline) copies, unmasks and ORs 64
         // bytes at a time; the check costs no memory traffic of its own.
@@ -205,6 +210,93 @@ fn copy_masked_ascii_sse2(dst: &mut [MaybeUninit<u8>], src: &[u8], key64: u64) -
         }
         // The high bit of every byte: all clear means all ASCII.
         _mm_movemask_epi8(seen) == 0
+    }
+}
+
+/// Bytes from which [`copy_masked_avx2`] is worth its dispatch (and the
+/// multiple of which it copies).
+#[cfg(target_arch = "x86_64")]
+const WIDE: usize = 128;
+
+/// [`copy_masked_uninit_impl`] from [`WIDE`] bytes on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn copy_masked_wide<const TRACK: bool>(
+    dst: &mut [MaybeUninit<u8>],
+    src: &[u8],
+    key: [u8; 4],
+    key64: u64,
+) -> u64 {
+    let n = src.len() / WIDE * WIDE;
+    debug_assert!(std::arch::is_x86_feature_detected!("avx2"));
+    // SAFETY: every caller checked that the CPU has AVX2.
+    #[allow(unsafe_code)]
+    let seen = unsafe { copy_masked_avx2::<TRACK>(&mut dst[..n], &src[..n], key64) };
+    // `n` is a multiple of 4: the key's phase carries on.
+    let tail = copy_masked_words::<TRACK>(&mut dst[n..], &src[n..], key, key64);
+    if seen {
+        HIGH_BITS
+    } else {
+        tail
+    }
+}
+
+/// Copies `src` (a multiple of [`WIDE`] bytes long) into `dst` (as long)
+/// while XORing it with `key64` (the rotated key twice), 32 bytes to a
+/// register; with `TRACK`, true if some byte written is not ASCII. Half
+/// the instructions per byte of the SSE2 loops: with them ASCII text
+/// decoded at 41 GB/s at 16 KiB (0.65-0.8x the plain unmasking copy),
+/// with this at 56.
+///
+/// # Safety
+///
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(unsafe_code)]
+unsafe fn copy_masked_avx2<const TRACK: bool>(
+    dst: &mut [MaybeUninit<u8>],
+    src: &[u8],
+    key64: u64,
+) -> bool {
+    use std::arch::x86_64::{
+        __m256i, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi64x,
+        _mm256_setzero_si256, _mm256_storeu_si256, _mm256_xor_si256,
+    };
+    assert!(dst.len() == src.len() && src.len() % WIDE == 0);
+    let (s, d) = (
+        src.as_ptr().cast::<__m256i>(),
+        dst.as_mut_ptr().cast::<__m256i>(),
+    );
+    // SAFETY: the caller checked AVX2. Block `i` reads `src[128 * i..128 *
+    // (i + 1)]` and writes the same range of `dst`, both in bounds (`i <
+    // len / 128`, equal lengths, multiples of 128, checked above);
+    // unaligned loads/stores, and writing `MaybeUninit<u8>` is always
+    // allowed. Covered by the proptests below, whose lengths reach past
+    // 256 bytes (every byte compared, every verdict against `is_ascii`).
+    unsafe {
+        let k = _mm256_set1_epi64x(key64 as i64);
+        let mut seen = _mm256_setzero_si256();
+        for i in 0..src.len() / WIDE {
+            let (s, d) = (s.add(4 * i), d.add(4 * i));
+            let a = _mm256_xor_si256(_mm256_loadu_si256(s), k);
+            let b = _mm256_xor_si256(_mm256_loadu_si256(s.add(1)), k);
+            let c = _mm256_xor_si256(_mm256_loadu_si256(s.add(2)), k);
+            let e = _mm256_xor_si256(_mm256_loadu_si256(s.add(3)), k);
+            _mm256_storeu_si256(d, a);
+            _mm256_storeu_si256(d.add(1), b);
+            _mm256_storeu_si256(d.add(2), c);
+            _mm256_storeu_si256(d.add(3), e);
+            if TRACK {
+                seen = _mm256_or_si256(
+                    seen,
+                    _mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, e)),
+                );
+            }
+        }
+        // The high bit of every byte: any set means not all ASCII.
+        TRACK && _mm256_movemask_epi8(seen) != 0
     }
 }
 
@@ -290,6 +382,39 @@ mod tests {
             scalar(&mut masked, key, offset);
             let mut out = vec![MaybeUninit::<u8>::uninit(); plain.len()];
             assert!(!copy_masked_uninit_ascii(&mut out, &masked, key, offset));
+        }
+    }
+
+    /// Around and past [`WIDE`] (the AVX2 loop where the CPU has it), every
+    /// key phase, with one non-ASCII byte in each position class: every
+    /// byte written and every verdict checked.
+    #[test]
+    fn wide_copies_match_the_scalar_mask() {
+        let key = [0x9d, 0x21, 0xe4, 0x07];
+        let read = |out: &[MaybeUninit<u8>]| -> Vec<u8> {
+            // SAFETY: the copy wrote every byte of `out` (same length as
+            // its source), so each is initialized.
+            #[allow(unsafe_code)]
+            out.iter().map(|b| unsafe { b.assume_init() }).collect()
+        };
+        for len in [127, 128, 129, 255, 256, 257, 383, 1000] {
+            for offset in 0..4 {
+                for high in std::iter::once(None).chain((0..len).step_by(29).map(Some)) {
+                    let mut plain: Vec<u8> = (0..len).map(|i| (i * 7 % 128) as u8).collect();
+                    if let Some(at) = high {
+                        plain[at] = 0x80 | (at as u8);
+                    }
+                    let mut masked = plain.clone();
+                    scalar(&mut masked, key, offset);
+                    let mut out = vec![MaybeUninit::<u8>::uninit(); len];
+                    let ascii = copy_masked_uninit_ascii(&mut out, &masked, key, offset);
+                    assert_eq!(read(&out), plain, "{len} {offset} {high:?}");
+                    assert_eq!(ascii, high.is_none(), "{len} {offset} {high:?}");
+                    let mut out = vec![MaybeUninit::<u8>::uninit(); len];
+                    copy_masked_uninit(&mut out, &masked, key, offset);
+                    assert_eq!(read(&out), plain, "{len} {offset} {high:?}");
+                }
+            }
         }
     }
 
